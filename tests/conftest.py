@@ -25,4 +25,4 @@ def llm(shipped_model):
 
     engine = offline_llm(shipped_model)
     yield engine
-    del engine
+    engine.llm_engine.engine_core.shutdown()  # before pytest closes the log streams
