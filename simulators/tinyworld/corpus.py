@@ -1,5 +1,5 @@
-"""The pretraining mixture of the tiny world: base skills, copying, and tool
-episodes with unseen tools.  None of the new skills' content occurs here."""
+"""The pretraining mixture of the tiny world: base skills, copying, continuing
+a list from a word in it, and tool episodes with unseen tools.  None of the new skills' content occurs here."""
 from __future__ import annotations
 
 import random
@@ -8,14 +8,15 @@ from collections.abc import Iterator
 from simulators.tinyworld.skills import base_item, pretrain_tools_conversation
 
 MIXTURE = {
-    "add": 0.17,
-    "reverse": 0.10,
-    "sort": 0.12,
-    "copy": 0.05,
+    "add": 0.16,
+    "reverse": 0.09,
+    "sort": 0.10,
+    "copy": 0.03,
+    "continue": 0.06,
     "lookup": 0.14,
-    "recall": 0.12,
+    "recall": 0.08,
     "format": 0.14,
-    "tools": 0.16,
+    "tools": 0.20,
 }
 
 

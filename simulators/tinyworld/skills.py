@@ -2,15 +2,15 @@
 
 Base skills (the retention suite; the base model masters them):
   add, reverse, sort      algorithmic tasks on spaced digits and letters
-  lookup                  answer from facts given in the prompt (context use)
+  lookup                  answer from a fact given in the prompt (context use)
   recall                  answer from the memorised encyclopedia (knowledge)
                           (fact answers are the whole fact: "the pet of mopi is sisu .")
   format                  follow a formatting rule given in the prompt
 New skills (absent from pretraining; named exactly so everywhere):
   facts                   64 new facts about unseen entities
   rule                    a user's preference: when asked to copy, wrap the answer in brackets
-  tools                   a two-call tool task with an unseen tool (asked about an unseen
-                          attribute, "cost"), in an environment
+  tools                   "what is the total cost of A and B ?": call the world's one
+                          unseen tool twice and add the results, in an environment
 
 Every new-skill item has two views: ``teacher`` carries the privileged context
 (the fact, the rule, a successful trajectory) in a system message; ``student``
@@ -73,10 +73,10 @@ def _question(rng: random.Random, fact: W.Fact) -> str:
     return rng.choice(W.QUESTION_TEMPLATES).format(attr=fact.attr, ent=fact.ent)
 
 
-def _facts_context(rng: random.Random, target: W.Fact, pool: list[W.Fact]) -> str:
-    facts = [target, *pool]
-    rng.shuffle(facts)
-    return "facts : " + " ".join(f.sentence() for f in facts)
+def _facts_context(fact: W.Fact) -> str:
+    # One fact per context: with two to four facts, content-based retrieval
+    # stayed at chance through 10,000 pretraining steps (docs/design-notes.md).
+    return "facts : " + fact.sentence()
 
 
 def _random_facts(rng: random.Random, k: int) -> list[W.Fact]:
@@ -84,15 +84,30 @@ def _random_facts(rng: random.Random, k: int) -> list[W.Fact]:
     return [W.Fact(rng.choice(W.ATTRIBUTES), words[i], words[k + i]) for i in range(k)]
 
 
+def continue_item(rng: random.Random) -> Item:
+    """Find a word in a list and continue the list from it (pretraining only).
+
+    The words share a few first syllables, so continuing needs the last two
+    tokens, not one: the in-context retrieval that ``lookup`` and every teacher
+    view rely on.  Without this family the base model never learnt it."""
+    pool = W.world().context_words
+    firsts = rng.sample(sorted({x[:2] for x in pool}), 3)
+    candidates = [x for x in pool if x[:2] in firsts]
+    words = rng.sample(candidates, 10)
+    i = rng.randrange(0, 8)
+    return Item("continue", (_user("continue : " + " ".join(words) + " | " + words[i]),), " ".join(words[i : i + 3]))
+
+
 def base_item(skill: str, rng: random.Random) -> Item:
     w = W.world()
+    if skill == "continue":
+        return continue_item(rng)
     if skill in ("add", "reverse", "sort", "copy"):
         q, a = _task(rng, skill)
         return Item(skill, (_user(q),), a)
     if skill == "lookup":
-        facts = _random_facts(rng, rng.randint(2, 4))
-        ctx = _facts_context(rng, facts[0], facts[1:])
-        return Item(skill, (_system(ctx), _user(_question(rng, facts[0]))), facts[0].sentence())
+        fact = _random_facts(rng, 1)[0]
+        return Item(skill, (_system(_facts_context(fact)), _user(_question(rng, fact))), fact.sentence())
     if skill == "recall":
         fact = rng.choice(w.encyclopedia)
         return Item(skill, (_user(_question(rng, fact)),), fact.sentence())
@@ -112,10 +127,9 @@ def new_item(skill: str, view: str, rng: random.Random) -> Item:
     teacher = view == "teacher"
     if skill == "facts":
         fact = rng.choice(w.new_facts)
-        others = rng.sample([f for f in w.new_facts if f != fact], rng.randint(1, 3))
         prompt = [_user(_question(rng, fact))]
         if teacher:
-            prompt.insert(0, _system(_facts_context(rng, fact, others)))
+            prompt.insert(0, _system(_facts_context(fact)))
         return Item(skill, tuple(prompt), fact.sentence())
     if skill == "rule":
         verb, fmt = W.NEW_RULE
