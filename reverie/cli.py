@@ -60,6 +60,40 @@ def cmd_tinyworld_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_learn(args: argparse.Namespace) -> int:
+    from learner.distill import LOSSES
+    from learner.loop import METHODS, LearnConfig
+    from simulators.tinyworld.experiment import LEARNABLE, run
+
+    model = check_model_dir(args.model)
+    if args.method not in METHODS:
+        raise ReverieError(f"unknown method {args.method!r}; methods are: {', '.join(METHODS)}")
+    if args.loss not in LOSSES:
+        raise ReverieError(f"unknown loss {args.loss!r}; losses are: {', '.join(LOSSES)}")
+    if args.skill not in LEARNABLE:
+        raise ReverieError(f"unknown skill {args.skill!r} for learn; skills are: {', '.join(LEARNABLE)}")
+    try:
+        lr = float(args.lr)
+    except ValueError:
+        raise ReverieError(f"--lr must be a number, got {args.lr!r}") from None
+    if not 0 < lr < 1:
+        raise ReverieError(f"--lr must be between 0 and 1, got {args.lr!r}")
+    cfg = LearnConfig(
+        method=args.method, loss=args.loss, topk=_positive(args.topk) if args.topk else None,
+        steps=_positive(args.steps), batch_size=_positive(args.batch_size), lr=lr, seed=parse_seed(args.seed),
+    )
+    report = run(model, cfg, args.skill, progress=not args.quiet)
+    print(json.dumps(report) if args.json else format_learn(report))
+    return 0
+
+
+def format_learn(r: dict) -> str:
+    lines = [f"{r['method']} ({r['loss']}) on {r['skill']}, {r['steps']} steps, {r['seconds']:.0f} s",
+             f"  new skill   {r['new_skill_acc_before']:.3f} -> {r['new_skill_acc']:.3f}",
+             f"  retention   {r['retention_avg']:.3f}   forgetting {r['forgetting']:+.3f}"]
+    return "\n".join(lines)
+
+
 def format_report(report: dict) -> str:
     lines = [f"model: {report['model']}", "base skills (retention suite)"]
     lines += [f"  {s:<10} {acc:6.3f}" for s, acc in report["base_skills"].items()]
@@ -90,6 +124,19 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--skill", action="append", help="evaluate only this skill (repeatable)")
     e.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     e.set_defaults(func=cmd_tinyworld_eval)
+    ln = sub.add_parser("learn", help="teach the shipped base model one new tiny-world skill by OPSD or SFT; measure gain and forgetting")
+    ln.add_argument("--method", default="opsd", help="opsd (on-policy self-distillation) or sft (the baseline)")
+    ln.add_argument("--loss", default="fkl", help="OPSD divergence: fkl (default), rkl, jsd, sampled")
+    ln.add_argument("--topk", default=None, help="score only the teacher's top-k tokens, plus a tail bucket")
+    ln.add_argument("--skill", default="facts", help="facts (default) or rule")
+    ln.add_argument("--steps", default="200", help="optimiser steps (default %(default)s)")
+    ln.add_argument("--batch-size", default="32", help="lessons per step (default %(default)s)")
+    ln.add_argument("--lr", default="3e-4", help="AdamW learning rate (default %(default)s)")
+    ln.add_argument("--seed", default="0", help="random seed (default %(default)s)")
+    ln.add_argument("--model", default=str(SHIPPED_MODEL), help="base model directory (default: the shipped one)")
+    ln.add_argument("--json", action="store_true", help="print one JSON object")
+    ln.add_argument("--quiet", action="store_true", help="no progress bar")
+    ln.set_defaults(func=cmd_learn)
     return p
 
 

@@ -10,6 +10,9 @@ import os
 from pathlib import Path
 
 os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+# vLLM logs to stdout by default; left unconfigured, its warnings go to stderr
+# and stdout stays clean for `--json` output.
+os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 CPU_MEMORY_SHARE = 0.3

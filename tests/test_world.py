@@ -116,3 +116,15 @@ def test_wrong_answer_gets_no_reward_and_expert_solutions_succeed():
         env.reset()
         results = [env.step(m["content"]) for m in transcript if m["role"] == "assistant"]
         assert results[-1].done and results[-1].reward == 1.0
+
+
+@pytest.mark.parametrize("skill", NEW_SKILLS)
+def test_student_and_teacher_views_of_a_pair_are_the_same_task(skill):
+    from simulators.tinyworld.skills import new_pair
+
+    rng = random.Random(9)
+    for _ in range(20):
+        student, teacher = new_pair(skill, rng)
+        assert student.prompt[-1] == teacher.prompt[-1]
+        assert student.answer == teacher.answer and student.task == teacher.task
+        assert teacher.prompt[0]["role"] == "system" and student.prompt[0]["role"] == "user"

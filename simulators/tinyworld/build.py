@@ -64,7 +64,7 @@ def build(out: Path, seed: int = 0, steps: int = DEFAULT_STEPS, shape: ModelShap
     try:
         model.generation_config.eos_token_id = tokenizer.eos_token_id
         model.generation_config.pad_token_id = tokenizer.pad_token_id
-        model.save_pretrained(tmp, safe_serialization=True)
+        model.save_pretrained(tmp)  # safetensors: the only format transformers 5 writes
         tokenizer.save_pretrained(tmp)
         (tmp / "reverie_build.json").write_text(json.dumps(report, indent=1) + "\n")
         tmp.chmod(0o755)

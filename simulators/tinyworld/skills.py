@@ -148,6 +148,15 @@ def new_item(skill: str, view: str, rng: random.Random) -> Item:
     raise ValueError(f"unknown new skill {skill!r}")
 
 
+def new_pair(skill: str, rng: random.Random) -> tuple[Item, Item]:
+    """The student and the teacher view of one and the same new-skill task."""
+    state = rng.getstate()
+    student = new_item(skill, "student", rng)
+    rng.setstate(state)
+    teacher = new_item(skill, "teacher", rng)
+    return student, teacher
+
+
 def new_tools_task(rng: random.Random) -> ToolsTask:
     w = W.world()
     return make_task(rng, W.NEW_TOOL_TEMPLATE, w.new_tool, w.heldout_words)

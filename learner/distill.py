@@ -1,0 +1,141 @@
+"""On-policy self-distillation (OPSD) and its SFT baseline, one step at a time.
+
+A :class:`Lesson` is one task seen two ways: ``student`` (the task alone) and
+``teacher`` (the same task with privileged context: a fact, a rule, a
+demonstration).  An OPSD step samples completions from the current student at
+temperature 1, scores every completion token under the teacher state (the same
+conversation with the privileged context, through a frozen or lagged copy of
+the model), and backpropagates a per-token divergence into the student.  An SFT
+step trains the student on ``reference`` with cross-entropy instead.
+
+Everything here is plain torch on the device the models live on; the Ray
+actors that run it at scale wrap these functions.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from learner.losses import check_vocab_match, distillation_loss
+from learner.tokenizer import ChatEncoder
+
+LOSSES = ("fkl", "rkl", "jsd", "sampled")
+
+
+def check_same_tokenizer(student_tok, teacher_tok) -> None:
+    """Self-distillation compares distributions token by token: the teacher must
+    use exactly the student's vocabulary."""
+    if student_tok.get_vocab() != teacher_tok.get_vocab():
+        a, b = set(student_tok.get_vocab()), set(teacher_tok.get_vocab())
+        raise ValueError(
+            "teacher and student tokenizers differ "
+            f"({len(a)} vs {len(b)} tokens, {len(a ^ b)} not shared, or the same tokens with other ids); "
+            "use a teacher with the student's tokenizer"
+        )
+
+
+@dataclass(frozen=True)
+class Lesson:
+    student: tuple[dict, ...]  # the prompt the student sees
+    teacher: tuple[dict, ...]  # the same prompt with privileged context
+    reference: str | None = None  # a correct reply, for the SFT baseline
+
+
+def _right_pad(seqs: list[list[int]], pad: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+    attn = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(s)
+        attn[i, : len(s)] = 1
+    return ids.to(device), attn.to(device)
+
+
+@torch.no_grad()
+def sample(model, encoder: ChatEncoder, prompts: list[tuple[dict, ...]], max_new_tokens: int = 32,
+           temperature: float = 1.0) -> list[list[int]]:
+    """On-policy completions (token ids, ending with the end tag when the
+    model produced one) from the model's current weights."""
+    device = next(model.parameters()).device
+    encoded = [encoder.encode(list(p), add_generation_prompt=True)[0] for p in prompts]
+    width = max(len(e) for e in encoded)
+    pad = encoder.tok.pad_token_id
+    ids = torch.full((len(encoded), width), pad, dtype=torch.long)
+    attn = torch.zeros_like(ids)
+    for i, e in enumerate(encoded):  # left padding for generation
+        ids[i, width - len(e):] = torch.tensor(e)
+        attn[i, width - len(e):] = 1
+    was_training = model.training
+    model.eval()
+    out = model.generate(
+        input_ids=ids.to(device), attention_mask=attn.to(device), do_sample=True, temperature=temperature,
+        top_k=0, top_p=1.0, max_new_tokens=max_new_tokens, eos_token_id=encoder.end_id, pad_token_id=pad,
+    )
+    model.train(was_training)
+    completions = []
+    for row in out[:, width:].tolist():
+        comp = []
+        for t in row:
+            comp.append(t)
+            if t == encoder.end_id:
+                break
+        completions.append(comp)
+    return completions
+
+
+def completion_logits(model, encoder: ChatEncoder, prompts: list[tuple[dict, ...]],
+                      completions: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Logits ``[B,T,V]`` that predict each completion token after its prompt,
+    the completion ids ``[B,T]`` and the mask ``[B,T]`` of real (non-pad) tokens."""
+    device = next(model.parameters()).device
+    heads = [encoder.encode(list(p), add_generation_prompt=True)[0] for p in prompts]
+    ids, attn = _right_pad([h + c for h, c in zip(heads, completions)], encoder.tok.pad_token_id, device)
+    logits = model(input_ids=ids, attention_mask=attn).logits
+    T = max(len(c) for c in completions)
+    out = logits.new_zeros((len(prompts), T, logits.shape[-1]))
+    comp_ids = torch.zeros((len(prompts), T), dtype=torch.long, device=device)
+    mask = torch.zeros((len(prompts), T), device=device)
+    for i, (h, c) in enumerate(zip(heads, completions)):
+        n = len(c)
+        out[i, :n] = logits[i, len(h) - 1 : len(h) - 1 + n]
+        comp_ids[i, :n] = torch.tensor(c, device=device)
+        mask[i, :n] = 1.0
+    return out, comp_ids, mask
+
+
+def opsd_loss(student, teacher, encoder: ChatEncoder, lessons: list[Lesson], loss: str = "fkl",
+              topk: int | None = None, beta: float = 0.5, clip_max: float | None = None,
+              max_new_tokens: int = 32) -> tuple[torch.Tensor, dict]:
+    """Sample from the student, score under the teacher state, return the loss."""
+    if loss not in LOSSES:
+        raise ValueError(f"unknown loss {loss!r}; losses are: {', '.join(LOSSES)}")
+    check_vocab_match(student.config.vocab_size, teacher.config.vocab_size)
+    completions = sample(student, encoder, [l.student for l in lessons], max_new_tokens)
+    with torch.no_grad():
+        t_logits, _, _ = completion_logits(teacher, encoder, [l.teacher for l in lessons], completions)
+        t_logp = F.log_softmax(t_logits.float(), dim=-1)  # teacher at temperature 1
+    s_logits, ids, mask = completion_logits(student, encoder, [l.student for l in lessons], completions)
+    kwargs: dict = {"beta": beta, "clip_max": clip_max}
+    if loss == "sampled":
+        kwargs.update(sampled_ids=ids, teacher_sampled_logprobs=t_logp.gather(-1, ids.unsqueeze(-1)).squeeze(-1))
+    elif topk:
+        top = t_logp.topk(topk, dim=-1)
+        kwargs.update(teacher_topk_ids=top.indices, teacher_topk_logprobs=top.values)
+    else:
+        kwargs.update(teacher_logprobs=t_logp)
+    value = distillation_loss(loss, s_logits, mask, **kwargs)
+    return value, {"tokens": int(mask.sum())}
+
+
+def sft_loss(student, encoder: ChatEncoder, lessons: list[Lesson]) -> tuple[torch.Tensor, dict]:
+    """Cross-entropy on the reference replies, given the student's prompt."""
+    targets = []
+    for l in lessons:
+        if l.reference is None:
+            raise ValueError("SFT needs a reference reply for every lesson")
+        targets.append(encoder.tok.encode(" " + l.reference, add_special_tokens=False) + [encoder.end_id])
+    logits, ids, mask = completion_logits(student, encoder, [l.student for l in lessons], targets)
+    ce = F.cross_entropy(logits.flatten(0, 1).float(), ids.flatten(), reduction="none").view_as(mask)
+    return (ce * mask).sum() / mask.sum(), {"tokens": int(mask.sum())}
