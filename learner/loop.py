@@ -35,9 +35,9 @@ def learn(student, teacher, encoder: ChatEncoder, lessons: Iterator[list[Lesson]
     if cfg.method not in METHODS:
         raise ValueError(f"unknown method {cfg.method!r}; methods are: {', '.join(METHODS)}")
     torch.manual_seed(cfg.seed)
-    student.train()
+    student.train().requires_grad_(True)
     if teacher is not None:
-        teacher.eval().requires_grad_(False)
+        teacher.eval()  # scored under torch.no_grad(): never updated
     opt = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     tokens, start = 0, time.perf_counter()
     bar = tqdm(range(cfg.steps), desc=cfg.method, disable=not progress, dynamic_ncols=True)
