@@ -20,8 +20,6 @@ def _positive(text: str) -> int:
 
 
 def cmd_tinyworld_build(args: argparse.Namespace) -> int:
-    import torch
-
     from simulators.tinyworld.build import build
 
     seed = parse_seed(args.seed)
@@ -29,7 +27,6 @@ def cmd_tinyworld_build(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise ReverieError(f"output path {str(out)!r} exists and is not a directory")
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     eval_every = _positive(args.eval_every) if args.eval_every else 0
     report = build(out, seed=seed, steps=steps, progress=not args.quiet, eval_every=eval_every)
     print(json.dumps({"out": str(out), **report}))

@@ -27,7 +27,7 @@ def test_vllm_and_transformers_agree_on_per_token_logprobs_to_1e_4(llm, shipped_
     prompts = [enc.encode(list(c))[0] for c in convs]
     outs = llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts],
                         SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=0.0), use_tqdm=False)
-    model = AutoModelForCausalLM.from_pretrained(shipped_model, torch_dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(shipped_model, dtype=torch.float32).eval()
     worst = 0.0
     for ids, out in zip(prompts, outs):
         with torch.no_grad():

@@ -44,7 +44,7 @@ def run(model_dir: Path, cfg: LearnConfig, skill: str, progress: bool = True) ->
 
     torch.manual_seed(cfg.seed)
     encoder = ChatEncoder(load_tokenizer(model_dir))
-    student = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32)
+    student = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     before = measure(student.eval(), encoder, skill)
     teacher = copy.deepcopy(student) if cfg.method == "opsd" else None  # frozen at the base version
     stats = learn(student, teacher, encoder, lessons(skill, cfg.batch_size, cfg.seed), cfg, progress)
