@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from learner.losses import check_vocab_match, distillation_loss
+from learner.pretrain import collate
 from learner.tokenizer import ChatEncoder
 
 LOSSES = ("fkl", "rkl", "jsd", "sampled")
@@ -41,16 +42,6 @@ class Lesson:
     student: tuple[dict, ...]  # the prompt the student sees
     teacher: tuple[dict, ...]  # the same prompt with privileged context
     reference: str | None = None  # a correct reply, for the SFT baseline
-
-
-def _right_pad(seqs: list[list[int]], pad: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-    attn = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)] = torch.tensor(s)
-        attn[i, : len(s)] = 1
-    return ids.to(device), attn.to(device)
 
 
 @torch.no_grad()
@@ -91,8 +82,8 @@ def completion_logits(model, encoder: ChatEncoder, prompts: list[tuple[dict, ...
     the completion ids ``[B,T]`` and the mask ``[B,T]`` of real (non-pad) tokens."""
     device = next(model.parameters()).device
     heads = [encoder.encode(list(p), add_generation_prompt=True)[0] for p in prompts]
-    ids, attn = _right_pad([h + c for h, c in zip(heads, completions)], encoder.tok.pad_token_id, device)
-    logits = model(input_ids=ids, attention_mask=attn).logits
+    padded = collate([(h + c, []) for h, c in zip(heads, completions)], encoder.tok.pad_token_id)
+    logits = model(input_ids=padded["input_ids"].to(device), attention_mask=padded["attention_mask"].to(device)).logits
     T = max(len(c) for c in completions)
     out = logits.new_zeros((len(prompts), T, logits.shape[-1]))
     comp_ids = torch.zeros((len(prompts), T), dtype=torch.long, device=device)

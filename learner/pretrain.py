@@ -39,6 +39,8 @@ def _batches(encoder: ChatEncoder, stream: Iterator[list[dict]], cfg: PretrainCo
 
 
 def collate(batch: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded ``input_ids``, ``attention_mask`` and ``labels`` (-100 off
+    the trained mask) of (ids, mask) pairs; an empty mask trains nothing."""
     width = max(len(ids) for ids, _ in batch)
     input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
     labels = torch.full((len(batch), width), -100, dtype=torch.long)
@@ -48,7 +50,8 @@ def collate(batch: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, 
         t = torch.tensor(ids)
         input_ids[i, :n] = t
         attention[i, :n] = 1
-        labels[i, :n] = torch.where(torch.tensor(mask, dtype=torch.bool), t, -100)
+        if mask:
+            labels[i, :n] = torch.where(torch.tensor(mask, dtype=torch.bool), t, -100)
     return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
 
 

@@ -91,20 +91,17 @@ def forced_accuracy(model, encoder, items: list[Item], batch: int = 100) -> floa
     replies (for tools: solve the episode within the evaluation budget)."""
     import torch
 
+    from learner.pretrain import collate
+
     device = next(model.parameters()).device
     solved = 0
     for i in range(0, len(items), batch):
         encoded = [encoder.encode(reference_conversation(it)) for it in items[i : i + batch]]
-        width = max(len(ids) for ids, _ in encoded)
-        ids = torch.zeros(len(encoded), width, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for j, (x, m) in enumerate(encoded):
-            ids[j, : len(x)] = torch.tensor(x)
-            mask[j, : len(m)] = torch.tensor(m)
-        ids, mask = ids.to(device), mask.to(device)
+        padded = collate(encoded, encoder.tok.pad_token_id)
+        ids, labels = padded["input_ids"].to(device), padded["labels"].to(device)
         with torch.no_grad():
-            pred = model(ids).logits.argmax(-1)
-        right = (pred[:, :-1] == ids[:, 1:]) | (mask[:, 1:] == 0)
+            pred = model(ids, attention_mask=padded["attention_mask"].to(device)).logits.argmax(-1)
+        right = (pred[:, :-1] == labels[:, 1:]) | (labels[:, 1:] == -100)
         solved += int(right.all(-1).sum())
     return solved / len(items)
 
