@@ -17,6 +17,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 CPU_MEMORY_SHARE = 0.3
 MAX_MODEL_LEN = 256
+# The KV cache is sized in bytes, not as a share of the host: 256 MiB holds
+# 65k tokens of the tiny-world model (measured: an engine then takes 1.35 GB
+# of RSS against 4.3 GB with the 0.3 share), so several engines fit in 24 GiB.
+KV_CACHE_BYTES = 256 << 20
 
 
 def on_cpu() -> bool:
@@ -25,8 +29,9 @@ def on_cpu() -> bool:
     return not torch.cuda.is_available()
 
 
-def engine_kwargs(model_dir: str | Path, seed: int = 0) -> dict:
-    return dict(
+def engine_kwargs(model_dir: str | Path, seed: int = 0, kv_cache_bytes: int | None = KV_CACHE_BYTES) -> dict:
+    """Engine arguments; ``kv_cache_bytes=None`` sizes the cache by memory share instead."""
+    kw = dict(
         model=str(model_dir),
         dtype="float32",
         enforce_eager=True,
@@ -34,6 +39,9 @@ def engine_kwargs(model_dir: str | Path, seed: int = 0) -> dict:
         gpu_memory_utilization=CPU_MEMORY_SHARE if on_cpu() else 0.5,
         seed=seed,
     )
+    if kv_cache_bytes is not None:
+        kw["kv_cache_memory_bytes"] = int(kv_cache_bytes)
+    return kw
 
 
 def offline_llm(model_dir: str | Path, seed: int = 0):
