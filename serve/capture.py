@@ -1,0 +1,145 @@
+"""Experience capture for one request: what to ask the engine for, what to keep,
+what to show the user.
+
+The engine is always asked for the prompt and completion token ids
+(``return_token_ids``) and the sampled tokens' log-probs, because the store
+records them; the user sees them only if they asked.  Every response and every
+stream chunk gets ``system_fingerprint = "reverie-v<version>"``.
+"""
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+FINGERPRINT = "reverie-v{}"
+
+_SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "max_tokens", "max_completion_tokens", "n", "seed", "stop",
+                    "presence_penalty", "frequency_penalty")
+
+
+def _text(content) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):  # content parts
+        return "".join(p.get("text", "") if isinstance(p, dict) else str(p) for p in content)
+    return json.dumps(content)
+
+
+class Capture:
+    def __init__(self, kind: str, request, version: int, replica: str, model: str):
+        self.kind = kind
+        self.version = version
+        self.replica = replica
+        self.model = model
+        self.started = time.time()
+        self._t0 = time.perf_counter()
+        self.fingerprint = FINGERPRINT.format(version)
+        self.stream = bool(getattr(request, "stream", False))
+        # What the user asked to see, before the capture options are forced on.
+        self.want_token_ids = bool(getattr(request, "return_token_ids", False))
+        self.want_logprobs = bool(request.logprobs) if kind == "chat" else request.logprobs is not None
+        self.sampling = {f: getattr(request, f, None) for f in _SAMPLING_FIELDS if getattr(request, f, None) is not None}
+        if kind == "chat":
+            dumped = request.model_dump(include={"messages"})["messages"]
+            self.messages = [{"role": str(m.get("role")), "content": _text(m.get("content"))} for m in dumped]
+            self.prompt = None
+            request.logprobs = True
+            if request.top_logprobs is None:
+                request.top_logprobs = 0
+        else:
+            self.messages = None
+            p = request.prompt
+            self.prompt = p if isinstance(p, str) else json.dumps(p)
+            if request.logprobs is None:
+                request.logprobs = 0
+        request.return_token_ids = True
+        self.id: str | None = None
+        self.prompt_token_ids: list[int] | None = None
+        self.text: list[str] = []
+        self.token_ids: list[int] = []
+        self.logprobs: list[float] = []
+        self.finish_reason: str | None = None
+
+    # ------------------------------------------------------------ absorbing
+    def _absorb_choice(self, choice: dict) -> None:
+        if choice.get("index", 0) != 0:  # one row per interaction: the first choice is recorded
+            return
+        if self.kind == "chat":
+            part = choice.get("message") or choice.get("delta") or {}
+            self.text.append(part.get("content") or "")
+            lp = (choice.get("logprobs") or {}).get("content") or []
+            self.logprobs += [float(x["logprob"]) for x in lp]
+        else:
+            self.text.append(choice.get("text") or "")
+            lp = (choice.get("logprobs") or {}).get("token_logprobs") or []
+            self.logprobs += [float(x) for x in lp if x is not None]
+        self.token_ids += list(choice.get("token_ids") or [])
+        if choice.get("prompt_token_ids") and self.prompt_token_ids is None:
+            self.prompt_token_ids = list(choice["prompt_token_ids"])
+        if choice.get("finish_reason"):
+            self.finish_reason = choice["finish_reason"]
+
+    def absorb(self, payload: dict) -> None:
+        """Take what is worth recording from a response or a stream chunk."""
+        self.id = self.id or payload.get("id")
+        if payload.get("prompt_token_ids") and self.prompt_token_ids is None:
+            self.prompt_token_ids = list(payload["prompt_token_ids"])
+        for choice in payload.get("choices") or []:
+            self._absorb_choice(choice)
+
+    def scrub(self, payload: dict) -> dict:
+        """Stamp the version; drop what only the recorder asked for."""
+        payload["system_fingerprint"] = self.fingerprint
+        if not self.want_token_ids:
+            payload.pop("prompt_token_ids", None)
+        for choice in payload.get("choices") or []:
+            if not self.want_token_ids:
+                choice.pop("token_ids", None)
+                choice.pop("prompt_token_ids", None)
+            if not self.want_logprobs:
+                choice["logprobs"] = None
+        return payload
+
+    def rewrite_sse(self, event: str) -> tuple[str, bool]:
+        """(rewritten event, is_done) for one ``data: ...`` server-sent event."""
+        if not event.startswith("data: "):
+            return event, False
+        body = event[6:].strip()
+        if body == "[DONE]":
+            return event, True
+        try:
+            payload = json.loads(body)
+        except ValueError:
+            return event, False
+        if "error" in payload and "choices" not in payload:
+            return event, False
+        self.absorb(payload)
+        return "data: " + json.dumps(self.scrub(payload), separators=(",", ":")) + "\n\n", False
+
+    # ------------------------------------------------------------ the record
+    @property
+    def complete(self) -> bool:
+        return self.id is not None and self.finish_reason is not None
+
+    def record(self) -> dict:
+        return {
+            "id": self.id or f"unknown-{uuid.uuid4().hex}",
+            "created": self.started,
+            "kind": self.kind,
+            "model": self.model,
+            "version": int(self.version),
+            "replica": self.replica,
+            "messages": self.messages,
+            "prompt": self.prompt,
+            "prompt_token_ids": self.prompt_token_ids,
+            "completion": "".join(self.text),
+            "completion_token_ids": self.token_ids,
+            "logprobs": self.logprobs,
+            "finish_reason": self.finish_reason,
+            "latency_s": time.perf_counter() - self._t0,
+            "stream": self.stream,
+            "sampling": json.dumps(self.sampling, default=str),
+        }

@@ -1,0 +1,173 @@
+"""The HTTP front door: Ray Serve LLM's OpenAI ingress, extended with auth,
+version headers, feedback and the admin routes.
+
+Routes: ``GET /v1/models``, ``GET /v1/models/{id}``, ``POST /v1/chat/completions``,
+``POST /v1/completions`` (from ``OpenAiIngress``), ``POST /v1/feedback``,
+``GET /admin/versions``, ``POST /admin/publish``, ``POST /admin/rollback``.
+"""
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Optional
+
+import msgpack
+from fastapi import HTTPException
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from ray.llm._internal.serve.core.configs.openai_api_models import ErrorResponse, OpenAIHTTPException
+from ray.llm._internal.serve.core.ingress.ingress import (
+    DEFAULT_ENDPOINTS,
+    DEFAULT_LLM_ROUTER_HTTP_TIMEOUT,
+    OpenAiIngress,
+    init,
+    router_request_timeout,
+)
+
+from actors.broadcaster import SwapError, WeightBroadcaster
+from actors.versions import VersionError, VersionRegistry
+from serve.auth import AuthMiddleware
+from serve.replica import MARKER
+from serve.weights import WeightsMismatch
+
+VERSION_HEADER = "x-reverie-version"
+
+
+class FeedbackRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    response_id: str = Field(min_length=1, max_length=200)
+    rating: Optional[float] = Field(default=None, ge=-1.0, le=1.0)
+    correction: Optional[str] = Field(default=None, max_length=100_000)
+    rule: Optional[str] = Field(default=None, max_length=100_000)
+    approved: Optional[bool] = None
+
+    @model_validator(mode="after")
+    def _something(self):
+        if self.rating is None and self.correction is None and self.rule is None and self.approved is None:
+            raise ValueError("feedback needs at least one of rating, correction, rule, approved")
+        return self
+
+
+class PublishRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    checkpoint: str = Field(min_length=1, description="a local directory with *.safetensors weights of the served model")
+    note: str = Field(default="", max_length=1000)
+
+
+class RollbackRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    version: int = Field(ge=1)
+
+
+class ReverieIngress(OpenAiIngress):
+    def __init__(self, llm_deployments, model_cards, *, key_digests: dict, versions_dir: str,
+                 store_name: str, store_namespace: str = "reverie", swap_mode: str = "wait",
+                 swap_timeout_s: float = 120.0, lora_paths=None):
+        super().__init__(llm_deployments, model_cards, lora_paths=lora_paths)
+        _DIGESTS.clear()
+        _DIGESTS.update(key_digests)
+        self._store_name, self._store_namespace = store_name, store_namespace
+        self._store = None
+        (handle,) = llm_deployments.values()
+        self._broadcaster = WeightBroadcaster(handle, VersionRegistry(versions_dir), mode=swap_mode,
+                                              timeout_s=swap_timeout_s)
+
+    def _store_handle(self):
+        if self._store is None:
+            import ray
+
+            self._store = ray.get_actor(self._store_name, namespace=self._store_namespace)
+        return self._store
+
+    # ------------------------------------------------------------ generation
+    async def _process_llm_request(self, body, call_method: str, raw_request=None) -> Response:
+        async with router_request_timeout(DEFAULT_LLM_ROUTER_HTTP_TIMEOUT):
+            gen = self._get_response(body=body, call_method=call_method, raw_request=raw_request)
+            marker = await gen.__anext__()
+            if isinstance(marker, ErrorResponse):
+                raise OpenAIHTTPException(message=marker.error.message, status_code=marker.error.code,
+                                          type=marker.error.type)
+            headers = {VERSION_HEADER: str(marker[MARKER]["version"])}
+            first = await gen.__anext__()
+            chunk = first[0] if isinstance(first, list) and first else first
+            if isinstance(chunk, ErrorResponse):
+                await gen.aclose()
+                raise OpenAIHTTPException(message=chunk.error.message, status_code=chunk.error.code,
+                                          type=chunk.error.type)
+            if isinstance(first, dict):
+                await gen.aclose()
+                return JSONResponse(content=first, headers=headers)
+
+            async def events():
+                try:
+                    for item in [first]:
+                        for event in item if isinstance(item, list) else [item]:
+                            yield event if isinstance(event, str) else f"data: {event.model_dump_json()}\n\n"
+                    async for item in gen:
+                        for event in item if isinstance(item, list) else [item]:
+                            yield event if isinstance(event, str) else f"data: {event.model_dump_json()}\n\n"
+                finally:
+                    await gen.aclose()
+
+            return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
+
+    # ------------------------------------------------------------ feedback
+    async def feedback(self, body: FeedbackRequest) -> JSONResponse:
+        store = self._store_handle()
+        interaction = await store.get.remote("interactions", body.response_id)
+        if interaction is None:
+            raise HTTPException(status_code=404, detail=f"unknown response_id {body.response_id!r}")
+        record = {"id": f"fb-{uuid.uuid4().hex}", "response_id": body.response_id, "created": time.time(),
+                  "version": interaction.get("version"), "rating": body.rating, "correction": body.correction,
+                  "rule": body.rule, "approved": body.approved}
+        await store.append.remote("feedback", [msgpack.packb(record, use_bin_type=True)])
+        return JSONResponse(status_code=201, content={"id": record["id"], "response_id": body.response_id,
+                                                      "version": record["version"]})
+
+    # ------------------------------------------------------------ admin
+    async def admin_versions(self) -> JSONResponse:
+        return JSONResponse(await self._broadcaster.versions())
+
+    async def admin_publish(self, body: PublishRequest) -> JSONResponse:
+        try:
+            result = await self._broadcaster.publish(checkpoint_dir=body.checkpoint, note=body.note)
+        except WeightsMismatch as e:
+            raise HTTPException(status_code=400, detail=str(e)) from None
+        except SwapError as e:
+            raise HTTPException(status_code=500, detail=str(e)) from None
+        return JSONResponse(status_code=201, content=result)
+
+    async def admin_rollback(self, body: RollbackRequest) -> JSONResponse:
+        try:
+            result = await self._broadcaster.rollback(body.version)
+        except VersionError as e:
+            raise HTTPException(status_code=404, detail=str(e)) from None
+        except SwapError as e:
+            raise HTTPException(status_code=500, detail=str(e)) from None
+        return JSONResponse(result)
+
+
+_DIGESTS: dict = {}
+
+
+def key_digests() -> dict:
+    """The digests this process's ingress was started with (module state: the app is pickled, the module is not)."""
+    return _DIGESTS
+
+ENDPOINTS = {
+    "models": DEFAULT_ENDPOINTS["models"],
+    "model_data": DEFAULT_ENDPOINTS["model_data"],
+    "completions": DEFAULT_ENDPOINTS["completions"],
+    "chat": DEFAULT_ENDPOINTS["chat"],
+    "feedback": lambda app: app.post("/v1/feedback", status_code=201),
+    "admin_versions": lambda app: app.get("/admin/versions"),
+    "admin_publish": lambda app: app.post("/admin/publish", status_code=201),
+    "admin_rollback": lambda app: app.post("/admin/rollback"),
+}
+
+
+def make_app():
+    app = init()
+    app.add_middleware(AuthMiddleware, digests=key_digests)
+    return app
