@@ -48,12 +48,14 @@ class SwapError(RuntimeError):
 
 class WeightBroadcaster:
     def __init__(self, handle, registry: VersionRegistry | str | Path, *, mode: str = "wait",
-                 timeout_s: float = DEFAULT_TIMEOUT_S, bucket_bytes: int = BUCKET_BYTES):
+                 timeout_s: float = DEFAULT_TIMEOUT_S, bucket_bytes: int = BUCKET_BYTES,
+                 restore_timeout_s: float = DEFAULT_TIMEOUT_S):
         """``handle``: the DeploymentHandle of the ``ReverieLLMServer`` deployment."""
         self.handle = handle
         self.registry = registry if isinstance(registry, VersionRegistry) else VersionRegistry(registry)
         self.mode = mode
-        self.timeout_s = float(timeout_s)
+        self.timeout_s = float(timeout_s)  # bounds a swap: drain, pause, reload, resume on every replica
+        self.restore_timeout_s = float(restore_timeout_s)  # bounds putting the previous version back
         self.bucket_bytes = int(bucket_bytes)
         self._reference = None
         self._lock = asyncio.Lock()
@@ -93,7 +95,7 @@ class WeightBroadcaster:
             results, failed = [], [{"replica": "?", "error": f"{type(e).__name__}: {e}"}]
         if failed:
             try:
-                await self._install(previous.version, previous.weights, self.timeout_s)
+                await self._install(previous.version, previous.weights, self.restore_timeout_s)
                 restored = f"replicas are back on version {previous.version}"
             except Exception as e2:  # noqa: BLE001
                 restored = f"restoring version {previous.version} failed too: {e2}"
@@ -135,7 +137,7 @@ class WeightBroadcaster:
                         info = self.registry.add(version, final, source, note)
                         self.registry.promote(version)
                     except Exception as e:
-                        await self._install(previous.version, previous.weights, self.timeout_s)
+                        await self._install(previous.version, previous.weights, self.restore_timeout_s)
                         raise SwapError(f"could not store version {version} durably ({e}); "
                                         f"replicas are back on version {previous.version}") from e
                     # Replicas now point at the durable copy (their restore point), so the shared memory can go.

@@ -66,9 +66,10 @@ class ReverieLLMServer(LLMServer):
         self._store_namespace = store_namespace
         self._store = None
         try:
-            self._replica = serve.get_replica_context().replica_id.unique_id
+            rid = serve.get_replica_context().replica_id
+            self._replica, self._actor_name = rid.unique_id, rid.to_full_id_str()
         except Exception:
-            self._replica = "local"
+            self._replica, self._actor_name = "local", None
         await super().__init__(llm_config, engine_cls=engine_cls, model_downloader=model_downloader)
 
     async def start(self):
@@ -177,7 +178,9 @@ class ReverieLLMServer(LLMServer):
                 error = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
                 if touched and previous_weights:
                     try:
-                        await self._load(previous_weights, timeout_s)
+                        restored = await self._load(previous_weights, max(timeout_s, 60.0))
+                        if not restored["ok"]:
+                            raise RuntimeError(restored["error"])
                     except Exception as e2:
                         error += f"; restoring version {previous} also failed: {e2}"
                 logger.error("replica %s: swap to version %s failed: %s", self._replica, version, error)
@@ -185,7 +188,7 @@ class ReverieLLMServer(LLMServer):
                         "error": error, "seconds": time.perf_counter() - t0}
             finally:
                 try:
-                    await asyncio.wait_for(self.engine.resume(), timeout=timeout_s)
+                    await asyncio.wait_for(self.engine.resume(), timeout=max(timeout_s, 60.0))
                 finally:
                     self._gate.open.set()
 
@@ -196,7 +199,8 @@ class ReverieLLMServer(LLMServer):
         return await self.reverie_status()
 
     async def reverie_status(self) -> dict:
-        return {"replica": self._replica, "version": self._version, "inflight": self._gate.inflight,
+        return {"replica": self._replica, "actor": self._actor_name, "version": self._version,
+                "inflight": self._gate.inflight,
                 "swapping": self._swap_lock.locked()}
 
     async def reverie_weight_checksum(self, names: list[str]) -> list:

