@@ -104,3 +104,73 @@ def render_demo(transcript: list[dict]) -> str:
     """A transcript as one line of text, for a teacher's privileged context."""
     parts = [f"{m['role']} : {m['content']}" for m in transcript]
     return "example : " + " | ".join(parts)
+
+
+# --------------------------------------------------------------------------- dream interface
+# The same environment behind simulators.env.Environment (registered as
+# "tinyworld-tools"), for dream simulation.  The protocol, the reward and the
+# evaluation above are unchanged; dreams may allow more turns than evaluation.
+
+ENV_NAME = "tinyworld-tools"
+
+
+def to_task(task: ToolsTask, family: str = "tools"):
+    """A ToolsTask as a dream Task (the tool and values are the env's private spec)."""
+    from simulators.env import Task
+
+    spec = {"tool": task.tool, "values": [[item, value] for item, value in task.values]}
+    return Task(ENV_NAME, task.question, spec, family)
+
+
+def from_task(task) -> ToolsTask:
+    spec = task.spec
+    return ToolsTask(task.prompt, spec["tool"], tuple((str(i), int(v)) for i, v in spec["values"]))
+
+
+def verify(task: ToolsTask, messages: list[dict], max_turns: int) -> bool:
+    """The verifier: replay the transcript's actions in a fresh environment; the
+    episode succeeds when the real environment rewards it within ``max_turns``."""
+    users = [m for m in messages if m["role"] == "user"]
+    if not users or " ".join(users[0]["content"].split()) != " ".join(task.question.split()):
+        return False
+    actions = [m["content"] for m in messages if m["role"] == "assistant"]
+    env = ToolsEnv(task, max_turns=max_turns)
+    env.reset()
+    for n, action in enumerate(actions, 1):
+        result = env.step(action)
+        if result.done:  # nothing may follow the end of the episode
+            return result.reward == 1.0 and n == len(actions)
+    return False
+
+
+class ToolsEnvironment:
+    """The tool task as a dream environment (``simulators.env.Environment``)."""
+
+    name = ENV_NAME
+    simulated = False
+
+    def __init__(self, max_turns: int = EVAL_MAX_TURNS):
+        if max_turns < 1:
+            raise ValueError(f"max_turns must be at least 1, got {max_turns}")
+        self.max_turns = max_turns
+        self._env: ToolsEnv | None = None
+
+    def reset(self, task) -> list[dict]:
+        self._env = ToolsEnv(from_task(task), max_turns=self.max_turns)
+        self._env.reset()
+        return list(self._env.transcript)
+
+    def step(self, action: str):
+        from simulators.env import Step
+
+        if self._env is None:
+            raise RuntimeError("step() before reset()")
+        r = self._env.step(action)
+        return Step(r.observation, r.reward, r.done)
+
+    @property
+    def transcript(self) -> list[dict]:
+        return list(self._env.transcript) if self._env is not None else []
+
+    def verify(self, task, messages: list[dict]) -> bool:
+        return verify(from_task(task), messages, self.max_turns)

@@ -1,0 +1,130 @@
+"""The rollout engine: one vLLM engine that simulator workers share, as a Ray actor.
+
+Workers send a turn's prompts (chat messages) and get the policy's replies.
+Calls that arrive while the engine is busy are combined into one
+``LLM.generate`` call (continuous batching across workers): the first waiting
+caller takes every queued request, runs them together and hands each caller
+its own replies.  ``reload`` restarts the engine on new weights (a checkpoint
+directory) and bumps the policy version that every trajectory is tagged with.
+"""
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+
+MAX_ACTION_TOKENS = 32
+
+
+@dataclass(frozen=True)
+class Sampling:
+    temperature: float = 1.0
+    max_tokens: int = MAX_ACTION_TOKENS
+    seed: int | None = None
+
+
+class RolloutEngine:
+    """A vLLM engine on one model directory, shared by concurrent callers."""
+
+    def __init__(self, model_dir: str | Path, version: int = 0, seed: int = 0):
+        self._queue: queue.Queue = queue.Queue()
+        self._lock = threading.Lock()
+        self._seed = seed
+        self._llm = None
+        self.calls = 0  # engine generate calls (each may combine several requests)
+        self.requests = 0
+        self._start(model_dir, version)
+
+    def _start(self, model_dir: str | Path, version: int) -> None:
+        from learner.tokenizer import ChatEncoder, load_tokenizer
+        from reverie.engine import offline_llm
+
+        self._model_dir = str(model_dir)
+        self._version = int(version)
+        self._encoder = ChatEncoder(load_tokenizer(Path(model_dir)))
+        self._llm = offline_llm(model_dir, seed=self._seed)
+
+    def _stop(self) -> None:
+        if self._llm is not None:
+            self._llm.llm_engine.engine_core.shutdown()
+            self._llm = None
+
+    def reload(self, model_dir: str | Path, version: int) -> int:
+        """Restart on the weights in ``model_dir`` (waits for running calls); the new version."""
+        with self._lock:
+            self._stop()
+            self._start(model_dir, version)
+        return self._version
+
+    def version(self) -> int:
+        return self._version
+
+    def model_dir(self) -> str:
+        return self._model_dir
+
+    def stats(self) -> dict:
+        return {"calls": self.calls, "requests": self.requests, "version": self._version}
+
+    def generate(self, prompts: Sequence[Sequence[dict]], sampling: Sampling = Sampling()) -> list[str]:
+        """The policy's reply to each prompt (a list of chat messages)."""
+        if not prompts:
+            return []
+        fut: Future = Future()
+        self._queue.put((list(prompts), sampling, fut))
+        with self._lock:
+            if not fut.done():
+                self._run_queued()
+        return fut.result()
+
+    def _run_queued(self) -> None:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        jobs = []
+        while True:
+            try:
+                jobs.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        token_prompts, params = [], []
+        for prompts, sampling, _ in jobs:
+            sp = SamplingParams(temperature=sampling.temperature, max_tokens=sampling.max_tokens, seed=sampling.seed)
+            for p in prompts:
+                ids = self._encoder.encode(list(p), add_generation_prompt=True)[0]
+                token_prompts.append(TokensPrompt(prompt_token_ids=ids))
+                params.append(sp)
+        try:
+            outs = self._llm.generate(token_prompts, params, use_tqdm=False)
+        except BaseException as exc:  # every waiting caller sees the failure
+            for _, _, fut in jobs:
+                fut.set_exception(exc)
+            raise
+        self.calls += 1
+        self.requests += len(jobs)
+        texts = [o.outputs[0].text for o in outs]
+        at = 0
+        for prompts, _, fut in jobs:
+            fut.set_result(texts[at : at + len(prompts)])
+            at += len(prompts)
+
+    def shutdown(self) -> None:
+        with self._lock:
+            self._stop()
+
+
+def engine_actor(model_dir: str | Path, version: int = 0, seed: int = 0, num_cpus: float = 1.0):
+    """A ``RolloutEngine`` as a Ray actor that serves many workers at once."""
+    import ray
+
+    cls = ray.remote(RolloutEngine).options(num_cpus=num_cpus, max_concurrency=64, max_restarts=0)
+    return cls.remote(str(model_dir), version, seed)
+
+
+def wait_ready(engine, timeout: float = 300.0) -> int:
+    """Block until the engine actor has started its vLLM engine; its version."""
+    import ray
+
+    return ray.get(engine.version.remote(), timeout=timeout)

@@ -1,0 +1,80 @@
+"""The success filter: keep what the verifier says succeeded, write it to the
+experience store with its provenance, and hand it to the learner as the
+teacher's privileged context.
+
+A kept trajectory is a demonstration that nobody wrote: the policy found it in
+a dream and the environment's verifier confirmed it.  It becomes a
+:class:`learner.distill.Lesson` for every assistant turn of a state: the
+student sees the conversation so far, the teacher sees the same conversation
+with a successful trajectory (of another task, so the teacher must transfer
+the skill rather than copy an answer) rendered as a system message.
+"""
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator, Sequence
+
+import msgpack
+
+from learner.distill import Lesson
+
+TABLE = "trajectories"
+
+
+def render_trajectory(messages: Sequence[dict]) -> str:
+    """A trajectory as one line of text for the teacher's system message."""
+    from simulators.tinyworld.tools_env import render_demo
+
+    return render_demo(list(messages))
+
+
+class SuccessFilter:
+    """Keeps verified successes and appends them to the store's ``trajectories``
+    table (ids are episode ids: a retried episode is never stored twice)."""
+
+    def __init__(self, store, table: str = TABLE):
+        self.store = store
+        self.table = table
+
+    @staticmethod
+    def accept(record: dict) -> bool:
+        return bool(record["success"])
+
+    def keep(self, records: Sequence[dict]) -> list[dict]:
+        kept = [r for r in records if self.accept(r)]
+        if kept and self.store is not None:
+            call(self.store.append, self.table, [msgpack.packb(r, use_bin_type=True) for r in kept])
+        return kept
+
+
+def call(method, *args):
+    """Call a store method on a Ray actor handle or on a plain object alike."""
+    remote = getattr(method, "remote", None)
+    if remote is None:
+        return method(*args)
+    import ray
+
+    return ray.get(remote(*args))
+
+
+def states(messages: Sequence[dict]) -> list[tuple[dict, ...]]:
+    """Every state of a transcript at which the agent acts: the prefix before
+    each assistant turn."""
+    return [tuple(messages[:i]) for i, m in enumerate(messages) if m["role"] == "assistant"]
+
+
+def lessons(kept: Sequence[dict], rng: random.Random, trusted_only: bool = True) -> Iterator[Lesson]:
+    """Endless lessons from kept trajectories: a random state of one trajectory
+    (student view), the same state under a successful trajectory of another
+    task as privileged context (teacher view).  Simulated successes are used
+    only when ``trusted_only`` is false."""
+    pool = [r for r in kept if r["success"] and (not trusted_only or not r.get("simulated"))]
+    if not pool:
+        raise ValueError("no kept trajectory to learn from")
+    while True:
+        rec = rng.choice(pool)
+        others = [r for r in pool if r["task_id"] != rec["task_id"]] or pool
+        ctx = rng.choice(others)
+        state = rng.choice(states(rec["messages"]))
+        system = {"role": "system", "content": render_trajectory(ctx["messages"])}
+        yield Lesson(state, (system, *state), None)

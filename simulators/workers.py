@@ -1,0 +1,213 @@
+"""Simulator workers (Ray actors) and the elastic pool that feeds them episodes.
+
+A worker plays a batch of episodes in lock step: each turn it sends every
+active episode's conversation to the rollout engine in one request, steps the
+environments with the replies, and when all are done tags each trajectory
+(task id, environment, policy version, reward, verified success, timings,
+provenance), passes it through the success filter (which writes the kept ones
+to the experience store) and returns them all.
+
+The pool hands out batches to however many workers it is asked to keep
+(``resize`` may be called while it runs: new workers are started, surplus
+ones retire once idle).  A worker that dies mid-episode loses only its
+batch, which goes back in the queue; episode ids are fixed before dispatch,
+so a retried episode never yields a second stored trajectory (the store
+ignores a duplicate id, and the pool keeps one record per id).
+"""
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from simulators.env import Task, make
+from simulators.rollout import Sampling
+from simulators.success import SuccessFilter
+
+WORKER_RESOURCES = {"simulator": 1}  # cluster.yaml's simulator node type offers this resource
+REPO_ROOT = str(Path(__file__).resolve().parents[1])
+
+
+@dataclass(frozen=True)
+class Episode:
+    id: str  # fixed before dispatch: the trajectory id, the same on every retry
+    task: Task
+    max_turns: int
+    temperature: float = 1.0
+    origin: str = ""  # where the task came from (proposer provenance)
+
+
+def start_local_ray(num_cpus: int = 4, simulators: int = 64) -> None:
+    """A private single-machine Ray cluster (never attaches to someone else's)."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    ray.init(num_cpus=num_cpus, include_dashboard=False, resources={"simulator": simulators},
+             runtime_env={"env_vars": {"PYTHONPATH": REPO_ROOT, "TOKENIZERS_PARALLELISM": "false"}},
+             log_to_driver=False, configure_logging=False)
+
+
+class SimulatorWorker:
+    """Runs episodes against the policy served by a rollout engine."""
+
+    def __init__(self, engine, store, worker_id: str):
+        self.engine = engine
+        self.filter = SuccessFilter(store)
+        self.worker_id = worker_id
+        self._progress = {"batches": 0, "active": 0, "turns": 0}
+
+    def progress(self) -> dict:
+        return dict(self._progress, pid=os.getpid())
+
+    def run(self, episodes: Sequence[Episode]) -> list[dict]:
+        import ray
+
+        version = ray.get(self.engine.version.remote())
+        started = [time.time()] * len(episodes)
+        envs = [make(ep.task.env, max_turns=ep.max_turns) for ep in episodes]
+        for env, ep in zip(envs, episodes):
+            env.reset(ep.task)
+        rewards, ended = [0.0] * len(episodes), [0.0] * len(episodes)
+        active = list(range(len(episodes)))
+        self._progress.update(active=len(active), turns=0)
+        while active:
+            by_temp: dict[float, list[int]] = {}
+            for i in active:
+                by_temp.setdefault(episodes[i].temperature, []).append(i)
+            still = []
+            for temp, idx in by_temp.items():
+                replies = ray.get(self.engine.generate.remote([envs[i].transcript for i in idx], Sampling(temperature=temp)))
+                for i, reply in zip(idx, replies):
+                    step = envs[i].step(reply)
+                    if step.done:
+                        rewards[i], ended[i] = step.reward, time.time()
+                    else:
+                        still.append(i)
+            active = sorted(still)
+            self._progress.update(active=len(active), turns=self._progress["turns"] + 1)
+        records = [self._record(ep, env, rewards[i], version, started[i], ended[i]) for i, (ep, env) in enumerate(zip(episodes, envs))]
+        self.filter.keep(records)
+        self._progress.update(batches=self._progress["batches"] + 1, active=0)
+        return records
+
+    def _record(self, ep: Episode, env, reward: float, version: int, started: float, ended: float) -> dict:
+        messages = env.transcript
+        return {
+            "id": ep.id,
+            "task_id": ep.task.id,
+            "env": ep.task.env,
+            "policy_version": int(version),
+            "reward": float(reward),
+            "success": bool(env.verify(ep.task, messages)),  # the verifier, not the reward, decides
+            "simulated": bool(env.simulated),
+            "messages": messages,
+            "started": started,
+            "seconds": ended - started,
+            "provenance": json.dumps({"worker": self.worker_id, "origin": ep.origin, "max_turns": ep.max_turns,
+                                      "temperature": ep.temperature, "family": ep.task.family}),
+            "task": ep.task.to_dict(),
+        }
+
+
+def worker_actor_class():
+    import ray
+
+    return ray.remote(SimulatorWorker).options(num_cpus=0, resources=WORKER_RESOURCES, max_concurrency=2,
+                                               max_restarts=0)
+
+
+class SimulatorPool:
+    """An elastic pool of simulator workers fed from one queue of episodes."""
+
+    def __init__(self, engine, store, size: int, batch: int = 8, name: str = "sim"):
+        if size < 1:
+            raise ValueError(f"a pool needs at least one simulator, got {size}")
+        self.engine, self.store, self.batch, self.name = engine, store, batch, name
+        self._target = size
+        self._lock = threading.Lock()
+        self._cls = worker_actor_class()
+        self._next = 0
+        self.workers: dict[str, object] = {}
+        self.busy: dict[str, object] = {}  # worker id -> ObjectRef of its running batch
+        self.retried = 0  # episodes re-queued because their worker died
+        self.deaths = 0
+        self._reconcile()
+
+    @property
+    def size(self) -> int:
+        return len(self.workers)
+
+    def resize(self, n: int) -> None:
+        """Grow now, shrink as workers become idle (safe to call while ``run`` runs)."""
+        if n < 1:
+            raise ValueError(f"a pool needs at least one simulator, got {n}")
+        with self._lock:
+            self._target = n
+        self._reconcile()
+
+    def _reconcile(self) -> None:
+        import ray
+
+        with self._lock:
+            while len(self.workers) < self._target:
+                wid = f"{self.name}-{self._next}"
+                self._next += 1
+                self.workers[wid] = self._cls.remote(self.engine, self.store, wid)
+            for wid in [w for w in self.workers if w not in self.busy][: max(0, len(self.workers) - self._target)]:
+                ray.kill(self.workers.pop(wid))
+
+    def run(self, episodes: Sequence[Episode], on_done: Callable[[list[dict]], None] | None = None) -> list[dict]:
+        """Play every episode once (retrying those whose worker died); one record per episode id."""
+        import ray
+        from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+
+        ids = [ep.id for ep in episodes]
+        if len(set(ids)) != len(ids):
+            raise ValueError("episode ids must be unique")
+        queue = deque(list(episodes[i : i + self.batch]) for i in range(0, len(episodes), self.batch))
+        inflight: dict[object, tuple[str, list[Episode]]] = {}
+        results: dict[str, dict] = {}
+        while queue or inflight:
+            self._reconcile()
+            for wid, worker in list(self.workers.items()):
+                if not queue:
+                    break
+                if wid not in self.busy:
+                    chunk = queue.popleft()
+                    ref = worker.run.remote(chunk)
+                    self.busy[wid] = ref
+                    inflight[ref] = (wid, chunk)
+            ready, _ = ray.wait(list(inflight), num_returns=1, timeout=1.0)
+            for ref in ready:
+                wid, chunk = inflight.pop(ref)
+                self.busy.pop(wid, None)
+                try:
+                    records = ray.get(ref)
+                except (RayActorError, ActorDiedError, ActorUnavailableError):
+                    with self._lock:  # the worker is gone: its episodes go back in the queue
+                        self.workers.pop(wid, None)
+                    self.deaths += 1
+                    self.retried += len(chunk)
+                    queue.appendleft(chunk)
+                    continue
+                fresh = [r for r in records if r["id"] not in results]
+                for r in fresh:
+                    results[r["id"]] = r
+                if on_done is not None and fresh:
+                    on_done(fresh)
+        return [results[i] for i in ids]
+
+    def shutdown(self) -> None:
+        import ray
+
+        with self._lock:
+            for worker in self.workers.values():
+                ray.kill(worker)
+            self.workers.clear()
+            self.busy.clear()
