@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
 
 import msgpack
 
-from learner.distill import Lesson
+if TYPE_CHECKING:
+    from learner.distill import Lesson
 
 TABLE = "trajectories"
 
@@ -63,11 +65,13 @@ def states(messages: Sequence[dict]) -> list[tuple[dict, ...]]:
     return [tuple(messages[:i]) for i, m in enumerate(messages) if m["role"] == "assistant"]
 
 
-def lessons(kept: Sequence[dict], rng: random.Random, trusted_only: bool = True) -> Iterator[Lesson]:
+def lessons(kept: Sequence[dict], rng: random.Random, trusted_only: bool = True) -> Iterator["Lesson"]:
     """Endless lessons from kept trajectories: a random state of one trajectory
     (student view), the same state under a successful trajectory of another
     task as privileged context (teacher view).  Simulated successes are used
     only when ``trusted_only`` is false."""
+    from learner.distill import Lesson
+
     pool = [r for r in kept if r["success"] and (not trusted_only or not r.get("simulated"))]
     if not pool:
         raise ValueError("no kept trajectory to learn from")

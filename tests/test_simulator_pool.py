@@ -1,0 +1,100 @@
+"""Simulator workers (Ray actors) playing episodes against a real vLLM rollout
+engine, in an elastic pool, writing verified trajectories to the experience
+store exactly once, also when a worker dies mid-episode."""
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+
+import pytest
+
+ray = pytest.importorskip("ray")
+
+from actors.store import ExperienceStore, read_table  # noqa: E402
+from simulators.env import make  # noqa: E402
+from simulators.rollout import engine_actor, wait_ready  # noqa: E402
+from simulators.tinyworld.skills import new_tools_task  # noqa: E402
+from simulators.tinyworld.tools_env import to_task  # noqa: E402
+from simulators.workers import Episode, SimulatorPool, start_local_ray  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def cluster(shipped_model, tmp_path_factory):
+    start_local_ray(num_cpus=4)
+    engine = engine_actor(shipped_model)
+    wait_ready(engine)
+    yield engine
+    ray.get(engine.shutdown.remote())
+    ray.shutdown()
+
+
+def episodes(tag: str, n: int, seed: int, max_turns: int = 6) -> list[Episode]:
+    rng = random.Random(seed)
+    return [Episode(f"{tag}-{i}", to_task(new_tools_task(rng)), max_turns) for i in range(n)]
+
+
+def stored(store, data_dir):
+    ray.get(store.flush.remote())
+    return read_table(str(data_dir), "trajectories").to_pylist()
+
+
+def test_two_workers_store_each_verified_trajectory_once_when_one_is_killed_mid_episode(cluster, tmp_path):
+    store = ExperienceStore.remote(str(tmp_path))
+    pool = SimulatorPool(cluster, store, size=2, batch=8)
+    eps = episodes("kill", 64, seed=1)
+    out: dict = {}
+    runner = threading.Thread(target=lambda: out.setdefault("records", pool.run(eps)))
+    runner.start()
+    victim = None
+    deadline = time.monotonic() + 120
+    while victim is None and time.monotonic() < deadline:
+        for wid, worker in list(pool.workers.items()):
+            p = ray.get(worker.progress.remote())
+            if p["active"] > 0 and p["turns"] >= 1:  # episodes started and not finished
+                victim = wid
+                ray.kill(worker, no_restart=True)
+                break
+    runner.join(timeout=300)
+    assert victim is not None and not runner.is_alive()
+    records = out["records"]
+    assert pool.deaths == 1 and pool.retried >= 1
+    assert pool.size == 2  # the dead worker was replaced
+    assert [r["id"] for r in records] == [e.id for e in eps]  # every episode, once
+    env = make("tinyworld-tools", max_turns=6)
+    for r, e in zip(records, eps):
+        assert r["task_id"] == e.task.id and r["env"] == "tinyworld-tools" and r["policy_version"] == 0
+        assert r["success"] == env.verify(e.task, r["messages"])  # the verifier's verdict
+        assert r["seconds"] >= 0 and r["simulated"] is False
+    rows = stored(store, tmp_path)
+    ids = [row["id"] for row in rows]
+    assert len(ids) == len(set(ids))  # nothing stored twice
+    assert set(ids) == {r["id"] for r in records if r["success"]}  # only verified successes, all of them
+    assert len(ids) > 0
+    assert {json.loads(row["provenance"])["worker"] for row in rows} - {victim}
+    pool.shutdown()
+
+
+def test_pool_grows_and_shrinks_while_running(cluster, tmp_path):
+    store = ExperienceStore.remote(str(tmp_path))
+    pool = SimulatorPool(cluster, store, size=1, batch=4)
+    eps = episodes("elastic", 96, seed=2)
+    sizes = []
+
+    def on_done(recs):
+        done = len(sizes)
+        sizes.append(pool.size)
+        if done == 1:
+            pool.resize(3)
+        if done == 10:
+            pool.resize(1)
+
+    records = pool.run(eps, on_done=on_done)
+    assert [r["id"] for r in records] == [e.id for e in eps]
+    assert max(sizes) == 3 and sizes[-1] == 1
+    workers = {json.loads(r["provenance"])["worker"] for r in records}
+    assert len(workers) >= 3  # the grown pool did the work
+    ids = [row["id"] for row in stored(store, tmp_path)]
+    assert len(ids) == len(set(ids)) == sum(r["success"] for r in records)
+    pool.shutdown()
