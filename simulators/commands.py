@@ -1,0 +1,113 @@
+"""The ``reverie dream`` command (registered into ``reverie.cli`` by ``register``)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from reverie.errors import ReverieError, check_model_dir, parse_seed
+
+
+def _positive(text: str, what: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise ReverieError(f"{what} must be a positive whole number, got {text!r}") from None
+    if n <= 0:
+        raise ReverieError(f"{what} must be a positive whole number, got {text!r}")
+    return n
+
+
+def cmd_dream(args: argparse.Namespace) -> int:
+    from simulators.dream import DREAM_SKILLS, DreamConfig
+
+    if args.skill not in DREAM_SKILLS:
+        raise ReverieError(f"unknown skill {args.skill!r} for dream; skills are: {', '.join(DREAM_SKILLS)}")
+    model = check_model_dir(args.model)
+    data_dir = None
+    if args.data_dir is not None:
+        data_dir = Path(args.data_dir)
+        if data_dir.exists() and not data_dir.is_dir():
+            raise ReverieError(f"--data-dir {str(data_dir)!r} exists and is not a directory")
+    try:
+        lr = float(args.lr)
+    except ValueError:
+        raise ReverieError(f"--lr must be a number, got {args.lr!r}") from None
+    if not 0 < lr < 1:
+        raise ReverieError(f"--lr must be between 0 and 1, got {args.lr!r}")
+    try:
+        retain = float(args.retain)
+    except ValueError:
+        raise ReverieError(f"--retain must be a number, got {args.retain!r}") from None
+    if not 0 <= retain < 1:
+        raise ReverieError(f"--retain must be at least 0 and below 1, got {args.retain!r}")
+    cfg = DreamConfig(
+        model_dir=model, skill=args.skill, simulators=_positive(args.simulators, "--simulators"),
+        episodes=_positive(args.episodes, "--episodes"), rounds=_positive(args.rounds, "--rounds"),
+        steps=_positive(args.steps, "--steps"), lr=lr, retain=retain, eval_items=_positive(args.items, "--items"),
+        seed=parse_seed(args.seed), data_dir=data_dir,
+    )
+    report = _run_with_bar(cfg, quiet=args.quiet)
+    print(json.dumps(report) if args.json else format_dream(report))
+    return 0
+
+
+def _run_with_bar(cfg, quiet: bool) -> dict:
+    from tqdm import tqdm
+
+    from simulators.dream import run
+
+    total = cfg.rounds * (cfg.episodes + cfg.steps * 1)
+    bar = tqdm(total=total, desc="dream", unit="step", disable=quiet, dynamic_ncols=True, file=sys.stderr)
+    state = {"round": 1}
+
+    def progress(phase: str, n: int) -> None:
+        if phase == "measure" and n == 0 and bar.n > 0:
+            state["round"] += 1
+        bar.set_description(f"dream round {min(state['round'], cfg.rounds)}: {phase}")
+        bar.update(n)
+
+    try:
+        return run(cfg, progress)
+    finally:
+        bar.close()
+
+
+def format_dream(r: dict) -> str:
+    lines = [f"dream on {r['skill']}: {r['episodes']} episodes, {r['simulators']} simulators, {r['seconds']:.0f} s",
+             f"  held-out success  {r['success_before']:.3f} -> {r['success_after']:.3f}",
+             f"  retention         {r['retention_avg']:.3f}   forgetting {r['forgetting']:+.3f}",
+             f"  episodes/s        {r['episodes_per_second']:.1f}"]
+    by = r.get("episodes_per_second_by_simulators") or {}
+    if by:
+        lines.append("  scaling           " + ", ".join(f"{n} sim: {v:.1f}/s" for n, v in by.items()))
+    return "\n".join(lines)
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    """Add ``dream`` to the ``reverie`` command line's subparsers."""
+    from simulators.dream import DreamConfig
+    from simulators.tinyworld.build import SHIPPED_MODEL
+
+    d = DreamConfig(model_dir=SHIPPED_MODEL)
+    p = subparsers.add_parser(
+        "dream", help="rehearse a skill in simulated environments, keep verified successes, distil them; measure")
+    p.add_argument("--skill", default=d.skill, help="the skill to rehearse (default %(default)s)")
+    p.add_argument("--simulators", default=str(d.simulators), help="simulator workers (default %(default)s)")
+    p.add_argument("--episodes", default=str(d.episodes), help="episodes rehearsed per round (default %(default)s)")
+    p.add_argument("--rounds", default=str(d.rounds), help="rehearse-distil rounds (default %(default)s)")
+    p.add_argument("--steps", default=str(d.steps), help="learner updates per round (default %(default)s)")
+    p.add_argument("--lr", default=str(d.lr), help="AdamW learning rate (default %(default)s)")
+    p.add_argument("--retain", default=str(d.retain),
+                   help="share of each learner batch that replays base skills (default %(default)s)")
+    p.add_argument("--items", default=str(d.eval_items), help="held-out tasks measured (default %(default)s)")
+    p.add_argument("--seed", default=str(d.seed), help="random seed (default %(default)s)")
+    p.add_argument("--model", default=str(SHIPPED_MODEL), help="base model directory (default: the shipped one)")
+    p.add_argument("--data-dir", default=None,
+                   help="experience store directory: recorded asks seed the proposer, kept trajectories are written "
+                        "there (default: a new temporary directory)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_dream)
+    return p
