@@ -20,6 +20,7 @@ built on this machine, which has no GPU.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import os
 import shutil
@@ -128,23 +129,32 @@ class WeightBroadcaster:
                 previous = self.registry.promoted()
                 version = self.registry.allocate()
                 shm = SHM_ROOT / f"reverie-{os.getpid()}-{uuid.uuid4().hex[:8]}-v{version}"
+                durable = None
                 try:
                     paths = await asyncio.to_thread(pack_buckets, state, shm, self.bucket_bytes)
                     pack_s = time.perf_counter() - t0
-                    swap = await self._swap(version, [str(p) for p in paths], previous)
+                    # The durable copy (for restarts and rollbacks) is written while the replicas install.
+                    durable = asyncio.ensure_future(asyncio.to_thread(self.registry.write_version, version, paths))
                     try:
-                        final = await asyncio.to_thread(self.registry.write_version, version, paths)
+                        swap = await self._swap(version, [str(p) for p in paths], previous)
+                    except BaseException:
+                        with contextlib.suppress(BaseException):
+                            shutil.rmtree(await durable, ignore_errors=True)
+                        raise
+                    try:
+                        final = await durable
                         info = self.registry.add(version, final, source, note)
                         self.registry.promote(version)
                     except Exception as e:
                         await self._install(previous.version, previous.weights, self.restore_timeout_s)
                         raise SwapError(f"could not store version {version} durably ({e}); "
                                         f"replicas are back on version {previous.version}") from e
+                    done_s = time.perf_counter() - t0
                     # Replicas now point at the durable copy (their restore point), so the shared memory can go.
                     await self._broadcast("reverie_repoint", {"version": version, "paths": info.weights}, 30.0)
                 finally:
                     shutil.rmtree(shm, ignore_errors=True)
-        return {"version": version, "previous": previous.version, "seconds": time.perf_counter() - t0,
+        return {"version": version, "previous": previous.version, "seconds": done_s,
                 "pack_seconds": pack_s, "swap_seconds": swap["seconds"], "replicas": swap["replicas"],
                 "buckets": len(paths)}
 

@@ -12,7 +12,12 @@ Every figure is measured in the run that prints it:
   window; ``serve_tokens_per_second_steady`` the same without swaps;
   ``raw_vllm_tokens_per_second``: the same engine arguments and load pattern
   (``concurrency`` requests in flight) on a bare vLLM ``AsyncLLM`` in this
-  process, before Serve starts; ``serve_to_raw_ratio`` = steady / raw.
+  process, measured before Serve starts and after it stops (the machine is
+  shared; the two are averaged); ``serve_to_raw_ratio`` = steady / raw.
+- the swap broken down (medians): ``pack`` (validate + write the buckets to
+  shared memory), ``drain`` (in ``wait`` mode, waiting for the in-flight
+  requests of the old version to finish: bounded by the longest remaining
+  completion), ``reload`` (the worker extension's in-place reload).
 """
 from __future__ import annotations
 
@@ -211,7 +216,11 @@ def run_bench(params: str = "100M", replicas: int = 1, concurrency: int = 32, sw
                     for i in range(swaps):
                         t0 = time.perf_counter()
                         r = await broadcaster.publish(variants[i % 2], note=f"bench {i}")
-                        timings.append({"total": time.perf_counter() - t0, "install": r["swap_seconds"]})
+                        reps = r["replicas"]
+                        timings.append({"total": time.perf_counter() - t0, "install": r["swap_seconds"],
+                                        "pack": r["pack_seconds"],
+                                        "drain": max(x.get("drain_seconds", 0.0) for x in reps),
+                                        "reload": max(x.get("load_seconds", 0.0) for x in reps)})
                         progress(f"swap {i + 1}/{swaps}: version {r['version']} in {timings[-1]['total']:.2f} s")
                         await asyncio.sleep(1.0)
 
@@ -225,6 +234,10 @@ def run_bench(params: str = "100M", replicas: int = 1, concurrency: int = 32, sw
             import ray
 
             ray.shutdown()
+        # The machine is shared: raw throughput is measured before and after the Serve run, and averaged.
+        progress("measuring raw vLLM throughput again")
+        raw_after = asyncio.run(_raw_vllm_tokens_per_second(model_dir, concurrency, max_tokens, steady_seconds))
+        raw_mean = (raw_tps + raw_after) / 2
         totals = [t["total"] for t in timings]
         steady_tps = steady.tokens / steady_s
         report = {
@@ -232,10 +245,15 @@ def run_bench(params: str = "100M", replicas: int = 1, concurrency: int = 32, sw
             "swap_seconds_median": statistics.median(totals), "swap_seconds_max": max(totals),
             "requests": load.requests, "failed": load.failed, "mixed_version_responses": load.mixed,
             "tokens_per_second": load.tokens / load_s,
-            "raw_vllm_tokens_per_second": raw_tps,
+            "raw_vllm_tokens_per_second": raw_mean,
             "serve_tokens_per_second_steady": steady_tps,
-            "serve_to_raw_ratio": steady_tps / raw_tps if raw_tps else None,
+            "serve_to_raw_ratio": steady_tps / raw_mean if raw_mean else None,
             "install_seconds_median": statistics.median(t["install"] for t in timings),
+            "pack_seconds_median": statistics.median(t["pack"] for t in timings),
+            "drain_seconds_median": statistics.median(t["drain"] for t in timings),
+            "reload_seconds_median": statistics.median(t["reload"] for t in timings),
+            "reload_seconds_max": max(t["reload"] for t in timings),
+            "raw_vllm_tokens_per_second_before": raw_tps, "raw_vllm_tokens_per_second_after": raw_after,
             "versions_seen": len(load.versions), "concurrency": concurrency, "max_tokens": max_tokens,
             "steady_failed": steady.failed,
         }

@@ -163,17 +163,24 @@ class ReverieLLMServer(LLMServer):
                 return {"replica": self._replica, "ok": True, "version": version, "previous": previous, "seconds": 0.0}
             self._gate.open.clear()
             touched = False
+            steps: dict[str, float] = {}
             try:
+                t = time.perf_counter()
                 if mode == "wait":
                     await asyncio.wait_for(self._gate.idle.wait(), timeout=timeout_s)
+                steps["drain_seconds"] = time.perf_counter() - t
+                t = time.perf_counter()
                 await asyncio.wait_for(self.engine.pause(mode=mode, clear_cache=True), timeout=timeout_s)
+                steps["pause_seconds"] = time.perf_counter() - t
                 touched = True
+                t = time.perf_counter()
                 result = await self._load(paths, timeout_s)
                 if not result["ok"]:
                     raise RuntimeError(result["error"])
+                steps["load_seconds"] = time.perf_counter() - t
                 self._version, self._weights = int(version), list(paths)
                 return {"replica": self._replica, "ok": True, "version": self._version, "previous": previous,
-                        "seconds": time.perf_counter() - t0, "load_seconds": result["seconds"]}
+                        "seconds": time.perf_counter() - t0, **steps}
             except Exception as e:
                 error = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
                 if touched and previous_weights:

@@ -183,7 +183,7 @@ def test_every_interaction_is_recorded_once_and_reads_back_as_one_row(app):
             model="reverie", messages=[{"role": "user", "content": "sort: d b a"}], max_tokens=6, temperature=0,
             stream=stream)
         parsed = raw.parse()
-        ids.append(next(iter(parsed)).id if stream else parsed.id)
+        ids.append(list(parsed)[0].id if stream else parsed.id)  # a stream is recorded when it has ended
     app.flush()
     rows = {r["id"]: r for r in read_table(app.data_dir, "interactions").to_pylist()}
     assert len(rows) == read_table(app.data_dir, "interactions").num_rows  # one row per interaction

@@ -1,0 +1,89 @@
+"""``reverie serve`` as a user runs it: bad input exits 2 with one line; a real run prints the URL and where
+the keys are (never the keys), answers through the ``openai`` client, and on Ctrl-C flushes the experience
+store and exits 0."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import openai
+import pytest
+
+from simulators.tinyworld.build import SHIPPED_MODEL
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _cli(*args, env=None, **kw):
+    return subprocess.run([sys.executable, "-m", "serve.commands", *args], cwd=ROOT, capture_output=True, text=True,
+                          env=env, timeout=120, **kw)
+
+
+@pytest.mark.parametrize("args,match", [
+    (["serve", "--model", "/no/such/model"], "does not exist"),
+    (["serve", "--replicas", "0"], "--replicas"),
+    (["serve", "--port", "http"], "--port"),
+    (["serve", "--swap-mode", "sometimes"], "--swap-mode"),
+    (["serve", "--swap-timeout", "-1"], "--swap-timeout"),
+    (["bench", "swap", "--params", "7B"], "--params"),
+    (["bench", "swap", "--concurrency", "0"], "--concurrency"),
+])
+def test_bad_input_exits_2_with_one_line(args, match, tmp_path, capsys):
+    from serve.commands import main
+
+    extra = ["--data-dir", str(tmp_path / "d")] if args[0] == "serve" else ["--json"]
+    assert main([*args, *extra]) == 2
+    out, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert out == "" and len(lines) == 1 and lines[0].startswith("reverie: error:") and match in lines[0], err
+    assert not (tmp_path / "d").exists()
+
+
+def test_serve_prints_url_and_key_location_records_and_stops_cleanly_on_ctrl_c(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if k not in ("REVERIE_API_KEY", "REVERIE_ADMIN_KEY")}
+    key_file = tmp_path / "keys.json"
+    data = tmp_path / "data"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "serve.commands", "serve", "--model", str(SHIPPED_MODEL), "--port", str(port),
+         "--data-dir", str(data), "--key-file", str(key_file)],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        lines = []
+        deadline = time.time() + 400
+        while time.time() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if "Ctrl-C" in line:
+                break
+        out = "".join(lines)
+        assert f"http://127.0.0.1:{port}/v1" in out, out
+        assert str(key_file) in out
+        keys = json.loads(key_file.read_text())
+        assert (key_file.stat().st_mode & 0o777) == 0o600
+        assert keys["api_key"] not in out and keys["admin_key"] not in out
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=keys["api_key"], max_retries=0)
+        r = client.chat.completions.create(model="reverie", messages=[{"role": "user", "content": "sort: b a"}],
+                                           max_tokens=4, temperature=0)
+        assert r.system_fingerprint.startswith("reverie-v")
+        proc.send_signal(signal.SIGINT)
+        rest_out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err[-2000:]
+    assert keys["api_key"] not in rest_out + err and keys["admin_key"] not in rest_out + err
+    from actors.store import read_table
+
+    assert r.id in read_table(str(data), "interactions").column("id").to_pylist()  # flushed on shutdown
