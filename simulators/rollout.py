@@ -38,6 +38,19 @@ class RolloutEngine:
         self.requests = 0
         self._start(model_dir, version)
 
+    @classmethod
+    def from_llm(cls, llm, model_dir: str | Path, version: int = 0) -> "RolloutEngine":
+        """Wrap an engine already started on ``model_dir`` (tests share one)."""
+        from learner.tokenizer import ChatEncoder, load_tokenizer
+
+        self = cls.__new__(cls)
+        self._queue, self._lock, self._seed = queue.Queue(), threading.Lock(), 0
+        self.calls = self.requests = 0
+        self._model_dir, self._version = str(model_dir), int(version)
+        self._encoder = ChatEncoder(load_tokenizer(Path(model_dir)))
+        self._llm = llm
+        return self
+
     def _start(self, model_dir: str | Path, version: int) -> None:
         from learner.tokenizer import ChatEncoder, load_tokenizer
         from reverie.engine import offline_llm
@@ -68,12 +81,15 @@ class RolloutEngine:
     def stats(self) -> dict:
         return {"calls": self.calls, "requests": self.requests, "version": self._version}
 
-    def generate(self, prompts: Sequence[Sequence[dict]], sampling: Sampling = Sampling()) -> list[str]:
-        """The policy's reply to each prompt (a list of chat messages)."""
+    def generate(self, prompts: Sequence[Sequence[dict]], sampling: Sampling = Sampling(),
+                 role: str = "assistant") -> list[str]:
+        """The model's next message in ``role`` after each prompt (a list of chat
+        messages): the policy's reply by default; a model-simulated environment
+        asks for the ``tool`` message instead."""
         if not prompts:
             return []
         fut: Future = Future()
-        self._queue.put((list(prompts), sampling, fut))
+        self._queue.put((list(prompts), sampling, role, fut))
         with self._lock:
             if not fut.done():
                 self._run_queued()
@@ -90,23 +106,23 @@ class RolloutEngine:
             except queue.Empty:
                 break
         token_prompts, params = [], []
-        for prompts, sampling, _ in jobs:
+        for prompts, sampling, role, _ in jobs:
             sp = SamplingParams(temperature=sampling.temperature, max_tokens=sampling.max_tokens, seed=sampling.seed)
             for p in prompts:
-                ids = self._encoder.encode(list(p), add_generation_prompt=True)[0]
+                ids = self._encoder.encode(list(p))[0] + [self._encoder.role_ids[role]]
                 token_prompts.append(TokensPrompt(prompt_token_ids=ids))
                 params.append(sp)
         try:
             outs = self._llm.generate(token_prompts, params, use_tqdm=False)
         except BaseException as exc:  # every waiting caller sees the failure
-            for _, _, fut in jobs:
+            for *_, fut in jobs:
                 fut.set_exception(exc)
             raise
         self.calls += 1
         self.requests += len(jobs)
         texts = [o.outputs[0].text for o in outs]
         at = 0
-        for prompts, _, fut in jobs:
+        for prompts, _, _, fut in jobs:
             fut.set_result(texts[at : at + len(prompts)])
             at += len(prompts)
 
