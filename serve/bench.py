@@ -126,6 +126,8 @@ class _Load:
                     fingerprints.add(chunk.get("system_fingerprint"))
                     for ch in chunk.get("choices", []):
                         tokens += len(ch.get("token_ids") or [])
+                        if ch.get("finish_reason") == "abort":
+                            raise RuntimeError("the completion was aborted by a swap")
                 if not done:
                     raise RuntimeError("stream ended without [DONE]")
             self.versions.add(version)
@@ -161,7 +163,7 @@ async def _measure_load(url, key, concurrency, max_tokens, action):
 
 
 def run_bench(params: str = "100M", replicas: int = 1, concurrency: int = 32, swaps: int = 10,
-              max_tokens: int = 32, steady_seconds: float = 20.0, progress=print) -> dict:
+              max_tokens: int = 32, steady_seconds: float = 20.0, swap_mode: str = "wait", progress=print) -> dict:
     from ray import serve
 
     from serve.app import APP_NAME, Deployment, ServeConfig, init_ray
@@ -194,7 +196,7 @@ def run_bench(params: str = "100M", replicas: int = 1, concurrency: int = 32, sw
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
         cfg = ServeConfig(model_dir=model_dir, data_dir=str(work / "data"), replicas=replicas, port=port,
-                          swap_timeout_s=120.0)
+                          swap_timeout_s=120.0, swap_mode=swap_mode)
         dep = Deployment(cfg, keys.digests())
         try:
             deadline = time.time() + 900
@@ -255,6 +257,7 @@ def run_bench(params: str = "100M", replicas: int = 1, concurrency: int = 32, sw
             "reload_seconds_max": max(t["reload"] for t in timings),
             "raw_vllm_tokens_per_second_before": raw_tps, "raw_vllm_tokens_per_second_after": raw_after,
             "versions_seen": len(load.versions), "concurrency": concurrency, "max_tokens": max_tokens,
+            "swap_mode": swap_mode,
             "steady_failed": steady.failed,
         }
         if load.errors:

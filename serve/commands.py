@@ -103,12 +103,18 @@ def cmd_bench_swap(args: argparse.Namespace) -> int:
 
     if args.params not in ("100M", "tiny"):
         raise ReverieError(f"--params must be 100M or tiny, got {args.params!r}")
-    report = run_bench(
-        params=args.params, replicas=_int_in(args.replicas, "--replicas", 1, 16),
-        concurrency=_int_in(args.concurrency, "--concurrency", 1, 1024), swaps=_int_in(args.swaps, "--swaps", 1, 1000),
-        max_tokens=_int_in(args.max_tokens, "--max-tokens", 1, 200),
-        progress=lambda m: print(f"reverie: {m}", file=sys.stderr, flush=True),  # stdout stays one JSON object
-    )
+    if args.swap_mode not in SWAP_MODES:
+        raise ReverieError(f"--swap-mode must be one of {', '.join(SWAP_MODES)}, got {args.swap_mode!r}")
+    import contextlib
+
+    # Ray prints shutdown notices on stdout; they go to stderr so stdout is one JSON object.
+    with contextlib.redirect_stdout(sys.stderr):
+        report = run_bench(swap_mode=args.swap_mode,
+            params=args.params, replicas=_int_in(args.replicas, "--replicas", 1, 16),
+            concurrency=_int_in(args.concurrency, "--concurrency", 1, 1024),
+            swaps=_int_in(args.swaps, "--swaps", 1, 1000), max_tokens=_int_in(args.max_tokens, "--max-tokens", 1, 200),
+            progress=lambda m: print(f"reverie: {m}", file=sys.stderr, flush=True),
+        )
     print(json.dumps(report) if args.json else "\n".join(f"{k:32} {v}" for k, v in report.items()))
     return 0
 
@@ -142,6 +148,7 @@ def register(subparsers) -> None:
     w.add_argument("--concurrency", default="32", help="concurrent streaming clients (default %(default)s)")
     w.add_argument("--swaps", default="10", help="swaps to perform (default %(default)s)")
     w.add_argument("--max-tokens", default="32", help="tokens per request (default %(default)s)")
+    w.add_argument("--swap-mode", default="wait", help="wait (default), keep or abort: see reverie serve --help")
     w.add_argument("--json", action="store_true", help="print one JSON object")
     w.set_defaults(func=cmd_bench_swap)
 

@@ -401,3 +401,23 @@ def test_a_restarted_replica_comes_back_on_the_promoted_version(app):
     for _ in range(4):
         version, prompt_ids, ids, lps = _served(app)
         assert version == v and _max_diff(lps, _torch_logprobs(model, prompt_ids, ids)) < 1e-4
+
+
+def test_keys_never_appear_in_ray_logs(app):
+    import os
+
+    import ray
+
+    session = ray._private.worker._global_node.get_session_dir_path()
+    leaked = []
+    for dirpath, _, files in os.walk(os.path.join(session, "logs")):
+        for name in files:
+            path = os.path.join(dirpath, name)
+            try:
+                with open(path, "rb") as f:
+                    data = f.read()
+            except OSError:
+                continue
+            if API_KEY.encode() in data or ADMIN_KEY.encode() in data:
+                leaked.append(path)
+    assert leaked == []
