@@ -49,6 +49,7 @@ FORMAT = 1
 STATE_FILE = "state.json"
 OPTIMIZER_FILE = "optimizer.pt"
 RNG_FILE = "rng.pt"
+TENSORS_FILE = "tensors.pt"  # not *.safetensors: model loaders glob those as weights
 _STEP_DIR = re.compile(r"^step-(\d{8,})$")
 _TMP_PREFIX = ".tmp-"
 _TRASH_PREFIX = ".trash-"
@@ -210,9 +211,12 @@ def save_checkpoint(
     scheduler=None,
     tokenizer_dir: Path | None = None,
     keep: int = 3,
+    tensors: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write ``root/step-{step:08d}/`` atomically and return its path.
 
+    ``tensors`` (for example a lagged or EMA teacher's weights) are stored in
+    ``tensors.pt`` and come back from :func:`load_checkpoint`.
     Keeps only the ``keep`` newest complete checkpoints (older ones are deleted
     after the new one is in place).  Raises ``FileExistsError`` if a checkpoint
     for ``step`` already exists: delete it first when deliberately rewinding.
@@ -242,6 +246,8 @@ def save_checkpoint(
             tmp / OPTIMIZER_FILE,
         )
         torch.save(_rng_state(), tmp / RNG_FILE)
+        if tensors:
+            torch.save({k: v.detach().cpu() for k, v in tensors.items()}, tmp / TENSORS_FILE)
         _write_text(tmp / STATE_FILE, state_text + "\n")
         _fsync_tree(tmp)
         os.rename(tmp, final)
@@ -280,7 +286,7 @@ def _load_weights(path: Path, model) -> None:
 
 def load_checkpoint(path: Path, *, model, optimizer, scheduler=None) -> dict:
     """Restore model weights (in place, strictly), optimizer/scheduler state and
-    RNG states from the checkpoint at ``path``; return ``{"step", "version", "extra"}``."""
+    RNG states from the checkpoint at ``path``; return ``{"step", "version", "extra", "tensors"}``."""
     path = Path(path)
     if not _is_complete(path):
         raise FileNotFoundError(f"{path} is not a complete checkpoint")
@@ -295,7 +301,9 @@ def load_checkpoint(path: Path, *, model, optimizer, scheduler=None) -> dict:
     if scheduler is not None:
         scheduler.load_state_dict(opt["scheduler"])
     _set_rng_state(rng)
-    return {"step": state["step"], "version": state["version"], "extra": state.get("extra", {})}
+    tensors_path = path / TENSORS_FILE
+    tensors = torch.load(tensors_path, map_location="cpu", weights_only=True) if tensors_path.is_file() else {}
+    return {"step": state["step"], "version": state["version"], "extra": state.get("extra", {}), "tensors": tensors}
 
 
 # --------------------------------------------------------------------------- version counter

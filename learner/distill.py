@@ -8,8 +8,10 @@ conversation with the privileged context, through a frozen or lagged copy of
 the model), and backpropagates a per-token divergence into the student.  An SFT
 step trains the student on ``reference`` with cross-entropy instead.
 
-Everything here is plain torch on the device the models live on; the Ray
-actors that run it at scale wrap these functions.
+Sampling and scoring go through two small interfaces: a sampler (the torch
+student here, or a vLLM engine: ``learner/vllm_backend.py``) and a scorer
+(``learner/scoring.py``: a torch forward pass, or vLLM ``prompt_logprobs``),
+so the same step runs in process or against Ray actors.
 """
 from __future__ import annotations
 
@@ -96,28 +98,34 @@ def completion_logits(model, encoder: ChatEncoder, prompts: list[tuple[dict, ...
     return out, comp_ids, mask
 
 
-def opsd_loss(student, teacher, encoder: ChatEncoder, lessons: list[Lesson], loss: str = "fkl",
+def opsd_loss(student, sampler, scorer, encoder: ChatEncoder, lessons: list[Lesson], loss: str = "fkl",
               topk: int | None = None, beta: float = 0.5, clip_max: float | None = None,
-              max_new_tokens: int = 32) -> tuple[torch.Tensor, dict]:
-    """Sample from the student, score under the teacher state, return the loss."""
+              seed: int = 0) -> tuple[torch.Tensor, dict]:
+    """Sample from the student (``sampler``, on the student's current weights),
+    score under the teacher state (``scorer``), return the loss."""
     if loss not in LOSSES:
         raise ValueError(f"unknown loss {loss!r}; losses are: {', '.join(LOSSES)}")
-    check_vocab_match(student.config.vocab_size, teacher.config.vocab_size)
-    completions = sample(student, encoder, [l.student for l in lessons], max_new_tokens)
-    with torch.no_grad():
-        t_logits, _, _ = completion_logits(teacher, encoder, [l.teacher for l in lessons], completions)
-        t_logp = F.log_softmax(t_logits.float(), dim=-1)  # teacher at temperature 1
+    completions = sampler.sample([l.student for l in lessons], seed=seed)
+    scores = scorer.score([l.teacher for l in lessons], completions)
     s_logits, ids, mask = completion_logits(student, encoder, [l.student for l in lessons], completions)
-    kwargs: dict = {"beta": beta, "clip_max": clip_max}
-    if loss == "sampled":
-        kwargs.update(sampled_ids=ids, teacher_sampled_logprobs=t_logp.gather(-1, ids.unsqueeze(-1)).squeeze(-1))
-    elif topk:
-        top = t_logp.topk(topk, dim=-1)
-        kwargs.update(teacher_topk_ids=top.indices, teacher_topk_logprobs=top.values)
-    else:
-        kwargs.update(teacher_logprobs=t_logp)
-    value = distillation_loss(loss, s_logits, mask, **kwargs)
+    check_vocab_match(s_logits.shape[-1], scores.full.shape[-1] if scores.full is not None else s_logits.shape[-1])
+    kwargs = scores.loss_kwargs(loss, ids, topk)
+    kwargs = {k: v.to(s_logits.device) for k, v in kwargs.items()}
+    value = distillation_loss(loss, s_logits, mask, beta=beta, clip_max=clip_max, **kwargs)
     return value, {"tokens": int(mask.sum())}
+
+
+class TorchSampler:
+    """On-policy samples from the torch student itself (always current)."""
+
+    def __init__(self, model, encoder: ChatEncoder, max_new_tokens: int = 32):
+        self.model, self.encoder, self.max_new_tokens = model, encoder, max_new_tokens
+
+    def sample(self, prompts: list[tuple[dict, ...]], seed: int = 0) -> list[list[int]]:
+        return sample(self.model, self.encoder, prompts, self.max_new_tokens)  # draws from torch's RNG
+
+    def sync(self, student) -> None:
+        self.model = student
 
 
 def sft_loss(student, encoder: ChatEncoder, lessons: list[Lesson]) -> tuple[torch.Tensor, dict]:

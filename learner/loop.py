@@ -1,19 +1,34 @@
-"""The learner's training loop over lessons: OPSD or the SFT baseline, same
-optimiser, schedule, steps and data for both."""
+"""The learner: OPSD or the SFT baseline, with the same optimiser, schedule,
+steps and data for both, crash-safe checkpoints and versioned exports.
+
+:class:`Learner` holds the student, its optimiser and schedule, the teacher
+state, a sampler and a scorer, and takes one batch of lessons per
+:meth:`Learner.step`.  :func:`learn` is the loop: resume from the newest
+checkpoint, skip the batches already learnt from, step, save every
+``checkpoint_every`` updates and hand each saved version on.
+"""
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from learner.checkpoint import assert_finite_update
-from learner.distill import Lesson, opsd_loss, sft_loss
+from learner.checkpoint import (VersionCounter, assert_finite_update, latest_checkpoint, load_checkpoint,
+                                save_checkpoint)
+from learner.distill import Lesson, TorchSampler, opsd_loss, sft_loss
+from learner.scoring import TorchScorer
+from learner.teacher_state import TeacherConfig, TeacherState
 from learner.tokenizer import ChatEncoder
 
 METHODS = ("opsd", "sft")
+VERSIONS_FILE = "versions"
+
+# A saved version: (checkpoint directory, version id).
+OnVersion = Callable[[Path, int], None]
 
 
 @dataclass(frozen=True)
@@ -24,38 +39,117 @@ class LearnConfig:
     steps: int = 200
     batch_size: int = 32
     lr: float = 3e-4
+    warmup: int = 0  # linear warm-up steps, then constant
     weight_decay: float = 0.0
     clip_max: float | None = None
+    retain: float = 0.0  # share of each batch that replays base-skill lessons (learner/replay.py)
+    checkpoint_every: int = 0  # 0: only at the end (when a checkpoint directory is given)
     seed: int = 0
 
 
-def learn(student, teacher, encoder: ChatEncoder, lessons: Iterator[list[Lesson]], cfg: LearnConfig,
-          progress: bool = True, on_step: Callable[[int], None] | None = None) -> dict:
-    """Train ``student`` in place; ``teacher`` is never updated (frozen state)."""
-    if cfg.method not in METHODS:
-        raise ValueError(f"unknown method {cfg.method!r}; methods are: {', '.join(METHODS)}")
-    torch.manual_seed(cfg.seed)
-    student.train().requires_grad_(True)
-    if teacher is not None:
-        teacher.eval()  # scored under torch.no_grad(): never updated
-    opt = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    tokens, start = 0, time.perf_counter()
-    bar = tqdm(range(cfg.steps), desc=cfg.method, disable=not progress, dynamic_ncols=True)
-    for step in bar:
-        batch = next(lessons)
-        if cfg.method == "opsd":
-            loss, info = opsd_loss(student, teacher, encoder, batch, cfg.loss, cfg.topk, clip_max=cfg.clip_max)
+class Learner:
+    """One student, its optimiser and schedule, its teacher state, sampler and scorer."""
+
+    def __init__(self, student, encoder: ChatEncoder, cfg: LearnConfig, teacher: TeacherState | None = None,
+                 sampler=None, scorer=None):
+        if cfg.method not in METHODS:
+            raise ValueError(f"unknown method {cfg.method!r}; methods are: {', '.join(METHODS)}")
+        if cfg.method == "opsd" and teacher is None and scorer is None:
+            raise ValueError("OPSD needs a teacher state or a scorer")
+        self.student, self.encoder, self.cfg, self.teacher = student, encoder, cfg, teacher
+        self.sampler = sampler or TorchSampler(student, encoder)
+        self.scorer = scorer or (TorchScorer(teacher.model, encoder) if teacher is not None else None)
+        self.opt = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        warm = max(cfg.warmup, 0)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
+        self.updates = 0
+
+    def step(self, batch: list[Lesson]) -> dict:
+        """One update on ``batch``; raises FloatingPointError (and changes nothing) when not finite."""
+        self.student.train().requires_grad_(True)
+        if self.cfg.method == "opsd":
+            loss, info = opsd_loss(self.student, self.sampler, self.scorer, self.encoder, batch, self.cfg.loss,
+                                   self.cfg.topk, clip_max=self.cfg.clip_max,
+                                   seed=self.cfg.seed * 1_000_003 + self.updates)
         else:
-            loss, info = sft_loss(student, encoder, batch)
-        opt.zero_grad(set_to_none=True)
+            loss, info = sft_loss(self.student, self.encoder, batch)
+        self.opt.zero_grad(set_to_none=True)
         loss.backward()
-        assert_finite_update(loss, student)  # a non-finite step never becomes a version
-        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
-        opt.step()
-        tokens += info["tokens"]
-        bar.set_postfix(loss=f"{loss.item():.4f}")
+        assert_finite_update(loss, self.student)  # a non-finite step never becomes a version
+        torch.nn.utils.clip_grad_norm_(self.student.parameters(), 1.0)
+        self.opt.step()
+        self.sched.step()
+        self.updates += 1
+        self.student.eval()
+        if self.teacher is not None and self.teacher.after_update(self.student, self.updates):
+            sync = getattr(self.scorer, "sync", None)
+            if sync is not None:
+                sync(self.teacher.model)
+        self.sampler.sync(self.student)  # the next samples come from the new weights
+        return {"loss": loss.item(), "tokens": info["tokens"]}
+
+    def save(self, root: Path, versions: VersionCounter, tokenizer_dir: Path | None = None) -> tuple[Path, int]:
+        """A checkpoint (an HF model directory vLLM loads) with a new, never-reused version id."""
+        version = versions.next()
+        path = save_checkpoint(root, model=self.student, optimizer=self.opt, scheduler=self.sched,
+                               step=self.updates, version=version, tokenizer_dir=tokenizer_dir,
+                               tensors=self.teacher.tensors() if self.teacher is not None else None)
+        return path, version
+
+    def resume(self, root: Path) -> int:
+        """Restore the newest checkpoint under ``root``, if any; return the updates already made."""
+        path = latest_checkpoint(root) if root.is_dir() else None
+        if path is None:
+            return 0
+        state = load_checkpoint(path, model=self.student, optimizer=self.opt, scheduler=self.sched)
+        if self.teacher is not None and state["tensors"]:
+            self.teacher.load_tensors(state["tensors"])
+            sync = getattr(self.scorer, "sync", None)
+            if sync is not None:
+                sync(self.teacher.model)
+        self.sampler.sync(self.student)
+        self.updates = state["step"]
+        return self.updates
+
+
+def learn(student, teacher: TeacherState | None, encoder: ChatEncoder, lessons: Iterator[list[Lesson]],
+          cfg: LearnConfig, progress: bool = True, on_step: Callable[[int], None] | None = None, *,
+          sampler=None, scorer=None, checkpoints: Path | None = None, tokenizer_dir: Path | None = None,
+          on_version: OnVersion | None = None) -> dict:
+    """Train ``student`` in place for ``cfg.steps`` updates in all (a resumed
+    run makes only the ones left).  With ``checkpoints``, the newest checkpoint
+    there is resumed and new ones are written every ``cfg.checkpoint_every``
+    updates and at the end, each a new version handed to ``on_version``."""
+    torch.manual_seed(cfg.seed)
+    learner = Learner(student, encoder, cfg, teacher, sampler, scorer)
+    versions = None
+    if checkpoints is not None:
+        checkpoints = Path(checkpoints)
+        versions = VersionCounter(checkpoints / VERSIONS_FILE)
+        for _ in range(learner.resume(checkpoints)):
+            next(lessons)  # the batches already learnt from: never repeated, never skipped
+    tokens, start, done_before = 0, time.perf_counter(), learner.updates
+    bar = tqdm(total=cfg.steps, initial=done_before, desc=cfg.method, disable=not progress, dynamic_ncols=True)
+    exported = []
+    while learner.updates < cfg.steps:
+        stats = learner.step(next(lessons))
+        tokens += stats["tokens"]
+        bar.update(1)
+        bar.set_postfix(loss=f"{stats['loss']:.4f}")
         if on_step is not None:
-            on_step(step + 1)
+            on_step(learner.updates)
+        last = learner.updates == cfg.steps
+        if versions is not None and (last or (cfg.checkpoint_every and learner.updates % cfg.checkpoint_every == 0)):
+            path, version = learner.save(checkpoints, versions, tokenizer_dir)
+            exported.append({"path": str(path), "version": version})
+            if on_version is not None:
+                on_version(path, version)
+    bar.close()
     student.eval()
     seconds = time.perf_counter() - start
-    return {"steps": cfg.steps, "seconds": seconds, "tokens": tokens, "tokens_per_second": tokens / seconds}
+    return {"steps": cfg.steps, "resumed_at": done_before, "seconds": seconds, "tokens": tokens,
+            "tokens_per_second": tokens / seconds if seconds > 0 else 0.0, "versions": exported}
+
+
+def frozen_teacher(student, tokenizer, cfg: TeacherConfig | None = None) -> TeacherState:
+    return TeacherState(cfg or TeacherConfig(), student, tokenizer)

@@ -19,6 +19,26 @@ def _positive(text: str) -> int:
     return n
 
 
+def _count(text: str, flag: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise ReverieError(f"{flag} must be a whole number, got {text!r}") from None
+    if n < 0:
+        raise ReverieError(f"{flag} must not be negative, got {text!r}")
+    return n
+
+
+def _fraction(text: str, flag: str) -> float:
+    try:
+        x = float(text)
+    except ValueError:
+        raise ReverieError(f"{flag} must be a number, got {text!r}") from None
+    if not 0.0 <= x < 1.0:
+        raise ReverieError(f"{flag} must be in [0, 1), got {text!r}")
+    return x
+
+
 def cmd_tinyworld_build(args: argparse.Namespace) -> int:
     from simulators.tinyworld.build import build
 
@@ -60,13 +80,16 @@ def cmd_tinyworld_eval(args: argparse.Namespace) -> int:
 def cmd_learn(args: argparse.Namespace) -> int:
     from learner.distill import LOSSES
     from learner.loop import METHODS, LearnConfig
-    from simulators.tinyworld.experiment import LEARNABLE, run
+    from learner.teacher_state import TEACHER_KINDS, TeacherConfig
+    from simulators.tinyworld.experiment import BACKENDS, LEARNABLE, run
 
     model = check_model_dir(args.model)
     if args.method not in METHODS:
         raise ReverieError(f"unknown method {args.method!r}; methods are: {', '.join(METHODS)}")
     if args.loss not in LOSSES:
         raise ReverieError(f"unknown loss {args.loss!r}; losses are: {', '.join(LOSSES)}")
+    if args.teacher not in TEACHER_KINDS:
+        raise ReverieError(f"unknown teacher {args.teacher!r}; teachers are: {', '.join(TEACHER_KINDS)}")
     if args.skill not in LEARNABLE:
         raise ReverieError(f"unknown skill {args.skill!r} for learn; skills are: {', '.join(LEARNABLE)}")
     try:
@@ -75,11 +98,31 @@ def cmd_learn(args: argparse.Namespace) -> int:
         raise ReverieError(f"--lr must be a number, got {args.lr!r}") from None
     if not 0 < lr < 1:
         raise ReverieError(f"--lr must be between 0 and 1, got {args.lr!r}")
+    retain = _fraction(args.retain, "--retain")
+    if args.backend not in BACKENDS:
+        raise ReverieError(f"unknown backend {args.backend!r}; backends are: {', '.join(BACKENDS)}")
+    scorers = _count(args.scorers, "--scorers")
+    topk = _positive(args.topk) if args.topk else None
+    if args.backend == "ray" and args.method == "opsd" and scorers > 0 and args.loss in ("fkl", "rkl", "jsd") and not topk:
+        raise ReverieError("vLLM teacher scorers return the top-k only: give --topk K, or --scorers 0 for a "
+                           "full-vocabulary torch teacher")
+    teacher = TeacherConfig(kind=args.teacher, lag_every=_positive(args.lag_every),
+                            ema_rate=_fraction(args.ema_rate, "--ema-rate"),
+                            model_dir=str(check_model_dir(args.teacher_model)) if args.teacher_model else None)
+    try:
+        teacher.check()
+    except ValueError as exc:
+        raise ReverieError(str(exc)) from None
     cfg = LearnConfig(
-        method=args.method, loss=args.loss, topk=_positive(args.topk) if args.topk else None,
-        steps=_positive(args.steps), batch_size=_positive(args.batch_size), lr=lr, seed=parse_seed(args.seed),
+        method=args.method, loss=args.loss, topk=topk, steps=_positive(args.steps),
+        batch_size=_positive(args.batch_size), lr=lr, warmup=_count(args.warmup, "--warmup"), retain=retain,
+        checkpoint_every=_count(args.checkpoint_every, "--checkpoint-every"), seed=parse_seed(args.seed),
     )
-    report = run(model, cfg, args.skill, progress=not args.quiet)
+    checkpoints = Path(args.checkpoints) if args.checkpoints else None
+    if checkpoints is not None and checkpoints.exists() and not checkpoints.is_dir():
+        raise ReverieError(f"--checkpoints {str(checkpoints)!r} exists and is not a directory")
+    report = run(model, cfg, args.skill, progress=not args.quiet, teacher_cfg=teacher, checkpoints=checkpoints,
+                 backend=args.backend, scorers=scorers)
     print(json.dumps(report) if args.json else format_learn(report))
     return 0
 
@@ -126,9 +169,23 @@ def parser() -> argparse.ArgumentParser:
     ln.add_argument("--loss", default="fkl", help="OPSD divergence: fkl (default), rkl, jsd, sampled")
     ln.add_argument("--topk", default=None, help="score only the teacher's top-k tokens, plus a tail bucket")
     ln.add_argument("--skill", default="facts", help="facts (default) or rule")
-    ln.add_argument("--steps", default="200", help="optimiser steps (default %(default)s)")
+    ln.add_argument("--steps", default="300", help="optimiser steps (default %(default)s)")
     ln.add_argument("--batch-size", default="32", help="lessons per step (default %(default)s)")
-    ln.add_argument("--lr", default="3e-4", help="AdamW learning rate (default %(default)s)")
+    ln.add_argument("--lr", default="1e-4", help="AdamW learning rate (default %(default)s)")
+    ln.add_argument("--retain", default="0.5",
+                    help="share of each batch that replays base-skill lessons, the same for both methods (default %(default)s)")
+    ln.add_argument("--warmup", default="0", help="linear learning-rate warm-up steps (default %(default)s)")
+    ln.add_argument("--teacher", default="frozen",
+                    help="teacher weights: frozen (base version, default), lagged, ema, or separate (--teacher-model)")
+    ln.add_argument("--lag-every", default="50", help="lagged teacher: refresh from the student every N updates")
+    ln.add_argument("--ema-rate", default="0.99", help="EMA teacher: teacher = rate*teacher + (1-rate)*student per update")
+    ln.add_argument("--teacher-model", default=None, help="separate teacher: a model directory with the student's tokenizer")
+    ln.add_argument("--backend", default="torch",
+                    help="torch: all in this process; ray: a learner actor sampling through vLLM, with teacher-scorer actors")
+    ln.add_argument("--scorers", default="1", help="ray backend: teacher-scorer actors (vLLM top-k); 0: torch full-vocabulary teacher")
+    ln.add_argument("--checkpoints", default=None,
+                    help="directory for versioned checkpoints (vLLM-loadable); a rerun resumes from the newest one")
+    ln.add_argument("--checkpoint-every", default="0", help="also checkpoint every N updates (default: only at the end)")
     ln.add_argument("--seed", default="0", help="random seed (default %(default)s)")
     ln.add_argument("--model", default=str(SHIPPED_MODEL), help="base model directory (default: the shipped one)")
     ln.add_argument("--json", action="store_true", help="print one JSON object")

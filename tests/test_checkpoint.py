@@ -76,7 +76,7 @@ def test_resume_from_checkpoint_continues_exactly_like_an_uninterrupted_run(tmp_
     model_c, opt_c, sched_c = make(seed=99)
     assert max_diff(model_a, model_c) > 1e-3
     state = load_checkpoint(path, model=model_c, optimizer=opt_c, scheduler=sched_c)
-    assert state == {"step": 3, "version": 11, "extra": {"cursor": cursor}}
+    assert state == {"step": 3, "version": 11, "extra": {"cursor": cursor}, "tensors": {}}
     train(model_c, opt_c, sched_c, state["extra"]["cursor"], 6 - state["step"], consumed_b)
 
     assert consumed_b == consumed_a  # no batch repeated or skipped

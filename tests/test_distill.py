@@ -11,8 +11,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from learner.distill import Lesson, check_same_tokenizer, completion_logits, opsd_loss, sample
+from learner.distill import Lesson, TorchSampler, check_same_tokenizer, completion_logits, opsd_loss, sample
 from learner.loop import LearnConfig, learn
+from learner.scoring import TorchScorer
+from learner.teacher_state import TeacherConfig, TeacherState
 from learner.tokenizer import ChatEncoder, train_tokenizer
 from simulators.tinyworld.experiment import lessons
 
@@ -52,7 +54,8 @@ def test_a_step_with_non_finite_gradients_is_refused_and_changes_nothing(base, t
     student.model.norm.weight.register_hook(lambda g: g * float("inf"))
     before = {k: v.clone() for k, v in student.state_dict().items()}
     with pytest.raises(FloatingPointError, match="model.norm.weight"):
-        learn(student, base, enc, lessons("facts", 4, 0), LearnConfig(steps=1, batch_size=4), progress=False)
+        learn(student, TeacherState(TeacherConfig(), base, tokenizer), enc, lessons("facts", 4, 0),
+              LearnConfig(steps=1, batch_size=4), progress=False)
     after = student.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
 
@@ -68,7 +71,8 @@ def test_a_step_with_a_non_finite_loss_is_refused(base, tokenizer):
 
 def test_unknown_loss_is_refused(base, tokenizer):
     with pytest.raises(ValueError, match="unknown loss"):
-        opsd_loss(base, base, ChatEncoder(tokenizer), [Lesson((), ())], loss="l2")
+        enc = ChatEncoder(tokenizer)
+        opsd_loss(base, TorchSampler(base, enc), TorchScorer(base, enc), enc, [Lesson((), ())], loss="l2")
 
 
 def test_a_short_opsd_run_measurably_raises_new_fact_accuracy(shipped_model):

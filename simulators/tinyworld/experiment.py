@@ -2,7 +2,6 @@
 model by OPSD or SFT and measure the gain and the forgetting."""
 from __future__ import annotations
 
-import copy
 import random
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,23 +10,36 @@ import torch
 
 from learner.distill import Lesson
 from learner.loop import LearnConfig, learn
+from learner.replay import mixed_batches
+from learner.teacher_state import TeacherConfig, TeacherState
 from learner.tokenizer import ChatEncoder, load_tokenizer
 from simulators.tinyworld.evaluate import forced_accuracy, eval_items
-from simulators.tinyworld.skills import BASE_SKILLS, new_pair
+from simulators.tinyworld.skills import BASE_SKILLS, base_item, new_pair
 
 LEARNABLE = ("facts", "rule")  # single-turn new skills; `tools` is rehearsed by dreams
 
 
-def lessons(skill: str, batch_size: int, seed: int) -> Iterator[list[Lesson]]:
-    """Endless batches of (student view, teacher view, reference) of ``skill``,
+def new_lessons(skill: str, seed: int) -> Iterator[Lesson]:
+    """Endless (student view, teacher view, reference) lessons of ``skill``,
     drawn from a training seed that evaluation never uses."""
     rng = random.Random(f"tinyworld-learn/{skill}/{seed}")
     while True:
-        batch = []
-        for _ in range(batch_size):
-            s, t = new_pair(skill, rng)
-            batch.append(Lesson(s.prompt, t.prompt, s.answer))
-        yield batch
+        s, t = new_pair(skill, rng)
+        yield Lesson(s.prompt, t.prompt, s.answer)
+
+
+def retention_lessons(seed: int) -> Iterator[Lesson]:
+    """Endless lessons on the base skills, each seen the same way by student
+    and teacher (no privileged context), from a seed evaluation never uses."""
+    rng = random.Random(f"tinyworld-learn/retention/{seed}")
+    while True:
+        item = base_item(rng.choice(BASE_SKILLS), rng)
+        yield Lesson(item.prompt, item.prompt, item.answer)
+
+
+def lessons(skill: str, batch_size: int, seed: int, retain: float = 0.0) -> Iterator[list[Lesson]]:
+    """Endless batches of ``skill`` lessons, ``retain`` of each one retention."""
+    return mixed_batches(new_lessons(skill, seed), retention_lessons(seed), batch_size, retain)
 
 
 def measure(model, encoder: ChatEncoder, skill: str) -> dict:
@@ -39,15 +51,35 @@ def measure(model, encoder: ChatEncoder, skill: str) -> dict:
     }
 
 
-def run(model_dir: Path, cfg: LearnConfig, skill: str, progress: bool = True) -> dict:
+BACKENDS = ("torch", "ray")
+
+
+def run(model_dir: Path, cfg: LearnConfig, skill: str, progress: bool = True,
+        teacher_cfg: TeacherConfig | None = None, checkpoints: Path | None = None,
+        backend: str = "torch", scorers: int = 1) -> dict:
+    """Learn ``skill`` from the base model at ``model_dir`` and measure.
+
+    ``torch``: everything in this process (student samples by HF generate,
+    full-vocabulary teacher).  ``ray``: the learner is a Ray actor that samples
+    through its vLLM engine and gets top-k teacher scores from ``scorers``
+    teacher-scorer actors (0: a full-vocabulary torch teacher inside the learner)."""
     from transformers import AutoModelForCausalLM
 
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; backends are: {', '.join(BACKENDS)}")
     torch.manual_seed(cfg.seed)
-    encoder = ChatEncoder(load_tokenizer(model_dir))
-    student = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    tokenizer = load_tokenizer(model_dir)
+    encoder = ChatEncoder(tokenizer)
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # the learner's GPU path where there is one
+    student = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device)
     before = measure(student.eval(), encoder, skill)
-    teacher = copy.deepcopy(student) if cfg.method == "opsd" else None  # frozen at the base version
-    stats = learn(student, teacher, encoder, lessons(skill, cfg.batch_size, cfg.seed), cfg, progress)
+    batches = lessons(skill, cfg.batch_size, cfg.seed, cfg.retain)
+    if backend == "torch":
+        teacher = TeacherState(teacher_cfg or TeacherConfig(), student, tokenizer) if cfg.method == "opsd" else None
+        stats = learn(student, teacher, encoder, batches, cfg, progress, checkpoints=checkpoints,
+                      tokenizer_dir=model_dir)
+    else:
+        student, stats = _learn_on_ray(model_dir, cfg, batches, teacher_cfg, checkpoints, scorers, progress)
     after = measure(student, encoder, skill)
     return {
         "method": cfg.method,
@@ -55,9 +87,49 @@ def run(model_dir: Path, cfg: LearnConfig, skill: str, progress: bool = True) ->
         "skill": skill,
         "steps": cfg.steps,
         "lr": cfg.lr,
+        "retain": cfg.retain,
+        "backend": backend,
+        "teacher": (teacher_cfg or TeacherConfig()).kind if cfg.method == "opsd" else None,
         "new_skill_acc_before": before["new_skill_acc"],
         **after,
         "forgetting": before["retention_avg"] - after["retention_avg"],
+        "versions": stats["versions"],
         "seconds": stats["seconds"],
         "tokens_per_second": stats["tokens_per_second"],
     }
+
+
+def _learn_on_ray(model_dir: Path, cfg: LearnConfig, batches, teacher_cfg, checkpoints, scorers: int, progress):
+    import json
+    import tempfile
+    import time
+
+    import ray
+    from tqdm import tqdm
+    from transformers import AutoModelForCausalLM
+
+    from actors.learner import start_learner
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=max(4, scorers + 2), include_dashboard=False, log_to_driver=False)
+    root = Path(checkpoints or tempfile.mkdtemp(prefix="reverie-learn-"))
+    learner = start_learner(str(model_dir), cfg, str(root), teacher_cfg, scorers, cfg.topk)
+    done = ray.get(learner.updates.remote())
+    for _ in range(done):
+        next(batches)  # already learnt from before a restart
+    versions, tokens, start = [], 0, time.perf_counter()
+    for _ in tqdm(range(done, cfg.steps), initial=done, total=cfg.steps, desc=cfg.method, disable=not progress):
+        stats = ray.get(learner.step.remote(next(batches)))
+        tokens += stats["tokens"]
+        if "saved" in stats:
+            versions.append(stats["saved"])
+    seconds = time.perf_counter() - start
+    final = root / f"step-{cfg.steps:08d}"
+    if not versions or versions[-1]["path"] != str(final):
+        if final.is_dir():  # a restarted run that had already finished
+            versions.append({"path": str(final), "version": json.loads((final / "state.json").read_text())["version"]})
+        else:
+            versions.append(ray.get(learner.save.remote()))
+    ray.kill(learner)
+    student = AutoModelForCausalLM.from_pretrained(versions[-1]["path"], dtype=torch.float32).eval()
+    return student, {"versions": versions, "seconds": seconds, "tokens_per_second": tokens / max(seconds, 1e-9)}

@@ -21,6 +21,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from learner.templates import teacher_prompt
 from simulators.tinyworld import world as W
 from simulators.tinyworld.text import digits, normalize, spaced
 from simulators.tinyworld.tools_env import ToolsTask, make_task, render_demo, solve
@@ -127,17 +128,17 @@ def new_item(skill: str, view: str, rng: random.Random) -> Item:
     teacher = view == "teacher"
     if skill == "facts":
         fact = rng.choice(w.new_facts)
-        prompt = [_user(_question(rng, fact))]
-        if teacher:
-            prompt.insert(0, _system(_facts_context(fact)))
-        return Item(skill, tuple(prompt), fact.sentence())
+        prompt = (_user(_question(rng, fact)),)
+        if teacher:  # the privileged context comes from the templates (learner/templates.json)
+            prompt = teacher_prompt(prompt, "fact", fact.sentence())
+        return Item(skill, prompt, fact.sentence())
     if skill == "rule":
         verb, fmt = W.NEW_RULE
         q, a = _task(rng, verb)
-        prompt = [_user(q)]
+        prompt = (_user(q),)
         if teacher:
-            prompt.insert(0, _system("rule : " + W.rule_text(verb, fmt)))
-        return Item(skill, tuple(prompt), W.apply_format(fmt, a))
+            prompt = teacher_prompt(prompt, "rule", W.rule_text(verb, fmt))
+        return Item(skill, prompt, W.apply_format(fmt, a))
     if skill == "tools":
         task = new_tools_task(rng)
         prompt = [_user(task.question)]

@@ -1,0 +1,74 @@
+"""The learner as a Ray actor (on a GPU where the cluster has one).
+
+It loads the student from a model directory, resumes from the newest
+checkpoint under ``checkpoints`` if there is one, samples the student through
+its own vLLM engine, gets teacher scores from a :class:`ScorerPool` of Ray
+actors (or, with ``scorers=0``, from a torch forward pass of the teacher in
+this process: full-vocabulary losses need that), and steps on each batch of
+lessons it is given.  Every ``checkpoint_every`` updates, and on ``save()``, it
+writes a checkpoint that is a new version: a model directory vLLM loads, handed
+to the caller (and from there to the weight broadcaster).
+"""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import ray
+import torch
+
+from learner.checkpoint import VersionCounter
+from learner.distill import Lesson
+from learner.loop import VERSIONS_FILE, LearnConfig, Learner
+from learner.teacher_state import TeacherConfig, TeacherState
+from learner.tokenizer import ChatEncoder, load_tokenizer
+
+
+class LearnerService:
+    def __init__(self, model_dir: str, cfg: LearnConfig, checkpoints: str, teacher: TeacherConfig | None = None,
+                 scorers: int = 1, topk: int | None = None, workdir: str | None = None):
+        from transformers import AutoModelForCausalLM
+
+        from learner.vllm_backend import DEFAULT_TOPK, VllmSampler
+
+        torch.manual_seed(cfg.seed)
+        self.model_dir, self.cfg, self.root = Path(model_dir), cfg, Path(checkpoints)
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        tokenizer = load_tokenizer(model_dir)
+        self.encoder = ChatEncoder(tokenizer)
+        self.student = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device)
+        self.teacher = TeacherState(teacher or TeacherConfig(), self.student, tokenizer) if cfg.method == "opsd" else None
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="reverie-learner-"))
+        sampler = scorer = None
+        if cfg.method == "opsd":
+            sampler = VllmSampler(self.student, self.encoder, self.workdir, self.model_dir)
+            if scorers > 0:
+                from actors.teacher_scorer import ScorerPool
+
+                scorer = ScorerPool(self.teacher.model, self.model_dir, self.workdir, scorers, topk or DEFAULT_TOPK)
+        self.learner = Learner(self.student, self.encoder, cfg, self.teacher, sampler, scorer)
+        self.versions = VersionCounter(self.root / VERSIONS_FILE)
+        self.learner.resume(self.root)
+
+    def updates(self) -> int:
+        return self.learner.updates
+
+    def step(self, batch: list[Lesson]) -> dict:
+        stats = self.learner.step(batch)
+        every = self.cfg.checkpoint_every
+        if every and self.learner.updates % every == 0:
+            stats["saved"] = self.save()
+        return stats
+
+    def save(self) -> dict:
+        path, version = self.learner.save(self.root, self.versions, self.model_dir)
+        return {"path": str(path), "version": version}
+
+
+LearnerActor = ray.remote(LearnerService)
+
+
+def start_learner(*args, **kwargs):
+    """A :class:`LearnerService` actor, on a GPU when the cluster has one."""
+    gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
+    return LearnerActor.options(num_cpus=1, num_gpus=gpus).remote(*args, **kwargs)
