@@ -44,7 +44,7 @@ class DreamConfig:
     worker_batch: int = 16  # episodes a worker plays in lock step
     seed: int = 0
     data_dir: Path | None = None  # experience store (default: a fresh temporary directory)
-    scaling: bool = True  # round 1: first half with 1 simulator, second half with 2
+    scaling: bool = True  # round 1 measures episodes/s with 1 and with 2 simulators
 
 
 def task_source(skill: str):
@@ -156,14 +156,19 @@ def run(cfg: DreamConfig, progress: Callable[[str, int], None] | None = None) ->
         on_done = lambda recs: tell("rehearse", len(recs))  # noqa: E731
         t0 = time.perf_counter()
         if cfg.scaling and k == 1:
-            half = len(episodes) // 2
-            records = []
-            for n, part in ((1, episodes[:half]), (2, episodes[half:])):
+            # Quarters played by 1, 2, 1, 2 simulators: each count's rate is its
+            # episodes over its time, so a drift in machine load hits both alike.
+            q = len(episodes) // 4
+            parts = [(1, episodes[:q]), (2, episodes[q:2 * q]), (1, episodes[2 * q:3 * q]), (2, episodes[3 * q:])]
+            records, timed = [], {"1": [0, 0.0], "2": [0, 0.0]}
+            for n, part in parts:
                 pool.resize(n)
                 ray.get([w.progress.remote() for w in pool.workers.values()])  # started before the clock
                 t = time.perf_counter()
                 records += pool.run(part, on_done)
-                scaling[str(n)] = len(part) / (time.perf_counter() - t)
+                timed[str(n)][0] += len(part)
+                timed[str(n)][1] += time.perf_counter() - t
+            scaling = {n: count / secs for n, (count, secs) in timed.items()}
             pool.resize(cfg.simulators)
         else:
             records = pool.run(episodes, on_done)
@@ -181,7 +186,7 @@ def run(cfg: DreamConfig, progress: Callable[[str, int], None] | None = None) ->
             continue
         learn_cfg = LearnConfig(method="opsd", loss="fkl", steps=cfg.steps * k, batch_size=cfg.batch_size, lr=cfg.lr,
                                 retain=cfg.retain, seed=cfg.seed)
-        batches = mixed_batches(lessons(kept, rng), retention_lessons(cfg.seed * 1000 + k), cfg.batch_size, cfg.retain)
+        batches = mixed_batches(lessons(kept, rng, visited=records), retention_lessons(cfg.seed * 1000 + k), cfg.batch_size, cfg.retain)
         saved: list[tuple[Path, int]] = []
         stats = learn(student, teacher, encoder, batches, learn_cfg, progress=False,
                       on_step=lambda s: tell("distil", 1), checkpoints=work, tokenizer_dir=Path(cfg.model_dir),

@@ -24,10 +24,9 @@ TABLE = "trajectories"
 
 
 def render_trajectory(messages: Sequence[dict]) -> str:
-    """A trajectory as one line of text for the teacher's system message."""
-    from simulators.tinyworld.tools_env import render_demo
-
-    return render_demo(list(messages))
+    """A trajectory as one line of text (the ``trajectory`` context template of
+    ``learner/templates.json`` puts it in the teacher's system message)."""
+    return " | ".join(f"{m['role']} : {m['content']}" for m in messages)
 
 
 class SuccessFilter:
@@ -65,20 +64,30 @@ def states(messages: Sequence[dict]) -> list[tuple[dict, ...]]:
     return [tuple(messages[:i]) for i, m in enumerate(messages) if m["role"] == "assistant"]
 
 
-def lessons(kept: Sequence[dict], rng: random.Random, trusted_only: bool = True) -> Iterator["Lesson"]:
-    """Endless lessons from kept trajectories: a random state of one trajectory
-    (student view), the same state under a successful trajectory of another
-    task as privileged context (teacher view).  Simulated successes are used
-    only when ``trusted_only`` is false."""
+def lessons(kept: Sequence[dict], rng: random.Random, trusted_only: bool = True, opening: float = 0.5,
+            visited: Sequence[dict] | None = None) -> Iterator["Lesson"]:
+    """Endless lessons: a state the policy visited (student view) and the same
+    state under a kept successful trajectory of another task as privileged
+    context (teacher view).
+
+    States come from ``visited`` (every trajectory the current policy played,
+    failed ones included: on-policy states, where the teacher's guidance is
+    needed most) or, by default, from the kept trajectories.  The opening
+    state (the task alone) is drawn with probability ``opening``, the later
+    ones uniformly otherwise: the opening is where the student lacks what the
+    context gives.  Only the teacher's context must be a verified success;
+    simulated successes count only when ``trusted_only`` is false."""
     from learner.distill import Lesson
+    from learner.templates import teacher_prompt
 
     pool = [r for r in kept if r["success"] and (not trusted_only or not r.get("simulated"))]
     if not pool:
         raise ValueError("no kept trajectory to learn from")
+    sources = [r for r in (visited if visited is not None else pool) if len(states(r["messages"])) > 0] or pool
     while True:
-        rec = rng.choice(pool)
+        rec = rng.choice(sources)
         others = [r for r in pool if r["task_id"] != rec["task_id"]] or pool
         ctx = rng.choice(others)
-        state = rng.choice(states(rec["messages"]))
-        system = {"role": "system", "content": render_trajectory(ctx["messages"])}
-        yield Lesson(state, (system, *state), None)
+        all_states = states(rec["messages"])
+        state = all_states[0] if len(all_states) == 1 or rng.random() < opening else rng.choice(all_states[1:])
+        yield Lesson(state, teacher_prompt(state, "trajectory", render_trajectory(ctx["messages"])), None)
