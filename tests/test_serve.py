@@ -338,6 +338,32 @@ def test_swap_under_concurrent_load_has_no_failures_and_no_mixed_versions(app):
         assert _max_diff(lps, _torch_logprobs(models[version], prompt_ids, ids)) < 1e-4
 
 
+def test_swap_in_keep_mode_under_load_fails_no_request(app):
+    """``keep`` pauses in-flight completions and continues them on the new weights (documented: such a
+    completion mixes versions); no request may fail and every replica reports the new version."""
+    stop = threading.Event()
+    errors, done = [], []
+
+    def worker():
+        while not stop.is_set():
+            try:
+                done.append(_served(app, max_tokens=16, stream=True)[0])
+            except Exception as e:  # noqa: BLE001
+                errors.append(repr(e))
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(1)
+    result = asyncio.run(app.dep.broadcaster(mode="keep").publish(_perturbed_state(seed=7)))
+    time.sleep(1)
+    stop.set()
+    for t in threads:
+        t.join(timeout=120)
+    assert errors == [] and done
+    assert [r["version"] for r in result["replicas"]] == [result["version"]] * 2
+
+
 def test_publish_over_http_from_a_checkpoint_directory(app, tmp_path):
     from transformers import LlamaForCausalLM
 
