@@ -209,6 +209,3 @@ class ReverieLLMServer(LLMServer):
         return {"replica": self._replica, "actor": self._actor_name, "version": self._version,
                 "inflight": self._gate.inflight,
                 "swapping": self._swap_lock.locked()}
-
-    async def reverie_weight_checksum(self, names: list[str]) -> list:
-        return await self.engine.collective_rpc(method="reverie_weight_checksum", args=(list(names),))

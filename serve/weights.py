@@ -134,8 +134,3 @@ class WeightSwapExtension:
             return {"ok": True, "tensors": count, "seconds": time.perf_counter() - t0}
         except Exception as e:  # reported to the replica, which fails the swap loudly
             return {"ok": False, "error": f"{type(e).__name__}: {e}", "seconds": time.perf_counter() - t0}
-
-    def reverie_weight_checksum(self, names: list[str]) -> dict:
-        """Sum of each named parameter (as the engine holds it): lets tests see which weights are live."""
-        params = dict(self.model_runner.model.named_parameters())
-        return {n: float(params[n].double().sum()) for n in names if n in params}
