@@ -33,7 +33,7 @@ class DreamConfig:
     model_dir: Path
     skill: str = "tools"
     simulators: int = 2
-    episodes: int = 256  # rehearsed per round
+    episodes: int = 128  # rehearsed per round
     rounds: int = 3
     budgets: tuple[int, ...] = (3, 4, 6)  # dream turn budgets (levels of the curriculum)
     steps: int = 40  # learner updates per round
@@ -186,7 +186,7 @@ def run(cfg: DreamConfig, progress: Callable[[str, int], None] | None = None) ->
             continue
         learn_cfg = LearnConfig(method="opsd", loss="fkl", steps=cfg.steps * k, batch_size=cfg.batch_size, lr=cfg.lr,
                                 retain=cfg.retain, seed=cfg.seed)
-        batches = mixed_batches(lessons(kept, rng, visited=records), retention_lessons(cfg.seed * 1000 + k), cfg.batch_size, cfg.retain)
+        batches = mixed_batches(lessons(kept, rng), retention_lessons(cfg.seed * 1000 + k), cfg.batch_size, cfg.retain)
         saved: list[tuple[Path, int]] = []
         stats = learn(student, teacher, encoder, batches, learn_cfg, progress=False,
                       on_step=lambda s: tell("distil", 1), checkpoints=work, tokenizer_dir=Path(cfg.model_dir),

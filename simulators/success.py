@@ -64,7 +64,7 @@ def states(messages: Sequence[dict]) -> list[tuple[dict, ...]]:
     return [tuple(messages[:i]) for i, m in enumerate(messages) if m["role"] == "assistant"]
 
 
-def lessons(kept: Sequence[dict], rng: random.Random, trusted_only: bool = True, opening: float = 0.5,
+def lessons(kept: Sequence[dict], rng: random.Random, trusted_only: bool = True, opening: float | None = None,
             visited: Sequence[dict] | None = None) -> Iterator["Lesson"]:
     """Endless lessons: a state the policy visited (student view) and the same
     state under a kept successful trajectory of another task as privileged
@@ -72,11 +72,13 @@ def lessons(kept: Sequence[dict], rng: random.Random, trusted_only: bool = True,
 
     States come from ``visited`` (every trajectory the current policy played,
     failed ones included: on-policy states, where the teacher's guidance is
-    needed most) or, by default, from the kept trajectories.  The opening
-    state (the task alone) is drawn with probability ``opening``, the later
-    ones uniformly otherwise: the opening is where the student lacks what the
-    context gives.  Only the teacher's context must be a verified success;
-    simulated successes count only when ``trusted_only`` is false."""
+    needed most) or, by default, from the kept trajectories.  States are
+    drawn uniformly, or with the opening state (the task alone, where the
+    student lacks what the context gives) at probability ``opening``.  Only
+    the teacher's context must be a verified success; simulated successes
+    count only when ``trusted_only`` is false.  (Measured on the tiny world,
+    3 rounds: kept states, uniform: held-out 0.81; visited states with the
+    opening at 0.5: 0.735.  The dream uses the former.)"""
     from learner.distill import Lesson
     from learner.templates import teacher_prompt
 
@@ -89,5 +91,8 @@ def lessons(kept: Sequence[dict], rng: random.Random, trusted_only: bool = True,
         others = [r for r in pool if r["task_id"] != rec["task_id"]] or pool
         ctx = rng.choice(others)
         all_states = states(rec["messages"])
-        state = all_states[0] if len(all_states) == 1 or rng.random() < opening else rng.choice(all_states[1:])
+        if opening is None or len(all_states) == 1:
+            state = rng.choice(all_states)
+        else:
+            state = all_states[0] if rng.random() < opening else rng.choice(all_states[1:])
         yield Lesson(state, teacher_prompt(state, "trajectory", render_trajectory(ctx["messages"])), None)
