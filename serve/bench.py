@@ -102,6 +102,7 @@ class _Load:
         self.requests = self.failed = self.mixed = self.tokens = 0
         self.versions: set[int] = set()
         self.errors: list[str] = []
+        self.mixed_examples: list[str] = []
 
     async def _one(self, client) -> None:
         body = {"model": "reverie", "prompt": PROMPT, "max_tokens": self.max_tokens, "temperature": 1.0,
@@ -134,6 +135,7 @@ class _Load:
             self.tokens += tokens
             if fingerprints != {f"reverie-v{version}"}:
                 self.mixed += 1
+                self.mixed_examples.append(f"header v{version}, chunks {sorted(map(str, fingerprints))}")
         except Exception as e:  # noqa: BLE001 - every failure is counted and reported
             self.failed += 1
             self.errors.append(repr(e)[:300])
@@ -262,6 +264,8 @@ def run_bench(params: str = "100M", replicas: int = 1, concurrency: int = 32, sw
         }
         if load.errors:
             report["first_errors"] = load.errors[:3]
+        if load.mixed_examples:
+            report["first_mixed"] = load.mixed_examples[:3]
         return report
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -103,21 +103,25 @@ class Capture:
                 choice["logprobs"] = None
         return payload
 
-    def rewrite_sse(self, event: str) -> tuple[str, bool]:
-        """(rewritten event, is_done) for one ``data: ...`` server-sent event."""
-        if not event.startswith("data: "):
-            return event, False
-        body = event[6:].strip()
-        if body == "[DONE]":
-            return event, True
-        try:
-            payload = json.loads(body)
-        except ValueError:
-            return event, False
-        if "error" in payload and "choices" not in payload:
-            return event, False
-        self.absorb(payload)
-        return "data: " + json.dumps(self.scrub(payload), separators=(",", ":")) + "\n\n", False
+    def rewrite_sse(self, text: str) -> tuple[str, bool]:
+        """(rewritten text, saw [DONE]) for a string of one or more ``data: ...`` server-sent events."""
+        out, done = [], False
+        for event in text.split("\n\n"):
+            if not event.strip():
+                continue
+            body = event[6:].strip() if event.startswith("data: ") else None
+            if body == "[DONE]":
+                done = True
+            elif body is not None:
+                try:
+                    payload = json.loads(body)
+                except ValueError:
+                    payload = None
+                if isinstance(payload, dict) and not ("error" in payload and "choices" not in payload):
+                    self.absorb(payload)
+                    event = "data: " + json.dumps(self.scrub(payload), separators=(",", ":"))
+            out.append(event + "\n\n")
+        return "".join(out), done
 
     # ------------------------------------------------------------ the record
     @property

@@ -60,7 +60,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from actors.versions import VersionError
     from serve.app import APP_NAME, Deployment, init_ray
 
-    init_ray(args.address)
+    init_ray(args.address, num_cpus=max(8, 2 * replicas + 2))  # logical CPUs: each replica reserves 2
     dep = None
     # Ctrl-C and SIGTERM both end in a clean shutdown.
     signal.signal(signal.SIGTERM, _interrupt)
