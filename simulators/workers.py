@@ -191,7 +191,9 @@ class SimulatorPool:
                     records = ray.get(ref)
                 except (RayActorError, ActorDiedError, ActorUnavailableError):
                     with self._lock:  # the worker is gone: its episodes go back in the queue
-                        self.workers.pop(wid, None)
+                        gone = self.workers.pop(wid, None)
+                    if gone is not None:
+                        ray.kill(gone)  # an unreachable worker must not finish the batch late
                     self.deaths += 1
                     self.retried += len(chunk)
                     queue.appendleft(chunk)
