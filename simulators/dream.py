@@ -34,11 +34,11 @@ class DreamConfig:
     skill: str = "tools"
     simulators: int = 2
     episodes: int = 128  # rehearsed per round
-    rounds: int = 3
+    rounds: int = 4
     budgets: tuple[int, ...] = (3, 4, 6)  # dream turn budgets (levels of the curriculum)
     steps: int = 40  # learner updates per round
     batch_size: int = 32
-    lr: float = 3e-4
+    lr: float = 2e-4
     retain: float = 0.25  # share of each learner batch that replays base skills
     eval_items: int = 200
     worker_batch: int = 16  # episodes a worker plays in lock step

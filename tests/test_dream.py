@@ -45,7 +45,7 @@ def test_short_dream_raises_heldout_success_and_stores_verified_trajectories_onc
     from simulators.env import Task
     from simulators.tinyworld.tools_env import ToolsEnvironment
 
-    code = dream_main(["dream", "--episodes", "64", "--rounds", "1", "--steps", "32", "--items", "50",
+    code = dream_main(["dream", "--episodes", "64", "--rounds", "1", "--steps", "32", "--lr", "3e-4", "--items", "50",
                        "--simulators", "2", "--data-dir", str(tmp_path), "--json"])
     out, err = capsys.readouterr()
     assert code == 0, err[-2000:]
