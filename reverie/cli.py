@@ -191,6 +191,12 @@ def parser() -> argparse.ArgumentParser:
     ln.add_argument("--json", action="store_true", help="print one JSON object")
     ln.add_argument("--quiet", action="store_true", help="no progress bar")
     ln.set_defaults(func=cmd_learn)
+
+    from serve.commands import register as register_serve
+    from simulators.commands import register as register_dream
+
+    register_serve(sub)
+    register_dream(sub)
     return p
 
 

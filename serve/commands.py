@@ -151,27 +151,3 @@ def register(subparsers) -> None:
     w.add_argument("--swap-mode", default="wait", help="wait (default), keep or abort: see reverie serve --help")
     w.add_argument("--json", action="store_true", help="print one JSON object")
     w.set_defaults(func=cmd_bench_swap)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m serve.commands ...``: the ``reverie`` command line with these commands registered
-    (the same as ``reverie`` itself once ``reverie.cli`` calls ``register``)."""
-    from reverie import cli
-
-    p = cli.parser()
-    sub = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction))
-    if "serve" not in sub.choices:
-        register(sub)
-    args = p.parse_args(argv)
-    try:
-        return args.func(args)
-    except ReverieError as exc:
-        print(f"reverie: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("reverie: interrupted", file=sys.stderr)
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

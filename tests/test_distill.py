@@ -78,7 +78,7 @@ def test_unknown_loss_is_refused(base, tokenizer):
 def test_a_short_opsd_run_measurably_raises_new_fact_accuracy(shipped_model):
     res = subprocess.run(
         [sys.executable, "-m", "reverie.cli", "learn", "--method", "opsd", "--skill", "facts",
-         "--steps", "30", "--json", "--quiet"],
+         "--steps", "30", "--lr", "3e-4", "--retain", "0", "--json", "--quiet"],
         capture_output=True, text=True, timeout=900,
     )
     assert res.returncode == 0, res.stderr[-2000:]

@@ -7,24 +7,7 @@ import json
 
 import pytest
 
-from reverie import cli
-from simulators.commands import register
-
-
-def dream_main(argv: list[str]) -> int:
-    """``reverie.cli.main`` with the dream command registered."""
-    original = cli.parser
-
-    def parser():
-        p = original()
-        register(next(a for a in p._actions if a.dest == "command"))
-        return p
-
-    cli.parser = parser
-    try:
-        return cli.main(argv)
-    finally:
-        cli.parser = original
+from reverie.cli import main as dream_main
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _cli(*args, env=None, **kw):
-    return subprocess.run([sys.executable, "-m", "serve.commands", *args], cwd=ROOT, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "reverie.cli", *args], cwd=ROOT, capture_output=True, text=True,
                           env=env, timeout=120, **kw)
 
 
@@ -35,7 +35,7 @@ def _cli(*args, env=None, **kw):
     (["bench", "swap", "--concurrency", "0"], "--concurrency"),
 ])
 def test_bad_input_exits_2_with_one_line(args, match, tmp_path, capsys):
-    from serve.commands import main
+    from reverie.cli import main
 
     extra = ["--data-dir", str(tmp_path / "d")] if args[0] == "serve" else ["--json"]
     assert main([*args, *extra]) == 2
@@ -53,7 +53,7 @@ def test_serve_prints_url_and_key_location_records_and_stops_cleanly_on_ctrl_c(t
     key_file = tmp_path / "keys.json"
     data = tmp_path / "data"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "serve.commands", "serve", "--model", str(SHIPPED_MODEL), "--port", str(port),
+        [sys.executable, "-m", "reverie.cli", "serve", "--model", str(SHIPPED_MODEL), "--port", str(port),
          "--data-dir", str(data), "--key-file", str(key_file)],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
