@@ -102,7 +102,19 @@ class RoundReport:
 
 
 def run(cfg: DreamConfig, progress: Callable[[str, int], None] | None = None) -> dict:
-    """Run the dream rounds; the report the ``dream`` command prints."""
+    """Run the dream rounds; the report the ``dream`` command prints.  A Ray this
+    call started (none was running) is shut down when it returns or fails."""
+    import ray
+
+    owns_ray = not ray.is_initialized()
+    try:
+        return _run(cfg, progress)
+    finally:
+        if owns_ray and ray.is_initialized():
+            ray.shutdown()
+
+
+def _run(cfg: DreamConfig, progress: Callable[[str, int], None] | None) -> dict:
     import ray
     import torch
     from transformers import AutoModelForCausalLM

@@ -110,26 +110,31 @@ def _learn_on_ray(model_dir: Path, cfg: LearnConfig, batches, teacher_cfg, check
 
     from actors.learner import start_learner
 
-    if not ray.is_initialized():
+    owns_ray = not ray.is_initialized()  # a Ray this call starts, it shuts down
+    if owns_ray:
         ray.init(num_cpus=max(4, scorers + 2), include_dashboard=False, log_to_driver=False)
-    root = Path(checkpoints or tempfile.mkdtemp(prefix="reverie-learn-"))
-    learner = start_learner(str(model_dir), cfg, str(root), teacher_cfg, scorers, cfg.topk)
-    done = ray.get(learner.updates.remote())
-    for _ in range(done):
-        next(batches)  # already learnt from before a restart
-    versions, tokens, start = [], 0, time.perf_counter()
-    for _ in tqdm(range(done, cfg.steps), initial=done, total=cfg.steps, desc=cfg.method, disable=not progress):
-        stats = ray.get(learner.step.remote(next(batches)))
-        tokens += stats["tokens"]
-        if "saved" in stats:
-            versions.append(stats["saved"])
-    seconds = time.perf_counter() - start
-    final = root / f"step-{cfg.steps:08d}"
-    if not versions or versions[-1]["path"] != str(final):
-        if final.is_dir():  # a restarted run that had already finished
-            versions.append({"path": str(final), "version": json.loads((final / "state.json").read_text())["version"]})
-        else:
-            versions.append(ray.get(learner.save.remote()))
-    ray.kill(learner)
-    student = AutoModelForCausalLM.from_pretrained(versions[-1]["path"], dtype=torch.float32).eval()
-    return student, {"versions": versions, "seconds": seconds, "tokens_per_second": tokens / max(seconds, 1e-9)}
+    try:
+        root = Path(checkpoints or tempfile.mkdtemp(prefix="reverie-learn-"))
+        learner = start_learner(str(model_dir), cfg, str(root), teacher_cfg, scorers, cfg.topk)
+        done = ray.get(learner.updates.remote())
+        for _ in range(done):
+            next(batches)  # already learnt from before a restart
+        versions, tokens, start = [], 0, time.perf_counter()
+        for _ in tqdm(range(done, cfg.steps), initial=done, total=cfg.steps, desc=cfg.method, disable=not progress):
+            stats = ray.get(learner.step.remote(next(batches)))
+            tokens += stats["tokens"]
+            if "saved" in stats:
+                versions.append(stats["saved"])
+        seconds = time.perf_counter() - start
+        final = root / f"step-{cfg.steps:08d}"
+        if not versions or versions[-1]["path"] != str(final):
+            if final.is_dir():  # a restarted run that had already finished
+                versions.append({"path": str(final), "version": json.loads((final / "state.json").read_text())["version"]})
+            else:
+                versions.append(ray.get(learner.save.remote()))
+        ray.kill(learner)
+        student = AutoModelForCausalLM.from_pretrained(versions[-1]["path"], dtype=torch.float32).eval()
+        return student, {"versions": versions, "seconds": seconds, "tokens_per_second": tokens / max(seconds, 1e-9)}
+    finally:
+        if owns_ray:
+            ray.shutdown()
