@@ -48,9 +48,10 @@ class Lesson:
 
 @torch.no_grad()
 def sample(model, encoder: ChatEncoder, prompts: list[tuple[dict, ...]], max_new_tokens: int = 32,
-           temperature: float = 1.0) -> list[list[int]]:
+           temperature: float = 1.0, greedy: bool = False) -> list[list[int]]:
     """On-policy completions (token ids, ending with the end tag when the
-    model produced one) from the model's current weights."""
+    model produced one) from the model's current weights; ``greedy`` takes the
+    argmax instead of sampling."""
     device = next(model.parameters()).device
     encoded = [encoder.encode(list(p), add_generation_prompt=True)[0] for p in prompts]
     width = max(len(e) for e in encoded)
@@ -63,8 +64,9 @@ def sample(model, encoder: ChatEncoder, prompts: list[tuple[dict, ...]], max_new
     was_training = model.training
     model.eval()
     out = model.generate(
-        input_ids=ids.to(device), attention_mask=attn.to(device), do_sample=True, temperature=temperature,
-        top_k=0, top_p=1.0, max_new_tokens=max_new_tokens, eos_token_id=encoder.end_id, pad_token_id=pad,
+        input_ids=ids.to(device), attention_mask=attn.to(device), max_new_tokens=max_new_tokens,
+        eos_token_id=encoder.end_id, pad_token_id=pad,
+        **({"do_sample": False} if greedy else {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}),
     )
     model.train(was_training)
     completions = []

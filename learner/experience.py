@@ -1,0 +1,91 @@
+"""Lessons from what users said: each piece of feedback in the experience
+store that carries a rule or a correction, joined to the interaction it is
+about, becomes a lesson for the learner.
+
+- The student sees the conversation as the user asked it (the interaction's
+  ``messages``, without the reply the model gave).
+- The teacher state sees the same conversation with the rule and/or the
+  correction in front, as one system message rendered by the templates
+  (``learner/templates.json``: kinds ``rule`` and ``correction``).
+- The reference reply for the SFT baseline is the correction when there is
+  one; for rule-only feedback, :func:`with_teacher_answers` fills it with the
+  teacher state's own greedy answer ("teacher-generated"), so SFT and OPSD
+  learn from the same feedback.
+
+Feedback that teaches nothing (a rating or an approval alone), feedback about
+a response that is not in the store, and feedback on a plain completion (its
+prompt is raw text, not a chat the student can be shown) are skipped and
+counted, never guessed at.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Iterable
+
+from learner.distill import Lesson
+from learner.templates import render
+
+
+@dataclass
+class FeedbackLessons:
+    lessons: list[Lesson]
+    skipped: Counter = field(default_factory=Counter)  # reason -> count
+
+
+def _context(fb: dict, templates: dict[str, str] | None) -> str | None:
+    parts = [render(kind, fb[kind].strip(), templates) for kind in ("rule", "correction")
+             if isinstance(fb.get(kind), str) and fb[kind].strip()]
+    return "\n".join(parts) or None
+
+
+def feedback_lessons(interactions: Iterable[dict], feedback: Iterable[dict],
+                     templates: dict[str, str] | None = None) -> FeedbackLessons:
+    """One lesson per piece of feedback with a rule or a correction, in the
+    order the feedback was given."""
+    by_id = {row["id"]: row for row in interactions}
+    out = FeedbackLessons([])
+    for fb in sorted(feedback, key=lambda r: (r.get("created") or 0.0, r["id"])):
+        context = _context(fb, templates)
+        if context is None:
+            out.skipped["no rule or correction"] += 1
+            continue
+        inter = by_id.get(fb.get("response_id"))
+        if inter is None:
+            out.skipped["unknown response"] += 1
+            continue
+        messages = inter.get("messages")
+        if not messages:
+            out.skipped["not a chat"] += 1
+            continue
+        student = tuple({"role": m["role"], "content": m["content"]} for m in messages)
+        teacher = ({"role": "system", "content": context}, *student)
+        correction = fb.get("correction")
+        reference = correction.strip() if isinstance(correction, str) and correction.strip() else None
+        out.lessons.append(Lesson(student, teacher, reference))
+    return out
+
+
+def lessons_from_store(data_dir: str, templates: dict[str, str] | None = None) -> FeedbackLessons:
+    """:func:`feedback_lessons` over the store's flushed ``interactions`` and
+    ``feedback`` tables (a path or any ``pyarrow.fs`` URI; no Ray needed)."""
+    from actors.store import read_table
+
+    return feedback_lessons(read_table(data_dir, "interactions").to_pylist(),
+                            read_table(data_dir, "feedback").to_pylist(), templates)
+
+
+def with_teacher_answers(model, encoder, lessons: list[Lesson], max_new_tokens: int = 32) -> list[Lesson]:
+    """The lessons, each without a reference given the teacher state's greedy
+    answer to its teacher prompt (the SFT baseline's target)."""
+    from learner.distill import sample
+
+    missing = [i for i, l in enumerate(lessons) if l.reference is None]
+    if not missing:
+        return list(lessons)
+    replies = sample(model, encoder, [lessons[i].teacher for i in missing], max_new_tokens, greedy=True)
+    out = list(lessons)
+    for i, ids in zip(missing, replies):
+        text = encoder.tok.decode([t for t in ids if t != encoder.end_id], skip_special_tokens=True).strip()
+        out[i] = Lesson(lessons[i].student, lessons[i].teacher, text)
+    return out
