@@ -166,11 +166,14 @@ async def _measure_load(url, key, concurrency, max_tokens, action):
 
 def run_bench(params: str = "100M", replicas: int = 1, concurrency: int = 32, swaps: int = 10,
               max_tokens: int = 32, steady_seconds: float = 20.0, swap_mode: str = "wait", progress=print) -> dict:
+    import logging
+
     from ray import serve
 
     from serve.app import APP_NAME, Deployment, ServeConfig, init_ray
     from serve.auth import Keys
 
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not a log line per request of the load
     work = Path(tempfile.mkdtemp(prefix="reverie-bench-"))
     try:
         if params == "tiny":
