@@ -82,3 +82,15 @@ def test_a_pyarrow_filesystem_uri_works(tmp_path):
     s.append("interactions", [rec(1)])
     s.close()
     assert read_table(uri, "interactions").column("id").to_pylist() == ["r1"]
+
+
+def test_pandas_reads_one_row_per_interaction_with_its_token_ids(tmp_path):
+    import pandas as pd
+
+    s = ExperienceStoreCore(str(tmp_path), flush_rows=2)
+    s.append("interactions", [rec(1), rec(2)])
+    s.append("interactions", [rec(3)])
+    s.close()
+    df = pd.read_parquet(tmp_path / "interactions").sort_values("id")
+    assert list(df["id"]) == ["r1", "r2", "r3"]
+    assert list(df.iloc[0]["completion_token_ids"]) == [1, 2] and df.iloc[0]["version"] == 3
