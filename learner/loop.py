@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -22,29 +21,13 @@ from learner.checkpoint import (VersionCounter, assert_finite_update, latest_che
 from learner.distill import Lesson, TorchSampler, opsd_loss, sft_loss
 from learner.scoring import TorchScorer
 from learner.teacher_state import TeacherConfig, TeacherState
+from learner.config import METHODS, LearnConfig  # noqa: F401  (re-exported: the learner's settings)
 from learner.tokenizer import ChatEncoder
 
-METHODS = ("opsd", "sft")
 VERSIONS_FILE = "versions"
 
 # A saved version: (checkpoint directory, version id).
 OnVersion = Callable[[Path, int], None]
-
-
-@dataclass(frozen=True)
-class LearnConfig:
-    method: str = "opsd"
-    loss: str = "fkl"
-    topk: int | None = None
-    steps: int = 200
-    batch_size: int = 32
-    lr: float = 3e-4
-    warmup: int = 0  # linear warm-up steps, then constant
-    weight_decay: float = 0.0
-    clip_max: float | None = None
-    retain: float = 0.0  # share of each batch that replays base-skill lessons (learner/replay.py)
-    checkpoint_every: int = 0  # 0: only at the end (when a checkpoint directory is given)
-    seed: int = 0
 
 
 class Learner:

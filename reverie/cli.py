@@ -79,7 +79,7 @@ def cmd_tinyworld_eval(args: argparse.Namespace) -> int:
 
 def cmd_learn(args: argparse.Namespace) -> int:
     from learner.distill import LOSSES
-    from learner.loop import METHODS, LearnConfig
+    from learner.config import METHODS, LearnConfig
     from learner.teacher_state import TEACHER_KINDS, TeacherConfig
     from simulators.tinyworld.experiment import BACKENDS, LEARNABLE, run
 
@@ -164,17 +164,20 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--skill", action="append", help="evaluate only this skill (repeatable)")
     e.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     e.set_defaults(func=cmd_tinyworld_eval)
+    from learner.config import LearnConfig
+
+    d = LearnConfig()
     ln = sub.add_parser("learn", help="teach the shipped base model one new tiny-world skill by OPSD or SFT; measure gain and forgetting")
     ln.add_argument("--method", default="opsd", help="opsd (on-policy self-distillation) or sft (the baseline)")
     ln.add_argument("--loss", default="fkl", help="OPSD divergence: fkl (default), rkl, jsd, sampled")
     ln.add_argument("--topk", default=None, help="score only the teacher's top-k tokens, plus a tail bucket")
     ln.add_argument("--skill", default="facts", help="facts (default) or rule")
-    ln.add_argument("--steps", default="300", help="optimiser steps (default %(default)s)")
-    ln.add_argument("--batch-size", default="32", help="lessons per step (default %(default)s)")
-    ln.add_argument("--lr", default="1e-4", help="AdamW learning rate (default %(default)s)")
-    ln.add_argument("--retain", default="0.5",
+    ln.add_argument("--steps", default=str(d.steps), help="optimiser steps (default %(default)s)")
+    ln.add_argument("--batch-size", default=str(d.batch_size), help="lessons per step (default %(default)s)")
+    ln.add_argument("--lr", default=str(d.lr), help="AdamW learning rate (default %(default)s)")
+    ln.add_argument("--retain", default=str(d.retain),
                     help="share of each batch that replays base-skill lessons, the same for both methods (default %(default)s)")
-    ln.add_argument("--warmup", default="0", help="linear learning-rate warm-up steps (default %(default)s)")
+    ln.add_argument("--warmup", default=str(d.warmup), help="linear learning-rate warm-up steps (default %(default)s)")
     ln.add_argument("--teacher", default="frozen",
                     help="teacher weights: frozen (base version, default), lagged, ema, or separate (--teacher-model)")
     ln.add_argument("--lag-every", default="50", help="lagged teacher: refresh from the student every N updates")
@@ -185,7 +188,7 @@ def parser() -> argparse.ArgumentParser:
     ln.add_argument("--scorers", default="1", help="ray backend: teacher-scorer actors (vLLM top-k); 0: torch full-vocabulary teacher")
     ln.add_argument("--checkpoints", default=None,
                     help="directory for versioned checkpoints (vLLM-loadable); a rerun resumes from the newest one")
-    ln.add_argument("--checkpoint-every", default="0", help="also checkpoint every N updates (default: only at the end)")
+    ln.add_argument("--checkpoint-every", default=str(d.checkpoint_every), help="also checkpoint every N updates (default: only at the end)")
     ln.add_argument("--seed", default="0", help="random seed (default %(default)s)")
     ln.add_argument("--model", default=str(SHIPPED_MODEL), help="base model directory (default: the shipped one)")
     ln.add_argument("--json", action="store_true", help="print one JSON object")

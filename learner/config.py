@@ -1,0 +1,23 @@
+"""The learner's settings: plain data, importable without torch (the command
+line reads its defaults from here)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+METHODS = ("opsd", "sft")
+
+
+@dataclass(frozen=True)
+class LearnConfig:
+    method: str = "opsd"
+    loss: str = "fkl"
+    topk: int | None = None
+    steps: int = 300
+    batch_size: int = 32
+    lr: float = 1e-4  # measured on the tiny world: 3e-4 forgets 0.04 even with replay (docs/design-notes.md)
+    warmup: int = 0  # linear warm-up steps, then constant
+    weight_decay: float = 0.0
+    clip_max: float | None = None
+    retain: float = 0.5  # share of each batch that replays base-skill lessons (learner/replay.py)
+    checkpoint_every: int = 0  # 0: only at the end (when a checkpoint directory is given)
+    seed: int = 0
