@@ -18,10 +18,10 @@ from tqdm import tqdm
 
 from learner.checkpoint import (VersionCounter, assert_finite_update, latest_checkpoint, load_checkpoint,
                                 save_checkpoint)
+from learner.config import METHODS, LearnConfig  # noqa: F401  (re-exported: the learner's settings)
 from learner.distill import Lesson, TorchSampler, opsd_loss, sft_loss
 from learner.scoring import TorchScorer
 from learner.teacher_state import TeacherConfig, TeacherState
-from learner.config import METHODS, LearnConfig  # noqa: F401  (re-exported: the learner's settings)
 from learner.tokenizer import ChatEncoder
 
 VERSIONS_FILE = "versions"

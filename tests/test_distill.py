@@ -9,7 +9,6 @@ import sys
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
 
 from learner.distill import Lesson, TorchSampler, check_same_tokenizer, completion_logits, opsd_loss, sample
 from learner.loop import LearnConfig, learn
@@ -17,11 +16,6 @@ from learner.scoring import TorchScorer
 from learner.teacher_state import TeacherConfig, TeacherState
 from learner.tokenizer import ChatEncoder, train_tokenizer
 from simulators.tinyworld.experiment import lessons
-
-
-@pytest.fixture(scope="module")
-def base(shipped_model):
-    return AutoModelForCausalLM.from_pretrained(shipped_model, dtype=torch.float32).eval()
 
 
 def test_teacher_scores_match_a_plain_transformers_forward_pass_to_1e_4(base, tokenizer):

@@ -9,7 +9,6 @@ import copy
 import msgpack
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
 
 from actors.store import ExperienceStoreCore
 from learner.experience import lessons_from_store, with_teacher_answers
@@ -20,11 +19,6 @@ from simulators.tinyworld import world as W
 from simulators.tinyworld.evaluate import eval_items
 
 RULE = W.rule_text(*W.NEW_RULE)
-
-
-@pytest.fixture(scope="module")
-def base(shipped_model):
-    return AutoModelForCausalLM.from_pretrained(shipped_model, dtype=torch.float32).eval()
 
 
 def _store(data_dir, interactions, feedback):

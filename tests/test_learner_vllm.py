@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import copy
 
-import pytest
 import torch
-from transformers import AutoModelForCausalLM
 
 from learner.distill import Lesson
 from learner.loop import LearnConfig
@@ -16,11 +14,6 @@ from learner.scoring import TorchScorer
 from learner.tokenizer import ChatEncoder
 from learner.vllm_backend import VllmSampler, VllmScorer
 from simulators.tinyworld.experiment import lessons
-
-
-@pytest.fixture(scope="module")
-def base(shipped_model):
-    return AutoModelForCausalLM.from_pretrained(shipped_model, dtype=torch.float32).eval()
 
 
 def _batch(n=6):
