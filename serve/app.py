@@ -28,7 +28,14 @@ class ServeConfig:
     store_name: str = "reverie-experience-store"
     store_flush_seconds: float = 1.0
     seed: int = 0
+    # Keep the engine's compute cores to the engine (reverie/cpus.py); only with one replica on this node.
+    pin_cpus: bool = False
     extra_engine_kwargs: dict = field(default_factory=dict)
+
+    def cpu_plan(self):
+        from reverie import cpus
+
+        return cpus.plan() if self.pin_cpus and self.replicas == 1 else None
 
     def resolved_versions_dir(self) -> Path:
         if self.versions_dir is not None:
@@ -71,7 +78,8 @@ def build_application(cfg: ServeConfig, key_digests: dict):
     llm = build_llm_deployment(
         conf, name_prefix="", deployment_cls=ReverieLLMServer,
         override_serve_options={"name": LLM_DEPLOYMENT},
-        bind_kwargs={"versions_dir": versions_dir, "store_name": cfg.store_name},
+        bind_kwargs={"versions_dir": versions_dir, "store_name": cfg.store_name,
+                     "pin_cpus": cfg.cpu_plan() is not None},
     )
     ingress_cls = make_fastapi_ingress(ReverieIngress, endpoint_map=ENDPOINTS, app=make_app())
     ingress = serve.deployment(ingress_cls, name=INGRESS_DEPLOYMENT, num_replicas=1, max_ongoing_requests=1000,
@@ -85,9 +93,12 @@ def build_application(cfg: ServeConfig, key_digests: dict):
     )
 
 
-def init_ray(address: str | None = None, num_cpus: int | None = None):
-    """Join ``address``, or start a private local Ray (never ``address='auto'``: another Ray may run here)."""
+def init_ray(address: str | None = None, num_cpus: int | None = None, cpu_plan=None):
+    """Join ``address``, or start a private local Ray (never ``address='auto'``: another Ray may run here).
+    With a ``cpu_plan`` (reverie/cpus.py), a private Ray's processes start on the plan's host cores."""
     import ray
+
+    from reverie.cpus import host_only
 
     if ray.is_initialized():
         return
@@ -95,8 +106,9 @@ def init_ray(address: str | None = None, num_cpus: int | None = None):
     if address:
         ray.init(address=address, runtime_env=env, namespace="reverie", log_to_driver=False)
     else:
-        ray.init(num_cpus=num_cpus or max(8, os.cpu_count() or 2), include_dashboard=False, runtime_env=env,
-                 namespace="reverie", log_to_driver=False)
+        with host_only(cpu_plan):
+            ray.init(num_cpus=num_cpus or max(8, os.cpu_count() or 2), include_dashboard=False, runtime_env=env,
+                     namespace="reverie", log_to_driver=False)
 
 
 class Deployment:

@@ -62,14 +62,24 @@ def _noisy(state: dict, seed: int) -> dict:
     return {k: v + 0.01 * torch.randn(v.shape, generator=g) for k, v in state.items()}
 
 
-async def _raw_vllm_tokens_per_second(model_dir: Path, concurrency: int, max_tokens: int, seconds: float) -> float:
+async def _raw_vllm_tokens_per_second(model_dir: Path, concurrency: int, max_tokens: int, seconds: float,
+                                      cpu_plan=None) -> float:
+    """The engine in this process, placed on the cores as a Serve replica places it (``cpu_plan``)."""
+    import os
+
     from vllm import SamplingParams
     from vllm.engine.arg_utils import AsyncEngineArgs
     from vllm.v1.engine.async_llm import AsyncLLM
 
+    from reverie import cpus
     from reverie.engine import engine_kwargs
 
+    mask, bind = os.sched_getaffinity(0), os.environ.get(cpus.BIND_ENV)
+    if cpu_plan is not None:
+        cpus.claim_all(cpu_plan)
     engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**engine_kwargs(model_dir)))
+    if cpu_plan is not None:
+        cpus.leave_engine_cores(cpu_plan)
     try:
         params = SamplingParams(max_tokens=max_tokens, temperature=1.0, ignore_eos=True)
         tokens = 0
@@ -92,6 +102,11 @@ async def _raw_vllm_tokens_per_second(model_dir: Path, concurrency: int, max_tok
         return tokens / (time.perf_counter() - t0)
     finally:
         engine.shutdown()
+        os.sched_setaffinity(0, mask)
+        if bind is None:
+            os.environ.pop(cpus.BIND_ENV, None)
+        else:
+            os.environ[cpus.BIND_ENV] = bind
 
 
 class _Load:
@@ -165,7 +180,8 @@ async def _measure_load(url, key, concurrency, max_tokens, action):
 
 
 def run_bench(params: str = "100M", replicas: int = 1, concurrency: int = 32, swaps: int = 10,
-              max_tokens: int = 32, steady_seconds: float = 20.0, swap_mode: str = "wait", progress=print) -> dict:
+              max_tokens: int = 32, steady_seconds: float = 20.0, swap_mode: str = "wait", pin_cpus: bool = True,
+              progress=print) -> dict:
     import logging
 
     from ray import serve
@@ -191,17 +207,18 @@ def run_bench(params: str = "100M", replicas: int = 1, concurrency: int = 32, sw
         n_params = n_params or sum(t.numel() for t in state.values())
         variants = [_noisy(state, 1), _noisy(state, 2)]
 
-        progress("measuring raw vLLM throughput (same engine arguments, no Serve)")
-        raw_tps = asyncio.run(_raw_vllm_tokens_per_second(model_dir, concurrency, max_tokens, steady_seconds))
-        progress(f"raw vLLM: {raw_tps:.1f} tokens/s")
-
-        init_ray(num_cpus=max(8, 2 * replicas + 2))
-        keys = Keys(secrets.token_urlsafe(24), secrets.token_urlsafe(24), "bench (in memory)")
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
         cfg = ServeConfig(model_dir=model_dir, data_dir=str(work / "data"), replicas=replicas, port=port,
-                          swap_timeout_s=120.0, swap_mode=swap_mode)
+                          swap_timeout_s=120.0, swap_mode=swap_mode, pin_cpus=pin_cpus)
+        plan = cfg.cpu_plan()
+        progress("measuring raw vLLM throughput (same engine arguments and core placement, no Serve)")
+        raw_tps = asyncio.run(_raw_vllm_tokens_per_second(model_dir, concurrency, max_tokens, steady_seconds, plan))
+        progress(f"raw vLLM: {raw_tps:.1f} tokens/s")
+
+        init_ray(num_cpus=max(8, 2 * replicas + 2), cpu_plan=plan)
+        keys = Keys(secrets.token_urlsafe(24), secrets.token_urlsafe(24), "bench (in memory)")
         dep = Deployment(cfg, keys.digests())
         try:
             deadline = time.time() + 900
@@ -243,7 +260,7 @@ def run_bench(params: str = "100M", replicas: int = 1, concurrency: int = 32, sw
             ray.shutdown()
         # The machine is shared: raw throughput is measured before and after the Serve run, and averaged.
         progress("measuring raw vLLM throughput again")
-        raw_after = asyncio.run(_raw_vllm_tokens_per_second(model_dir, concurrency, max_tokens, steady_seconds))
+        raw_after = asyncio.run(_raw_vllm_tokens_per_second(model_dir, concurrency, max_tokens, steady_seconds, plan))
         raw_mean = (raw_tps + raw_after) / 2
         totals = [t["total"] for t in timings]
         steady_tps = steady.tokens / steady_s
@@ -263,6 +280,7 @@ def run_bench(params: str = "100M", replicas: int = 1, concurrency: int = 32, sw
             "raw_vllm_tokens_per_second_before": raw_tps, "raw_vllm_tokens_per_second_after": raw_after,
             "versions_seen": len(load.versions), "concurrency": concurrency, "max_tokens": max_tokens,
             "swap_mode": swap_mode,
+            "cpu_plan": {"engine": list(plan.engine), "host": list(plan.host)} if plan else None,
             "steady_failed": steady.failed,
         }
         if load.errors:

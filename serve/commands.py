@@ -47,7 +47,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise ReverieError(f"--swap-mode must be one of {', '.join(SWAP_MODES)}, got {args.swap_mode!r}")
     cfg = ServeConfig(model_dir=model, data_dir=args.data_dir, versions_dir=args.versions_dir, replicas=replicas,
                       host=args.host, port=port, swap_mode=args.swap_mode,
-                      swap_timeout_s=_seconds(args.swap_timeout, "--swap-timeout"))
+                      swap_timeout_s=_seconds(args.swap_timeout, "--swap-timeout"),
+                      pin_cpus=args.address is None and not args.no_cpu_pinning)  # on a cluster: the operator's
     try:
         cfg.resolved_versions_dir()
     except ValueError as e:
@@ -60,7 +61,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from actors.versions import VersionError
     from serve.app import APP_NAME, Deployment, init_ray
 
-    init_ray(args.address, num_cpus=max(8, 2 * replicas + 2))  # logical CPUs: each replica reserves 2
+    init_ray(args.address, num_cpus=max(8, 2 * replicas + 2), cpu_plan=cfg.cpu_plan())  # each replica reserves 2
     dep = None
     # Ctrl-C and SIGTERM both end in a clean shutdown.
     signal.signal(signal.SIGTERM, _interrupt)
@@ -109,7 +110,7 @@ def cmd_bench_swap(args: argparse.Namespace) -> int:
 
     # Ray prints shutdown notices on stdout; they go to stderr so stdout is one JSON object.
     with contextlib.redirect_stdout(sys.stderr):
-        report = run_bench(swap_mode=args.swap_mode,
+        report = run_bench(swap_mode=args.swap_mode, pin_cpus=not args.no_cpu_pinning,
             params=args.params, replicas=_int_in(args.replicas, "--replicas", 1, 16),
             concurrency=_int_in(args.concurrency, "--concurrency", 1, 1024),
             swaps=_int_in(args.swaps, "--swaps", 1, 1000), max_tokens=_int_in(args.max_tokens, "--max-tokens", 1, 200),
@@ -137,6 +138,9 @@ def register(subparsers) -> None:
                                                     "REVERIE_API_KEY/REVERIE_ADMIN_KEY take precedence)")
     s.add_argument("--swap-mode", default="wait", help="in-flight requests during a swap: wait (drain, default), "
                                                        "keep (pause and continue on the new weights), abort")
+    s.add_argument("--no-cpu-pinning", action="store_true", help="leave every process free to run on every core "
+                   "(default without --address, one replica and no GPU: the engine's worker gets every core but the "
+                   "last, Ray and Serve the last)")
     s.add_argument("--swap-timeout", default="120", help="seconds a swap may take before it is undone (default %(default)s)")
     s.set_defaults(func=cmd_serve)
 
@@ -149,5 +153,7 @@ def register(subparsers) -> None:
     w.add_argument("--swaps", default="10", help="swaps to perform (default %(default)s)")
     w.add_argument("--max-tokens", default="32", help="tokens per request (default %(default)s)")
     w.add_argument("--swap-mode", default="wait", help="wait (default), keep or abort: see reverie serve --help")
+    w.add_argument("--no-cpu-pinning", action="store_true", help="leave every process free to run on every core "
+                   "(default: on a CPU-only machine the engine's worker keeps its cores to itself, raw and served alike)")
     w.add_argument("--json", action="store_true", help="print one JSON object")
     w.set_defaults(func=cmd_bench_swap)

@@ -56,7 +56,12 @@ class _Gate:
 
 class ReverieLLMServer(LLMServer):
     async def __init__(self, llm_config, *, versions_dir: str, store_name: str | None = None,
-                   store_namespace: str = "reverie", engine_cls=None, model_downloader=None):
+                   store_namespace: str = "reverie", pin_cpus: bool = False, engine_cls=None, model_downloader=None):
+        from reverie import cpus
+
+        self._cpu_plan = cpus.plan() if pin_cpus else None
+        if self._cpu_plan is not None:
+            cpus.claim_all(self._cpu_plan)  # the engine this replica spawns may bind to the engine cores
         self._registry = VersionRegistry(versions_dir)
         self._gate = _Gate()
         self._swap_lock = asyncio.Lock()
@@ -74,6 +79,10 @@ class ReverieLLMServer(LLMServer):
 
     async def start(self):
         await super().start()
+        if self._cpu_plan is not None:
+            from reverie import cpus
+
+            cpus.leave_engine_cores(self._cpu_plan)
         info = self._registry.promoted()
         if info.source != "base":
             result = await self._load(info.weights, timeout_s=300.0)

@@ -1,6 +1,6 @@
 """``reverie serve`` as a user runs it: bad input exits 2 with one line; a real run prints the URL and where
 the keys are (never the keys), answers through the ``openai`` client, and on Ctrl-C flushes the experience
-store and exits 0."""
+store and exits 0.  It also keeps the engine's cores to the engine (reverie/cpus.py)."""
 from __future__ import annotations
 
 import json
@@ -45,6 +45,30 @@ def test_bad_input_exits_2_with_one_line(args, match, tmp_path, capsys):
     assert not (tmp_path / "d").exists()
 
 
+def _check_the_engine_keeps_its_cores(root: int) -> None:
+    """One replica, no --address: the engine's worker runs on the plan's engine cores, every other process
+    that ``reverie serve`` started (Ray, Serve, the replica, the engine's scheduler) on the host cores."""
+    import psutil
+
+    from reverie import cpus
+
+    plan = cpus.plan()
+    if plan is None:
+        return
+    workers, others = [], {}
+    for child in psutil.Process(root).children(recursive=True):
+        try:
+            masks = set().union(*(os.sched_getaffinity(int(t)) for t in os.listdir(f"/proc/{child.pid}/task")))
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if cpus._title(child.pid).startswith(cpus.WORKER_TITLE):
+            workers.append(os.sched_getaffinity(child.pid))  # its main thread runs the model
+        else:
+            others[f"{child.pid} {cpus._title(child.pid)[:60]}"] = masks
+    assert workers and all(m <= set(plan.engine) for m in workers), workers
+    assert others and all(m == set(plan.host) for m in others.values()), others
+
+
 def test_serve_prints_url_and_key_location_records_and_stops_cleanly_on_ctrl_c(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -76,6 +100,7 @@ def test_serve_prints_url_and_key_location_records_and_stops_cleanly_on_ctrl_c(t
         r = client.chat.completions.create(model="reverie", messages=[{"role": "user", "content": "sort: b a"}],
                                            max_tokens=4, temperature=0)
         assert r.system_fingerprint.startswith("reverie-v")
+        _check_the_engine_keeps_its_cores(proc.pid)
         proc.send_signal(signal.SIGINT)
         rest_out, err = proc.communicate(timeout=120)
     finally:
