@@ -14,6 +14,9 @@ Every figure is measured in the run that prints it:
   (``concurrency`` requests in flight) on a bare vLLM ``AsyncLLM`` in this
   process, measured before Serve starts and after it stops (the machine is
   shared; the two are averaged); ``serve_to_raw_ratio`` = steady / raw.
+- ``cpu_plan``: the core placement both use (``reverie/cpus.py``: the
+  engine's worker keeps its cores, everything else runs on the host core);
+  null with ``--no-cpu-pinning`` or where it does not apply.
 - the swap broken down (medians): ``pack`` (validate + write the buckets to
   shared memory), ``drain`` (in ``wait`` mode, waiting for the in-flight
   requests of the old version to finish: bounded by the longest remaining
