@@ -12,6 +12,9 @@ MODEL_ID = "reverie"
 LLM_DEPLOYMENT = "ReverieLLMServer"
 INGRESS_DEPLOYMENT = "ReverieIngress"
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# What a replica does with in-flight requests during a swap (serve/replica.py): drain them (wait), pause and
+# continue them on the new weights (keep), end them (abort), or load into a second engine and switch (standby).
+SWAP_MODES = ("wait", "keep", "abort", "standby")
 
 
 @dataclass
@@ -79,7 +82,7 @@ def build_application(cfg: ServeConfig, key_digests: dict):
         conf, name_prefix="", deployment_cls=ReverieLLMServer,
         override_serve_options={"name": LLM_DEPLOYMENT},
         bind_kwargs={"versions_dir": versions_dir, "store_name": cfg.store_name,
-                     "pin_cpus": cfg.cpu_plan() is not None},
+                     "pin_cpus": cfg.cpu_plan() is not None, "standby": cfg.swap_mode == "standby"},
     )
     ingress_cls = make_fastapi_ingress(ReverieIngress, endpoint_map=ENDPOINTS, app=make_app())
     ingress = serve.deployment(ingress_cls, name=INGRESS_DEPLOYMENT, num_replicas=1, max_ongoing_requests=1000,

@@ -20,7 +20,9 @@ Every figure is measured in the run that prints it:
 - the swap broken down (medians): ``pack`` (validate + write the buckets to
   shared memory), ``drain`` (in ``wait`` mode, waiting for the in-flight
   requests of the old version to finish: bounded by the longest remaining
-  completion), ``reload`` (the worker extension's in-place reload).
+  completion; in ``standby`` mode, waiting for the standby engine's last
+  requests, of the version before the previous one), ``reload`` (the worker
+  extension's in-place reload).  Swaps are ``swap_interval`` seconds apart.
 """
 from __future__ import annotations
 
@@ -184,7 +186,7 @@ async def _measure_load(url, key, concurrency, max_tokens, action):
 
 def run_bench(params: str = "100M", replicas: int = 1, concurrency: int = 32, swaps: int = 10,
               max_tokens: int = 32, steady_seconds: float = 20.0, swap_mode: str = "wait", pin_cpus: bool = True,
-              progress=print) -> dict:
+              swap_interval: float = 1.0, progress=print) -> dict:
     import logging
 
     from ray import serve
@@ -249,7 +251,7 @@ def run_bench(params: str = "100M", replicas: int = 1, concurrency: int = 32, sw
                                         "drain": max(x.get("drain_seconds", 0.0) for x in reps),
                                         "reload": max(x.get("load_seconds", 0.0) for x in reps)})
                         progress(f"swap {i + 1}/{swaps}: version {r['version']} in {timings[-1]['total']:.2f} s")
-                        await asyncio.sleep(1.0)
+                        await asyncio.sleep(swap_interval)
 
                 load, load_s, _ = await _measure_load(url, keys.api_key, concurrency, max_tokens, do_swaps)
                 return steady, steady_s, load, load_s, timings
@@ -282,7 +284,7 @@ def run_bench(params: str = "100M", replicas: int = 1, concurrency: int = 32, sw
             "reload_seconds_max": max(t["reload"] for t in timings),
             "raw_vllm_tokens_per_second_before": raw_tps, "raw_vllm_tokens_per_second_after": raw_after,
             "versions_seen": len(load.versions), "concurrency": concurrency, "max_tokens": max_tokens,
-            "swap_mode": swap_mode,
+            "swap_mode": swap_mode, "swap_interval_seconds": swap_interval,
             "cpu_plan": {"engine": list(plan.engine), "host": list(plan.host)} if plan else None,
             "steady_failed": steady.failed,
         }

@@ -8,8 +8,7 @@ import sys
 import time
 
 from reverie.errors import ReverieError, check_model_dir
-
-SWAP_MODES = ("wait", "keep", "abort")
+from serve.app import SWAP_MODES
 
 
 def _int_in(text: str, what: str, lo: int, hi: int) -> int:
@@ -111,6 +110,7 @@ def cmd_bench_swap(args: argparse.Namespace) -> int:
     # Ray prints shutdown notices on stdout; they go to stderr so stdout is one JSON object.
     with contextlib.redirect_stdout(sys.stderr):
         report = run_bench(swap_mode=args.swap_mode, pin_cpus=not args.no_cpu_pinning,
+            swap_interval=_seconds(args.swap_interval, "--swap-interval"),
             params=args.params, replicas=_int_in(args.replicas, "--replicas", 1, 16),
             concurrency=_int_in(args.concurrency, "--concurrency", 1, 1024),
             swaps=_int_in(args.swaps, "--swaps", 1, 1000), max_tokens=_int_in(args.max_tokens, "--max-tokens", 1, 200),
@@ -136,8 +136,10 @@ def register(subparsers) -> None:
     s.add_argument("--versions-dir", default=None, help="local directory of policy versions (default: DATA_DIR/versions)")
     s.add_argument("--key-file", default=None, help="JSON key file (default ~/.config/reverie/keys.json; "
                                                     "REVERIE_API_KEY/REVERIE_ADMIN_KEY take precedence)")
-    s.add_argument("--swap-mode", default="wait", help="in-flight requests during a swap: wait (drain, default), "
-                                                       "keep (pause and continue on the new weights), abort")
+    s.add_argument("--swap-mode", default="wait", help="in-flight requests during a swap: wait (drain them, "
+                   "default), keep (pause them and continue on the new weights), abort (end them), or standby "
+                   "(each replica keeps a second engine: the new version loads there and new requests switch to "
+                   "it while running ones finish on the old one; twice the engine memory)")
     s.add_argument("--no-cpu-pinning", action="store_true", help="leave every process free to run on every core "
                    "(default without --address, one replica and no GPU: the engine's worker gets every core but the "
                    "last, Ray and Serve the last)")
@@ -152,7 +154,9 @@ def register(subparsers) -> None:
     w.add_argument("--concurrency", default="32", help="concurrent streaming clients (default %(default)s)")
     w.add_argument("--swaps", default="10", help="swaps to perform (default %(default)s)")
     w.add_argument("--max-tokens", default="32", help="tokens per request (default %(default)s)")
-    w.add_argument("--swap-mode", default="wait", help="wait (default), keep or abort: see reverie serve --help")
+    w.add_argument("--swap-mode", default="wait", help="wait (default), keep, abort or standby: see reverie serve --help")
+    w.add_argument("--swap-interval", default="1", help="seconds between one swap's end and the next one's start "
+                   "(default %(default)s)")
     w.add_argument("--no-cpu-pinning", action="store_true", help="leave every process free to run on every core "
                    "(default: on a CPU-only machine the engine's worker keeps its cores to itself, raw and served alike)")
     w.add_argument("--json", action="store_true", help="print one JSON object")

@@ -2,15 +2,22 @@
 reverie's version gate, experience capture and weight installation.
 
 Version discipline:
-- A request passes the gate, is stamped with the replica's current version,
-  and holds the gate until its last token is sent.
-- ``reverie_install`` closes the gate (new requests wait, they do not fail),
-  drains in-flight requests (``mode="wait"``, the default) or pauses/aborts
-  them (``"keep"``/``"abort"``, vLLM's other pause modes), reloads the weights
-  through the worker extension, and reopens the gate.  In ``wait`` mode no
-  response is ever produced by two versions.
-- Every step has a timeout; on any failure the previous weights are put back
-  and the replica keeps serving the previous version.
+- A request passes the active engine's gate, is stamped with that engine's
+  version, runs on that engine, and holds the gate until its last token is sent.
+- ``reverie_install`` in ``wait`` mode (the default) closes the gate (new
+  requests wait, they do not fail), drains in-flight requests, reloads the
+  weights through the worker extension, and reopens the gate.  ``keep`` and
+  ``abort`` (vLLM's other pause modes) pause or end in-flight requests
+  instead.  In ``wait`` mode no response is ever produced by two versions.
+- ``standby`` mode (chosen when the replica starts: it keeps a second engine):
+  the new version is loaded into the idle engine while the active one goes on
+  serving, then new requests switch to it; requests already running finish on
+  the engine and version they started on.  No request waits for a drain and
+  no response mixes versions; the cost is a second engine's memory.  A
+  rollback to the version the standby still holds is a switch, not a reload.
+- Every step has a timeout; on any failure the replica keeps serving the
+  previous version (in ``wait``/``keep``/``abort`` the previous weights are
+  reloaded; in ``standby`` the active engine was never touched).
 - ``start`` loads the promoted version before the replica takes traffic
   (Serve routes to a replica only once its constructor has returned).
 """
@@ -19,6 +26,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import dataclass, field
+from typing import Any
 
 import msgpack
 
@@ -26,11 +35,11 @@ from ray import serve
 from ray.serve.llm import LLMServer
 
 from actors.versions import VersionRegistry
+from serve.app import SWAP_MODES
 from serve.capture import Capture
 
 logger = logging.getLogger("reverie.serve")
 
-PAUSE_MODES = ("wait", "keep", "abort")
 MARKER = "__reverie__"
 
 
@@ -54,19 +63,32 @@ class _Gate:
             self.idle.set()
 
 
+@dataclass
+class _Slot:
+    """An engine, its gate and the version it holds (None while its weights are unknown)."""
+    engine: Any
+    gate: _Gate = field(default_factory=_Gate)
+    version: int | None = None
+    weights: list[str] | None = None
+
+    def holds(self, version: int, paths: list[str]) -> bool:
+        return self.version == version and list(paths) == list(self.weights or [])
+
+
 class ReverieLLMServer(LLMServer):
     async def __init__(self, llm_config, *, versions_dir: str, store_name: str | None = None,
-                   store_namespace: str = "reverie", pin_cpus: bool = False, engine_cls=None, model_downloader=None):
+                   store_namespace: str = "reverie", pin_cpus: bool = False, standby: bool = False,
+                   engine_cls=None, model_downloader=None):
         from reverie import cpus
 
         self._cpu_plan = cpus.plan() if pin_cpus else None
         if self._cpu_plan is not None:
-            cpus.claim_all(self._cpu_plan)  # the engine this replica spawns may bind to the engine cores
+            cpus.claim_all(self._cpu_plan)  # the engines this replica spawns may bind to the engine cores
         self._registry = VersionRegistry(versions_dir)
-        self._gate = _Gate()
+        self._with_standby = standby
+        self._active: _Slot | None = None
+        self._spare: _Slot | None = None  # the standby engine, in standby mode
         self._swap_lock = asyncio.Lock()
-        self._version: int | None = None
-        self._weights: list[str] | None = None
         self._store_name = store_name
         self._store_namespace = store_namespace
         self._store = None
@@ -79,17 +101,33 @@ class ReverieLLMServer(LLMServer):
 
     async def start(self):
         await super().start()
+        slots = [_Slot(self.engine)]
+        if self._with_standby:
+            from ray.llm._internal.serve.constants import ENGINE_START_TIMEOUT_S
+
+            spare = self._engine_cls(self._llm_config)
+            await asyncio.wait_for(spare.start(), timeout=ENGINE_START_TIMEOUT_S)
+            slots.append(_Slot(spare))
         if self._cpu_plan is not None:
             from reverie import cpus
 
             cpus.leave_engine_cores(self._cpu_plan)
         info = self._registry.promoted()
-        if info.source != "base":
-            result = await self._load(info.weights, timeout_s=300.0)
-            if not result["ok"]:
-                raise RuntimeError(f"replica could not load promoted version {info.version}: {result['error']}")
-        self._version, self._weights = info.version, info.weights
-        logger.info("replica %s serving version %s", self._replica, self._version)
+        for slot in slots:
+            if info.source != "base":
+                result = await self._load(slot.engine, info.weights, timeout_s=300.0)
+                if not result["ok"]:
+                    raise RuntimeError(f"replica could not load promoted version {info.version}: {result['error']}")
+            slot.version, slot.weights = info.version, list(info.weights)
+        self._active = slots[0]
+        self._spare = slots[1] if len(slots) > 1 else None
+        logger.info("replica %s serving version %s%s", self._replica, info.version,
+                    " (with a standby engine)" if self._spare else "")
+
+    async def check_health(self) -> None:
+        await super().check_health()
+        if self._spare is not None:
+            await self._spare.engine.check_health()
 
     # ------------------------------------------------------------ requests
     def _store_handle(self):
@@ -108,18 +146,33 @@ class ReverieLLMServer(LLMServer):
         except Exception as e:  # the user still gets the answer; the loss is loud in the log
             logger.error("could not record interaction %s: %s", cap.id, e)
 
+    async def _enter(self) -> _Slot:
+        """Pass the active engine's gate; if the active engine changed while waiting, go to the new one."""
+        while True:
+            slot = self._active
+            await slot.gate.enter()
+            if slot is self._active:
+                return slot
+            slot.gate.leave()
+
+    async def _run_on(self, engine, request, engine_method: str, raw_request_info):
+        """``LLMServer._run_request`` on a given engine: the engine is fixed before any await, so a switch in
+        standby mode cannot move a stamped request to another engine."""
+        await self._maybe_add_request_id_to_request(request)
+        await self._maybe_resolve_lora_from_multiplex()
+        stream = getattr(engine, engine_method)(request, raw_request_info)
+        return self._batch_output_stream(stream) if getattr(request, "stream", False) else stream
+
     async def _serve(self, kind: str, request, raw_request_info):
         from ray.llm._internal.serve.core.configs.openai_api_models import ErrorResponse
 
-        await self._gate.enter()
+        slot = await self._enter()
         try:
-            version = self._version
+            version = slot.version
             yield {MARKER: {"version": version, "replica": self._replica}}
             cap = Capture(kind, request, version, self._replica, self._llm_config.model_id)
-            stream = await self._run_request(
-                request, engine_method="chat" if kind == "chat" else "completions",
-                batch_output_stream=True, raw_request_info=raw_request_info,
-            )
+            stream = await self._run_on(slot.engine, request, "chat" if kind == "chat" else "completions",
+                                        raw_request_info)
             async for item in stream:
                 if isinstance(item, list):
                     out, done = [], False
@@ -140,7 +193,7 @@ class ReverieLLMServer(LLMServer):
                     await self._record(cap)
                     yield payload
         finally:
-            self._gate.leave()
+            slot.gate.leave()
 
     async def chat(self, request, raw_request_info=None):
         async for item in self._serve("chat", request, raw_request_info):
@@ -151,9 +204,10 @@ class ReverieLLMServer(LLMServer):
             yield item
 
     # ------------------------------------------------------------ versions
-    async def _load(self, paths: list[str], timeout_s: float) -> dict:
+    @staticmethod
+    async def _load(engine, paths: list[str], timeout_s: float) -> dict:
         results = await asyncio.wait_for(
-            self.engine.collective_rpc(method="reverie_load_weights", args=(list(paths),), timeout=timeout_s),
+            engine.collective_rpc(method="reverie_load_weights", args=(list(paths),), timeout=timeout_s),
             timeout=timeout_s,
         )
         bad = [r for r in results if not (isinstance(r, dict) and r.get("ok"))]
@@ -161,60 +215,106 @@ class ReverieLLMServer(LLMServer):
             return {"ok": False, "error": str(bad[0].get("error") if bad and isinstance(bad[0], dict) else bad or "no workers")}
         return {"ok": True, "seconds": max(r["seconds"] for r in results)}
 
+    def _status(self, ok: bool, previous, t0: float, **extra) -> dict:
+        return {"replica": self._replica, "ok": ok, "version": self._active.version, "previous": previous,
+                "seconds": time.perf_counter() - t0, **extra}
+
     async def reverie_install(self, version: int, paths: list[str], mode: str = "wait", timeout_s: float = 60.0) -> dict:
         """Install ``paths`` as ``version``; returns a status dict (never raises)."""
-        if mode not in PAUSE_MODES:
-            return {"replica": self._replica, "ok": False, "version": self._version, "error": f"unknown mode {mode!r}"}
         t0 = time.perf_counter()
+        if mode not in SWAP_MODES:
+            return self._status(False, None, t0, error=f"unknown mode {mode!r}")
+        if mode == "standby" and self._spare is None:
+            return self._status(False, None, t0, error="this replica was started without a standby engine")
         async with self._swap_lock:
-            previous, previous_weights = self._version, self._weights
-            if version == previous and list(paths) == list(previous_weights or []):
-                return {"replica": self._replica, "ok": True, "version": version, "previous": previous, "seconds": 0.0}
-            self._gate.open.clear()
-            touched = False
-            steps: dict[str, float] = {}
+            previous = self._active.version
+            if self._active.holds(version, paths):
+                return self._status(True, previous, t0)
             try:
-                t = time.perf_counter()
-                if mode == "wait":
-                    await asyncio.wait_for(self._gate.idle.wait(), timeout=timeout_s)
-                steps["drain_seconds"] = time.perf_counter() - t
-                t = time.perf_counter()
-                await asyncio.wait_for(self.engine.pause(mode=mode, clear_cache=True), timeout=timeout_s)
-                steps["pause_seconds"] = time.perf_counter() - t
-                touched = True
-                t = time.perf_counter()
-                result = await self._load(paths, timeout_s)
-                if not result["ok"]:
-                    raise RuntimeError(result["error"])
-                steps["load_seconds"] = time.perf_counter() - t
-                self._version, self._weights = int(version), list(paths)
-                return {"replica": self._replica, "ok": True, "version": self._version, "previous": previous,
-                        "seconds": time.perf_counter() - t0, **steps}
+                if mode == "standby":
+                    steps = await self._install_standby(int(version), list(paths), timeout_s)
+                else:
+                    steps = await self._install_in_place(int(version), list(paths), mode, timeout_s)
+                return self._status(True, previous, t0, **steps)
             except Exception as e:
                 error = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
-                if touched and previous_weights:
-                    try:
-                        restored = await self._load(previous_weights, max(timeout_s, 60.0))
-                        if not restored["ok"]:
-                            raise RuntimeError(restored["error"])
-                    except Exception as e2:
-                        error += f"; restoring version {previous} also failed: {e2}"
                 logger.error("replica %s: swap to version %s failed: %s", self._replica, version, error)
-                return {"replica": self._replica, "ok": False, "version": self._version, "previous": previous,
-                        "error": error, "seconds": time.perf_counter() - t0}
-            finally:
+                return self._status(False, previous, t0, error=error)
+
+    async def _install_in_place(self, version: int, paths: list[str], mode: str, timeout_s: float) -> dict:
+        """Close the gate, drain (wait) or pause (keep/abort), reload, reopen.  On failure the previous
+        weights are reloaded before the error is raised."""
+        slot = self._active
+        previous_weights = slot.weights
+        slot.gate.open.clear()
+        touched = False
+        steps: dict[str, float] = {}
+        try:
+            t = time.perf_counter()
+            if mode == "wait":
+                await asyncio.wait_for(slot.gate.idle.wait(), timeout=timeout_s)
+            steps["drain_seconds"] = time.perf_counter() - t
+            t = time.perf_counter()
+            await asyncio.wait_for(slot.engine.pause(mode=mode, clear_cache=True), timeout=timeout_s)
+            steps["pause_seconds"] = time.perf_counter() - t
+            touched = True
+            t = time.perf_counter()
+            result = await self._load(slot.engine, paths, timeout_s)
+            if not result["ok"]:
+                raise RuntimeError(result["error"])
+            steps["load_seconds"] = time.perf_counter() - t
+            slot.version, slot.weights = version, paths
+            return steps
+        except Exception as e:
+            if touched and previous_weights:
                 try:
-                    await asyncio.wait_for(self.engine.resume(), timeout=max(timeout_s, 60.0))
-                finally:
-                    self._gate.open.set()
+                    restored = await self._load(slot.engine, previous_weights, max(timeout_s, 60.0))
+                    if not restored["ok"]:
+                        raise RuntimeError(restored["error"])
+                except Exception as e2:
+                    raise RuntimeError(f"{e}; restoring version {slot.version} also failed: {e2}") from e
+            raise
+        finally:
+            try:
+                await asyncio.wait_for(slot.engine.resume(), timeout=max(timeout_s, 60.0))
+            finally:
+                slot.gate.open.set()
+
+    async def _install_standby(self, version: int, paths: list[str], timeout_s: float) -> dict:
+        """Load into the standby engine (after its last requests of an older version finish), then switch
+        new requests to it.  The active engine is not touched until the switch."""
+        spare = self._spare
+        steps: dict[str, float] = {}
+        t = time.perf_counter()
+        await asyncio.wait_for(spare.gate.idle.wait(), timeout=timeout_s)
+        steps["drain_seconds"] = time.perf_counter() - t
+        if not spare.holds(version, paths):  # a rollback to the version it still holds needs no reload
+            spare.version = spare.weights = None  # unknown until the reload succeeds
+            t = time.perf_counter()
+            try:
+                # No request runs here; pausing clears its prefix cache, computed with the old weights.
+                await asyncio.wait_for(spare.engine.pause(mode="wait", clear_cache=True), timeout=timeout_s)
+                result = await self._load(spare.engine, paths, timeout_s)
+                if not result["ok"]:
+                    raise RuntimeError(result["error"])
+            finally:
+                await asyncio.wait_for(spare.engine.resume(), timeout=max(timeout_s, 60.0))
+            steps["load_seconds"] = time.perf_counter() - t
+            spare.version, spare.weights = version, paths
+        # The switch: from here new requests run on the new version; running ones finish where they are.
+        self._active, self._spare = spare, self._active
+        self.engine = spare.engine  # LLMServer's own routes (health, models) follow the active engine
+        return steps
 
     async def reverie_repoint(self, version: int, paths: list[str]) -> dict:
         """Same weights, durable location: the restore point after the shared-memory copy is removed."""
-        if self._version == version:
-            self._weights = list(paths)
+        for slot in (self._active, self._spare):
+            if slot is not None and slot.version == version:
+                slot.weights = list(paths)
         return await self.reverie_status()
 
     async def reverie_status(self) -> dict:
-        return {"replica": self._replica, "actor": self._actor_name, "version": self._version,
-                "inflight": self._gate.inflight,
+        return {"replica": self._replica, "actor": self._actor_name, "version": self._active.version,
+                "standby_version": self._spare.version if self._spare else None,
+                "inflight": self._active.gate.inflight + (self._spare.gate.inflight if self._spare else 0),
                 "swapping": self._swap_lock.locked()}

@@ -7,7 +7,6 @@ that earlier ones published.
 from __future__ import annotations
 
 import asyncio
-import socket
 import threading
 import time
 
@@ -18,110 +17,17 @@ import torch
 
 from simulators.tinyworld.build import SHIPPED_MODEL
 
-API_KEY = "test-user-key-0123456789"
-ADMIN_KEY = "test-admin-key-0123456789"
-PROMPT = "<|user|> reverse: m o p i<|end|><|assistant|>"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class App:
-    def __init__(self, dep, data_dir):
-        self.dep = dep
-        self.data_dir = data_dir
-        self.url = dep.base_url
-        self.client = openai.OpenAI(base_url=self.url + "/v1", api_key=API_KEY, max_retries=0, timeout=120)
-
-    def admin(self, method: str, path: str, **kw) -> httpx.Response:
-        return httpx.request(method, self.url + path, headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=300, **kw)
-
-    def flush(self):
-        import ray
-
-        ray.get(self.dep.store.flush.remote())
+from serving import ADMIN_KEY, API_KEY, start_app
+from serving import max_diff as _max_diff
+from serving import perturbed_state as _perturbed_state
+from serving import served as _served
+from serving import torch_logprobs as _torch_logprobs
+from serving import torch_model as _torch_model
 
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
-    import ray
-    from ray import serve
-
-    from serve.app import APP_NAME, Deployment, ServeConfig, init_ray
-    from serve.auth import Keys
-
-    data_dir = tmp_path_factory.mktemp("reverie-data")
-    init_ray(num_cpus=8)
-    cfg = ServeConfig(model_dir=SHIPPED_MODEL, data_dir=str(data_dir), replicas=2, port=_free_port(),
-                      swap_timeout_s=60.0, store_flush_seconds=0.5)
-    dep = Deployment(cfg, Keys(API_KEY, ADMIN_KEY, "test").digests())
-    deadline = time.time() + 600
-    while time.time() < deadline:
-        st = serve.status().applications.get(APP_NAME)
-        if st is not None and st.status == "RUNNING":
-            break
-        assert st is None or st.status != "DEPLOY_FAILED", st
-        time.sleep(2)
-    else:
-        pytest.fail("the application did not start in 10 minutes")
-    yield App(dep, str(data_dir))
-    dep.shutdown()
-    serve.shutdown()
-    ray.shutdown()
-
-
-# --------------------------------------------------------------------------- learner-side reference
-
-
-def _torch_model(state=None):
-    from transformers import LlamaForCausalLM
-
-    model = LlamaForCausalLM.from_pretrained(SHIPPED_MODEL, dtype=torch.float32)
-    if state is not None:
-        model.load_state_dict(state)
-    return model.eval()
-
-
-def _perturbed_state(seed: int, scale: float = 0.02) -> dict:
-    model = _torch_model()
-    g = torch.Generator().manual_seed(seed)
-    return {k: (v + scale * torch.randn(v.shape, generator=g)).contiguous() for k, v in model.state_dict().items()}
-
-
-def _torch_logprobs(model, prompt_ids, completion_ids) -> list[float]:
-    ids = torch.tensor([list(prompt_ids) + list(completion_ids)])
-    with torch.no_grad():
-        logits = model(ids).logits.float()
-    lp = torch.log_softmax(logits[0, len(prompt_ids) - 1 : -1], dim=-1)
-    return lp.gather(1, torch.tensor(completion_ids)[:, None])[:, 0].tolist()
-
-
-def _served(app, max_tokens=8, stream=False):
-    """(version, prompt ids, completion ids, sampled log-probs) of one greedy completion."""
-    raw = app.client.completions.with_raw_response.create(
-        model="reverie", prompt=PROMPT, max_tokens=max_tokens, temperature=0, logprobs=0, stream=stream,
-        extra_body={"return_token_ids": True})
-    version = int(raw.headers["x-reverie-version"])
-    parsed = raw.parse()
-    chunks = list(parsed) if stream else [parsed]
-    prompt_ids, ids, lps, fingerprints = None, [], [], set()
-    for c in chunks:
-        fingerprints.add(c.system_fingerprint)
-        for ch in c.choices:
-            extra = ch.model_extra or {}
-            prompt_ids = prompt_ids or extra.get("prompt_token_ids")
-            ids += extra.get("token_ids") or []
-            lps += (ch.logprobs.token_logprobs if ch.logprobs else []) or []
-    assert fingerprints == {f"reverie-v{version}"}, (version, fingerprints)
-    return version, prompt_ids, ids, lps
-
-
-def _max_diff(a, b) -> float:
-    assert len(a) == len(b) and len(a) > 0
-    return max(abs(x - y) for x, y in zip(a, b))
+    yield from start_app(tmp_path_factory, replicas=2)
 
 
 # --------------------------------------------------------------------------- the API
@@ -306,6 +212,16 @@ def test_swap_that_times_out_fails_loudly_and_replicas_keep_the_old_version(app)
     version, prompt_ids, ids, lps = _served(app)
     assert version == before
     assert _max_diff(lps, _torch_logprobs(_torch_model(_perturbed_state(seed=1)), prompt_ids, ids)) < 1e-4
+
+
+def test_a_standby_swap_on_replicas_started_without_a_standby_engine_fails_and_changes_nothing(app):
+    from actors.broadcaster import SwapError
+
+    before = app.dep.registry.summary()["promoted"]
+    with pytest.raises(SwapError, match="without a standby engine"):
+        asyncio.run(app.dep.broadcaster(mode="standby").publish(_perturbed_state(seed=5)))
+    assert app.dep.registry.summary()["promoted"] == before
+    assert [r["version"] for r in app.admin("GET", "/admin/versions").json()["replicas"]] == [before, before]
 
 
 def test_swap_under_concurrent_load_has_no_failures_and_no_mixed_versions(app):
