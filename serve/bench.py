@@ -9,7 +9,8 @@ Every figure is measured in the run that prints it:
 - ``mixed_version_responses``: responses whose chunks do not all carry the
   version in their ``x-reverie-version`` header.
 - ``tokens_per_second``: completion tokens streamed per second over the swap
-  window; ``serve_tokens_per_second_steady`` the same without swaps;
+  window; ``first_token_seconds_*``: from sending a request to its first
+  token, over the swap window (what a swap costs a user) and without swaps; ``serve_tokens_per_second_steady`` the same without swaps;
   ``raw_vllm_tokens_per_second``: the same engine arguments and load pattern
   (``concurrency`` requests in flight) on a bare vLLM ``AsyncLLM`` in this
   process, measured before Serve starts and after it stops (the machine is
@@ -120,6 +121,7 @@ class _Load:
     def __init__(self, url: str, key: str, concurrency: int, max_tokens: int):
         self.url, self.key, self.concurrency, self.max_tokens = url, key, concurrency, max_tokens
         self.requests = self.failed = self.mixed = self.tokens = 0
+        self.first_token_seconds: list[float] = []  # request sent -> first token received
         self.versions: set[int] = set()
         self.errors: list[str] = []
         self.mixed_examples: list[str] = []
@@ -128,13 +130,14 @@ class _Load:
         body = {"model": "reverie", "prompt": PROMPT, "max_tokens": self.max_tokens, "temperature": 1.0,
                 "stream": True, "ignore_eos": True, "return_token_ids": True}
         self.requests += 1
+        t0 = time.perf_counter()
         try:
             async with client.stream("POST", self.url + "/v1/completions", json=body,
                                      headers={"Authorization": f"Bearer {self.key}"}) as r:
                 if r.status_code != 200:
                     raise RuntimeError(f"HTTP {r.status_code}: {(await r.aread())[:200]!r}")
                 version = int(r.headers["x-reverie-version"])
-                fingerprints, tokens, done = set(), 0, False
+                fingerprints, tokens, done, first_seen = set(), 0, False, False
                 async for line in r.aiter_lines():
                     if not line.startswith("data: "):
                         continue
@@ -145,6 +148,9 @@ class _Load:
                     if "error" in chunk:
                         raise RuntimeError(str(chunk["error"])[:200])
                     fingerprints.add(chunk.get("system_fingerprint"))
+                    if not first_seen:
+                        first_seen = True
+                        self.first_token_seconds.append(time.perf_counter() - t0)
                     for ch in chunk.get("choices", []):
                         tokens += len(ch.get("token_ids") or [])
                         if ch.get("finish_reason") == "abort":
@@ -170,6 +176,10 @@ class _Load:
                     await self._one(client)
 
             await asyncio.gather(*(worker() for _ in range(self.concurrency)))
+
+
+def _median(xs: list[float]) -> float | None:
+    return statistics.median(xs) if xs else None
 
 
 async def _measure_load(url, key, concurrency, max_tokens, action):
@@ -274,6 +284,9 @@ def run_bench(params: str = "100M", replicas: int = 1, concurrency: int = 32, sw
             "swap_seconds_median": statistics.median(totals), "swap_seconds_max": max(totals),
             "requests": load.requests, "failed": load.failed, "mixed_version_responses": load.mixed,
             "tokens_per_second": load.tokens / load_s,
+            "first_token_seconds_median": _median(load.first_token_seconds),
+            "first_token_seconds_max": max(load.first_token_seconds, default=None),
+            "first_token_seconds_median_steady": _median(steady.first_token_seconds),
             "raw_vllm_tokens_per_second": raw_mean,
             "serve_tokens_per_second_steady": steady_tps,
             "serve_to_raw_ratio": steady_tps / raw_mean if raw_mean else None,

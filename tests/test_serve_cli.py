@@ -33,6 +33,8 @@ def _cli(*args, env=None, **kw):
     (["serve", "--swap-timeout", "-1"], "--swap-timeout"),
     (["bench", "swap", "--params", "7B"], "--params"),
     (["bench", "swap", "--concurrency", "0"], "--concurrency"),
+    (["bench", "swap", "--swap-interval", "soon"], "--swap-interval"),
+    (["bench", "swap", "--swap-mode", "sometimes"], "--swap-mode"),
 ])
 def test_bad_input_exits_2_with_one_line(args, match, tmp_path, capsys):
     from reverie.cli import main
