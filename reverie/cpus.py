@@ -118,15 +118,26 @@ def leave_engine_cores(p: CpuPlan) -> bool:
 
 
 @contextlib.contextmanager
+def restored():
+    """This process's core mask and ``VLLM_CPU_OMP_THREADS_BIND`` are put back as they were after the block."""
+    mask, bind = os.sched_getaffinity(0), os.environ.get(BIND_ENV)
+    try:
+        yield
+    finally:
+        _pin_process(os.getpid(), mask)
+        if bind is None:
+            os.environ.pop(BIND_ENV, None)
+        else:
+            os.environ[BIND_ENV] = bind
+
+
+@contextlib.contextmanager
 def host_only(p: CpuPlan | None):
     """Processes this one spawns inside the block (a local Ray's daemons, and so its workers) start on
     the host cores; this process's own mask is restored afterwards."""
     if p is None:
         yield
         return
-    before = os.sched_getaffinity(0)
-    _pin_process(os.getpid(), set(p.host))
-    try:
+    with restored():
+        _pin_process(os.getpid(), set(p.host))
         yield
-    finally:
-        _pin_process(os.getpid(), before)

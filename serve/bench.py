@@ -9,8 +9,9 @@ Every figure is measured in the run that prints it:
 - ``mixed_version_responses``: responses whose chunks do not all carry the
   version in their ``x-reverie-version`` header.
 - ``tokens_per_second``: completion tokens streamed per second over the swap
-  window; ``first_token_seconds_*``: from sending a request to its first
-  token, over the swap window (what a swap costs a user) and without swaps; ``serve_tokens_per_second_steady`` the same without swaps;
+  window; ``serve_tokens_per_second_steady`` the same without swaps;
+  ``first_token_seconds_*``: from sending a request to its first token, over
+  the swap window (what a swap costs a user) and without swaps;
   ``raw_vllm_tokens_per_second``: the same engine arguments and load pattern
   (``concurrency`` requests in flight) on a bare vLLM ``AsyncLLM`` in this
   process, measured before Serve starts and after it stops (the machine is
@@ -71,8 +72,6 @@ def _noisy(state: dict, seed: int) -> dict:
 async def _raw_vllm_tokens_per_second(model_dir: Path, concurrency: int, max_tokens: int, seconds: float,
                                       cpu_plan=None) -> float:
     """The engine in this process, placed on the cores as a Serve replica places it (``cpu_plan``)."""
-    import os
-
     from vllm import SamplingParams
     from vllm.engine.arg_utils import AsyncEngineArgs
     from vllm.v1.engine.async_llm import AsyncLLM
@@ -80,39 +79,34 @@ async def _raw_vllm_tokens_per_second(model_dir: Path, concurrency: int, max_tok
     from reverie import cpus
     from reverie.engine import engine_kwargs
 
-    mask, bind = os.sched_getaffinity(0), os.environ.get(cpus.BIND_ENV)
-    if cpu_plan is not None:
-        cpus.claim_all(cpu_plan)
-    engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**engine_kwargs(model_dir)))
-    if cpu_plan is not None:
-        cpus.leave_engine_cores(cpu_plan)
-    try:
-        params = SamplingParams(max_tokens=max_tokens, temperature=1.0, ignore_eos=True)
-        tokens = 0
-        stop = time.perf_counter() + seconds
+    with cpus.restored():
+        if cpu_plan is not None:
+            cpus.claim_all(cpu_plan)
+        engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**engine_kwargs(model_dir)))
+        if cpu_plan is not None:
+            cpus.leave_engine_cores(cpu_plan)
+        try:
+            params = SamplingParams(max_tokens=max_tokens, temperature=1.0, ignore_eos=True)
+            tokens = 0
+            stop = time.perf_counter() + seconds
 
-        async def one(i):
-            nonlocal tokens
-            n = 0
-            while time.perf_counter() < stop:
-                n += 1
-                async for out in engine.generate(PROMPT, params, request_id=f"raw-{i}-{n}"):
-                    final = out
-                tokens += len(final.outputs[0].token_ids)
+            async def one(i):
+                nonlocal tokens
+                n = 0
+                while time.perf_counter() < stop:
+                    n += 1
+                    async for out in engine.generate(PROMPT, params, request_id=f"raw-{i}-{n}"):
+                        final = out
+                    tokens += len(final.outputs[0].token_ids)
 
-        await one(-1)  # warm up
-        tokens = 0
-        t0 = time.perf_counter()
-        stop = t0 + seconds
-        await asyncio.gather(*(one(i) for i in range(concurrency)))
-        return tokens / (time.perf_counter() - t0)
-    finally:
-        engine.shutdown()
-        os.sched_setaffinity(0, mask)
-        if bind is None:
-            os.environ.pop(cpus.BIND_ENV, None)
-        else:
-            os.environ[cpus.BIND_ENV] = bind
+            await one(-1)  # warm up
+            tokens = 0
+            t0 = time.perf_counter()
+            stop = t0 + seconds
+            await asyncio.gather(*(one(i) for i in range(concurrency)))
+            return tokens / (time.perf_counter() - t0)
+        finally:
+            engine.shutdown()
 
 
 class _Load:

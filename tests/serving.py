@@ -2,7 +2,9 @@
 and the learner-side reference (the same weights in transformers) that served log-probs are checked against."""
 from __future__ import annotations
 
+import asyncio
 import socket
+import threading
 import time
 
 import httpx
@@ -117,3 +119,30 @@ def served(app, max_tokens=8, stream=False):
 def max_diff(a, b) -> float:
     assert len(a) == len(b) and len(a) > 0
     return max(abs(x - y) for x, y in zip(a, b))
+
+
+def publish_under_load(app, state, clients: int = 8) -> tuple[dict, list, list[str]]:
+    """Publish ``state`` while ``clients`` threads keep requesting greedy completions (half of them streamed);
+    (the publish result, every ``served`` answer, every error)."""
+    stop = threading.Event()
+    results, errors = [], []
+
+    def worker(i):
+        while not stop.is_set():
+            try:
+                results.append(served(app, max_tokens=16, stream=bool(i % 2)))
+            except Exception as e:  # noqa: BLE001 - every failure is counted
+                errors.append(repr(e))
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    time.sleep(2)
+    try:
+        result = asyncio.run(app.dep.broadcaster().publish(state))
+        time.sleep(2)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=120)
+    return result, results, errors

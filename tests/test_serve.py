@@ -17,7 +17,7 @@ import torch
 
 from simulators.tinyworld.build import SHIPPED_MODEL
 
-from serving import ADMIN_KEY, API_KEY, start_app
+from serving import ADMIN_KEY, API_KEY, publish_under_load, start_app
 from serving import max_diff as _max_diff
 from serving import perturbed_state as _perturbed_state
 from serving import served as _served
@@ -227,25 +227,7 @@ def test_a_standby_swap_on_replicas_started_without_a_standby_engine_fails_and_c
 def test_swap_under_concurrent_load_has_no_failures_and_no_mixed_versions(app):
     models = {app.dep.registry.summary()["promoted"]: _torch_model(_perturbed_state(seed=1))}
     new_state = _perturbed_state(seed=4)
-    stop = threading.Event()
-    results, errors = [], []
-
-    def worker(i):
-        while not stop.is_set():
-            try:
-                results.append(_served(app, max_tokens=16, stream=bool(i % 2)))
-            except Exception as e:  # noqa: BLE001 - every failure is counted
-                errors.append(repr(e))
-
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
-    for t in threads:
-        t.start()
-    time.sleep(2)
-    result = asyncio.run(app.dep.broadcaster().publish(new_state))
-    time.sleep(2)
-    stop.set()
-    for t in threads:
-        t.join(timeout=120)
+    result, results, errors = publish_under_load(app, new_state)
     models[result["version"]] = _torch_model(new_state)
     assert errors == []
     seen = {r[0] for r in results}

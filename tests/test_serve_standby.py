@@ -7,12 +7,11 @@ run in file order and build on the versions that earlier ones published.
 from __future__ import annotations
 
 import asyncio
-import threading
-import time
 
 import pytest
 
-from serving import PROMPT, max_diff, perturbed_state, served, start_app, torch_logprobs, torch_model
+from serving import (PROMPT, max_diff, perturbed_state, publish_under_load, served, start_app, torch_logprobs,
+                     torch_model)
 
 
 @pytest.fixture(scope="module")
@@ -35,25 +34,7 @@ def test_standby_swap_under_load_fails_nothing_mixes_nothing_and_matches_the_lea
     before = app.dep.registry.summary()["promoted"]
     models = {before: torch_model()}
     new_state = perturbed_state(seed=11)
-    stop = threading.Event()
-    results, errors = [], []
-
-    def worker(i):
-        while not stop.is_set():
-            try:
-                results.append(served(app, max_tokens=16, stream=bool(i % 2)))
-            except Exception as e:  # noqa: BLE001 - every failure is counted
-                errors.append(repr(e))
-
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
-    for t in threads:
-        t.start()
-    time.sleep(2)
-    result = asyncio.run(app.dep.broadcaster().publish(new_state))
-    time.sleep(2)
-    stop.set()
-    for t in threads:
-        t.join(timeout=120)
+    result, results, errors = publish_under_load(app, new_state)
     (replica,) = result["replicas"]
     assert replica["ok"] and replica["version"] == result["version"] and "load_seconds" in replica
     models[result["version"]] = torch_model(new_state)
