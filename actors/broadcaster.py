@@ -1,41 +1,42 @@
-"""The weight broadcaster: install a new policy version in every serving replica.
+"""The weight broadcaster: install a registered version in every serving replica.
 
-``publish(state_dict=... | checkpoint_dir=...)``:
-1. checks names and shapes against the served model (nothing is touched if they differ);
-2. takes a fresh version id (``VersionCounter``: never reused, survives restarts);
-3. packs the tensors into safetensors buckets in shared memory (``/dev/shm``);
-4. asks every replica to install them (each drains or pauses its requests,
-   reloads in place through the vLLM worker extension, and reports its new
-   version), all under one timeout;
-5. writes the buckets durably under the registry and promotes the version,
-   so a replica that starts later loads it before taking traffic.
-If any replica fails or the timeout passes, every replica is put back on the
+Registering weights is apart from distributing them (``reverie.versions``):
+a version's safetensors files are written once, under the registry, and every
+install (a promotion, a rollback, a replica that restarts) reads those same
+files; nothing is re-packed or copied per publish.
+
+``promote(version)`` installs an approved candidate: its files are checked
+against the served model (names, shapes, finite values: nothing is touched if
+they differ), every replica installs them under one timeout (each drains or
+pauses its requests, reloads in place through the vLLM worker extension and
+reports its version), and only then is the version promoted in the registry,
+so a replica that starts later loads it before it takes traffic.  If any
+replica fails or the timeout passes, every replica is put back on the
 previous version and ``SwapError`` is raised: the swap fails loudly.
 
-``rollback(version)`` re-installs an earlier version from its durable copy.
-Transport here is shared memory into vLLM's in-place ``reload_weights``
-(CPU, one node); the GPU path (vLLM's NCCL weight-transfer engine) is not
-built on this machine, which has no GPU.
+``publish(state_dict=... | checkpoint_dir=...)`` (the admin route) registers
+the weights as a new version approved by the caller, then promotes it.
+``rollback(version)`` re-installs a version that was promoted before.
+Transport here is files on a shared disk into vLLM's in-place
+``reload_weights`` (one node); the GPU path (vLLM's NCCL weight-transfer
+engine) is not built on this machine, which has no GPU.
 """
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import fcntl
-import os
 import shutil
+import tempfile
 import time
-import uuid
 from collections.abc import Mapping
 from pathlib import Path
 
-from actors.versions import VersionError, VersionInfo, VersionRegistry
+from reverie.files import locked
+from reverie.versions import APPROVED, Candidate, VersionError, VersionRegistry
 from serve.weights import (
     BUCKET_BYTES,
-    SHM_ROOT,
     WeightsMismatch,
+    check_files,
     check_state_dict,
-    load_state_files,
     pack_buckets,
     reference_shapes,
 )
@@ -87,7 +88,7 @@ class WeightBroadcaster:
             raise SwapError("no running replicas to install into")
         return results
 
-    async def _swap(self, version: int, paths: list[str], previous: VersionInfo) -> dict:
+    async def _swap(self, version: int, paths: list[str], previous: Candidate) -> dict:
         t0 = time.perf_counter()
         try:
             results = await self._install(version, paths, self.timeout_s)
@@ -107,67 +108,72 @@ class WeightBroadcaster:
     # ------------------------------------------------------------ API
     def _reference_shapes(self):
         if self._reference is None:
-            self._reference = reference_shapes(self.registry.get(self.registry.summary()["base"]).weights)
+            self._reference = reference_shapes(self.registry.base().weights)
         return self._reference
 
+    def check(self, version: int) -> Candidate:
+        """The registered version, if its files fit the served model (``WeightsMismatch`` otherwise)."""
+        c = self.registry.get(int(version))
+        check_files(c.weights, self._reference_shapes())
+        return c
+
+    async def _install_registered(self, c: Candidate, rollback: bool) -> dict:
+        t0 = time.perf_counter()
+        async with self._lock:
+            with locked(self.registry.root / "swap.lock"):
+                previous = self.registry.promoted()
+                swap = await self._swap(c.version, c.weights, previous)
+                try:
+                    self.registry.promote(c.version, rollback=rollback)
+                except Exception as e:
+                    await self._install(previous.version, previous.weights, self.restore_timeout_s)
+                    raise SwapError(f"could not promote version {c.version} ({e}); "
+                                    f"replicas are back on version {previous.version}") from e
+        return {"version": c.version, "previous": previous.version, "seconds": time.perf_counter() - t0,
+                "swap_seconds": swap["seconds"], "replicas": swap["replicas"]}
+
+    async def promote(self, version: int) -> dict:
+        """Install the approved candidate ``version`` everywhere, then promote it."""
+        c = await asyncio.to_thread(self.check, version)
+        if c.status != APPROVED:
+            raise VersionError(f"version {c.version} is {c.status}; only an approved candidate is promoted")
+        return await self._install_registered(c, rollback=False)
+
     async def publish(self, state_dict: Mapping | None = None, *, checkpoint_dir: str | Path | None = None,
-                      note: str = "") -> dict:
+                      note: str = "", by: str = "admin") -> dict:
+        """Register weights given by hand as a new version (approved by ``by``) and promote it."""
         if (state_dict is None) == (checkpoint_dir is None):
             raise ValueError("give exactly one of state_dict or checkpoint_dir")
         t0 = time.perf_counter()
-        source = "state_dict"
         if checkpoint_dir is not None:
             d = Path(checkpoint_dir)
             files = sorted(str(p) for p in d.glob("*.safetensors")) if d.is_dir() else []
             if not files:
                 raise WeightsMismatch(f"checkpoint {str(d)!r} is not a directory with *.safetensors weights")
-            state_dict = await asyncio.to_thread(load_state_files, files)
-            source = f"checkpoint:{d.resolve()}"
-        state = await asyncio.to_thread(check_state_dict, state_dict, self._reference_shapes())
-        async with self._lock:
-            with _file_lock(self.registry.root / "swap.lock"):
-                previous = self.registry.promoted()
-                version = self.registry.allocate()
-                shm = SHM_ROOT / f"reverie-{os.getpid()}-{uuid.uuid4().hex[:8]}-v{version}"
-                durable = None
-                try:
-                    paths = await asyncio.to_thread(pack_buckets, state, shm, self.bucket_bytes)
-                    pack_s = time.perf_counter() - t0
-                    # The durable copy (for restarts and rollbacks) is written while the replicas install.
-                    durable = asyncio.ensure_future(asyncio.to_thread(self.registry.write_version, version, paths))
-                    try:
-                        swap = await self._swap(version, [str(p) for p in paths], previous)
-                    except BaseException:
-                        with contextlib.suppress(BaseException):
-                            shutil.rmtree(await durable, ignore_errors=True)
-                        raise
-                    try:
-                        final = await durable
-                        info = self.registry.add(version, final, source, note)
-                        self.registry.promote(version)
-                    except Exception as e:
-                        await self._install(previous.version, previous.weights, self.restore_timeout_s)
-                        raise SwapError(f"could not store version {version} durably ({e}); "
-                                        f"replicas are back on version {previous.version}") from e
-                    done_s = time.perf_counter() - t0
-                    # Replicas now point at the durable copy (their restore point), so the shared memory can go.
-                    await self._broadcast("reverie_repoint", {"version": version, "paths": info.weights}, 30.0)
-                finally:
-                    shutil.rmtree(shm, ignore_errors=True)
-        return {"version": version, "previous": previous.version, "seconds": done_s,
-                "pack_seconds": pack_s, "swap_seconds": swap["seconds"], "replicas": swap["replicas"],
-                "buckets": len(paths)}
+            await asyncio.to_thread(check_files, files, self._reference_shapes())
+            c = await asyncio.to_thread(self.registry.register, d, source=f"checkpoint:{d.resolve()}", note=note,
+                                        parent=self.registry.promoted().version)
+        else:
+            state = await asyncio.to_thread(check_state_dict, state_dict, self._reference_shapes())
+            tmp = Path(tempfile.mkdtemp(prefix=".tmp-publish-", dir=self.registry.root))
+            try:
+                await asyncio.to_thread(pack_buckets, state, tmp, self.bucket_bytes)
+                c = await asyncio.to_thread(self.registry.register, tmp, source="state_dict", note=note, move=True,
+                                            parent=self.registry.promoted().version)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+        pack_s = time.perf_counter() - t0
+        self.registry.set_status(c.version, APPROVED, decision={"action": "publish", "by": by, "note": note})
+        result = await self._install_registered(self.registry.get(c.version), rollback=False)
+        return {**result, "seconds": time.perf_counter() - t0, "pack_seconds": pack_s, "buckets": len(c.weights)}
 
     async def rollback(self, version: int) -> dict:
-        info = self.registry.get(int(version))  # VersionError if unknown
-        t0 = time.perf_counter()
-        async with self._lock:
-            with _file_lock(self.registry.root / "swap.lock"):
-                previous = self.registry.promoted()
-                swap = await self._swap(info.version, info.weights, previous)
-                self.registry.promote(info.version)
-        return {"version": info.version, "previous": previous.version, "seconds": time.perf_counter() - t0,
-                "replicas": swap["replicas"]}
+        """Serve ``version`` again: a version that was promoted before (``VersionError`` otherwise)."""
+        c = self.registry.get(int(version))
+        if c.status not in ("promoted", "rolled-back"):
+            raise VersionError(f"version {c.version} was never promoted ({c.status}); "
+                               "only a version that served before can be rolled back to")
+        return await self._install_registered(c, rollback=True)
 
     async def versions(self) -> dict:
         summary = self.registry.summary()
@@ -178,28 +184,12 @@ class WeightBroadcaster:
             summary["replicas_error"] = str(e)
         return summary
 
-    # Synchronous wrappers for scripts and the learner.
+    # Synchronous wrappers for scripts.
     def publish_sync(self, state_dict=None, **kwargs) -> dict:
         return asyncio.run(self.publish(state_dict, **kwargs))
 
     def rollback_sync(self, version: int) -> dict:
         return asyncio.run(self.rollback(version))
-
-
-class _file_lock:
-    """Serialises swaps from several processes (the ingress, a learner) on one registry."""
-
-    def __init__(self, path: Path):
-        self.path = path
-
-    def __enter__(self):
-        self.f = open(self.path, "a")
-        fcntl.flock(self.f.fileno(), fcntl.LOCK_EX)
-        return self
-
-    def __exit__(self, *exc):
-        fcntl.flock(self.f.fileno(), fcntl.LOCK_UN)
-        self.f.close()
 
 
 __all__ = ["WeightBroadcaster", "SwapError", "VersionError", "WeightsMismatch"]

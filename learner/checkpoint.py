@@ -1,5 +1,5 @@
-"""Crash-safe learner checkpoints, a never-reused version counter, and the
-finite-update guard.
+"""Crash-safe learner checkpoints and the finite-update guard (version ids come
+from ``reverie.versions``, the one allocator).
 
 A checkpoint is a directory ``root/step-{step:08d}/`` that is at the same time
 a Hugging Face model directory (``config.json`` + ``model.safetensors``, plus
@@ -20,8 +20,6 @@ visible either.  One writer per ``root`` is assumed.
 """
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import inspect
 import json
 import os
@@ -36,6 +34,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
+from reverie.versions import VersionCounter  # noqa: F401  (re-exported: checkpoints carry its ids)
+
 __all__ = [
     "save_checkpoint",
     "load_checkpoint",
@@ -43,6 +43,7 @@ __all__ = [
     "list_checkpoints",
     "VersionCounter",
     "assert_finite_update",
+    "export_model",
 ]
 
 FORMAT = 1
@@ -306,80 +307,6 @@ def load_checkpoint(path: Path, *, model, optimizer, scheduler=None) -> dict:
     return {"step": state["step"], "version": state["version"], "extra": state.get("extra", {}), "tensors": tensors}
 
 
-# --------------------------------------------------------------------------- version counter
-
-
-class VersionCounter:
-    """A strictly increasing, never-reused version number persisted in a JSON file.
-
-    ``next()`` writes the new number to disk (temp file + fsync + ``os.replace``)
-    before returning it, so a number handed out is never handed out again, even
-    after a process restart or a checkpoint rollback.  A missing file starts the
-    count at 1; a leftover temporary file from a crash is ignored; a corrupted
-    counter file raises ``ValueError`` rather than risk reusing numbers.
-    Concurrent processes are serialised with an ``fcntl`` lock on ``path + '.lock'``.
-    """
-
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        self._lock_path = self.path.with_name(self.path.name + ".lock")
-
-    @contextlib.contextmanager
-    def _locked(self):
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self._lock_path, "a") as lock:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
-
-    def _read(self) -> int:
-        try:
-            text = self.path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            return 0
-        try:
-            last = json.loads(text)["last"]
-        except (ValueError, KeyError, TypeError) as e:
-            raise ValueError(f"version counter file {self.path} is corrupted: {text[:100]!r}") from e
-        if not isinstance(last, int) or isinstance(last, bool) or last < 0:
-            raise ValueError(f"version counter file {self.path} holds an invalid value {last!r}")
-        return last
-
-    def _write(self, last: int) -> None:
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump({"last": last}, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
-        _fsync_dir(self.path.parent)
-
-    @property
-    def last(self) -> int:
-        """The last number handed out (0 if none)."""
-        return self._read()
-
-    def next(self) -> int:
-        """Reserve and return the next version number."""
-        with self._locked():
-            n = self._read() + 1
-            self._write(n)
-            return n
-
-    def ensure_above(self, version: int) -> None:
-        """Make sure future numbers exceed ``version`` (e.g. one found in a checkpoint)."""
-        with self._locked():
-            if self._read() < version:
-                self._write(int(version))
-
-
 # --------------------------------------------------------------------------- finite guard
 
 
@@ -409,3 +336,27 @@ def assert_finite_update(loss, model) -> None:
     bad = [n for (n, _), good in zip(named, ok) if not good]
     shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
     raise FloatingPointError(f"non-finite gradients in {len(bad)} parameter(s): {shown}; refusing to update the model")
+
+
+# --------------------------------------------------------------------------- export
+
+
+def export_model(model, directory: Path, tokenizer_dir: Path | None = None) -> Path:
+    """Write the model alone (an HF directory vLLM and transformers load: config, safetensors, tokenizer) to
+    ``directory``, atomically (hidden temporary directory, fsync, rename); the directory must not exist."""
+    directory = Path(directory)
+    if directory.exists():
+        raise FileExistsError(f"{directory} already exists")
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{directory.name}-", dir=directory.parent))
+    try:
+        _save_model(model, tmp)
+        if tokenizer_dir is not None:
+            _copy_tokenizer(tokenizer_dir, tmp)
+        _fsync_tree(tmp)
+        os.rename(tmp, directory)
+        _fsync_dir(directory.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return directory

@@ -98,17 +98,19 @@ class Learner:
 def learn(student, teacher: TeacherState | None, encoder: ChatEncoder, lessons: Iterator[list[Lesson]],
           cfg: LearnConfig, progress: bool = True, on_step: Callable[[int], None] | None = None, *,
           sampler=None, scorer=None, checkpoints: Path | None = None, tokenizer_dir: Path | None = None,
-          on_version: OnVersion | None = None) -> dict:
+          on_version: OnVersion | None = None, versions: VersionCounter | None = None) -> dict:
     """Train ``student`` in place for ``cfg.steps`` updates in all (a resumed
     run makes only the ones left).  With ``checkpoints``, the newest checkpoint
     there is resumed and new ones are written every ``cfg.checkpoint_every``
-    updates and at the end, each a new version handed to ``on_version``."""
+    updates and at the end, each a new version handed to ``on_version``; its id comes from ``versions``
+    (a version registry's counter), by default from a counter of the checkpoint directory's own."""
     torch.manual_seed(cfg.seed)
     learner = Learner(student, encoder, cfg, teacher, sampler, scorer)
-    versions = None
-    if checkpoints is not None:
+    if checkpoints is None:
+        versions = None
+    else:
         checkpoints = Path(checkpoints)
-        versions = VersionCounter(checkpoints / VERSIONS_FILE)
+        versions = versions or VersionCounter(checkpoints / VERSIONS_FILE)
         for _ in range(learner.resume(checkpoints)):
             next(lessons)  # the batches already learnt from: never repeated, never skipped
     tokens, start, done_before = 0, time.perf_counter(), learner.updates

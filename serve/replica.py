@@ -34,8 +34,8 @@ import msgpack
 from ray import serve
 from ray.serve.llm import LLMServer
 
-from actors.versions import VersionRegistry
-from serve.app import SWAP_MODES
+from reverie.config import SWAP_MODES
+from reverie.versions import VersionRegistry
 from serve.capture import Capture
 
 logger = logging.getLogger("reverie.serve")
@@ -305,13 +305,6 @@ class ReverieLLMServer(LLMServer):
         self._active, self._spare = spare, self._active
         self.engine = spare.engine  # LLMServer's own routes (health, models) follow the active engine
         return steps
-
-    async def reverie_repoint(self, version: int, paths: list[str]) -> dict:
-        """Same weights, durable location: the restore point after the shared-memory copy is removed."""
-        for slot in (self._active, self._spare):
-            if slot is not None and slot.version == version:
-                slot.weights = list(paths)
-        return await self.reverie_status()
 
     async def reverie_status(self) -> dict:
         return {"replica": self._replica, "actor": self._actor_name, "version": self._active.version,

@@ -65,6 +65,30 @@ def check_state_dict(state: Mapping[str, torch.Tensor], reference: dict) -> dict
     return out
 
 
+def check_files(files: list[str], reference: dict) -> None:
+    """Safetensors ``files`` fit the served model: the same names, shapes and dtypes as ``reference``, and
+    every value finite; ``WeightsMismatch`` naming what differs otherwise.  Headers are compared before any
+    tensor is read."""
+    from safetensors import safe_open
+
+    try:
+        found = reference_shapes(list(files))
+    except Exception as e:  # noqa: BLE001 - a missing, truncated or foreign file: the caller's one-line refusal
+        raise WeightsMismatch(f"weights are not readable safetensors files: {e}") from None
+    missing, unexpected = sorted(set(reference) - set(found)), sorted(set(found) - set(reference))
+    if missing or unexpected:
+        raise WeightsMismatch(f"weights do not match the served model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    for name, (shape, dtype) in reference.items():
+        if found[name] != (shape, dtype):
+            raise WeightsMismatch(f"weight {name!r} is {found[name][1]} {found[name][0]}, the served model has "
+                                  f"{dtype} {shape}")
+    for path in files:
+        with safe_open(path, framework="pt") as f:
+            for k in f.keys():
+                if not torch.isfinite(f.get_tensor(k)).all():
+                    raise WeightsMismatch(f"weight {k!r} has non-finite values")
+
+
 def pack_buckets(state: Mapping[str, torch.Tensor], directory: Path, bucket_bytes: int = BUCKET_BYTES) -> list[Path]:
     """Write ``state`` as safetensors buckets of at most ``bucket_bytes`` (one tensor may exceed it) into ``directory``."""
     from safetensors.torch import save_file

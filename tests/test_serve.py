@@ -291,7 +291,7 @@ def test_rollback_over_http_to_the_base_version(app):
 
 
 def test_version_ids_are_never_reused_after_a_rollback(app):
-    from actors.versions import VersionRegistry
+    from reverie.versions import VersionRegistry
 
     summary = app.dep.registry.summary()
     used = [v["version"] for v in summary["versions"]]
