@@ -1,4 +1,10 @@
-"""The ``reverie dream`` command (registered into ``reverie.cli`` by ``register``)."""
+"""The ``reverie dream`` command (registered into ``reverie.cli`` by ``register``).
+
+It checks what was typed (one-line errors, exit 2, nothing written), builds an
+``actors.dreams.DreamConfig`` and runs ``actors.dreams.run`` (the rounds of
+rehearse -> learn -> reload -> measure) under a progress bar on stderr; the
+report goes to stdout, as one JSON object with ``--json``.
+"""
 from __future__ import annotations
 
 import argparse
@@ -20,7 +26,8 @@ def _positive(text: str, what: str) -> int:
 
 
 def cmd_dream(args: argparse.Namespace) -> int:
-    from simulators.dream import DREAM_SKILLS, DreamConfig
+    from actors.dreams import DreamConfig
+    from simulators.dream import DREAM_SKILLS
 
     if args.skill not in DREAM_SKILLS:
         raise ReverieError(f"unknown skill {args.skill!r} for dream; skills are: {', '.join(DREAM_SKILLS)}")
@@ -56,7 +63,7 @@ def cmd_dream(args: argparse.Namespace) -> int:
 def _run_with_bar(cfg, quiet: bool) -> dict:
     from tqdm import tqdm
 
-    from simulators.dream import run
+    from actors.dreams import run
 
     total = cfg.rounds * (cfg.episodes + cfg.steps * 1)
     bar = tqdm(total=total, desc="dream", unit="step", disable=quiet, dynamic_ncols=True, file=sys.stderr)
@@ -87,7 +94,7 @@ def format_dream(r: dict) -> str:
 
 def register(subparsers) -> argparse.ArgumentParser:
     """Add ``dream`` to the ``reverie`` command line's subparsers."""
-    from simulators.dream import DreamConfig
+    from actors.dreams import DreamConfig
     from simulators.tinyworld.build import SHIPPED_MODEL
 
     d = DreamConfig(model_dir=SHIPPED_MODEL)

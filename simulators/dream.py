@@ -1,53 +1,46 @@
-"""Dreams: rounds of rehearse -> keep what verifiably succeeds -> distil -> re-measure.
+"""Dreams, the producer: rehearse a skill with the current policy and keep what
+the environment's verifier accepts.
 
-Each round the proposer picks new tasks (no held-out task, nothing proposed
-before) at the turn budgets the curriculum favours; the simulator pool plays
-them with the current policy (temperature 1) through the rollout engine; the
-success filter keeps the trajectories the environment's verifier accepts and
-writes them to the experience store; the learner distils them by on-policy
-self-distillation (teacher = the frozen base model with a kept trajectory of
-another task as privileged context; student = the conversation alone), mixed
-with retention replay on the base skills; the new checkpoint is loaded into
-the rollout engine and measured greedily on held-out tasks with the real
-verifier at the evaluation turn budget.
+Contract (the door ``actors/`` composes through):
 
-No demonstration is given: the world's expert (``solve``) is never called
-here; the only judge is the verifier.
+- A :class:`Dreamer` holds a rollout engine (``simulators/rollout.py``) on
+  one version of the weights, an experience store handle, the task proposer
+  (``simulators/proposer.py``: a task source, its curriculum, the held-out
+  exclusions) and a :class:`simulators.workers.SimulatorPool`.
+- ``rehearse(episodes, round)`` proposes ``episodes`` new tasks (never a
+  held-out task, never one proposed before) at the turn budgets the
+  curriculum favours, plays them with the policy at temperature 1, and
+  returns a :class:`RehearsalReport`.  The success filter has then written
+  every verified success to the store's ``trajectories`` table, exactly once
+  per episode id, tagged with the version id the Dreamer was given (at
+  start or by ``reload``); the Dreamer never counts versions itself.
+- ``heldout_success(n)`` measures the policy greedily on held-out tasks in the
+  real environment at the evaluation turn budget, judged by its verifier.
+- ``reload(model_dir, version)`` puts the rollout engine on other weights.
+
+It learns nothing and drives no other room: no import of ``learner.loop``, no
+call to ``learn``.  The loop that rehearses, learns, reloads and measures is
+``actors/dreams.py``.  No demonstration is given: the world's expert
+(``solve``) is never called here; the only judge is the verifier.
 """
 from __future__ import annotations
 
-import json
-import random
-import tempfile
 import time
 import uuid
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 DREAM_SKILLS = ("tools",)
-
-
-@dataclass(frozen=True)
-class DreamConfig:
-    model_dir: Path
-    skill: str = "tools"
-    simulators: int = 2
-    episodes: int = 128  # rehearsed per round
-    rounds: int = 4
-    budgets: tuple[int, ...] = (3, 4, 6)  # dream turn budgets (levels of the curriculum)
-    steps: int = 40  # learner updates per round
-    batch_size: int = 32
-    lr: float = 2e-4
-    retain: float = 0.5  # share of each learner batch that replays base skills (0.25: forgetting 0.012, 0.5: 0.003)
-    eval_items: int = 200
-    worker_batch: int = 16  # episodes a worker plays in lock step
-    seed: int = 0
-    data_dir: Path | None = None  # experience store (default: a fresh temporary directory)
-    scaling: bool = True  # round 1 measures episodes/s with 1 and with 2 simulators
+BUDGETS = (3, 4, 6)  # dream turn budgets (the levels of the curriculum)
+WORKER_BATCH = 16  # episodes a worker plays in lock step
+EVAL_ITEMS = 200  # held-out tasks measured (and never rehearsed)
+READY_TIMEOUT_S = 300.0  # an engine start or a worker placement that takes longer fails loudly
+RELOAD_TIMEOUT_S = 600.0
 
 
 def task_source(skill: str):
+    """The ``simulators.proposer.TaskSource`` of a dream skill."""
     if skill == "tools":
         from simulators.tinyworld.tasks import ToolsTaskSource
 
@@ -62,21 +55,7 @@ def heldout_prompts(skill: str, n: int) -> list[str]:
     return [it.task.question for view in ("student", "teacher") for it in eval_items(skill, view, n)]
 
 
-def heldout_success(engine, skill: str, n: int) -> float:
-    """Greedy success on held-out tasks, played in the real environment at the
-    evaluation turn budget and judged by its verifier (the world's own scorer)."""
-    import ray
-
-    from simulators.rollout import Sampling
-    from simulators.tinyworld.evaluate import eval_items, score
-
-    def generate(prompts):
-        return ray.get(engine.generate.remote([list(p) for p in prompts], Sampling(temperature=0.0)))
-
-    return score(eval_items(skill, "student", n), generate)
-
-
-def recorded_asks(data_dir: Path) -> list[str]:
+def recorded_asks(data_dir: str | Path) -> list[str]:
     """What users asked (first user message of each recorded interaction)."""
     from actors.store import read_table
 
@@ -90,147 +69,188 @@ def recorded_asks(data_dir: Path) -> list[str]:
 
 
 @dataclass
-class RoundReport:
+class RehearsalReport:
+    """One rehearsal: every trajectory played and the verified successes kept (already in the store)."""
     round: int
-    episodes: int
-    kept: int
-    rehearse_seconds: float
-    learn_seconds: float
-    success: float
-    version: int
-    levels: dict = field(default_factory=dict)
+    version: int  # the policy version every trajectory is tagged with
+    records: list[dict]  # one per episode, in proposal order
+    kept: list[dict]  # the verified successes, written to the store's ``trajectories`` table
+    seconds: float
+    levels: dict[str, float]  # the curriculum's success estimate per level after this rehearsal
+    scaling: dict[str, float] = field(default_factory=dict)  # episodes/s by simulator count, when measured
+
+    @property
+    def episodes(self) -> int:
+        return len(self.records)
+
+    @property
+    def success_rate(self) -> float:
+        return len(self.kept) / len(self.records) if self.records else 0.0
 
 
-def run(cfg: DreamConfig, progress: Callable[[str, int], None] | None = None) -> dict:
-    """Run the dream rounds; the report the ``dream`` command prints.  A Ray this
-    call started (none was running) is shut down when it returns or fails."""
-    import ray
+class Dreamer:
+    """Rehearses with the policy served by ``engine`` (tagged ``version``) and keeps verified successes.
 
-    owns_ray = not ray.is_initialized()
-    try:
-        return _run(cfg, progress)
-    finally:
-        if owns_ray and ray.is_initialized():
-            ray.shutdown()
+    Built from its parts (``Dreamer.start`` builds them from a model directory).  It owns the engine and
+    the pool: ``shutdown`` stops both.  Not thread-safe: one rehearsal at a time."""
 
+    def __init__(self, engine, store, proposer, pool, *, version: int, skill: str = "tools",
+                 name: str | None = None, heldout_items: int = EVAL_ITEMS):
+        self.engine, self.store, self.proposer, self.pool = engine, store, proposer, pool
+        self.skill = skill
+        self.name = name or f"dream-{uuid.uuid4().hex[:8]}"
+        self.heldout_items = heldout_items  # held-out tasks the proposer excludes
+        self.simulators = pool.size  # the pool's size outside a scaling measurement
+        self._version = int(version)
+        self._rounds: set[int] = set()
+        self._closed = False
 
-def _run(cfg: DreamConfig, progress: Callable[[str, int], None] | None) -> dict:
-    import ray
-    import torch
-    from transformers import AutoModelForCausalLM
+    @classmethod
+    def start(cls, model_dir: str | Path, version: int, store, *, skill: str = "tools",
+              budgets: Sequence[int] = BUDGETS, simulators: int = 1, worker_batch: int = WORKER_BATCH,
+              eval_items: int = EVAL_ITEMS, seed: int = 0, name: str | None = None, exclude: Iterable[str] = (),
+              ready_timeout: float = READY_TIMEOUT_S) -> "Dreamer":
+        """A rollout engine on the HF model directory ``model_dir`` tagged ``version``, a proposer of
+        ``skill`` tasks (never the first ``eval_items`` held-out tasks, nor a prompt of ``exclude``: what a
+        gate will score) and a pool of ``simulators`` workers writing to ``store``.  Needs Ray initialised,
+        with ``simulator`` resources for the workers."""
+        import ray
 
-    from actors.store import ExperienceStore
-    from learner.loop import LearnConfig, frozen_teacher, learn
-    from learner.replay import mixed_batches
-    from learner.tokenizer import ChatEncoder, load_tokenizer
-    from simulators.proposer import TaskProposer
-    from simulators.rollout import engine_actor, wait_ready
-    from simulators.success import lessons
-    from simulators.tinyworld.experiment import measure, retention_lessons
-    from simulators.workers import Episode, SimulatorPool, start_local_ray
+        from simulators.proposer import TaskProposer
+        from simulators.rollout import engine_actor, wait_ready
+        from simulators.workers import SimulatorPool
 
-    tell = progress or (lambda phase, n: None)
-    start = time.perf_counter()
-    run_id = uuid.uuid4().hex[:8]
-    data_dir = Path(cfg.data_dir) if cfg.data_dir is not None else Path(tempfile.mkdtemp(prefix="reverie-dream-"))
-    work = data_dir / "dreams" / run_id
-    source = task_source(cfg.skill)
-    proposer = TaskProposer(source, cfg.budgets, seed=cfg.seed, exclude=heldout_prompts(cfg.skill, cfg.eval_items))
-    proposer.add_experience(recorded_asks(data_dir))
+        source = task_source(skill)  # an unknown skill fails before anything starts
+        proposer = TaskProposer(source, budgets, seed=seed, exclude=[*heldout_prompts(skill, eval_items), *exclude])
+        name = name or f"dream-{uuid.uuid4().hex[:8]}"
+        engine = engine_actor(model_dir, version=version, seed=seed)
+        pool = None
+        try:
+            wait_ready(engine, timeout=ready_timeout)
+            pool = SimulatorPool(engine, store, size=simulators, batch=worker_batch, name=name)
+            try:  # workers need the ``simulator`` resource: a cluster without it must not hang the caller
+                ray.get([w.progress.remote() for w in pool.workers.values()], timeout=ready_timeout)
+            except ray.exceptions.GetTimeoutError:
+                raise RuntimeError(f"no simulator worker started within {ready_timeout:.0f} s: does the Ray "
+                                   "cluster offer the 'simulator' resource (cluster.yaml's simulator nodes, or "
+                                   "simulators.workers.start_local_ray)?") from None
+        except BaseException:
+            if pool is not None:
+                pool.shutdown()
+            _stop_engine(engine)
+            raise
+        return cls(engine, store, proposer, pool, version=version, skill=skill, name=name,
+                   heldout_items=eval_items)
 
-    start_local_ray(num_cpus=4)
-    store = ExperienceStore.remote(str(data_dir))
-    engine = engine_actor(cfg.model_dir, version=0, seed=cfg.seed)
-    wait_ready(engine)
-    tell("measure", 0)
+    @property
+    def version(self) -> int:
+        return self._version
 
-    torch.manual_seed(cfg.seed)
-    tokenizer = load_tokenizer(Path(cfg.model_dir))
-    encoder = ChatEncoder(tokenizer)
-    student = AutoModelForCausalLM.from_pretrained(cfg.model_dir, dtype=torch.float32).eval()
-    base = measure(student, encoder, cfg.skill)
-    success_before = heldout_success(engine, cfg.skill, cfg.eval_items)
-    teacher = frozen_teacher(student, tokenizer)  # the base state, never updated
+    def add_experience(self, asks: Iterable[str]) -> int:
+        """Recorded user asks seed the proposer (those that parse as tasks of the skill); how many were new."""
+        return self.proposer.add_experience(asks)
 
-    pool = SimulatorPool(engine, store, size=1 if cfg.scaling else cfg.simulators, batch=cfg.worker_batch,
-                         name=f"dream-{run_id}")
-    rng = random.Random(f"dream/{cfg.seed}")
-    kept: list[dict] = []
-    rounds: list[RoundReport] = []
-    scaling: dict[str, float] = {}
-    played, rehearse_seconds = 0, 0.0
-    version = 0
-    for k in range(1, cfg.rounds + 1):
-        proposals = proposer.propose(cfg.episodes)
-        episodes = [Episode(f"dream-{run_id}-r{k}-{i}", p.task, p.max_turns, 1.0, p.origin)
-                    for i, p in enumerate(proposals)]
-        by_id = {e.id: p for e, p in zip(episodes, proposals)}
-        on_done = lambda recs: tell("rehearse", len(recs))  # noqa: E731
+    def rehearse(self, episodes: int, round: int, *, scaling: bool = False,
+                 on_done: Callable[[list[dict]], None] | None = None) -> RehearsalReport:
+        """Play ``episodes`` newly proposed tasks once; kept trajectories are in the store when it returns.
+
+        ``round`` names the episodes (``{name}-r{round}-{i}``, fixed before dispatch, so a retried
+        episode is stored once); a round is rehearsed once.  ``scaling``: the episodes are played in
+        quarters by 1, 2, 1, 2 simulators, and each count's rate is its episodes over its time (a drift in
+        machine load hits both alike); the pool then returns to its size."""
+        import ray
+
+        from simulators.workers import Episode
+
+        if self._closed:
+            raise RuntimeError("this Dreamer has been shut down")
+        if episodes < 1:
+            raise ValueError(f"a rehearsal needs at least one episode, got {episodes}")
+        if round in self._rounds:
+            raise ValueError(f"round {round} was already rehearsed by {self.name}")
+        served = ray.get(self.engine.version.remote(), timeout=READY_TIMEOUT_S)
+        if served != self._version:
+            raise RuntimeError(f"the rollout engine serves version {served}, not {self._version}: reload it "
+                               "through Dreamer.reload")
+        self._rounds.add(round)
+        proposals = self.proposer.propose(episodes)
+        eps = [Episode(f"{self.name}-r{round}-{i}", p.task, p.max_turns, 1.0, p.origin)
+               for i, p in enumerate(proposals)]
+        by_id = {e.id: p for e, p in zip(eps, proposals)}
+        measured: dict[str, float] = {}
         t0 = time.perf_counter()
-        if cfg.scaling and k == 1:
-            # Quarters played by 1, 2, 1, 2 simulators: each count's rate is its
-            # episodes over its time, so a drift in machine load hits both alike.
-            q = len(episodes) // 4
-            parts = [(1, episodes[:q]), (2, episodes[q:2 * q]), (1, episodes[2 * q:3 * q]), (2, episodes[3 * q:])]
+        if scaling and len(eps) >= 4:
+            q = len(eps) // 4
+            parts = [(1, eps[:q]), (2, eps[q:2 * q]), (1, eps[2 * q:3 * q]), (2, eps[3 * q:])]
             records, timed = [], {"1": [0, 0.0], "2": [0, 0.0]}
-            for n, part in parts:
-                pool.resize(n)
-                ray.get([w.progress.remote() for w in pool.workers.values()])  # started before the clock
-                t = time.perf_counter()
-                records += pool.run(part, on_done)
-                timed[str(n)][0] += len(part)
-                timed[str(n)][1] += time.perf_counter() - t
-            scaling = {n: count / secs for n, (count, secs) in timed.items()}
-            pool.resize(cfg.simulators)
+            try:
+                for n, part in parts:
+                    self.pool.resize(n)
+                    ray.get([w.progress.remote() for w in self.pool.workers.values()],
+                            timeout=READY_TIMEOUT_S)  # started before the clock
+                    t = time.perf_counter()
+                    records += self.pool.run(part, on_done)
+                    timed[str(n)][0] += len(part)
+                    timed[str(n)][1] += time.perf_counter() - t
+            finally:
+                self.pool.resize(self.simulators)
+            measured = {n: count / secs for n, (count, secs) in timed.items()}
         else:
-            records = pool.run(episodes, on_done)
+            records = self.pool.run(eps, on_done)
         seconds = time.perf_counter() - t0
-        played += len(records)
-        rehearse_seconds += seconds
-        proposer.curriculum.forget(0.25)  # older rounds say less about the current policy
-        proposer.update((by_id[r["id"]], r["success"]) for r in records)
-        levels = {lv: round(proposer.curriculum.rate(lv), 3) for lv in proposer.curriculum.levels}
-        new = [r for r in records if r["success"]]
-        kept += new
-        if not kept:
-            rounds.append(RoundReport(k, len(records), 0, seconds, 0.0, rounds[-1].success if rounds else success_before,
-                                      version, levels))
-            continue
-        learn_cfg = LearnConfig(method="opsd", loss="fkl", steps=cfg.steps * k, batch_size=cfg.batch_size, lr=cfg.lr,
-                                retain=cfg.retain, seed=cfg.seed)
-        batches = mixed_batches(lessons(kept, rng), retention_lessons(cfg.seed * 1000 + k), cfg.batch_size, cfg.retain)
-        saved: list[tuple[Path, int]] = []
-        stats = learn(student, teacher, encoder, batches, learn_cfg, progress=False,
-                      on_step=lambda s: tell("distil", 1), checkpoints=work, tokenizer_dir=Path(cfg.model_dir),
-                      on_version=lambda path, v: saved.append((path, v)))
-        path, version = saved[-1]
-        ray.get(engine.reload.remote(str(path), version))
-        success = heldout_success(engine, cfg.skill, cfg.eval_items)
-        rounds.append(RoundReport(k, len(records), len(new), seconds, stats["seconds"], success, version, levels))
-        tell("measure", 0)
-    pool.shutdown()
-    ray.get(store.flush.remote())
-    after = measure(student, encoder, cfg.skill)
-    ray.get(engine.shutdown.remote())
-    return {
-        "skill": cfg.skill,
-        "simulators": cfg.simulators,
-        "episodes": played,
-        "success_before": success_before,
-        "success_after": rounds[-1].success if rounds else success_before,
-        "retention_avg": after["retention_avg"],
-        "forgetting": base["retention_avg"] - after["retention_avg"],
-        "episodes_per_second": played / rehearse_seconds if rehearse_seconds > 0 else 0.0,
-        "seconds": time.perf_counter() - start,
-        "episodes_per_second_by_simulators": scaling,
-        "scaling_ratio": scaling["2"] / scaling["1"] if "1" in scaling and "2" in scaling else None,
-        "retention": after["retention"],
-        "rounds": [asdict(r) for r in rounds],
-        "kept": len(kept),
-        "data_dir": str(data_dir),
-        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
-    }
+        curriculum = self.proposer.curriculum
+        curriculum.forget(0.25)  # older rounds say less about the current policy
+        self.proposer.update((by_id[r["id"]], r["success"]) for r in records)
+        levels = {lv: _three_places(curriculum.rate(lv)) for lv in curriculum.levels}
+        kept = [r for r in records if r["success"]]
+        return RehearsalReport(round, self._version, records, kept, seconds, levels, measured)
+
+    def heldout_success(self, n: int = EVAL_ITEMS) -> float:
+        """Greedy success on the first ``n`` held-out tasks, played in the real environment at the
+        evaluation turn budget and judged by its verifier (the world's own scorer)."""
+        import ray
+
+        from simulators.rollout import Sampling
+        from simulators.tinyworld.evaluate import eval_items, score
+
+        if n > self.heldout_items:
+            raise ValueError(f"only the first {self.heldout_items} held-out tasks are kept out of rehearsal, "
+                             f"not {n}")
+
+        def generate(prompts):
+            return ray.get(self.engine.generate.remote([list(p) for p in prompts], Sampling(temperature=0.0)))
+
+        return score(eval_items(self.skill, "student", n), generate)
+
+    def reload(self, model_dir: str | Path, version: int) -> None:
+        """The rollout engine restarts on the HF model directory ``model_dir``; later trajectories are
+        tagged ``version``."""
+        import ray
+
+        served = ray.get(self.engine.reload.remote(str(model_dir), int(version)), timeout=RELOAD_TIMEOUT_S)
+        self._version = int(served)
+
+    def shutdown(self) -> None:
+        """Stop the pool's workers and the rollout engine (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.pool.shutdown()
+        finally:
+            _stop_engine(self.engine)
 
 
-def dumps(report: dict) -> str:
-    return json.dumps(report)
+def _three_places(x: float) -> float:
+    return round(x, 3)  # (``rehearse``'s ``round`` argument hides the builtin there)
+
+
+def _stop_engine(engine) -> None:
+    """Shut the engine's vLLM core down (bounded), then end its actor so its CPU is free again."""
+    import ray
+
+    try:
+        ray.get(engine.shutdown.remote(), timeout=120)
+    except Exception:  # a dead or hung engine is killed all the same
+        pass
+    ray.kill(engine)

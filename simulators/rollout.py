@@ -4,8 +4,13 @@ Workers send a turn's prompts (chat messages) and get the policy's replies.
 Calls that arrive while the engine is busy are combined into one
 ``LLM.generate`` call (continuous batching across workers): the first waiting
 caller takes every queued request, runs them together and hands each caller
-its own replies.  ``reload`` restarts the engine on new weights (a checkpoint
-directory) and bumps the policy version that every trajectory is tagged with.
+its own replies.
+
+Versions: the engine is started on one version of the weights and told its
+id (an id of the version registry, ``reverie/versions.py``); ``reload``
+restarts it on other weights (an HF model directory) with the id it is
+given.  It never counts versions itself: the id it reports is the one every
+trajectory played through it is tagged with.
 """
 from __future__ import annotations
 
@@ -29,7 +34,7 @@ class Sampling:
 class RolloutEngine:
     """A vLLM engine on one model directory, shared by concurrent callers."""
 
-    def __init__(self, model_dir: str | Path, version: int = 0, seed: int = 0):
+    def __init__(self, model_dir: str | Path, version: int, seed: int = 0):
         self._queue: queue.Queue = queue.Queue()
         self._lock = threading.Lock()
         self._seed = seed
@@ -40,7 +45,8 @@ class RolloutEngine:
 
     @classmethod
     def from_llm(cls, llm, model_dir: str | Path, version: int = 0) -> "RolloutEngine":
-        """Wrap an engine already started on ``model_dir`` (tests share one)."""
+        """Wrap an engine already started on ``model_dir`` (tests share one; a model-simulated environment
+        stores no trajectory of its own, hence the default version)."""
         from learner.tokenizer import ChatEncoder, load_tokenizer
 
         self = cls.__new__(cls)
@@ -66,7 +72,7 @@ class RolloutEngine:
             self._llm = None
 
     def reload(self, model_dir: str | Path, version: int) -> int:
-        """Restart on the weights in ``model_dir`` (waits for running calls); the new version."""
+        """Restart on the weights in ``model_dir`` (waits for running calls) as ``version``; that version."""
         with self._lock:
             self._stop()
             self._start(model_dir, version)
@@ -131,8 +137,8 @@ class RolloutEngine:
             self._stop()
 
 
-def engine_actor(model_dir: str | Path, version: int = 0, seed: int = 0, num_cpus: float = 1.0):
-    """A ``RolloutEngine`` as a Ray actor that serves many workers at once."""
+def engine_actor(model_dir: str | Path, version: int, seed: int = 0, num_cpus: float = 1.0):
+    """A ``RolloutEngine`` as a Ray actor that serves many workers at once, tagged ``version``."""
     import ray
 
     cls = ray.remote(RolloutEngine).options(num_cpus=num_cpus, max_concurrency=64, max_restarts=0)

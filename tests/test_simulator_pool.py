@@ -21,9 +21,17 @@ from simulators.workers import Episode, SimulatorPool, start_local_ray  # noqa: 
 
 
 @pytest.fixture(scope="module")
-def cluster(shipped_model, tmp_path_factory):
+def version(shipped_model, tmp_path_factory):
+    """The shipped model's id in a fresh version registry (one version space: no engine counts its own)."""
+    from reverie.versions import VersionRegistry
+
+    return VersionRegistry(tmp_path_factory.mktemp("versions")).ensure_base(shipped_model).version
+
+
+@pytest.fixture(scope="module")
+def cluster(shipped_model, version):
     start_local_ray(num_cpus=4)
-    engine = engine_actor(shipped_model)
+    engine = engine_actor(shipped_model, version=version)
     wait_ready(engine)
     yield engine
     ray.get(engine.shutdown.remote())
@@ -40,7 +48,7 @@ def stored(store, data_dir):
     return read_table(str(data_dir), "trajectories").to_pylist()
 
 
-def test_two_workers_store_each_verified_trajectory_once_when_one_is_killed_mid_episode(cluster, tmp_path):
+def test_two_workers_store_each_verified_trajectory_once_when_one_is_killed_mid_episode(cluster, version, tmp_path):
     store = ExperienceStore.remote(str(tmp_path))
     pool = SimulatorPool(cluster, store, size=2, batch=8)
     eps = episodes("kill", 64, seed=1)
@@ -64,7 +72,7 @@ def test_two_workers_store_each_verified_trajectory_once_when_one_is_killed_mid_
     assert [r["id"] for r in records] == [e.id for e in eps]  # every episode, once
     env = make("tinyworld-tools", max_turns=6)
     for r, e in zip(records, eps):
-        assert r["task_id"] == e.task.id and r["env"] == "tinyworld-tools" and r["policy_version"] == 0
+        assert r["task_id"] == e.task.id and r["env"] == "tinyworld-tools" and r["policy_version"] == version
         assert r["success"] == env.verify(e.task, r["messages"])  # the verifier's verdict
         assert r["seconds"] >= 0 and r["simulated"] is False
     rows = stored(store, tmp_path)

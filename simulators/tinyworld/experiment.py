@@ -1,20 +1,25 @@
-"""`reverie learn` on the tiny world: teach one new skill to the shipped base
-model by OPSD or SFT and measure the gain and the forgetting."""
+"""The tiny world's learning experiment, as data: the new skills ``reverie
+learn`` teaches (``LEARNABLE``), endless lessons of a new skill and of the
+base skills (retention replay), and the measurement every method is judged by
+(new-skill accuracy, retention per base skill and its average).
+
+Lessons come from training seeds that evaluation never uses.  This module
+learns nothing: the runs that compose the learner with these lessons are in
+``actors/experiments.py``.
+"""
 from __future__ import annotations
 
 import random
 from collections.abc import Iterator
-from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from learner.distill import Lesson
-from learner.loop import LearnConfig, learn
 from learner.replay import mixed_batches
-from learner.teacher_state import TeacherConfig, TeacherState
-from learner.tokenizer import ChatEncoder, load_tokenizer
-from simulators.tinyworld.evaluate import forced_accuracy, eval_items
+from simulators.tinyworld.evaluate import eval_items, forced_accuracy
 from simulators.tinyworld.skills import BASE_SKILLS, base_item, new_pair
+
+if TYPE_CHECKING:
+    from learner.tokenizer import ChatEncoder
 
 LEARNABLE = ("facts", "rule")  # single-turn new skills; `tools` is rehearsed by dreams
 
@@ -42,99 +47,11 @@ def lessons(skill: str, batch_size: int, seed: int, retain: float = 0.0) -> Iter
     return mixed_batches(new_lessons(skill, seed), retention_lessons(seed), batch_size, retain)
 
 
-def measure(model, encoder: ChatEncoder, skill: str) -> dict:
+def measure(model, encoder: "ChatEncoder", skill: str) -> dict:
+    """Forced-choice accuracy of a torch ``model`` on ``skill`` (student view) and on every base skill."""
     retention = {s: forced_accuracy(model, encoder, eval_items(s, None)) for s in BASE_SKILLS}
     return {
         "new_skill_acc": forced_accuracy(model, encoder, eval_items(skill, "student")),
         "retention": retention,
         "retention_avg": sum(retention.values()) / len(retention),
     }
-
-
-BACKENDS = ("torch", "ray")
-
-
-def run(model_dir: Path, cfg: LearnConfig, skill: str, progress: bool = True,
-        teacher_cfg: TeacherConfig | None = None, checkpoints: Path | None = None,
-        backend: str = "torch", scorers: int = 1) -> dict:
-    """Learn ``skill`` from the base model at ``model_dir`` and measure.
-
-    ``torch``: everything in this process (student samples by HF generate,
-    full-vocabulary teacher).  ``ray``: the learner is a Ray actor that samples
-    through its vLLM engine and gets top-k teacher scores from ``scorers``
-    teacher-scorer actors (0: a full-vocabulary torch teacher inside the learner)."""
-    from transformers import AutoModelForCausalLM
-
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; backends are: {', '.join(BACKENDS)}")
-    torch.manual_seed(cfg.seed)
-    tokenizer = load_tokenizer(model_dir)
-    encoder = ChatEncoder(tokenizer)
-    device = "cuda" if torch.cuda.is_available() else "cpu"  # the learner's GPU path where there is one
-    student = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device)
-    before = measure(student.eval(), encoder, skill)
-    batches = lessons(skill, cfg.batch_size, cfg.seed, cfg.retain)
-    if backend == "torch":
-        teacher = TeacherState(teacher_cfg or TeacherConfig(), student, tokenizer) if cfg.method == "opsd" else None
-        stats = learn(student, teacher, encoder, batches, cfg, progress, checkpoints=checkpoints,
-                      tokenizer_dir=model_dir)
-    else:
-        student, stats = _learn_on_ray(model_dir, cfg, batches, teacher_cfg, checkpoints, scorers, progress)
-    after = measure(student, encoder, skill)
-    return {
-        "method": cfg.method,
-        "loss": cfg.loss if cfg.method == "opsd" else "ce",
-        "skill": skill,
-        "steps": cfg.steps,
-        "lr": cfg.lr,
-        "retain": cfg.retain,
-        "backend": backend,
-        "teacher": (teacher_cfg or TeacherConfig()).kind if cfg.method == "opsd" else None,
-        "new_skill_acc_before": before["new_skill_acc"],
-        **after,
-        "forgetting": before["retention_avg"] - after["retention_avg"],
-        "versions": stats["versions"],
-        "seconds": stats["seconds"],
-        "tokens_per_second": stats["tokens_per_second"],
-    }
-
-
-def _learn_on_ray(model_dir: Path, cfg: LearnConfig, batches, teacher_cfg, checkpoints, scorers: int, progress):
-    import json
-    import tempfile
-    import time
-
-    import ray
-    from tqdm import tqdm
-    from transformers import AutoModelForCausalLM
-
-    from actors.learner import start_learner
-
-    owns_ray = not ray.is_initialized()  # a Ray this call starts, it shuts down
-    if owns_ray:
-        ray.init(num_cpus=max(4, scorers + 2), include_dashboard=False, log_to_driver=False)
-    try:
-        root = Path(checkpoints or tempfile.mkdtemp(prefix="reverie-learn-"))
-        learner = start_learner(str(model_dir), cfg, str(root), teacher_cfg, scorers, cfg.topk)
-        done = ray.get(learner.updates.remote())
-        for _ in range(done):
-            next(batches)  # already learnt from before a restart
-        versions, tokens, start = [], 0, time.perf_counter()
-        for _ in tqdm(range(done, cfg.steps), initial=done, total=cfg.steps, desc=cfg.method, disable=not progress):
-            stats = ray.get(learner.step.remote(next(batches)))
-            tokens += stats["tokens"]
-            if "saved" in stats:
-                versions.append(stats["saved"])
-        seconds = time.perf_counter() - start
-        final = root / f"step-{cfg.steps:08d}"
-        if not versions or versions[-1]["path"] != str(final):
-            if final.is_dir():  # a restarted run that had already finished
-                versions.append({"path": str(final), "version": json.loads((final / "state.json").read_text())["version"]})
-            else:
-                versions.append(ray.get(learner.save.remote()))
-        ray.kill(learner)
-        student = AutoModelForCausalLM.from_pretrained(versions[-1]["path"], dtype=torch.float32).eval()
-        return student, {"versions": versions, "seconds": seconds, "tokens_per_second": tokens / max(seconds, 1e-9)}
-    finally:
-        if owns_ray:
-            ray.shutdown()

@@ -1,0 +1,249 @@
+"""Dreams, composed: rounds of rehearse -> learn -> reload -> measure, and the
+one dream step the controller runs.
+
+``simulators/dream.py`` produces (a :class:`simulators.dream.Dreamer`
+rehearses and keeps verified successes in the experience store);
+``learner/`` learns; this module strings them together and reads top to
+bottom.
+
+``run(cfg, progress)`` is ``reverie dream``: each round the Dreamer rehearses
+``cfg.episodes`` new tasks with the current policy; the learner distils every
+kept trajectory so far by on-policy self-distillation (teacher = the frozen
+base model with a kept trajectory of another task as privileged context;
+student = the conversation alone), mixed with retention replay on the base
+skills; the round's checkpoint is registered in the version registry under
+``<data_dir>/versions`` (one version space: the base model is the registry's
+base id, each round's weights the id the learner drew from the registry's
+counter), the rollout engine is reloaded on it, and held-out success is
+measured greedily with the real verifier.  The report keys are those
+``reverie dream --json`` prints.
+
+``dream_step(...)`` is one rehearsal for the controller: an engine on the
+given weights tagged with the given version, the proposer seeded with what
+users asked, ``episodes`` episodes once, the kept trajectories in the named
+store actor's ``trajectories`` table, everything it started stopped again.
+"""
+from __future__ import annotations
+
+import random
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from simulators.dream import BUDGETS, EVAL_ITEMS, WORKER_BATCH
+
+
+@dataclass(frozen=True)
+class DreamConfig:
+    """``reverie dream``'s settings (the command line's defaults come from here)."""
+    model_dir: Path
+    skill: str = "tools"
+    simulators: int = 2
+    episodes: int = 128  # rehearsed per round
+    rounds: int = 4
+    budgets: tuple[int, ...] = BUDGETS  # dream turn budgets (levels of the curriculum)
+    steps: int = 40  # learner updates per round
+    batch_size: int = 32
+    lr: float = 2e-4
+    retain: float = 0.5  # share of each learner batch that replays base skills (0.25: forgetting 0.012, 0.5: 0.003)
+    eval_items: int = EVAL_ITEMS
+    worker_batch: int = WORKER_BATCH  # episodes a worker plays in lock step
+    seed: int = 0
+    data_dir: Path | None = None  # experience store (default: a fresh temporary directory)
+    scaling: bool = True  # round 1 measures episodes/s with 1 and with 2 simulators
+
+
+@dataclass
+class RoundReport:
+    round: int
+    episodes: int
+    kept: int
+    rehearse_seconds: float
+    learn_seconds: float
+    success: float
+    version: int
+    levels: dict = field(default_factory=dict)
+
+
+def run(cfg: DreamConfig, progress: Callable[[str, int], None] | None = None) -> dict:
+    """Run the dream rounds; the report the ``dream`` command prints.  A Ray this
+    call started (none was running) is shut down when it returns or fails.
+    ``progress(phase, n)``: phases ``rehearse`` (n episodes done), ``distil`` (one update), ``measure``."""
+    import ray
+
+    owns_ray = not ray.is_initialized()
+    try:
+        return _run(cfg, progress)
+    finally:
+        if owns_ray and ray.is_initialized():
+            ray.shutdown()
+
+
+def _run(cfg: DreamConfig, progress: Callable[[str, int], None] | None) -> dict:
+    import ray
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from actors.store import ExperienceStore
+    from learner.loop import LearnConfig, frozen_teacher, learn
+    from learner.replay import mixed_batches
+    from learner.tokenizer import ChatEncoder, load_tokenizer
+    from reverie.versions import VersionRegistry
+    from simulators.dream import Dreamer, recorded_asks
+    from simulators.success import lessons
+    from simulators.tinyworld.experiment import measure, retention_lessons
+    from simulators.workers import start_local_ray
+
+    tell = progress or (lambda phase, n: None)
+    start = time.perf_counter()
+    run_id = uuid.uuid4().hex[:8]
+    data_dir = Path(cfg.data_dir) if cfg.data_dir is not None else Path(tempfile.mkdtemp(prefix="reverie-dream-"))
+    work = data_dir / "dreams" / run_id
+    asks = recorded_asks(data_dir)
+
+    start_local_ray(num_cpus=4)
+    store = ExperienceStore.remote(str(data_dir))
+    # One version space: the base model and every round's weights get their ids from the registry.
+    registry = VersionRegistry(data_dir / "versions")
+    version = registry.ensure_base(cfg.model_dir).version
+    dreamer = Dreamer.start(cfg.model_dir, version, store, skill=cfg.skill, budgets=cfg.budgets,
+                            simulators=cfg.simulators, worker_batch=cfg.worker_batch, eval_items=cfg.eval_items,
+                            seed=cfg.seed, name=f"dream-{run_id}")
+    try:
+        dreamer.add_experience(asks)
+        tell("measure", 0)
+
+        torch.manual_seed(cfg.seed)
+        tokenizer = load_tokenizer(Path(cfg.model_dir))
+        encoder = ChatEncoder(tokenizer)
+        student = AutoModelForCausalLM.from_pretrained(cfg.model_dir, dtype=torch.float32).eval()
+        base = measure(student, encoder, cfg.skill)
+        success_before = dreamer.heldout_success(cfg.eval_items)
+        teacher = frozen_teacher(student, tokenizer)  # the base state, never updated
+
+        rng = random.Random(f"dream/{cfg.seed}")
+        kept: list[dict] = []
+        rounds: list[RoundReport] = []
+        scaling: dict[str, float] = {}
+        played, rehearse_seconds = 0, 0.0
+        for k in range(1, cfg.rounds + 1):
+            # 1. rehearse: new tasks played by the current policy; verified successes are stored.
+            rehearsal = dreamer.rehearse(cfg.episodes, k, scaling=cfg.scaling and k == 1,
+                                         on_done=lambda recs: tell("rehearse", len(recs)))
+            scaling = rehearsal.scaling or scaling
+            played += rehearsal.episodes
+            rehearse_seconds += rehearsal.seconds
+            kept += rehearsal.kept
+            if not kept:
+                rounds.append(RoundReport(k, rehearsal.episodes, 0, rehearsal.seconds, 0.0,
+                                          rounds[-1].success if rounds else success_before, version,
+                                          rehearsal.levels))
+                continue
+            # 2. learn: distil every kept trajectory so far, with retention replay; the checkpoint's id comes
+            #    from the registry's counter.
+            learn_cfg = LearnConfig(method="opsd", loss="fkl", steps=cfg.steps * k, batch_size=cfg.batch_size,
+                                    lr=cfg.lr, retain=cfg.retain, seed=cfg.seed)
+            batches = mixed_batches(lessons(kept, rng), retention_lessons(cfg.seed * 1000 + k), cfg.batch_size,
+                                    cfg.retain)
+            saved: list[tuple[Path, int]] = []
+            stats = learn(student, teacher, encoder, batches, learn_cfg, progress=False,
+                          on_step=lambda s: tell("distil", 1), checkpoints=work, tokenizer_dir=Path(cfg.model_dir),
+                          on_version=lambda path, v: saved.append((path, v)), versions=registry.counter)
+            path, new_version = saved[-1]
+            registry.register(path, version=new_version, source="dream", parent=version, step=learn_cfg.steps)
+            version = new_version
+            # 3. reload and measure on held-out tasks.
+            dreamer.reload(path, version)
+            success = dreamer.heldout_success(cfg.eval_items)
+            rounds.append(RoundReport(k, rehearsal.episodes, len(rehearsal.kept), rehearsal.seconds,
+                                      stats["seconds"], success, version, rehearsal.levels))
+            tell("measure", 0)
+        ray.get(store.flush.remote())
+    finally:
+        dreamer.shutdown()
+    after = measure(student, encoder, cfg.skill)
+    return {
+        "skill": cfg.skill,
+        "simulators": cfg.simulators,
+        "episodes": played,
+        "success_before": success_before,
+        "success_after": rounds[-1].success if rounds else success_before,
+        "retention_avg": after["retention_avg"],
+        "forgetting": base["retention_avg"] - after["retention_avg"],
+        "episodes_per_second": played / rehearse_seconds if rehearse_seconds > 0 else 0.0,
+        "seconds": time.perf_counter() - start,
+        "episodes_per_second_by_simulators": scaling,
+        "scaling_ratio": scaling["2"] / scaling["1"] if "1" in scaling and "2" in scaling else None,
+        "retention": after["retention"],
+        "rounds": [asdict(r) for r in rounds],
+        "kept": len(kept),
+        "data_dir": str(data_dir),
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
+    }
+
+
+def dream_step(model_dir: str | Path, weights_dir_or_model_dir: str | Path, version: int, store_name: str,
+               data_dir: str | Path, asks: Sequence[str], episodes: int, seed: int, simulators: int = 1, *,
+               skill: str = "tools", run_id: str | None = None, exclude: Sequence[str] = ()) -> dict:
+    """One rehearsal on the weights of ``version``, for the controller (Ray must be initialised).
+
+    ``weights_dir_or_model_dir``: an HF model directory of those weights (a learner checkpoint, a registry
+    version directory, or the base ``model_dir`` itself); a directory of safetensors alone is completed with
+    ``model_dir``'s config and tokenizer (links under ``<data_dir>/dreams/<run_id>/``).  The proposer is
+    seeded with ``asks`` (what users asked) and never proposes a prompt of ``exclude`` (what the gate will
+    score) nor a tiny-world evaluation task.  Kept trajectories go to the store actor ``store_name``
+    (namespace ``reverie``), tagged ``version``, and are flushed to its ``trajectories`` table before this
+    returns; the engine and the pool are stopped whatever happens.  ``run_id`` names the episodes
+    (``dream-{run_id}-r1-{i}``): give a stable one (the cycle's) and a retried step stores nothing twice.
+
+    Returns ``{"episodes", "kept", "success_rate", "seconds", "trajectory_ids"}``."""
+    import ray
+
+    from simulators.dream import Dreamer
+
+    store = ray.get_actor(store_name, namespace="reverie")
+    run_id = run_id or f"v{int(version)}-{uuid.uuid4().hex[:8]}"
+    weights = _model_directory(Path(model_dir), Path(weights_dir_or_model_dir),
+                               Path(data_dir) / "dreams" / run_id / "model")
+    dreamer = Dreamer.start(weights, version, store, skill=skill, simulators=simulators, seed=seed,
+                            name=f"dream-{run_id}", exclude=exclude)
+    try:
+        dreamer.add_experience(asks)
+        rehearsal = dreamer.rehearse(episodes, 1)
+        ray.get(store.flush.remote(), timeout=120)
+    finally:
+        dreamer.shutdown()
+    return {
+        "episodes": rehearsal.episodes,
+        "kept": len(rehearsal.kept),
+        "success_rate": rehearsal.success_rate,
+        "seconds": rehearsal.seconds,
+        "trajectory_ids": [r["id"] for r in rehearsal.kept],
+    }
+
+
+_WEIGHTS = ("*.safetensors", "*.safetensors.index.json")
+
+
+def _model_directory(model_dir: Path, weights: Path, work: Path) -> Path:
+    """``weights`` when it is a whole HF model directory; otherwise a directory of links: ``weights``'
+    safetensors with ``model_dir``'s config and tokenizer files."""
+    if not weights.is_dir() or not sorted(weights.glob("*.safetensors")):
+        raise FileNotFoundError(f"{str(weights)!r} is not a directory of *.safetensors weights")
+    if (weights / "config.json").is_file() and any((weights / f).is_file() for f in
+                                                   ("tokenizer.json", "tokenizer_config.json")):
+        return weights
+    if work.exists():  # links of a step that ran before under the same run id
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    ours = {p.name for pattern in _WEIGHTS for p in weights.glob(pattern)}
+    for src in model_dir.iterdir():
+        if src.is_file() and src.name not in ours and not any(src.match(p) for p in _WEIGHTS):
+            (work / src.name).symlink_to(src.resolve())
+    for name in ours:
+        (work / name).symlink_to((weights / name).resolve())
+    return work

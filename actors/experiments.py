@@ -1,0 +1,109 @@
+"""``reverie learn``, composed: teach one new skill of the tiny world to a base
+model by OPSD or SFT, and measure the gain and the forgetting.
+
+The lessons and the measurement are the tiny world's
+(``simulators/tinyworld/experiment.py``); the learner is ``learner/``
+(in this process with ``backend="torch"``, as a Ray actor that samples through
+vLLM and takes teacher scores from scorer actors with ``backend="ray"``).
+``run`` returns the report ``reverie learn --json`` prints.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from learner.loop import LearnConfig, learn
+from learner.teacher_state import TeacherConfig, TeacherState
+from learner.tokenizer import ChatEncoder, load_tokenizer
+from simulators.tinyworld.experiment import LEARNABLE, lessons, measure
+
+__all__ = ["BACKENDS", "LEARNABLE", "run"]
+
+BACKENDS = ("torch", "ray")
+
+
+def run(model_dir: Path, cfg: LearnConfig, skill: str, progress: bool = True,
+        teacher_cfg: TeacherConfig | None = None, checkpoints: Path | None = None,
+        backend: str = "torch", scorers: int = 1) -> dict:
+    """Learn ``skill`` from the base model at ``model_dir`` and measure.
+
+    ``torch``: everything in this process (student samples by HF generate,
+    full-vocabulary teacher).  ``ray``: the learner is a Ray actor that samples
+    through its vLLM engine and gets top-k teacher scores from ``scorers``
+    teacher-scorer actors (0: a full-vocabulary torch teacher inside the learner)."""
+    from transformers import AutoModelForCausalLM
+
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; backends are: {', '.join(BACKENDS)}")
+    torch.manual_seed(cfg.seed)
+    tokenizer = load_tokenizer(model_dir)
+    encoder = ChatEncoder(tokenizer)
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # the learner's GPU path where there is one
+    student = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device)
+    before = measure(student.eval(), encoder, skill)
+    batches = lessons(skill, cfg.batch_size, cfg.seed, cfg.retain)
+    if backend == "torch":
+        teacher = TeacherState(teacher_cfg or TeacherConfig(), student, tokenizer) if cfg.method == "opsd" else None
+        stats = learn(student, teacher, encoder, batches, cfg, progress, checkpoints=checkpoints,
+                      tokenizer_dir=model_dir)
+    else:
+        student, stats = _learn_on_ray(model_dir, cfg, batches, teacher_cfg, checkpoints, scorers, progress)
+    after = measure(student, encoder, skill)
+    return {
+        "method": cfg.method,
+        "loss": cfg.loss if cfg.method == "opsd" else "ce",
+        "skill": skill,
+        "steps": cfg.steps,
+        "lr": cfg.lr,
+        "retain": cfg.retain,
+        "backend": backend,
+        "teacher": (teacher_cfg or TeacherConfig()).kind if cfg.method == "opsd" else None,
+        "new_skill_acc_before": before["new_skill_acc"],
+        **after,
+        "forgetting": before["retention_avg"] - after["retention_avg"],
+        "versions": stats["versions"],
+        "seconds": stats["seconds"],
+        "tokens_per_second": stats["tokens_per_second"],
+    }
+
+
+def _learn_on_ray(model_dir: Path, cfg: LearnConfig, batches, teacher_cfg, checkpoints, scorers: int, progress):
+    import json
+    import tempfile
+    import time
+
+    import ray
+    from tqdm import tqdm
+    from transformers import AutoModelForCausalLM
+
+    from actors.learner import start_learner
+
+    owns_ray = not ray.is_initialized()  # a Ray this call starts, it shuts down
+    if owns_ray:
+        ray.init(num_cpus=max(4, scorers + 2), include_dashboard=False, log_to_driver=False)
+    try:
+        root = Path(checkpoints or tempfile.mkdtemp(prefix="reverie-learn-"))
+        learner = start_learner(str(model_dir), cfg, str(root), teacher_cfg, scorers, cfg.topk)
+        done = ray.get(learner.updates.remote())
+        for _ in range(done):
+            next(batches)  # already learnt from before a restart
+        versions, tokens, start = [], 0, time.perf_counter()
+        for _ in tqdm(range(done, cfg.steps), initial=done, total=cfg.steps, desc=cfg.method, disable=not progress):
+            stats = ray.get(learner.step.remote(next(batches)))
+            tokens += stats["tokens"]
+            if "saved" in stats:
+                versions.append(stats["saved"])
+        seconds = time.perf_counter() - start
+        final = root / f"step-{cfg.steps:08d}"
+        if not versions or versions[-1]["path"] != str(final):
+            if final.is_dir():  # a restarted run that had already finished
+                versions.append({"path": str(final), "version": json.loads((final / "state.json").read_text())["version"]})
+            else:
+                versions.append(ray.get(learner.save.remote()))
+        ray.kill(learner)
+        student = AutoModelForCausalLM.from_pretrained(versions[-1]["path"], dtype=torch.float32).eval()
+        return student, {"versions": versions, "seconds": seconds, "tokens_per_second": tokens / max(seconds, 1e-9)}
+    finally:
+        if owns_ray:
+            ray.shutdown()
