@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-METHODS = ("opsd", "sft")
+from reverie.config import METHODS  # noqa: F401  (the one list; re-exported for the learner)
 
 
 @dataclass(frozen=True)

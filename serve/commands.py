@@ -7,57 +7,39 @@ import signal
 import sys
 import time
 
-from reverie.errors import ReverieError, check_model_dir
-from serve.app import SWAP_MODES
-
-
-def _int_in(text: str, what: str, lo: int, hi: int) -> int:
-    try:
-        n = int(text)
-    except (TypeError, ValueError):
-        raise ReverieError(f"{what} must be a whole number from {lo} to {hi}, got {text!r}") from None
-    if not lo <= n <= hi:
-        raise ReverieError(f"{what} must be a whole number from {lo} to {hi}, got {text!r}")
-    return n
-
-
-def _seconds(text: str, what: str) -> float:
-    try:
-        x = float(text)
-    except (TypeError, ValueError):
-        raise ReverieError(f"{what} must be a number of seconds, got {text!r}") from None
-    if not 0 < x <= 3600:
-        raise ReverieError(f"{what} must be between 0 and 3600 seconds, got {text!r}")
-    return x
+from reverie import args as check
+from reverie.config import SWAP_MODES
+from reverie.errors import ReverieError
 
 
 def _interrupt(*_):
     raise KeyboardInterrupt
 
 
+def serve_config(args: argparse.Namespace):
+    """The ``ServeConfig`` of ``reverie serve``: defaults < ``--config FILE`` < the flags given."""
+    from reverie.config_file import build_config, flags_given, load_config
+    from simulators.tinyworld.build import SHIPPED_MODEL
+
+    file_values = load_config(args.config) if args.config else {}
+    flags = flags_given(args)
+    if args.address is not None:
+        flags["pin_cpus"] = False  # on a cluster, CPU placement is the operator's
+    return build_config(file_values, flags, source=args.config,
+                        defaults={"model_dir": str(SHIPPED_MODEL), "pin_cpus": True})
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
-    from serve.app import ServeConfig
     from serve.auth import ADMIN_ENV, API_ENV, load_keys
 
-    model = check_model_dir(args.model)
-    replicas = _int_in(args.replicas, "--replicas", 1, 64)
-    port = _int_in(args.port, "--port", 1, 65535)
-    if args.swap_mode not in SWAP_MODES:
-        raise ReverieError(f"--swap-mode must be one of {', '.join(SWAP_MODES)}, got {args.swap_mode!r}")
-    cfg = ServeConfig(model_dir=model, data_dir=args.data_dir, versions_dir=args.versions_dir, replicas=replicas,
-                      host=args.host, port=port, swap_mode=args.swap_mode,
-                      swap_timeout_s=_seconds(args.swap_timeout, "--swap-timeout"),
-                      pin_cpus=args.address is None and not args.no_cpu_pinning)  # on a cluster: the operator's
-    try:
-        cfg.resolved_versions_dir()
-    except ValueError as e:
-        raise ReverieError(str(e)) from None
+    cfg = serve_config(args)  # every refusal of the flags or the config file comes before Ray starts
+    model, replicas = cfg.model_dir, cfg.replicas
     keys, generated = load_keys(args.key_file)
 
     import ray
     from ray import serve
 
-    from actors.versions import VersionError
+    from reverie.versions import VersionError
     from serve.app import APP_NAME, Deployment, init_ray
 
     init_ray(args.address, num_cpus=max(8, 2 * replicas + 2), cpu_plan=cfg.cpu_plan())  # each replica reserves 2
@@ -66,7 +48,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         try:
-            dep = Deployment(cfg, keys.digests())
+            dep = Deployment(cfg, keys.digests(), detached=True)  # the controller outlives this driver
         except VersionError as e:
             raise ReverieError(str(e)) from None
         print(f"reverie: starting {replicas} replica(s) of {model} ...", file=sys.stderr, flush=True)
@@ -80,7 +62,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         promoted = dep.registry.promoted().version
         where = ("the environment variables " + API_ENV + " and " + ADMIN_ENV if keys.source == "environment"
                  else f"the key file {keys.source} ({'just generated, ' if generated else ''}keys 'api_key' and 'admin_key')")
-        print(f"reverie: serving model 'reverie' (policy version {promoted}) at {dep.base_url}/v1", flush=True)
+        print(f"reverie: serving model '{cfg.model_id}' (policy version {promoted}) at {dep.base_url}/v1", flush=True)
         print(f"reverie: authenticate with 'Authorization: Bearer <api_key>'; admin routes (/admin/*) need the admin key; "
               f"keys are in {where}", flush=True)
         print(f"reverie: experience is recorded under {cfg.data_dir}; press Ctrl-C to stop", flush=True)
@@ -103,20 +85,36 @@ def cmd_bench_swap(args: argparse.Namespace) -> int:
 
     if args.params not in ("100M", "tiny"):
         raise ReverieError(f"--params must be 100M or tiny, got {args.params!r}")
-    if args.swap_mode not in SWAP_MODES:
-        raise ReverieError(f"--swap-mode must be one of {', '.join(SWAP_MODES)}, got {args.swap_mode!r}")
+    check.choice(args.swap_mode, "--swap-mode", SWAP_MODES)
     import contextlib
 
     # Ray prints shutdown notices on stdout; they go to stderr so stdout is one JSON object.
     with contextlib.redirect_stdout(sys.stderr):
         report = run_bench(swap_mode=args.swap_mode, pin_cpus=not args.no_cpu_pinning,
-            swap_interval=_seconds(args.swap_interval, "--swap-interval"),
-            params=args.params, replicas=_int_in(args.replicas, "--replicas", 1, 16),
-            concurrency=_int_in(args.concurrency, "--concurrency", 1, 1024),
-            swaps=_int_in(args.swaps, "--swaps", 1, 1000), max_tokens=_int_in(args.max_tokens, "--max-tokens", 1, 200),
+            swap_interval=check.seconds(args.swap_interval, "--swap-interval"),
+            params=args.params, replicas=check.int_in(args.replicas, "--replicas", 1, 16),
+            concurrency=check.int_in(args.concurrency, "--concurrency", 1, 1024),
+            swaps=check.int_in(args.swaps, "--swaps", 1, 1000),
+            max_tokens=check.int_in(args.max_tokens, "--max-tokens", 1, 200),
             progress=lambda m: print(f"reverie: {m}", file=sys.stderr, flush=True),
         )
     print(json.dumps(report) if args.json else "\n".join(f"{k:32} {v}" for k, v in report.items()))
+    return 0
+
+
+def cmd_bench_cycle(args: argparse.Namespace) -> int:
+    import contextlib
+
+    from actors.bench_cycle import run_bench, write_result
+
+    steps = check.positive(args.steps, "--steps")
+    timeout = check.seconds(args.timeout, "--timeout")
+    with contextlib.redirect_stdout(sys.stderr):  # Ray's notices; stdout stays one JSON object
+        report = run_bench(steps=steps, timeout_s=timeout, pin_cpus=not args.no_cpu_pinning,
+                           progress=lambda m: print(f"reverie: {m}", file=sys.stderr, flush=True))
+    out = write_result(report, args.out)
+    print(json.dumps(report) if args.json else "\n".join(f"{k:28} {v}" for k, v in report.items()))
+    print(f"reverie: wrote {out}", file=sys.stderr)
     return 0
 
 
@@ -124,26 +122,46 @@ def register(subparsers) -> None:
     """Add ``serve`` and ``bench`` to ``reverie``'s subcommands."""
     from simulators.tinyworld.build import SHIPPED_MODEL
 
+    from reverie.config_file import SERVE_FLAGS, default, flag_dest
+
     s = subparsers.add_parser("serve", help="serve the model behind an OpenAI-compatible API (Ray Serve + vLLM) that "
-                                            "records experience and feedback and hot-swaps versions")
-    s.add_argument("--model", default=str(SHIPPED_MODEL), help="model directory (default: the shipped tiny-world model)")
-    s.add_argument("--replicas", default="1", help="vLLM engine replicas (default %(default)s)")
-    s.add_argument("--host", default="127.0.0.1", help="address to bind (default %(default)s)")
-    s.add_argument("--port", default="8000", help="HTTP port (default %(default)s)")
-    s.add_argument("--address", default=None, help="join this Ray cluster instead of starting a private one")
-    s.add_argument("--data-dir", default="./reverie-data", help="experience store: a path or pyarrow.fs URI "
-                                                                "(default %(default)s)")
-    s.add_argument("--versions-dir", default=None, help="local directory of policy versions (default: DATA_DIR/versions)")
+                                            "records experience and feedback, learns from it and hot-swaps versions",
+                              description="Settings come from the defaults, then --config FILE, then the flags "
+                                          "given; every flag but --address and --key-file sets a config field "
+                                          "(see reverie/config_file.py for the file's format).")
+
+    def flag(field: str, help: str, **kw) -> None:
+        """A flag that sets the config ``field``; None when left out, so that the file's value stands."""
+        s.add_argument(SERVE_FLAGS[field], dest=flag_dest(field), default=None, help=help, **kw)
+
+    s.add_argument("--config", default=None, metavar="FILE", help="a YAML config file (reverie/config_file.py); "
+                   "flags given override it")
+    flag("model_dir", f"model directory (default: the shipped tiny-world model, {SHIPPED_MODEL})", metavar="DIR")
+    flag("replicas", f"vLLM engine replicas (default {default('replicas')})", metavar="N")
+    flag("host", f"address to bind (default {default('host')})")
+    flag("port", f"HTTP port (default {default('port')})")
+    s.add_argument("--address", default=None, help="join this Ray cluster instead of starting a private one "
+                   "(deployment, not config)")
+    flag("data_dir", f"experience store: a path or pyarrow.fs URI (default {default('data_dir')})", metavar="DIR")
+    flag("versions_dir", "local directory of policy versions (default: DATA_DIR/versions)", metavar="DIR")
     s.add_argument("--key-file", default=None, help="JSON key file (default ~/.config/reverie/keys.json; "
                                                     "REVERIE_API_KEY/REVERIE_ADMIN_KEY take precedence)")
-    s.add_argument("--swap-mode", default="wait", help="in-flight requests during a swap: wait (drain them, "
-                   "default), keep (pause them and continue on the new weights), abort (end them), or standby "
-                   "(each replica keeps a second engine: the new version loads there and new requests switch to "
-                   "it while running ones finish on the old one; twice the engine memory)")
-    s.add_argument("--no-cpu-pinning", action="store_true", help="leave every process free to run on every core "
-                   "(default without --address, one replica and no GPU: the engine's worker gets every core but the "
-                   "last, Ray and Serve the last)")
-    s.add_argument("--swap-timeout", default="120", help="seconds a swap may take before it is undone (default %(default)s)")
+    flag("swap_mode", "in-flight requests during a swap: wait (drain them), keep (pause them and continue on the "
+         "new weights), abort (end them), or standby (each replica keeps a second engine: the new version loads "
+         "there and new requests switch to it while running ones finish on the old one; twice the engine "
+         f"memory) (default {default('swap_mode')})", metavar="MODE")
+    flag("pin_cpus", "leave every process free to run on every core (default without --address, one replica and "
+         "no GPU: the engine's worker gets every core but the last, Ray and Serve the last)",
+         action="store_const", const=False)
+    flag("swap_timeout_s", f"seconds a swap may take before it is undone (default {default('swap_timeout_s'):g})",
+         metavar="SECONDS")
+    flag("loop.learn", "serve and record only: no learning cycles (default: learn)", action="store_const",
+         const=False)
+    flag("loop.approval", "auto: a candidate that passes the gate is promoted; required: it waits for a person "
+         f"(reverie review / approve / reject) (default {default('loop.approval')})", metavar="auto|required")
+    flag("loop.min_feedback", "new feedback records with a rule or a correction that start a learning cycle "
+         f"(default {default('loop.min_feedback')})", metavar="N")
+    flag("loop.steps", f"learner updates per cycle (default {default('loop.steps')})", metavar="N")
     s.set_defaults(func=cmd_serve)
 
     b = subparsers.add_parser("bench", help="benchmarks")
@@ -161,3 +179,11 @@ def register(subparsers) -> None:
                    "(default: on a CPU-only machine the engine's worker keeps its cores to itself, raw and served alike)")
     w.add_argument("--json", action="store_true", help="print one JSON object")
     w.set_defaults(func=cmd_bench_swap)
+    c = bs.add_parser("cycle", help="from a rule given as feedback to the first answer served by a promoted "
+                                    "version that follows it (the whole loop, auto-approval, tiny world)")
+    c.add_argument("--steps", default="120", help="learner updates in the cycle (default %(default)s)")
+    c.add_argument("--timeout", default="1200", help="seconds to wait for the new version (default %(default)s)")
+    c.add_argument("--out", default="bench/results/cycle.json", help="result file (default %(default)s)")
+    c.add_argument("--no-cpu-pinning", action="store_true", help="leave every process free to run on every core")
+    c.add_argument("--json", action="store_true", help="print one JSON object")
+    c.set_defaults(func=cmd_bench_cycle)

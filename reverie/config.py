@@ -1,0 +1,89 @@
+"""The one place for the whole system's settings and their defaults.
+
+``ServeConfig`` is what ``reverie serve`` runs: serving, the learning loop
+(``loop``) and the evaluation gate (``gate``).  The command
+line's flags and the YAML file (``reverie serve --config reverie.yaml``) both
+fill it; ``reverie/config_file.py`` validates a file against it.  Plain data,
+no torch, no Ray.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# What a replica does with in-flight requests during a swap (serve/replica.py): drain them (wait), pause and
+# continue them on the new weights (keep), end them (abort), or load into a second engine and switch (standby).
+SWAP_MODES = ("wait", "keep", "abort", "standby")
+APPROVAL_MODES = ("auto", "required")
+METHODS = ("opsd", "sft")  # on-policy self-distillation, and the SFT baseline
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    """The controller's cycle: when it starts, how it learns, whether a person must approve."""
+    learn: bool = True  # False (``--no-learn``): serve and record only
+    approval: str = "auto"  # "required": a candidate that passes the gate waits for a person
+    min_feedback: int = 2  # new feedback records with a rule or a correction that start a cycle
+    period_s: float = 0.0  # also start a cycle this often when there is anything new (0: never by time)
+    poll_s: float = 2.0  # how often the controller looks at the store
+    method: str = "opsd"  # or "sft" (the baseline)
+    steps: int = 120  # learner updates per cycle (measured: `reverie learn --skill rule --steps 100` reaches 0.985, forgetting 0.004)
+    batch_size: int = 32
+    lr: float = 1e-4  # measured on the tiny world: 3e-4 forgets 0.04 even with replay (docs/design-notes.md)
+    retain: float = 0.5  # share of each batch replaying what the model could do before
+    checkpoint_every: int = 50  # a killed controller resumes its cycle's learning from the newest of these
+    variations: float = 0.75  # share of new-experience lessons that are proposer variations of the asked task
+    dream: bool = True  # rehearse recorded asks of a family with a registered environment (the tiny world's tools)
+    min_episodes: int = 4  # new recorded asks of such a family that start a cycle
+    dream_episodes: int = 128  # rehearsed per cycle
+    simulators: int = 1  # simulator workers (Ray actors) per dream
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    """What a candidate must show before it may be served."""
+    min_gain: float = 0.2  # held-out new-task accuracy, candidate minus parent (absolute)
+    max_retention_loss: float = 0.01  # retention suite accuracy, parent minus candidate (absolute)
+    retention_suite: str | None = None  # a JSONL file (docs/design-notes.md); None: the tiny world's base skills
+    retention_items: int = 100  # items per retention skill
+    heldout_items: int = 48  # held-out new tasks per family
+    samples: int = 6  # before/after answers kept per family for the review
+    max_tokens: int = 32  # greedy reply length during evaluation
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    model_dir: Path
+    data_dir: str = "./reverie-data"
+    versions_dir: Path | None = None  # default: <data_dir>/versions (must be a local path)
+    replicas: int = 1
+    host: str = "127.0.0.1"
+    port: int = 8000
+    model_id: str = "reverie"
+    swap_mode: str = "wait"
+    swap_timeout_s: float = 120.0
+    store_name: str = "reverie-experience-store"
+    store_flush_seconds: float = 1.0
+    seed: int = 0
+    # Keep the engine's compute cores to the engine (reverie/cpus.py); only with one replica on this node.
+    pin_cpus: bool = False
+    extra_engine_kwargs: dict = field(default_factory=dict)
+    loop: LoopConfig = field(default_factory=LoopConfig)
+    gate: GateConfig = field(default_factory=GateConfig)
+
+    def cpu_plan(self):
+        from reverie import cpus
+
+        return cpus.plan() if self.pin_cpus and self.replicas == 1 else None
+
+    def resolved_versions_dir(self) -> Path:
+        if self.versions_dir is not None:
+            return Path(self.versions_dir).resolve()
+        if "://" in self.data_dir:
+            raise ValueError("with a remote --data-dir, give a local --versions-dir")
+        return (Path(self.data_dir) / "versions").resolve()
+
+    def state_dir(self) -> Path:
+        """Where the controller keeps its durable state (beside the versions)."""
+        return self.resolved_versions_dir().parent / "controller"
