@@ -1,0 +1,535 @@
+"""The evaluation gate: may a candidate be served instead of its parent?
+
+A candidate is judged on two things, both greedily, parent and candidate
+answering the same prompts in the same batches:
+
+- **New tasks** (:class:`HeldOutTask`): variations of what the feedback was
+  about, never used as lessons.  The honest reference is the *teacher
+  state's* answer: the parent's greedy answer to ``task.teacher`` (the prompt
+  with the feedback's privileged context in front).  Parent and candidate
+  answer ``task.student`` and are scored against it (exact match, whitespace
+  collapsed).  ``gain`` is the mean over families of candidate minus parent.
+- **Retention** (:class:`RetentionItem`): what the parent could do before,
+  per skill, against each item's reference.  The reference is the item's
+  answer, except where the accepted rules change the task: with ``rules``,
+  each item without a system message of its own is also asked of the parent
+  with the rules in front (one system message, each rule rendered by
+  ``learner.templates.render("rule", ...)``, joined by newlines); where that
+  teacher-state answer differs from the item's answer *and still contains
+  it* (compared normalised, as whole words), it is the reference: the rule
+  changed how the answer looks.
+
+  Two measured reasons for this test rather than "differs from the parent's
+  plain answer".  (1) On the shipped tiny world the copy rule in front of a
+  ``recall`` question turns 100 of 100 answers into garbage ("[ the ok .")
+  and 3 of 100 ``sort`` answers into wrong ones; as references they would
+  blind the gate to forgetting of those skills.  A rule that changes *what*
+  an answer says is therefore not credited on retention items (the gate errs
+  towards rejecting).  (2) A parent that has already learnt an accepted rule
+  answers plainly as the teacher state does; comparing with its plain answer
+  would fall back to the item's answer, and a candidate that forgot the rule
+  (measured: the base model judged against a parent taught the copy rule)
+  would lose nothing.
+- ``retention_loss`` is the mean over skills of what the candidate lost
+  against the parent, ``max(0, parent - candidate)``: a skill where the
+  candidate is ahead (typically the one the rule changed, where the plainly
+  asked parent scores about 0) does not pay for forgetting elsewhere.
+  Measured: a candidate taught the copy rule too fast (60 OPSD steps at lr
+  3e-4) lost 0.02 on reverse and sort and 0.05 on format; the plain
+  difference of means was -0.14 (copy 0 -> 0.98) and would have passed it.
+
+``passed`` = ``gain >= min_gain`` and ``retention_loss <= max_retention_loss``
+(:class:`reverie.config.GateConfig`).  :meth:`Gate.judge` returns a JSON
+report (the one dict that crosses the door: it is what the review shows).
+
+The retention suite is a JSONL file (:func:`load_retention_suite`) or, for
+the tiny-world model, its base skills plus ``copy``
+(:func:`tinyworld_retention_suite`).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import random
+import time
+import unicodedata
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from reverie.config import GateConfig
+from reverie.errors import ReverieError
+from simulators.variations import Variations, is_tinyworld_model, last_user_text
+
+COMPARES = ("exact", "normalised", "contains")
+ROLES = ("system", "user", "assistant", "tool")
+BATCH = 128  # prompts per greedy generate call
+_SUITE_FIELDS = ("skill", "prompt", "messages", "answer", "compare")
+
+
+class GateInputError(ReverieError, ValueError):
+    """A retention suite or gate input the user must fix (one line)."""
+
+
+class WeightsRejected(ValueError):
+    """A candidate's weight files that must never be served (one line)."""
+
+
+@dataclass(frozen=True)
+class EnvTask:
+    """A held-out task of a family with a registered environment (``simulators.env``): played greedily by
+    parent and candidate in the real environment and judged by its verifier, never by a model."""
+    family: str
+    env: str  # the environment's registered name
+    task: object  # a ``simulators.env.Task``
+    max_turns: int
+
+
+@dataclass(frozen=True)
+class HeldOutTask:
+    """A variation never used as a lesson: the student prompt, and the same
+    prompt with the feedback's privileged context in front."""
+    family: str
+    student: tuple[dict, ...]
+    teacher: tuple[dict, ...]
+
+
+@dataclass(frozen=True)
+class RetentionItem:
+    skill: str
+    prompt: tuple[dict, ...]
+    answer: str
+    compare: str = "exact"
+
+    def __post_init__(self) -> None:
+        if self.compare not in COMPARES:
+            raise ValueError(f"compare must be one of {', '.join(COMPARES)}, got {self.compare!r}")
+
+    def check(self, reply: str, reference: str | None = None) -> bool:
+        return matches(reply, self.answer if reference is None else reference, self.compare)
+
+
+# --------------------------------------------------------------------------- comparing answers
+
+
+def collapse(text: str) -> str:
+    return " ".join(text.split())
+
+
+def normalised(text: str) -> str:
+    """Lower case, punctuation removed, whitespace collapsed."""
+    kept = "".join(" " if unicodedata.category(c).startswith("P") else c for c in text.lower())
+    return collapse(kept)
+
+
+def matches(reply: str, reference: str, compare: str = "exact") -> bool:
+    """``exact``: equal after collapsing whitespace; ``normalised``: also lower
+    case without punctuation; ``contains``: the normalised reference occurs in
+    the normalised reply as whole words."""
+    if compare == "exact":
+        return collapse(reply) == collapse(reference)
+    if compare == "normalised":
+        return normalised(reply) == normalised(reference)
+    if compare == "contains":
+        return f" {normalised(reference)} " in f" {normalised(reply)} "
+    raise ValueError(f"unknown compare {compare!r}")
+
+
+# --------------------------------------------------------------------------- retention suites
+
+
+def _suite_item(obj: object, where: str) -> RetentionItem:
+    if not isinstance(obj, dict):
+        raise GateInputError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+    unknown = sorted(set(obj) - set(_SUITE_FIELDS))
+    if unknown:
+        raise GateInputError(f'{where}: unknown field "{unknown[0]}" (fields are: {", ".join(_SUITE_FIELDS)})')
+    skill = obj.get("skill")
+    if not isinstance(skill, str) or not skill.strip():
+        raise GateInputError(f'{where}: "skill" must be a non-empty string')
+    if ("prompt" in obj) == ("messages" in obj):
+        raise GateInputError(f'{where}: give exactly one of "prompt" or "messages"')
+    if "prompt" in obj:
+        if not isinstance(obj["prompt"], str) or not obj["prompt"].strip():
+            raise GateInputError(f'{where}: "prompt" must be a non-empty string')
+        prompt: tuple[dict, ...] = ({"role": "user", "content": obj["prompt"]},)
+    else:
+        messages = obj["messages"]
+        if not isinstance(messages, list) or not messages:
+            raise GateInputError(f'{where}: "messages" must be a non-empty list of {{"role", "content"}} objects')
+        for i, m in enumerate(messages):
+            if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
+                raise GateInputError(
+                    f'{where}: "messages"[{i}] must be {{"role": one of {"/".join(ROLES)}, "content": a string}}')
+        if messages[-1]["role"] == "assistant":
+            raise GateInputError(f'{where}: "messages" must not end with an assistant message (the model answers it)')
+        prompt = tuple({"role": m["role"], "content": m["content"]} for m in messages)
+    answer = obj.get("answer")
+    if not isinstance(answer, str):
+        raise GateInputError(f'{where}: "answer" must be a string')
+    compare = obj.get("compare", "exact")
+    if compare not in COMPARES:
+        raise GateInputError(f'{where}: "compare" must be one of {", ".join(COMPARES)}, got {compare!r}')
+    if compare == "contains" and not normalised(answer):
+        raise GateInputError(f'{where}: "answer" is empty once normalised, so "contains" would accept anything')
+    return RetentionItem(skill.strip(), prompt, answer, compare)
+
+
+def load_retention_suite(path: str | Path) -> list[RetentionItem]:
+    """Items from a JSONL file, one object a line (blank lines skipped):
+    ``{"skill", "prompt": str}`` (one user message) or ``{"skill", "messages":
+    [{"role", "content"}, ...]}``, with ``"answer": str`` and optionally
+    ``"compare"`` (exact, normalised, contains).  Anything else is a
+    :class:`GateInputError` naming the file, the line and the field."""
+    name = str(path)
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise GateInputError(f"cannot read retention suite {name}: {exc}") from None
+    items = []
+    for no, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        where = f"{name} line {no}"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise GateInputError(f"{where}: not valid JSON ({exc.msg}, column {exc.colno})") from None
+        items.append(_suite_item(obj, where))
+    if not items:
+        raise GateInputError(f"{name}: the retention suite is empty (one JSON object per line expected)")
+    return items
+
+
+def tinyworld_retention_suite(n_per_skill: int) -> list[RetentionItem]:
+    """The tiny world's base skills and ``copy`` (which the base model masters
+    and which the tiny world's new rule changes), ``n_per_skill`` items each
+    from the fixed evaluation seeds (``evaluate.eval_items``) that training
+    never draws from."""
+    from simulators.tinyworld.evaluate import eval_items
+    from simulators.tinyworld.skills import BASE_SKILLS
+
+    return [RetentionItem(skill, it.prompt, it.answer) for skill in (*BASE_SKILLS, "copy")
+            for it in eval_items(skill, None, n_per_skill)]
+
+
+def retention_suite(cfg: GateConfig, model_dir: str | Path) -> list[RetentionItem]:
+    """``cfg.retention_suite`` when set (used whole), else the tiny world's
+    suite (``cfg.retention_items`` per skill) for a tiny-world model."""
+    if cfg.retention_suite:
+        return load_retention_suite(cfg.retention_suite)
+    if is_tinyworld_model(model_dir):
+        return tinyworld_retention_suite(cfg.retention_items)
+    raise GateInputError(
+        f"{model_dir} is not the tiny-world model: give a retention_suite JSONL file "
+        "(what the model must keep doing) to gate its candidates")
+
+
+# --------------------------------------------------------------------------- weights
+
+
+def weight_files(model_dir: str | Path) -> list[str]:
+    return [str(p) for p in sorted(Path(model_dir).glob("*.safetensors"))]
+
+
+def check_weights(candidate_files: list[str], reference_files: list[str]) -> None:
+    """Names, shapes and dtypes (safetensors headers) equal to the reference's,
+    every value finite; else :class:`WeightsRejected`."""
+    from safetensors import safe_open
+
+    from serve.weights import reference_shapes
+
+    if not candidate_files:
+        raise WeightsRejected("the candidate has no safetensors weight files")
+    try:
+        want = reference_shapes(reference_files)
+        have = reference_shapes(candidate_files)
+    except Exception as exc:  # a truncated or foreign file: safetensors raises its own errors
+        raise WeightsRejected(f"cannot read weight headers: {collapse(str(exc))}") from None
+    missing, unexpected = sorted(set(want) - set(have)), sorted(set(have) - set(want))
+    if missing:
+        raise WeightsRejected(f"candidate lacks {len(missing)} weight(s), first {missing[0]!r}")
+    if unexpected:
+        raise WeightsRejected(f"candidate has {len(unexpected)} unexpected weight(s), first {unexpected[0]!r}")
+    for name, (shape, dtype) in want.items():
+        if have[name] != (shape, dtype):
+            raise WeightsRejected(f"weight {name!r} is {have[name][1]} {list(have[name][0])}, "
+                                  f"the parent's is {dtype} {list(shape)}")
+    import torch
+
+    for path in candidate_files:
+        with safe_open(path, framework="pt") as f:
+            for name in f.keys():
+                if not torch.isfinite(f.get_tensor(name)).all():
+                    raise WeightsRejected(f"weight {name!r} has non-finite values (NaN or inf)")
+
+
+# --------------------------------------------------------------------------- held-out tasks
+
+
+def _key(messages: Sequence[dict]) -> str:
+    return json.dumps([[m["role"], collapse(m["content"])] for m in messages])
+
+
+def heldout_tasks(lessons_meta: Iterable[tuple[Sequence[dict], str]], variations: Variations, n_per_family: int,
+                  rng: random.Random, exclude: Iterable[Sequence[dict]] = ()) -> list[HeldOutTask]:
+    """Up to ``n_per_family`` held-out tasks per family from the conversations
+    the feedback was about.
+
+    Each source is ``(student messages, privileged context)``: the context is
+    the content of the system message the lesson's teacher prompt has in
+    front (already rendered).  Variations come from ``variations.vary`` in
+    turn over a family's sources; none equals a prompt in ``exclude`` (the
+    prompts used as lessons), a source itself, or another held-out task.
+
+    A family whose asks cannot be varied (``vary`` gives None, e.g. the
+    ``feedback`` family of :class:`simulators.variations.PromptVariations`),
+    and asks of no known family, give no tasks here: the controller then
+    holds out some of the feedback conversations themselves (never learning
+    from those) and passes them as HeldOutTasks of their own."""
+    sources: dict[str, list[tuple[tuple[dict, ...], str]]] = {}
+    for student, context in lessons_meta:
+        family = variations.family(student)
+        if family is not None:
+            sources.setdefault(family, []).append((tuple(student), context))
+    seen = {_key(p) for p in exclude} | {_key(s) for group in sources.values() for s, _ in group}
+    tasks: list[HeldOutTask] = []
+    for family, group in sources.items():
+        made, tries, live = 0, 0, list(group)
+        while made < n_per_family and live and tries < 20 * n_per_family + 20:
+            student, context = live[tries % len(live)]
+            tries += 1
+            prompt = variations.vary(student, rng)
+            if prompt is None:
+                live.remove((student, context))  # this ask cannot be varied
+                continue
+            if _key(prompt) in seen:
+                continue
+            seen.add(_key(prompt))
+            tasks.append(HeldOutTask(family, prompt, ({"role": "system", "content": context}, *prompt)))
+            made += 1
+    return tasks
+
+
+# --------------------------------------------------------------------------- the gate
+
+
+def _has_system(prompt: Sequence[dict]) -> bool:
+    return any(m["role"] == "system" for m in prompt)
+
+
+def _mean(xs: Sequence[float]) -> float:
+    return sum(xs) / len(xs) if xs else 0.0
+
+
+def skill_losses(scores: Mapping[str, tuple[float, float]]) -> dict[str, float]:
+    """What the candidate lost per skill, from (parent, candidate) accuracies:
+    ``max(0, parent - candidate)``, so being ahead on one skill never pays for
+    forgetting another.  ``retention_loss`` is their mean."""
+    return {skill: max(0.0, parent - candidate) for skill, (parent, candidate) in scores.items()}
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int | None) -> Iterator[None]:
+    import torch
+
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+class Gate:
+    """Judges candidates against their parents; loads both models per call
+    (torch, float32) and keeps only the parent's answers between calls.
+
+    On CPU the gate answers with one torch thread unless told otherwise: it is
+    a side job beside the serving engine, and measured on the 2-core build
+    machine under load (tiny world, 100 prompts, 32 tokens) one thread took
+    0.45 s where two took 6 to 17 s."""
+
+    def __init__(self, cfg: GateConfig, suite: list[RetentionItem], tokenizer_dir: str | Path,
+                 device: str | None = None, threads: int | None = None):
+        import torch
+
+        from learner.tokenizer import ChatEncoder, load_tokenizer
+
+        if not suite:
+            raise GateInputError("the retention suite is empty: the gate cannot tell what a candidate forgot")
+        self.cfg, self.suite = cfg, list(suite)
+        self.base_dir = Path(tokenizer_dir)
+        self.encoder = ChatEncoder(load_tokenizer(tokenizer_dir))
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.threads = threads if threads is not None else (1 if self.device == "cpu" else None)
+        self._parent_answers: dict[tuple, dict[str, str]] = {}  # parent identity -> prompt key -> answer
+
+    # ----------------------------------------------------------------- answering
+
+    def _load(self, model_dir: str | Path):
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        if (Path(model_dir) / "config.json").is_file():
+            return AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).to(self.device).eval()
+        # Weights alone (a version published as bucket files): the base model's shape, these weights.
+        from serve.weights import load_state_files
+
+        model = AutoModelForCausalLM.from_pretrained(str(self.base_dir), dtype=torch.float32)
+        model.load_state_dict(load_state_files(weight_files(model_dir)))
+        return model.to(self.device).eval()
+
+    def _greedy(self, model, prompts: Sequence[tuple[dict, ...]]) -> list[str]:
+        """Greedy replies, batched by prompt length (the same prompts always make the same batches)."""
+        from learner.distill import sample
+
+        enc = self.encoder
+        lengths = [len(enc.encode(list(p), add_generation_prompt=True)[0]) for p in prompts]
+        order = sorted(range(len(prompts)), key=lengths.__getitem__)
+        out = [""] * len(prompts)
+        for b in range(0, len(order), BATCH):
+            idx = order[b: b + BATCH]
+            completions = sample(model, enc, [prompts[i] for i in idx], self.cfg.max_tokens, greedy=True)
+            for i, ids in zip(idx, completions):
+                out[i] = enc.tok.decode([t for t in ids if t != enc.end_id], skip_special_tokens=True).strip()
+        return out
+
+    def _parent_identity(self, parent_dir: str | Path) -> tuple:
+        path = Path(parent_dir).resolve()
+        return (str(path), *((p, Path(p).stat().st_size, Path(p).stat().st_mtime_ns) for p in weight_files(path)))
+
+    def _parent(self, parent_dir: str | Path, groups: list[list[tuple[dict, ...]]]) -> list[list[str]]:
+        """The parent's answers to each group of prompts, from the cache where it has them."""
+        cache = self._parent_answers.setdefault(self._parent_identity(parent_dir), {})
+        model = None
+        for group in groups:
+            if any(_key(p) not in cache for p in group):  # the whole group: the candidate's batches are the same
+                model = model or self._load(parent_dir)
+                cache.update(zip(map(_key, group), self._greedy(model, group)))
+        return [[cache[_key(p)] for p in group] for group in groups]
+
+    # ----------------------------------------------------------------- references
+
+    def _rules_system(self, rules: Sequence[str]) -> dict:
+        from learner.templates import render
+
+        return {"role": "system", "content": "\n".join(render("rule", r.strip()) for r in rules)}
+
+    def _references(self, parent_dir: str | Path, rules: Sequence[str]) -> tuple[list[str], list[str], list[bool]]:
+        """(reference, parent's plain answer, changed by the rules) per suite item."""
+        rules = [r for r in rules if r.strip()]
+        plain_prompts = [it.prompt for it in self.suite]
+        ruled = [i for i, it in enumerate(self.suite) if rules and not _has_system(it.prompt)]
+        system = self._rules_system(rules) if rules else None
+        plain, taught = self._parent(parent_dir, [plain_prompts, [(system, *self.suite[i].prompt) for i in ruled]])
+        refs, changed = [it.answer for it in self.suite], [False] * len(self.suite)
+        for i, answer in zip(ruled, taught):
+            it = self.suite[i]
+            if not matches(answer, it.answer) and matches(answer, it.answer, "contains"):
+                refs[i], changed[i] = answer, True
+        return refs, plain, changed
+
+    def retention_references(self, parent_dir: str | Path, rules: Sequence[str]) -> list[str]:
+        """The reference of each suite item (in suite order) under the accepted ``rules``."""
+        with _torch_threads(self.threads):
+            return self._references(parent_dir, rules)[0]
+
+    # ----------------------------------------------------------------- judging
+
+    def play(self, model, tasks: Sequence[EnvTask]) -> list[tuple[bool, list[dict]]]:
+        """Each task played greedily to its end in its environment: (verified success, transcript)."""
+        from simulators.env import make
+
+        envs = [make(t.env, max_turns=t.max_turns) for t in tasks]
+        for env, t in zip(envs, tasks):
+            env.reset(t.task)
+        active = list(range(len(tasks)))
+        for _ in range(max((t.max_turns for t in tasks), default=0)):
+            if not active:
+                break
+            replies = self._greedy(model, [tuple(envs[i].transcript) for i in active])
+            active = [i for i, reply in zip(active, replies) if not envs[i].step(reply).done]
+        return [(bool(env.verify(t.task, env.transcript)), env.transcript) for env, t in zip(envs, tasks)]
+
+    def judge(self, parent_dir: str | Path, candidate_dir: str | Path, heldout: Sequence[HeldOutTask],
+              rules: Sequence[str], env_tasks: Sequence[EnvTask] = ()) -> dict:
+        """The gate's report (see the module docstring).  Raises
+        :class:`WeightsRejected` before any evaluation when the candidate's
+        weight files do not fit the parent's or hold non-finite values."""
+        start = time.perf_counter()
+        check_weights(weight_files(candidate_dir), weight_files(parent_dir))
+        with _torch_threads(self.threads):
+            report = self._judge(parent_dir, candidate_dir, heldout, rules, env_tasks)
+        report["seconds"] = time.perf_counter() - start
+        return report
+
+    def _judge(self, parent_dir: str | Path, candidate_dir: str | Path, heldout: Sequence[HeldOutTask],
+               rules: Sequence[str], env_tasks: Sequence[EnvTask] = ()) -> dict:
+        cfg = self.cfg
+        students = [t.student for t in heldout]
+        refs, parent_plain, changed = self._references(parent_dir, rules)
+        new_refs, parent_new = self._parent(parent_dir, [[t.teacher for t in heldout], students])
+        parent_env = self.play(self._load(parent_dir), env_tasks) if env_tasks else []
+        candidate = self._load(candidate_dir)
+        cand_new = self._greedy(candidate, students) if students else []
+        cand_plain = self._greedy(candidate, [it.prompt for it in self.suite])
+        cand_env = self.play(candidate, env_tasks) if env_tasks else []
+        del candidate
+
+        new: dict[str, dict] = {}
+        samples: list[dict] = []
+        for fam in dict.fromkeys(t.family for t in env_tasks):
+            idx = [i for i, t in enumerate(env_tasks) if t.family == fam]
+            new[fam] = {"parent": _mean([float(parent_env[i][0]) for i in idx]),
+                        "candidate": _mean([float(cand_env[i][0]) for i in idx]), "n": len(idx)}
+            samples += [{"family": fam, "prompt": last_user_text(parent_env[i][1]) or "",
+                         "reference": "verified in the environment",
+                         "before": " | ".join(m["content"] for m in parent_env[i][1][1:]),
+                         "after": " | ".join(m["content"] for m in cand_env[i][1][1:])} for i in idx[: cfg.samples]]
+        for fam in dict.fromkeys(t.family for t in heldout):
+            idx = [i for i, t in enumerate(heldout) if t.family == fam]
+            p = _mean([float(matches(parent_new[i], new_refs[i])) for i in idx])
+            c = _mean([float(matches(cand_new[i], new_refs[i])) for i in idx])
+            new[fam] = {"parent": p, "candidate": c, "n": len(idx)}
+            samples += [{"family": fam, "prompt": last_user_text(heldout[i].student) or "", "reference": new_refs[i],
+                         "before": parent_new[i], "after": cand_new[i]} for i in idx[: cfg.samples]]
+
+        retention: dict[str, dict] = {}
+        differing: dict[str, list[int]] = {}
+        for skill in dict.fromkeys(it.skill for it in self.suite):
+            idx = [i for i, it in enumerate(self.suite) if it.skill == skill]
+            p = _mean([float(self.suite[i].check(parent_plain[i], refs[i])) for i in idx])
+            c = _mean([float(self.suite[i].check(cand_plain[i], refs[i])) for i in idx])
+            retention[skill] = {"parent": p, "candidate": c, "n": len(idx),
+                                "changed_by_rules": sum(changed[i] for i in idx)}
+            worse_first = sorted(idx, key=lambda i: self.suite[i].check(cand_plain[i], refs[i]))
+            differing[skill] = [i for i in worse_first if not matches(parent_plain[i], cand_plain[i])]
+        picked: list[int] = []
+        while len(picked) < cfg.samples and any(differing.values()):  # round-robin over skills
+            for skill in differing:
+                if differing[skill] and len(picked) < cfg.samples:
+                    picked.append(differing[skill].pop(0))
+        samples += [{"skill": self.suite[i].skill, "prompt": last_user_text(self.suite[i].prompt) or "",
+                     "reference": refs[i], "before": parent_plain[i], "after": cand_plain[i]} for i in picked]
+
+        gain = _mean([f["candidate"] - f["parent"] for f in new.values()])
+        losses = skill_losses({s: (r["parent"], r["candidate"]) for s, r in retention.items()})
+        retention_loss = _mean(list(losses.values()))
+        failed = []
+        if not gain >= cfg.min_gain:
+            why = " (no held-out tasks)" if not heldout and not env_tasks else ""
+            failed.append(f"held-out gain {gain:.3f} is below min_gain {cfg.min_gain:.3f}{why}")
+        if not retention_loss <= cfg.max_retention_loss:
+            worst = max(losses, key=losses.get)
+            before, after = retention[worst]["parent"], retention[worst]["candidate"]
+            failed.append(f"retention loss {retention_loss:.3f} exceeds max_retention_loss "
+                          f"{cfg.max_retention_loss:.3f} (worst skill {worst}: {before:.2f} -> {after:.2f})")
+        return {"new": new, "retention": retention, "gain": gain, "retention_loss": retention_loss,
+                "passed": not failed, "reason": "; ".join(failed), "samples": samples, "seconds": 0.0}
+
+
+__all__ = ["COMPARES", "EnvTask", "Gate", "GateInputError", "HeldOutTask", "RetentionItem", "WeightsRejected",
+           "check_weights", "heldout_tasks", "load_retention_suite", "matches", "retention_suite",
+           "skill_losses", "tinyworld_retention_suite", "weight_files"]

@@ -1,0 +1,302 @@
+"""The evaluation gate and the task variations it is judged on, with the real
+tiny-world model (torch, greedy), no mocks."""
+from __future__ import annotations
+
+import json
+import random
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from actors.gate import (Gate, GateInputError, HeldOutTask, RetentionItem, WeightsRejected, check_weights,
+                         heldout_tasks, load_retention_suite, matches, retention_suite, skill_losses,
+                         tinyworld_retention_suite, weight_files)
+from learner.templates import render
+from reverie.config import GateConfig
+from simulators.tinyworld import world as W
+from simulators.tinyworld.build import SHIPPED_MODEL
+from simulators.variations import PromptVariations, TinyWorldVariations, variations_for
+
+RULE = W.rule_text(*W.NEW_RULE)
+FACT = W.world().new_facts[0]
+ASKS = {
+    "copy": "copy : a b c d",
+    "reverse": "reverse : q w e",
+    "sort": "sort : z y x w v u",
+    "add": "add : 1 2 + 3 4",
+    "facts": W.QUESTION_TEMPLATES[0].format(attr=FACT.attr, ent=FACT.ent),
+}
+
+
+def user(text: str) -> tuple[dict, ...]:
+    return ({"role": "user", "content": text},)
+
+
+# --------------------------------------------------------------------------- variations
+
+
+@pytest.mark.parametrize("family", list(ASKS))
+def test_a_variation_keeps_the_family_drops_system_messages_and_differs_from_the_ask(family):
+    tw = TinyWorldVariations()
+    asked = ({"role": "system", "content": "rule : " + RULE}, *user(ASKS[family]))
+    assert tw.family(asked) == family
+    rng = random.Random(0)
+    for _ in range(20):
+        varied = tw.vary(asked, rng)
+        assert varied is not None and len(varied) == 1 and varied[0]["role"] == "user"
+        assert varied[0]["content"] != ASKS[family]
+        assert tw.family(varied) == family
+
+
+def test_a_varied_fact_question_asks_about_the_same_entity_and_attribute_another_way():
+    rng = random.Random(1)
+    texts = {TinyWorldVariations().vary(user(ASKS["facts"]), rng)[0]["content"] for _ in range(20)}
+    assert texts == {t.format(attr=FACT.attr, ent=FACT.ent) for t in W.QUESTION_TEMPLATES[1:]}
+
+
+def test_a_varied_letters_ask_has_fresh_letters_and_the_same_verb():
+    varied = TinyWorldVariations().vary(user("reverse : q w e"), random.Random(2))[0]["content"]
+    verb, letters = varied.split(" : ")
+    assert verb == "reverse" and 3 <= len(letters.split()) <= 6
+
+
+def test_an_unknown_ask_has_no_tiny_world_family_and_the_fallback_calls_it_feedback_without_variations():
+    ask = user("please write me a poem about the sea")
+    assert TinyWorldVariations().family(ask) is None
+    assert TinyWorldVariations().vary(ask, random.Random(0)) is None
+    assert PromptVariations().family(ask) == "feedback"
+    assert PromptVariations().vary(user(ASKS["copy"]), random.Random(0)) is None
+
+
+def test_variations_for_the_tiny_world_model_and_its_checkpoints_only(tmp_path):
+    assert isinstance(variations_for(SHIPPED_MODEL), TinyWorldVariations)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "config.json").write_text("{}")
+    assert isinstance(variations_for(other), PromptVariations)
+    learnt = tmp_path / "learnt"
+    learnt.mkdir()
+    shutil.copy(SHIPPED_MODEL / "reverie_build.json", learnt)
+    assert isinstance(variations_for(learnt), TinyWorldVariations)
+
+
+def test_heldout_tasks_are_new_variations_never_lessons_never_repeated():
+    context = render("rule", RULE)
+    sources = [(user(ASKS["copy"]), context), (user(ASKS["facts"]), "correction : " + FACT.sentence()),
+               (user("write a poem"), context)]
+    lesson = user(W.QUESTION_TEMPLATES[1].format(attr=FACT.attr, ent=FACT.ent))
+    tasks = heldout_tasks(sources, TinyWorldVariations(), 10, random.Random(0), exclude=[lesson])
+    by_family = {f: [t for t in tasks if t.family == f] for f in ("copy", "facts")}
+    assert len(by_family["copy"]) == 10 and len(tasks) == 11  # one template left for the fact; the poem has no family
+    assert by_family["facts"][0].student == user(W.QUESTION_TEMPLATES[2].format(attr=FACT.attr, ent=FACT.ent))
+    prompts = [t.student for t in tasks]
+    assert len(set(map(json.dumps, prompts))) == len(prompts) and user(ASKS["copy"]) not in prompts
+    assert all(t.teacher == ({"role": "system", "content": context}, *t.student) for t in by_family["copy"])
+    assert heldout_tasks(sources, PromptVariations(), 10, random.Random(0)) == []
+
+
+# --------------------------------------------------------------------------- retention suites
+
+
+def test_the_retention_suite_file_gives_items_from_prompts_and_messages(tmp_path):
+    path = tmp_path / "suite.jsonl"
+    path.write_text(
+        json.dumps({"skill": "greet", "prompt": "say hi", "answer": "hi"}) + "\n\n"
+        + json.dumps({"skill": "capital", "messages": [{"role": "system", "content": "be brief"},
+                                                        {"role": "user", "content": "capital of france ?"}],
+                      "answer": "Paris", "compare": "contains"}) + "\n")
+    items = load_retention_suite(path)
+    assert items == [RetentionItem("greet", user("say hi"), "hi"),
+                     RetentionItem("capital", ({"role": "system", "content": "be brief"}, *user("capital of france ?")),
+                                   "Paris", "contains")]
+    assert retention_suite(GateConfig(retention_suite=str(path)), tmp_path) == items
+
+
+GOOD = {"skill": "s", "prompt": "p", "answer": "a"}
+
+
+@pytest.mark.parametrize("line, message", [
+    ("{not json", "line 2: not valid JSON"),
+    ("[1, 2]", "line 2: expected a JSON object"),
+    (json.dumps({**GOOD, "answer": 3}), 'line 2: "answer" must be a string'),
+    (json.dumps({"prompt": "p", "answer": "a"}), 'line 2: "skill" must be a non-empty string'),
+    (json.dumps({"skill": "s", "answer": "a"}), 'line 2: give exactly one of "prompt" or "messages"'),
+    (json.dumps({**GOOD, "messages": [{"role": "user", "content": "p"}]}), 'line 2: give exactly one of'),
+    (json.dumps({"skill": "s", "messages": [{"role": "robot", "content": "p"}], "answer": "a"}),
+     'line 2: "messages"[0]'),
+    (json.dumps({**GOOD, "compare": "fuzzy"}), 'line 2: "compare" must be one of'),
+    (json.dumps({**GOOD, "anwser": "a"}), 'line 2: unknown field "anwser"'),
+])
+def test_the_retention_suite_file_refuses_a_bad_line_in_one_line_naming_line_and_field(tmp_path, line, message):
+    path = tmp_path / "suite.jsonl"
+    path.write_text(json.dumps(GOOD) + "\n" + line + "\n")
+    with pytest.raises(GateInputError) as err:
+        load_retention_suite(path)
+    text = str(err.value)
+    assert "\n" not in text and text.startswith(f"{path} line 2: ") and message in text, text
+
+
+def test_an_empty_or_missing_retention_suite_file_is_refused(tmp_path):
+    (tmp_path / "empty.jsonl").write_text("\n")
+    with pytest.raises(GateInputError, match="empty"):
+        load_retention_suite(tmp_path / "empty.jsonl")
+    with pytest.raises(GateInputError, match="cannot read"):
+        load_retention_suite(tmp_path / "missing.jsonl")
+
+
+def test_a_model_that_is_not_the_tiny_world_needs_a_retention_suite_file(tmp_path):
+    with pytest.raises(GateInputError, match="retention_suite"):
+        retention_suite(GateConfig(), tmp_path)
+    suite = retention_suite(GateConfig(retention_items=3), SHIPPED_MODEL)
+    assert {it.skill for it in suite} == {"add", "reverse", "sort", "lookup", "recall", "format", "copy"}
+    assert len(suite) == 21
+
+
+def test_answers_compare_exactly_normalised_or_by_containment():
+    assert matches(" a  b ", "a b") and not matches("A b", "a b")
+    assert matches("Paris!", "paris", "normalised") and not matches("in Paris", "paris", "normalised")
+    assert matches("It is Paris.", "paris", "contains") and not matches("Parisian", "paris", "contains")
+
+
+def test_a_skill_the_candidate_is_ahead_on_does_not_pay_for_forgetting_another():
+    # measured: 60 OPSD steps at lr 3e-4 on the copy rule took copy 0 -> 0.98 (the rule changed its references)
+    # and lost 0.02 on reverse and sort and 0.05 on format; a plain difference of means would call that a gain
+    losses = skill_losses({"copy": (0.0, 0.98), "reverse": (1.0, 0.98), "format": (0.99, 0.94), "add": (1.0, 1.0)})
+    assert losses == pytest.approx({"copy": 0.0, "reverse": 0.02, "format": 0.05, "add": 0.0})
+
+
+# --------------------------------------------------------------------------- weights
+
+
+def _model_dir(tmp_path, state: dict[str, torch.Tensor], name: str = "candidate"):
+    out = tmp_path / name
+    out.mkdir()
+    for f in SHIPPED_MODEL.iterdir():
+        if f.is_file() and f.suffix != ".safetensors":
+            shutil.copy(f, out)
+    save_file(state, str(out / "model.safetensors"))
+    return out
+
+
+@pytest.fixture(scope="module")
+def shipped_state() -> dict[str, torch.Tensor]:
+    return load_file(str(SHIPPED_MODEL / "model.safetensors"))
+
+
+def test_check_weights_accepts_the_shipped_model_file():
+    check_weights(weight_files(SHIPPED_MODEL), weight_files(SHIPPED_MODEL))
+
+
+@pytest.mark.parametrize("damage, message", [("nan", "non-finite"), ("shape", "is F32"), ("missing", "lacks 1 weight")])
+def test_check_weights_refuses_nan_wrong_shape_and_missing_names(tmp_path, shipped_state, damage, message):
+    state = dict(shipped_state)
+    name = "model.layers.0.mlp.up_proj.weight"
+    if damage == "nan":
+        state[name] = state[name].clone()
+        state[name][3, 5] = float("nan")
+    elif damage == "shape":
+        state[name] = state[name][:-1].contiguous()
+    else:
+        del state[name]
+    path = tmp_path / "bad.safetensors"
+    save_file(state, str(path))
+    with pytest.raises(WeightsRejected) as err:
+        check_weights([str(path)], weight_files(SHIPPED_MODEL))
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+# --------------------------------------------------------------------------- judging
+
+
+@pytest.fixture(scope="module")
+def gate() -> Gate:
+    return Gate(GateConfig(samples=3), tinyworld_retention_suite(40), SHIPPED_MODEL)
+
+
+@pytest.fixture(scope="module")
+def copy_tasks() -> list[HeldOutTask]:
+    return heldout_tasks([(user(ASKS["copy"]), render("rule", RULE))], TinyWorldVariations(), 16, random.Random(0))
+
+
+def test_the_base_model_judged_against_itself_gains_nothing_loses_nothing_and_does_not_pass(gate, copy_tasks):
+    report = gate.judge(SHIPPED_MODEL, SHIPPED_MODEL, copy_tasks, [RULE])
+    assert report["gain"] == 0.0 and report["retention_loss"] == 0.0 and not report["passed"]
+    assert report["new"]["copy"] == {"parent": 0.0, "candidate": 0.0, "n": 16}  # the rule is new to the student
+    assert "min_gain" in report["reason"] and "retention" not in report["reason"]
+    assert all(r["parent"] == r["candidate"] for r in report["retention"].values())
+    assert report["retention"]["add"]["parent"] == 1.0
+    first = report["samples"][0]
+    assert first["reference"] == f"[ {first['before']} ]" and first["before"] == first["after"]
+    json.dumps(report)
+
+
+def test_a_candidate_with_noisy_weights_loses_retention_and_fails_naming_retention(gate, copy_tasks, tmp_path,
+                                                                                   shipped_state):
+    gen = torch.Generator().manual_seed(0)
+    noisy = {k: v + 0.5 * v.std() * torch.randn(v.shape, generator=gen) if v.ndim == 2 else v
+             for k, v in shipped_state.items()}
+    report = gate.judge(SHIPPED_MODEL, _model_dir(tmp_path, noisy), copy_tasks, [])
+    assert report["retention_loss"] > 0.01 and not report["passed"]
+    assert "retention loss" in report["reason"] and "max_retention_loss" in report["reason"]
+    assert any("skill" in s and s["before"] != s["after"] for s in report["samples"])
+    json.dumps(report)
+
+
+def test_a_candidate_with_nan_weights_is_rejected_before_it_is_judged(gate, tmp_path, shipped_state):
+    state = {k: v.clone() for k, v in shipped_state.items()}
+    state["lm_head.weight"][0, 0] = float("inf")
+    with pytest.raises(WeightsRejected, match="lm_head.weight"):
+        gate.judge(SHIPPED_MODEL, _model_dir(tmp_path, state), [], [])
+
+
+@pytest.fixture(scope="module")
+def taught(tmp_path_factory, shipped_state) -> str:
+    """The shipped model taught the copy rule by OPSD (60 steps, about 20 s on one thread)."""
+    import copy
+
+    from transformers import AutoModelForCausalLM
+
+    from learner.config import LearnConfig
+    from learner.loop import frozen_teacher, learn
+    from learner.tokenizer import ChatEncoder, load_tokenizer
+    from simulators.tinyworld.experiment import lessons
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        tok = load_tokenizer(SHIPPED_MODEL)
+        student = copy.deepcopy(AutoModelForCausalLM.from_pretrained(SHIPPED_MODEL, dtype=torch.float32))
+        learn(student, frozen_teacher(student, tok), ChatEncoder(tok), lessons("rule", 32, 0, 0.5),
+              LearnConfig(steps=60, batch_size=32, lr=3e-4, retain=0.5), progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    state = {k: v.detach().contiguous() for k, v in student.state_dict().items()}
+    return str(_model_dir(tmp_path_factory.mktemp("taught"), state))
+
+
+def test_a_candidate_taught_the_copy_rule_gains_on_held_out_copy_asks_and_leads_on_copy_items(gate, copy_tasks,
+                                                                                              taught):
+    report = gate.judge(SHIPPED_MODEL, taught, copy_tasks, [RULE])
+    assert report["new"]["copy"]["candidate"] >= 0.9 and report["gain"] >= 0.2
+    assert report["retention"]["copy"]["candidate"] >= 0.9 and report["retention"]["copy"]["parent"] == 0.0
+    assert "min_gain" not in report["reason"]
+
+
+def test_a_candidate_that_forgets_a_rule_its_parent_learnt_loses_retention_on_it(gate, taught):
+    refs = gate.retention_references(taught, [RULE])
+    assert all(ref == f"[ {it.answer} ]" for it, ref in zip(gate.suite, refs) if it.skill == "copy")
+    report = gate.judge(taught, SHIPPED_MODEL, [], [RULE])  # the base model: the rule forgotten
+    assert report["retention"]["copy"]["candidate"] == 0.0 and report["retention"]["copy"]["parent"] >= 0.9
+    assert not report["passed"] and "worst skill copy" in report["reason"]
+
+
+def test_an_accepted_rule_changes_the_copy_references_only(gate):
+    refs = gate.retention_references(SHIPPED_MODEL, [RULE])
+    for item, ref in zip(gate.suite, refs):
+        if item.skill == "copy":
+            assert ref == W.apply_format("brackets", item.answer)  # the teacher state with the rule
+        else:  # add, sort, ...; recall too, where the teacher state's answers are garbage (see actors/gate.py)
+            assert ref == item.answer, (item, ref)
+    assert gate.retention_references(SHIPPED_MODEL, []) == [it.answer for it in gate.suite]
