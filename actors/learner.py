@@ -26,7 +26,10 @@ from learner.tokenizer import ChatEncoder, load_tokenizer
 
 class LearnerService:
     def __init__(self, model_dir: str, cfg: LearnConfig, checkpoints: str, teacher: TeacherConfig | None = None,
-                 scorers: int = 1, topk: int | None = None, workdir: str | None = None):
+                 scorers: int = 1, topk: int | None = None, workdir: str | None = None, sampler: str = "vllm",
+                 weights: list[str] | None = None):
+        """``sampler="torch"``: sample and score in this process (no engine to start; full-vocabulary teacher).
+        ``weights``: safetensors files to start from instead of ``model_dir``'s own (a registered version)."""
         from transformers import AutoModelForCausalLM
 
         from learner.vllm_backend import DEFAULT_TOPK, VllmSampler
@@ -36,11 +39,18 @@ class LearnerService:
         device = "cuda" if torch.cuda.is_available() else "cpu"
         tokenizer = load_tokenizer(model_dir)
         self.encoder = ChatEncoder(tokenizer)
-        self.student = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device)
+        self.student = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+        if weights:
+            from serve.weights import load_state_files
+
+            self.student.load_state_dict(load_state_files(list(weights)))
+        self.student = self.student.to(device).eval()
         self.teacher = TeacherState(teacher or TeacherConfig(), self.student, tokenizer) if cfg.method == "opsd" else None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="reverie-learner-"))
-        sampler = scorer = None
-        if cfg.method == "opsd":
+        if sampler not in ("vllm", "torch"):
+            raise ValueError(f"unknown sampler {sampler!r}; samplers are: vllm, torch")
+        use_vllm, sampler, scorer = sampler == "vllm", None, None  # torch: the Learner's in-process defaults
+        if cfg.method == "opsd" and use_vllm:
             sampler = VllmSampler(self.student, self.encoder, self.workdir, self.model_dir)
             if scorers > 0:
                 from actors.teacher_scorer import ScorerPool
@@ -64,11 +74,21 @@ class LearnerService:
         path, version = self.learner.save(self.root, self.versions, self.model_dir)
         return {"path": str(path), "version": version}
 
+    def export(self, directory: str) -> str:
+        """The student as it is now, alone (config, safetensors, tokenizer), in ``directory``."""
+        from learner.checkpoint import export_model
+
+        return str(export_model(self.student, Path(directory), self.model_dir))
+
 
 LearnerActor = ray.remote(LearnerService)
 
 
+def learner_options() -> dict:
+    """Where a learner actor goes: a GPU when the cluster has one."""
+    return {"num_cpus": 1, "num_gpus": 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0}
+
+
 def start_learner(*args, **kwargs):
     """A :class:`LearnerService` actor, on a GPU when the cluster has one."""
-    gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
-    return LearnerActor.options(num_cpus=1, num_gpus=gpus).remote(*args, **kwargs)
+    return LearnerActor.options(**learner_options()).remote(*args, **kwargs)

@@ -115,14 +115,17 @@ def _row(table: str, record: dict) -> dict:
     return row
 
 
-def read_table(data_dir: str = DEFAULT_DATA_DIR, table: str = "interactions") -> pa.Table:
-    """Every flushed row of ``table`` (no Ray needed); an empty table if nothing was written."""
+def read_table(data_dir: str = DEFAULT_DATA_DIR, table: str = "interactions", ids=None, columns=None) -> pa.Table:
+    """Every flushed row of ``table`` (no Ray needed), or only those whose id is in ``ids``, with only
+    ``columns`` when given; an empty table if nothing was written."""
     schema = _schema(table)
     fs, base = _filesystem(data_dir)
     path = f"{base}/{table}"
     if fs.get_file_info(path).type != pafs.FileType.Directory:
-        return schema.empty_table()
-    return ds.dataset(path, filesystem=fs, format="parquet", schema=schema).to_table()
+        return schema.empty_table() if columns is None else schema.empty_table().select(columns)
+    data = ds.dataset(path, filesystem=fs, format="parquet", schema=schema)
+    where = None if ids is None else ds.field("id").isin(list(ids))
+    return data.to_table(filter=where, columns=columns)
 
 
 class ExperienceStoreCore:

@@ -31,6 +31,7 @@ from learner.templates import render
 class FeedbackLessons:
     lessons: list[Lesson]
     skipped: Counter = field(default_factory=Counter)  # reason -> count
+    sources: list[dict] = field(default_factory=list)  # per lesson: {"id": feedback id, "kinds": [...], "text"}
 
 
 def _context(fb: dict, templates: dict[str, str] | None) -> str | None:
@@ -63,6 +64,9 @@ def feedback_lessons(interactions: Iterable[dict], feedback: Iterable[dict],
         correction = fb.get("correction")
         reference = correction.strip() if isinstance(correction, str) and correction.strip() else None
         out.lessons.append(Lesson(student, teacher, reference))
+        out.sources.append({"id": fb["id"], "kinds": [k for k in ("rule", "correction")
+                                                        if isinstance(fb.get(k), str) and fb[k].strip()],
+                            "rule": (fb.get("rule") or "").strip(), "correction": (fb.get("correction") or "").strip()})
     return out
 
 

@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 
+from reverie.config import SWAP_MODES, ServeConfig  # noqa: F401  (re-exported for serve/)
 from reverie.engine import engine_kwargs
 
 APP_NAME = "reverie"
@@ -12,41 +12,7 @@ MODEL_ID = "reverie"
 LLM_DEPLOYMENT = "ReverieLLMServer"
 INGRESS_DEPLOYMENT = "ReverieIngress"
 REPO_ROOT = Path(__file__).resolve().parent.parent
-# What a replica does with in-flight requests during a swap (serve/replica.py): drain them (wait), pause and
-# continue them on the new weights (keep), end them (abort), or load into a second engine and switch (standby).
-SWAP_MODES = ("wait", "keep", "abort", "standby")
-
-
-@dataclass
-class ServeConfig:
-    model_dir: Path
-    data_dir: str = "./reverie-data"
-    versions_dir: Path | None = None  # default: <data_dir>/versions (must be a local path)
-    replicas: int = 1
-    host: str = "127.0.0.1"
-    port: int = 8000
-    model_id: str = MODEL_ID
-    swap_mode: str = "wait"
-    swap_timeout_s: float = 120.0
-    store_name: str = "reverie-experience-store"
-    store_flush_seconds: float = 1.0
-    seed: int = 0
-    # Keep the engine's compute cores to the engine (reverie/cpus.py); only with one replica on this node.
-    pin_cpus: bool = False
-    extra_engine_kwargs: dict = field(default_factory=dict)
-
-    def cpu_plan(self):
-        from reverie import cpus
-
-        return cpus.plan() if self.pin_cpus and self.replicas == 1 else None
-
-    def resolved_versions_dir(self) -> Path:
-        if self.versions_dir is not None:
-            return Path(self.versions_dir).resolve()
-        if "://" in self.data_dir:
-            raise ValueError("with a remote --data-dir, give a local --versions-dir")
-        return (Path(self.data_dir) / "versions").resolve()
-
+SIMULATOR_SLOTS = 64  # a private Ray offers the resource simulator workers ask for (cluster.yaml's simulator nodes)
 
 def llm_config(cfg: ServeConfig):
     from ray.serve.llm import LLMConfig
@@ -73,6 +39,7 @@ def build_application(cfg: ServeConfig, key_digests: dict):
     from ray.llm._internal.serve.core.ingress.ingress import make_fastapi_ingress
     from ray.llm._internal.serve.core.server.builder import build_llm_deployment
 
+    from actors.controller import CONTROLLER_NAME
     from serve.ingress import ENDPOINTS, ReverieIngress, make_app
     from serve.replica import ReverieLLMServer
 
@@ -93,6 +60,7 @@ def build_application(cfg: ServeConfig, key_digests: dict):
         model_cards={cfg.model_id: to_model_metadata(cfg.model_id, conf)},
         key_digests=key_digests, versions_dir=versions_dir, store_name=cfg.store_name,
         swap_mode=cfg.swap_mode, swap_timeout_s=cfg.swap_timeout_s,
+        controller_name=CONTROLLER_NAME if cfg.loop.learn else None,
     )
 
 
@@ -111,17 +79,19 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, cpu_plan=N
     else:
         with host_only(cpu_plan):
             ray.init(num_cpus=num_cpus or max(8, os.cpu_count() or 2), include_dashboard=False, runtime_env=env,
-                     namespace="reverie", log_to_driver=False)
+                     namespace="reverie", log_to_driver=False, resources={"simulator": SIMULATOR_SLOTS})
 
 
 class Deployment:
-    """A running application: the store actor, the version registry and the Serve app."""
+    """A running system: the store actor, the version registry, the Serve app and (unless learning is off)
+    the controller that runs the loop.  ``detached``: the controller outlives the driver (``reverie serve``)."""
 
-    def __init__(self, cfg: ServeConfig, key_digests: dict):
+    def __init__(self, cfg: ServeConfig, key_digests: dict, detached: bool = False):
         from ray import serve
 
+        from actors.controller import start_controller
         from actors.store import start_store
-        from actors.versions import VersionRegistry
+        from reverie.versions import VersionRegistry
 
         self.cfg = cfg
         self.registry = VersionRegistry(cfg.resolved_versions_dir())
@@ -130,6 +100,7 @@ class Deployment:
         serve.start(http_options={"host": cfg.host, "port": cfg.port})
         serve.run(build_application(cfg, key_digests), name=APP_NAME, route_prefix="/", blocking=False)
         self.base_url = f"http://{cfg.host}:{cfg.port}"
+        self.controller = start_controller(cfg, APP_NAME, detached=detached) if cfg.loop.learn else None
 
     def llm_handle(self):
         from ray import serve
@@ -147,6 +118,12 @@ class Deployment:
         import ray
         from ray import serve
 
+        if self.controller is not None:
+            try:
+                ray.get(self.controller.stop.remote(), timeout=60)
+            except Exception:  # noqa: BLE001 - it is killed below either way
+                pass
+            ray.kill(self.controller)
         try:
             serve.delete(APP_NAME)
         finally:

@@ -195,6 +195,7 @@ def run_bench(params: str = "100M", replicas: int = 1, concurrency: int = 32, sw
 
     from ray import serve
 
+    from reverie.config import LoopConfig
     from serve.app import APP_NAME, Deployment, ServeConfig, init_ray
     from serve.auth import Keys
 
@@ -220,7 +221,8 @@ def run_bench(params: str = "100M", replicas: int = 1, concurrency: int = 32, sw
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
         cfg = ServeConfig(model_dir=model_dir, data_dir=str(work / "data"), replicas=replicas, port=port,
-                          swap_timeout_s=120.0, swap_mode=swap_mode, pin_cpus=pin_cpus)
+                          swap_timeout_s=120.0, swap_mode=swap_mode, pin_cpus=pin_cpus,
+                          loop=LoopConfig(learn=False))  # swaps only: no learning loop in the measurement
         plan = cfg.cpu_plan()
         progress("measuring raw vLLM throughput (same engine arguments and core placement, no Serve)")
         raw_tps = asyncio.run(_raw_vllm_tokens_per_second(model_dir, concurrency, max_tokens, steady_seconds, plan))

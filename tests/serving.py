@@ -50,7 +50,10 @@ def start_app(tmp_path_factory, **config):
     from serve.app import APP_NAME, Deployment, ServeConfig, init_ray
     from serve.auth import Keys
 
+    from reverie.config import LoopConfig
+
     data_dir = tmp_path_factory.mktemp("reverie-data")
+    config.setdefault("loop", LoopConfig(learn=False))  # serving tests: no controller learning behind their back
     init_ray(num_cpus=8)
     cfg = ServeConfig(model_dir=SHIPPED_MODEL, data_dir=str(data_dir), port=free_port(),
                       swap_timeout_s=60.0, store_flush_seconds=0.5, **config)

@@ -1,0 +1,171 @@
+"""``reverie bench cycle``: from a rule given through ``/v1/feedback`` to the first answer that follows it,
+served by a promoted version, on the running system with the tiny world (auto-approval).
+
+Every figure is measured in the run that prints it:
+- ``feedback_to_served_seconds``: from the moment ``POST /v1/feedback`` returned to the first chat
+  response whose ``x-reverie-version`` is the new version and whose answer follows the rule (a held-out
+  copy task is asked every second through the public API);
+- ``steps``: the controller's own time per step of that cycle (collect, learn, gate, swap), from its status;
+- ``peak_rss_bytes``: the peak, over the run, of the summed resident memory of this process and every
+  process it started (Ray's daemons, Serve's proxy and replicas, the vLLM engine, the store, the controller,
+  the learner), sampled every half second;
+- ``api_rule_accuracy_before`` / ``_after``: greedy accuracy on held-out rule items through the API;
+- ``failed_requests``: requests of the probe that raised.
+"""
+from __future__ import annotations
+
+import os
+import random
+import secrets
+import socket
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from simulators.tinyworld.build import SHIPPED_MODEL
+
+TARGET_SECONDS = 180.0
+TARGET_RSS_BYTES = 8 << 30
+
+
+class _PeakRss:
+    """Samples the summed RSS of this process and all its descendants every ``every`` seconds."""
+
+    def __init__(self, every: float = 0.5):
+        import psutil
+
+        self.every, self.peak, self._stop = every, 0, threading.Event()
+        self._me = psutil.Process(os.getpid())
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self) -> int:
+        import psutil
+
+        total = 0
+        for p in [self._me, *self._me.children(recursive=True)]:
+            try:
+                total += p.memory_info().rss
+            except psutil.Error:
+                pass
+        return total
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._sample())
+            self._stop.wait(self.every)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+def run_bench(steps: int = 300, timeout_s: float = 1200.0, pin_cpus: bool = True, progress=print) -> dict:
+    import httpx
+    import openai
+    from ray import serve
+
+    from reverie.config import LoopConfig, ServeConfig
+    from serve.app import APP_NAME, Deployment, init_ray
+    from serve.auth import Keys
+    from simulators.tinyworld import world as W
+    from simulators.tinyworld.evaluate import eval_items
+    from simulators.tinyworld.text import spaced
+
+    work = Path(tempfile.mkdtemp(prefix="reverie-bench-cycle-"))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = ServeConfig(model_dir=SHIPPED_MODEL, data_dir=str(work / "data"), port=port, pin_cpus=pin_cpus,
+                      loop=LoopConfig(approval="auto", min_feedback=1, poll_s=0.5, steps=steps))
+    keys = Keys(secrets.token_urlsafe(24), secrets.token_urlsafe(24), "bench (in memory)")
+    t_start = time.perf_counter()
+    with _PeakRss() as rss:
+        init_ray(num_cpus=8, cpu_plan=cfg.cpu_plan())
+        dep = Deployment(cfg, keys.digests())
+        try:
+            deadline = time.time() + 900
+            while (st := serve.status().applications.get(APP_NAME)) is None or st.status != "RUNNING":
+                if st is not None and st.status == "DEPLOY_FAILED" or time.time() > deadline:
+                    raise RuntimeError(f"the application did not start: {st}")
+                time.sleep(1)
+            client = openai.OpenAI(base_url=dep.base_url + "/v1", api_key=keys.api_key, max_retries=0, timeout=60)
+            admin = {"Authorization": f"Bearer {keys.admin_key}"}
+            items = eval_items("rule", "student", 24)
+
+            def accuracy() -> float:
+                right = 0
+                for it in items:
+                    r = client.chat.completions.create(model="reverie", messages=list(it.prompt), temperature=0,
+                                                       max_tokens=32)
+                    right += it.verify(r.choices[0].message.content)
+                return right / len(items)
+
+            before = accuracy()
+            base = httpx.get(dep.base_url + "/admin/status", headers=admin, timeout=30).json()["promoted"]
+            rng = random.Random(0)
+            asked = client.chat.completions.create(
+                model="reverie", messages=[{"role": "user", "content": "copy : " + spaced("mopik")}], temperature=0,
+                max_tokens=24)
+            r = httpx.post(dep.base_url + "/v1/feedback", headers={"Authorization": f"Bearer {keys.api_key}"},
+                           json={"response_id": asked.id, "rule": W.rule_text(*W.NEW_RULE)}, timeout=30)
+            r.raise_for_status()
+            t_feedback = time.perf_counter()
+            progress("rule given; waiting for a promoted version that follows it")
+            served_at, failed, probes, version = None, 0, 0, base
+            while time.perf_counter() - t_feedback < timeout_s:
+                it = rng.choice(items)
+                try:
+                    raw = client.chat.completions.with_raw_response.create(
+                        model="reverie", messages=list(it.prompt), temperature=0, max_tokens=32)
+                    probes += 1
+                    version = int(raw.headers["x-reverie-version"])
+                    if version != base and it.verify(raw.parse().choices[0].message.content):
+                        served_at = time.perf_counter()
+                        break
+                except Exception:  # noqa: BLE001 - counted
+                    failed += 1
+                time.sleep(1.0)
+            status = httpx.get(dep.base_url + "/admin/status", headers=admin, timeout=30).json()
+            cycle = next((c for c in status["cycles"] if c.get("candidate") == version), status["cycle"])
+            after = accuracy()
+        finally:
+            dep.shutdown()
+            serve.shutdown()
+            import ray
+
+            ray.shutdown()
+    seconds = None if served_at is None else served_at - t_feedback
+    return {
+        "feedback_to_served_seconds": seconds,
+        "steps": {k: round(v, 3) for k, v in (cycle.get("seconds") or {}).items()},
+        "learner_steps": steps,
+        "version": version,
+        "base_version": base,
+        "api_rule_accuracy_before": before,
+        "api_rule_accuracy_after": after,
+        "probes": probes,
+        "failed_requests": failed,
+        "peak_rss_bytes": rss.peak,
+        "peak_rss_gib": round(rss.peak / (1 << 30), 3),
+        "target_seconds": TARGET_SECONDS,
+        "target_rss_bytes": TARGET_RSS_BYTES,
+        "met": seconds is not None and seconds <= TARGET_SECONDS and rss.peak <= TARGET_RSS_BYTES,
+        "wall_seconds": time.perf_counter() - t_start,
+        "cpu_plan": (lambda p: None if p is None else {"engine": list(p.engine), "host": list(p.host)})(cfg.cpu_plan()),
+    }
+
+
+def write_result(report: dict, out: str | Path) -> Path:
+    from reverie.files import atomic_write_json
+
+    out = Path(out)
+    atomic_write_json(out, report)
+    return out
+
+
+__all__ = ["run_bench", "write_result"]

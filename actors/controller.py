@@ -1,0 +1,661 @@
+"""The controller: the loop that turns recorded experience into served versions.
+
+One cycle, top to bottom (``Controller._advance`` runs one step at a time and
+writes the cycle's state durably after each, so a controller killed mid-cycle
+is restarted by Ray and continues where it was):
+
+1. **collect**: flush the experience store and read the feedback that no
+   earlier cycle took (through the store's Parquet tables, never through an
+   in-memory side channel); a rule or a correction, joined to the
+   conversation it was about, becomes a lesson (the teacher state sees the
+   conversation with the rule/correction as privileged context); a rating or
+   an approval alone teaches nothing and is counted as such.  The cycle
+   claims those feedback ids: they are learnt from by this cycle only.
+2. **dream**: when users asked tasks of a family with a registered
+   environment (the tiny world's ``tools``), the simulators rehearse
+   variations of those asks in the environment with the promoted policy
+   (``actors/dreams.py::dream_step``: rollout engine, simulator pool,
+   proposer, success filter); the verified successes land in the store's
+   ``trajectories`` table, from where the learner reads them.
+3. **learn**: a learner actor (torch, placed on a GPU where the cluster has
+   one) distils the lessons into the parent version by on-policy
+   self-distillation, mixed with retention replay; lessons are the asked
+   conversations and proposer variations of them (``simulators/variations``),
+   never the held-out variations the gate scores.  The learner checkpoints
+   every ``checkpoint_every`` updates into the cycle's work directory and a
+   restarted cycle resumes from the newest checkpoint, skipping the batches
+   already learnt (batches are drawn from the cycle's seed).  The result is
+   registered as a candidate: a new id from the one version registry, its
+   files written once.
+4. **gate**: weights that do not fit the served model (names, shapes,
+   non-finite values) are rejected before any evaluation; then
+   ``actors/gate.py`` scores held-out variations (against the teacher
+   state's answer) and the retention suite, against the parent.  A candidate
+   that fails is ``rejected`` with its scores and the reason.
+5. **approve**: with ``approval: required`` a passing candidate waits as
+   ``pending`` until a person approves or rejects it (``reverie approve``,
+   the admin API); otherwise the gate's pass approves it.
+6. **swap**: the broadcaster installs it in every replica and promotes it;
+   on failure nothing changes, the cycle is reported failed, and its
+   feedback is left for the next cycle.
+
+Triggers: ``loop.min_feedback`` new feedback records with a rule or a
+correction, ``loop.min_episodes`` new recorded asks of a dreamable family,
+``loop.period_s`` (when anything new has arrived), or
+``request_cycle()`` (``POST /admin/cycle``).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import shutil
+import threading
+import time
+import traceback
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from reverie.config import ServeConfig
+from reverie.files import atomic_write_json, read_json
+from reverie.versions import APPROVED, PENDING, PROMOTED, REJECTED, Candidate, VersionRegistry
+
+logger = logging.getLogger("reverie.controller")
+
+CONTROLLER_NAME = "reverie-controller"
+STEPS = ("collect", "dream", "learn", "gate", "approve", "swap")
+ENDED = ("done", "rejected", "failed")
+FAILED_BACKOFF_S = 60.0  # after a failed cycle, the next starts on request or after this long
+
+
+@dataclass
+class Cycle:
+    """One cycle's durable state."""
+    cycle: int
+    state: str  # a step of STEPS while it runs, one of ENDED after
+    parent: int
+    feedback_ids: list[str]
+    seed: int
+    started: float
+    updated: float = 0.0
+    candidate: int | None = None
+    done: int = 0  # learner updates made
+    total: int = 0
+    lessons: dict = field(default_factory=dict)  # {"counts": {kind: n}, "skipped": {reason: n}}
+    seconds: dict = field(default_factory=dict)  # per step
+    error: str = ""
+    forced: bool = False
+    asks: list[str] = field(default_factory=list)  # ids of recorded interactions whose asks are dreamt on
+    trajectories: list[str] = field(default_factory=list)  # kept dream trajectories (store ids)
+    dream: dict = field(default_factory=dict)  # the dream step's report
+    resumed: list[int] = field(default_factory=list)  # learner updates found at each start of the learn step
+
+    def public(self) -> dict:
+        d = asdict(self)
+        d.pop("feedback_ids")
+        d.pop("asks")
+        d.pop("trajectories")
+        d["asks"], d["kept"] = len(self.asks), len(self.trajectories)
+        d["step"] = self.state if self.state in STEPS else None
+        d["progress"] = {"done": self.done, "total": self.total}
+        d["feedback"] = len(self.feedback_ids)
+        return d
+
+
+def _teaches(fb: dict) -> bool:
+    return any(isinstance(fb.get(k), str) and fb[k].strip() for k in ("rule", "correction"))
+
+
+def _prompt_key(messages) -> str:
+    return " | ".join(f"{m['role']}:{m['content']}" for m in messages)
+
+
+class Controller:
+    """The loop's logic (no Ray in here but the calls it makes); ``ControllerActor`` runs it in a thread."""
+
+    def __init__(self, cfg: ServeConfig, app_name: str = "reverie"):
+        self.cfg = cfg
+        self.app_name = app_name
+        self.registry = VersionRegistry(cfg.resolved_versions_dir())
+        self.registry.ensure_base(cfg.model_dir)
+        self.dir = cfg.state_dir()
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.path = self.dir / "state.json"
+        self._lock = threading.RLock()
+        data = read_json(self.path, None) or {}
+        self.processed: set[str] = set(data.get("processed", []))
+        self.dreamt: set[str] = set(data.get("dreamt", []))  # interactions whose asks were dreamt on
+        self.next_cycle: int = int(data.get("next_cycle", 1))
+        self.current: Cycle | None = Cycle(**data["cycle"]) if data.get("cycle") else None
+        self.history: list[dict] = list(data.get("history", []))
+        self.requested = bool(data.get("requested", False))
+        self._last_cycle_at = time.time()
+        self._judge = None  # the Gate, built on first use
+        self._failed_at = 0.0
+        self._suite = None
+
+    # ------------------------------------------------------------ durable state
+    def _save(self) -> None:
+        with self._lock:
+            if self.current is not None:
+                self.current.updated = time.time()
+            atomic_write_json(self.path, {
+                "processed": sorted(self.processed), "dreamt": sorted(self.dreamt), "next_cycle": self.next_cycle,
+                "cycle": asdict(self.current) if self.current is not None else None,
+                "history": self.history[-50:], "requested": self.requested})
+
+    # ------------------------------------------------------------ what callers see
+    def status(self) -> dict:
+        with self._lock:
+            cycle = self.current.public() if self.current is not None else (
+                self.history[-1] if self.history else {"state": "idle", "step": None, "cycle": 0,
+                                                        "progress": {"done": 0, "total": 0}})
+            if self.current is None:
+                cycle = {**cycle, "state": "idle", "step": None, "last": cycle.get("state")}
+            return {"promoted": self.registry.promoted().version, "cycle": cycle,
+                    "candidates": [c.public() for c in self.registry.all()],
+                    "cycles": list(self.history[-10:]), "approval": self.cfg.loop.approval,
+                    "learning": self.cfg.loop.learn}
+
+    def request_cycle(self) -> dict:
+        """A cycle starts at the next look even below the feedback threshold (if anything new teaches)."""
+        with self._lock:
+            self.requested = True
+            self._save()
+            if self.current is not None:
+                return {"requested": True, "cycle": self.current.cycle, "state": self.current.state}
+            return {"requested": True, "cycle": self.next_cycle, "state": "requested"}
+
+    # ------------------------------------------------------------ the store
+    def _store(self):
+        import ray
+
+        return ray.get_actor(self.cfg.store_name, namespace="reverie")
+
+    def _flush(self) -> None:
+        import ray
+
+        try:
+            ray.get(self._store().flush.remote(), timeout=60)
+        except Exception as e:  # noqa: BLE001 - the flushed part is still read; the rest waits for the next look
+            logger.warning("could not flush the experience store: %s", e)
+
+    def _new_feedback(self) -> list[dict]:
+        from actors.store import read_table
+
+        rows = read_table(self.cfg.data_dir, "feedback").to_pylist()
+        with self._lock:
+            claimed = set(self.current.feedback_ids) if self.current else set()
+            return [r for r in rows if r["id"] not in self.processed and r["id"] not in claimed]
+
+    def _new_asks(self) -> list[dict]:
+        """Recorded conversations, not dreamt on yet, whose ask belongs to a family with a registered
+        environment: ``{"id", "ask", "skill"}``, one per distinct ask."""
+        if not self.cfg.loop.dream:
+            return []
+        from actors.store import read_table
+        from simulators.dream import DREAM_SKILLS, task_source
+        from simulators.variations import is_tinyworld_model
+
+        if not is_tinyworld_model(self.cfg.model_dir):
+            return []  # no environment is registered for another model's tasks (yet)
+        sources = {skill: task_source(skill) for skill in DREAM_SKILLS}
+        rows = read_table(self.cfg.data_dir, "interactions", columns=["id", "messages"]).to_pylist()
+        with self._lock:
+            claimed = set(self.current.asks) if self.current else set()
+        out, seen = [], set()
+        rng = random.Random(0)
+        for r in rows:
+            if r["id"] in self.dreamt or r["id"] in claimed or not r["messages"]:
+                continue
+            ask = next((m["content"] for m in r["messages"] if m["role"] == "user"), None)
+            for skill, src in sources.items():
+                if ask is not None and src.parse(ask, rng) is not None:
+                    out.append({"id": r["id"], "ask": ask, "skill": skill, "new": ask not in seen})
+                    seen.add(ask)
+        return out
+
+    # ------------------------------------------------------------ the loop
+    def tick(self) -> None:
+        """Start a cycle when a trigger fires, or advance the running one by one step."""
+        if not self.cfg.loop.learn:
+            return
+        if self.current is None:
+            self._maybe_start()
+        if self.current is not None:
+            self._advance()
+
+    def _maybe_start(self) -> None:
+        new = self._new_feedback()
+        teaching = [r for r in new if _teaches(r)]
+        asks = self._new_asks()
+        distinct = sum(a["new"] for a in asks)
+        due = self.cfg.loop.period_s > 0 and time.time() - self._last_cycle_at >= self.cfg.loop.period_s
+        if not self.requested and time.time() - self._failed_at < FAILED_BACKOFF_S:
+            return  # a failed cycle's feedback is retried, but not in a tight loop
+        enough = len(teaching) >= self.cfg.loop.min_feedback or distinct >= self.cfg.loop.min_episodes
+        if not (self.requested or enough or (due and (teaching or asks))):
+            self._flush()  # so the next look sees what arrived meanwhile
+            return
+        with self._lock:
+            forced, self.requested = self.requested, False
+            if not teaching and not asks:
+                self._save()
+                return
+            self.current = Cycle(cycle=self.next_cycle, state="collect", parent=self.registry.promoted().version,
+                                 feedback_ids=sorted(r["id"] for r in new), seed=self.cfg.loop.seed + self.next_cycle,
+                                 started=time.time(), forced=forced, asks=sorted(a["id"] for a in asks))
+            self.next_cycle += 1
+            self._last_cycle_at = time.time()
+            self._save()
+        logger.info("cycle %s: %s feedback records (%s teach), %s recorded asks to dream on", self.current.cycle,
+                    len(new), len(teaching), distinct)
+
+    def _advance(self) -> None:
+        c = self.current
+        step = c.state
+        t0 = time.perf_counter()
+        try:
+            getattr(self, f"_{step}")(c)
+        except Exception as e:  # noqa: BLE001 - a failed cycle is reported, never a dead controller
+            logger.error("cycle %s failed in %s: %s", c.cycle, step, traceback.format_exc())
+            c.error = f"{step}: {type(e).__name__}: {e}"
+            c.state = "failed"
+        c.seconds[step] = c.seconds.get(step, 0.0) + time.perf_counter() - t0
+        if c.state in ENDED:
+            self._end(c)
+        else:
+            self._save()
+
+    def _end(self, c: Cycle) -> None:
+        with self._lock:
+            if c.state != "failed":  # a failed cycle's feedback is left for the next one
+                self.processed.update(c.feedback_ids)
+                self.dreamt.update(c.asks)
+            else:
+                self._failed_at = time.time()
+            self.history.append(c.public())
+            self.current = None
+            self._save()
+        shutil.rmtree(self.dir / "cycles" / f"c{c.cycle:06d}", ignore_errors=True)
+        logger.info("cycle %s ended: %s %s", c.cycle, c.state, c.error)
+
+    # ------------------------------------------------------------ 1. collect
+    def _lessons(self, c: Cycle):
+        """The cycle's lessons, rebuilt from the store (records never change, so a restart gets the same)."""
+        from actors.store import read_table
+        from learner.experience import feedback_lessons
+
+        feedback = read_table(self.cfg.data_dir, "feedback", ids=c.feedback_ids).to_pylist()
+        about = {f["response_id"] for f in feedback}
+        interactions = read_table(self.cfg.data_dir, "interactions", ids=sorted(about),
+                                  columns=["id", "messages", "version"]).to_pylist()
+        return feedback_lessons(interactions, feedback), feedback
+
+    def _collect(self, c: Cycle) -> None:
+        self._flush()
+        found, feedback = self._lessons(c)
+        kinds = Counter(k for s in found.sources for k in s["kinds"])
+        skipped = dict(found.skipped)
+        c.lessons = {"counts": dict(kinds), "skipped": skipped, "feedback": len(feedback),
+                     "lessons": len(found.lessons)}
+        if not found.lessons and not c.asks:
+            c.state, c.error = "done", "nothing to learn: " + ", ".join(f"{n} {r}" for r, n in skipped.items())
+            return
+        c.total = self.cfg.loop.steps
+        c.state = "dream" if c.asks else "learn"
+
+    # ------------------------------------------------------------ 2. dream
+    def _asks(self, c: Cycle) -> list[str]:
+        from actors.store import read_table
+
+        rows = read_table(self.cfg.data_dir, "interactions", ids=c.asks, columns=["id", "messages"]).to_pylist()
+        asks = [next((m["content"] for m in r["messages"] if m["role"] == "user"), "") for r in rows]
+        return sorted(set(a for a in asks if a))
+
+    def _env_heldout(self, c: Cycle) -> list:
+        """Held-out tasks of the dreamt families: variations of the recorded asks, played in the real
+        environment by the gate; the dream never rehearses them."""
+        from actors.gate import EnvTask
+        from simulators.dream import DREAM_SKILLS, task_source
+        from simulators.tinyworld.tools_env import EVAL_MAX_TURNS
+
+        if not c.asks:
+            return []
+        rng = random.Random(f"env-heldout/{c.cycle}/{c.seed}")
+        asks, out = self._asks(c), []
+        for skill in DREAM_SKILLS:
+            src = task_source(skill)
+            tasks = [t for t in (src.parse(a, rng) for a in asks) if t is not None]
+            seen = {t.prompt for t in tasks}
+            for i in range(self.cfg.gate.heldout_items * 4):
+                if len(out) >= self.cfg.gate.heldout_items or not tasks:
+                    break
+                t = src.vary(tasks[i % len(tasks)], rng)
+                if t.prompt not in seen:
+                    seen.add(t.prompt)
+                    out.append(EnvTask(skill, src.env, t, EVAL_MAX_TURNS))
+        return out
+
+    def _dream(self, c: Cycle) -> None:
+        from actors.dreams import dream_step
+
+        parent = self.registry.get(c.parent)
+        report = dream_step(self.cfg.model_dir, parent.directory, parent.version, self.cfg.store_name,
+                            self.cfg.data_dir, self._asks(c), self.cfg.loop.dream_episodes, c.seed,
+                            simulators=self.cfg.loop.simulators, run_id=f"c{c.cycle:06d}",
+                            exclude=[t.task.prompt for t in self._env_heldout(c)])
+        c.trajectories = list(report.pop("trajectory_ids"))
+        c.dream = report
+        kinds = c.lessons.setdefault("counts", {})
+        if c.trajectories:
+            kinds["trajectory"] = len(c.trajectories)
+        if not c.trajectories and not c.lessons.get("lessons"):
+            c.state, c.error = "done", f"nothing to learn: no dream of {report['episodes']} episodes succeeded"
+            return
+        c.state = "learn"
+
+    # ------------------------------------------------------------ 2. learn
+    def _variations(self):
+        from simulators.variations import variations_for
+
+        return variations_for(self.cfg.model_dir)
+
+    def _split(self, c: Cycle, found) -> tuple[list, list, set]:
+        """(lessons, held-out tasks, indices of lessons that may be varied).
+
+        Held-out tasks are variations of the asked tasks that no lesson uses (the gate's new-task set).  A
+        lesson may be varied when its feedback carries a rule, or a correction whose answer a variation keeps
+        (the same fact asked another way).  Asks of a family with no known variations (any model but the tiny
+        world) are held out themselves, one in four, and never learnt from."""
+        from actors.gate import HeldOutTask, heldout_tasks
+
+        variations = self._variations()
+        lessons, held, varied = [], [], set()
+        fallback = [i for i, l in enumerate(found.lessons)
+                    if variations.family(l.student) is None or variations.vary(l.student, random.Random(0)) is None]
+        held_out = {i for n, i in enumerate(fallback) if n % 4 == 3}
+        for i in sorted(held_out):
+            l = found.lessons[i]
+            held.append(HeldOutTask(variations.family(l.student) or "feedback", l.student, l.teacher))
+        for i, (l, src) in enumerate(zip(found.lessons, found.sources)):
+            if i in held_out:
+                continue
+            family = variations.family(l.student)
+            if i not in fallback and (src["rule"] or (family and variations.keeps_answer(family))):
+                varied.add(len(lessons))
+            lessons.append(l)
+        sources = [(lessons[i].student, lessons[i].teacher[0]["content"]) for i in sorted(varied)]
+        held += heldout_tasks(sources, variations, self.cfg.gate.heldout_items,
+                              random.Random(f"heldout/{c.cycle}/{c.seed}"), [l.student for l in found.lessons])
+        return lessons, held, varied
+
+    def _batches(self, c: Cycle, lessons: list, heldout: list, varied: set) -> Iterator[list]:
+        """Endless batches: asked conversations and their variations (never a held-out one), mixed with
+        retention replay; the same sequence for the same cycle."""
+        from learner.distill import Lesson
+        from learner.replay import mixed_batches
+
+        rng = random.Random(f"lessons/{c.cycle}/{c.seed}")
+        banned = {_prompt_key(t.student) for t in heldout}
+        variations = self._variations()
+
+        def new() -> Iterator[Lesson]:
+            while True:
+                i = rng.randrange(len(lessons))
+                lesson = lessons[i]
+                if i in varied and rng.random() < self.cfg.loop.variations:
+                    for _ in range(8):
+                        v = variations.vary(lesson.student, rng)
+                        if v is not None and _prompt_key(v) not in banned:
+                            yield Lesson(tuple(v), (lesson.teacher[0], *v), None)
+                            break
+                    else:
+                        yield lesson
+                else:
+                    yield lesson
+
+        streams = ([new()] if lessons else []) + ([self._dreamt(c)] if c.trajectories else [])
+
+        def experience() -> Iterator[Lesson]:  # feedback lessons and dream lessons in turn
+            while True:
+                for stream in streams:
+                    yield next(stream)
+
+        return mixed_batches(experience(), self._replay(c), self.cfg.loop.batch_size, self.cfg.loop.retain)
+
+    def _dreamt(self, c: Cycle) -> Iterator:
+        """Lessons from the cycle's kept dream trajectories, read back from the store: each state the policy
+        acted in, the teacher seeing a verified success of another task as privileged context."""
+        from actors.store import read_table
+        from simulators.success import lessons
+
+        kept = read_table(self.cfg.data_dir, "trajectories", ids=c.trajectories,
+                          columns=["id", "task_id", "messages", "success", "simulated"]).to_pylist()
+        return lessons(kept, random.Random(f"dream-lessons/{c.cycle}/{c.seed}"))
+
+    def _replay(self, c: Cycle) -> Iterator:
+        """Retention replay: the tiny world's base skills for its model; for any other model, what users asked
+        before (the frozen parent is the teacher, with no privileged context: the loss holds old behaviour)."""
+        from learner.distill import Lesson
+        from simulators.variations import TinyWorldVariations
+
+        if isinstance(self._variations(), TinyWorldVariations):
+            from simulators.tinyworld.experiment import retention_lessons
+
+            return retention_lessons(c.seed)
+        from actors.store import read_table
+
+        asked = [tuple(m) for m in read_table(self.cfg.data_dir, "interactions", columns=["messages"])
+                 .column("messages").to_pylist() if m]
+        rng = random.Random(f"replay/{c.cycle}/{c.seed}")
+
+        def endless():
+            while True:
+                p = rng.choice(asked)
+                yield Lesson(p, p, None)
+
+        return endless() if asked else iter(())
+
+    def _learn(self, c: Cycle) -> None:
+        import ray
+
+        from actors.learner import LearnerActor, learner_options
+        from learner.config import LearnConfig
+
+        if c.candidate is not None and self._registered(c.candidate):
+            c.state = "gate"  # registered just before a restart
+            return
+        found, _ = self._lessons(c)
+        lessons, heldout, varied = self._split(c, found)
+        if not lessons and not c.trajectories:
+            raise ValueError("every lesson is held out for the gate: give more feedback")
+        batches = self._batches(c, lessons, heldout, varied)
+        loop = self.cfg.loop
+        learn_cfg = LearnConfig(method=loop.method, steps=loop.steps, batch_size=loop.batch_size, lr=loop.lr,
+                                retain=loop.retain, checkpoint_every=loop.checkpoint_every, seed=c.seed)
+        work = self.dir / "cycles" / f"c{c.cycle:06d}"
+        parent = self.registry.get(c.parent)
+        learner = LearnerActor.options(**learner_options()).remote(
+            str(self.cfg.model_dir), learn_cfg, str(work / "checkpoints"), None, 0, None, str(work / "tmp"),
+            "torch", None if parent.source == "base" else parent.weights)
+        try:
+            c.done = ray.get(learner.updates.remote(), timeout=600)
+            c.resumed.append(c.done)
+            for _ in range(c.done):
+                next(batches)  # learnt before a restart: never repeated, never skipped
+            self._save()
+            while c.done < c.total:
+                ray.get(learner.step.remote(next(batches)), timeout=600)
+                c.done += 1
+                if c.done % 10 == 0:
+                    self._save()
+            if c.candidate is None:
+                c.candidate = self.registry.allocate()
+                self._save()
+            out = work / "export"
+            shutil.rmtree(out, ignore_errors=True)
+            ray.get(learner.export.remote(str(out)), timeout=600)
+        finally:
+            ray.kill(learner)
+        rules = sorted({s["rule"] for s in found.sources if s["rule"]})
+        examples = [{"kinds": s["kinds"], "ask": l.student[-1]["content"], "rule": s["rule"],
+                     "correction": s["correction"]} for s, l in list(zip(found.sources, found.lessons))[:8]]
+        self.registry.register(out, version=c.candidate, source="learner", parent=c.parent, step=c.total,
+                               cycle=c.cycle, move=True,
+                               lessons={**c.lessons, "ids": list(c.feedback_ids), "rules": rules,
+                                        "examples": examples, "trajectories": list(c.trajectories),
+                                        "dream": c.dream})
+        c.state = "gate"
+
+    def _registered(self, version: int) -> bool:
+        try:
+            self.registry.get(version)
+            return True
+        except Exception:  # noqa: BLE001
+            return False
+
+    # ------------------------------------------------------------ 3. gate
+    def _gate_for(self):
+        from actors.gate import Gate, retention_suite
+
+        if self._judge is None:
+            self._judge = Gate(self.cfg.gate, retention_suite(self.cfg.gate, self.cfg.model_dir), self.cfg.model_dir)
+        return self._judge
+
+    def _accepted_rules(self, candidate: Candidate) -> list[str]:
+        """The rules this candidate learnt and the ones its promoted ancestors did."""
+        rules, seen, v = [], set(), candidate
+        while v is not None and v.version not in seen:
+            seen.add(v.version)
+            rules += v.lessons.get("rules", [])
+            v = self.registry.get(v.parent) if v.parent is not None else None
+        return sorted(set(rules))
+
+    def judge(self, version: int, heldout: list, env_tasks: list = ()) -> dict:
+        """Gate ``version`` against its parent: rejected (with scores and reason) or passed."""
+        from actors.gate import WeightsRejected
+
+        cand = self.registry.get(version)
+        parent = self.registry.get(cand.parent)
+        try:
+            report = self._gate_for().judge(parent.directory, cand.directory, heldout, self._accepted_rules(cand),
+                                            env_tasks)
+        except WeightsRejected as e:
+            reason = f"weights rejected before evaluation: {e}"
+            self.registry.set_status(version, REJECTED, reason=reason)
+            return {"passed": False, "reason": reason}
+        self.registry.save_review(version, report)
+        scores = {k: report[k] for k in ("new", "retention", "gain", "retention_loss", "passed")}
+        if not report["passed"]:
+            self.registry.set_status(version, REJECTED, reason=report["reason"], scores=scores)
+        else:
+            self.registry.set_status(version, cand.status, scores=scores)
+        return report
+
+    def _gate(self, c: Cycle) -> None:
+        heldout = self._split(c, self._lessons(c)[0])[1] if c.feedback_ids else []
+        report = self.judge(c.candidate, heldout, self._env_heldout(c))
+        if not report["passed"]:
+            c.state, c.error = "rejected", report["reason"]
+            return
+        if self.cfg.loop.approval == "required":
+            self.registry.set_status(c.candidate, PENDING)
+            c.state = "approve"
+        else:
+            self.registry.set_status(c.candidate, APPROVED, decision={
+                "action": "approve", "by": "gate (auto-approval)", "note": "passed the gate"})
+            c.state = "swap"
+
+    # ------------------------------------------------------------ 4. approve
+    def _approve(self, c: Cycle) -> None:
+        status = self.registry.get(c.candidate).status
+        if status == APPROVED:
+            c.state = "swap"
+        elif status == REJECTED:
+            c.state, c.error = "rejected", self.registry.get(c.candidate).reason
+        # pending: wait for a person
+
+    # ------------------------------------------------------------ 5. swap
+    def _broadcaster(self):
+        from ray import serve
+
+        from actors.broadcaster import WeightBroadcaster
+        from serve.app import LLM_DEPLOYMENT
+
+        return WeightBroadcaster(serve.get_deployment_handle(LLM_DEPLOYMENT, app_name=self.app_name), self.registry,
+                                 mode=self.cfg.swap_mode, timeout_s=self.cfg.swap_timeout_s)
+
+    def _swap(self, c: Cycle) -> None:
+        if self.registry.get(c.candidate).status == PROMOTED:
+            c.state = "done"  # promoted just before a restart
+            return
+        asyncio.run(self._broadcaster().promote(c.candidate))
+        c.state = "done"
+
+    # ------------------------------------------------------------ a candidate from elsewhere
+    def submit(self, directory: str, note: str = "") -> dict:
+        """Register a model directory as a candidate of the promoted version and put it through the gate,
+        approval and swap like a learnt one (an operator's own fine-tune; the demo's deliberately bad one)."""
+        with self._lock:
+            if self.current is not None:
+                raise RuntimeError(f"cycle {self.current.cycle} is running; submit when it has ended")
+            parent = self.registry.promoted().version
+            cand = self.registry.register(directory, source=f"submitted:{Path(directory).resolve()}", parent=parent,
+                                          note=note, cycle=self.next_cycle)
+            self.current = Cycle(cycle=self.next_cycle, state="gate", parent=parent, feedback_ids=[],
+                                 seed=self.cfg.loop.seed + self.next_cycle, started=time.time(),
+                                 candidate=cand.version, lessons={"counts": {}, "submitted": note})
+            self.next_cycle += 1
+            self._save()
+        return {"version": cand.version, "cycle": self.current.cycle}
+
+
+def _actor_class():
+    import ray
+
+    @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0, max_concurrency=8)
+    class ControllerActor:
+        """The controller as a named Ray actor: a thread runs ``Controller.tick`` every ``loop.poll_s``."""
+
+        def __init__(self, cfg: ServeConfig, app_name: str = "reverie"):
+            logging.basicConfig(level=logging.INFO)
+            self.core = Controller(cfg, app_name)
+            self._stop = threading.Event()
+            self._thread = threading.Thread(target=self._run, name="reverie-controller", daemon=True)
+            self._thread.start()
+
+        def _run(self):
+            while not self._stop.is_set():
+                try:
+                    self.core.tick()
+                except Exception:  # noqa: BLE001 - logged; the loop goes on
+                    logger.error("controller tick failed: %s", traceback.format_exc())
+                if self.core.current is None or self.core.current.state == "approve":
+                    self._stop.wait(self.core.cfg.loop.poll_s)
+
+        def status(self) -> dict:
+            return self.core.status()
+
+        def request_cycle(self) -> dict:
+            return self.core.request_cycle()
+
+        def submit(self, directory: str, note: str = "") -> dict:
+            return self.core.submit(directory, note)
+
+        def stop(self) -> None:
+            self._stop.set()
+            self._thread.join(timeout=60)
+
+    return ControllerActor
+
+
+ControllerActor = _actor_class()
+
+
+def start_controller(cfg: ServeConfig, app_name: str = "reverie", detached: bool = False):
+    """The named controller actor (created if it does not exist yet; ray must be initialised)."""
+    return ControllerActor.options(name=CONTROLLER_NAME, namespace="reverie", get_if_exists=True,
+                                   lifetime="detached" if detached else None).remote(cfg, app_name)
