@@ -124,7 +124,7 @@ def read_table(data_dir: str = DEFAULT_DATA_DIR, table: str = "interactions", id
     if fs.get_file_info(path).type != pafs.FileType.Directory:
         return schema.empty_table() if columns is None else schema.empty_table().select(columns)
     data = ds.dataset(path, filesystem=fs, format="parquet", schema=schema)
-    where = None if ids is None else ds.field("id").isin(list(ids))
+    where = None if ids is None else ds.field("id").isin(pa.array(list(ids), type=pa.string()))
     return data.to_table(filter=where, columns=columns)
 
 

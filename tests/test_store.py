@@ -94,3 +94,12 @@ def test_pandas_reads_one_row_per_interaction_with_its_token_ids(tmp_path):
     df = pd.read_parquet(tmp_path / "interactions").sort_values("id")
     assert list(df["id"]) == ["r1", "r2", "r3"]
     assert list(df.iloc[0]["completion_token_ids"]) == [1, 2] and df.iloc[0]["version"] == 3
+
+
+def test_read_table_by_ids_returns_exactly_those_rows_and_none_for_an_empty_list(tmp_path):
+    core = ExperienceStoreCore(str(tmp_path))
+    core.append("feedback", [msgpack.packb({"id": f"f{i}", "response_id": "r"}) for i in range(3)])
+    core.close()
+    assert read_table(str(tmp_path), "feedback", ids=[]).num_rows == 0  # a cycle with no feedback, only dreams
+    assert sorted(read_table(str(tmp_path), "feedback", ids=["f0", "f2"]).column("id").to_pylist()) == ["f0", "f2"]
+    assert read_table(str(tmp_path), "feedback", ids=["f1"], columns=["id"]).column_names == ["id"]
