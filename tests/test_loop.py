@@ -27,7 +27,7 @@ def system(tmp_path_factory):
 
     yield from start_app(tmp_path_factory, replicas=1,
                          loop=LoopConfig(approval="required", min_feedback=2, poll_s=1.0, steps=STEPS,
-                                         checkpoint_every=50),
+                                         checkpoint_every=50, dream_episodes=48),
                          gate=GateConfig(retention_items=60, heldout_items=32))
 
 
