@@ -168,6 +168,42 @@ def test_a_damaged_candidate_is_rejected_with_its_scores_and_never_served(system
     assert status(app)["promoted"] == promoted
 
 
+def test_the_admin_commands_work_against_the_running_system(system, tmp_path, monkeypatch, capsys):
+    import json
+
+    import ray
+
+    from reverie.cli import main
+    from serve.auth import ADMIN_ENV
+
+    app = system
+    monkeypatch.setenv(ADMIN_ENV, ADMIN_KEY)
+    url = ["--url", app.url]
+    noisy = tmp_path / "noisy"
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(SHIPPED_MODEL, dtype=torch.float32)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    model.save_pretrained(noisy)
+    v = ray.get(app.dep.controller.submit.remote(str(noisy), "noise"))["version"]
+    wait_for(app, lambda s: candidate(s, v)["status"] == "rejected")
+    capsys.readouterr()
+    assert main(["status", "--json", *url]) == 0
+    s = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert candidate(s, v)["status"] == "rejected" and s["promoted"] == status(app)["promoted"]
+    assert main(["review", str(v), *url]) == 0
+    out = capsys.readouterr().out
+    assert "rejected" in out and "retention" in out
+    assert main(["approve", str(v), *url]) == 2  # not pending: one line, nothing changed
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "rejected" in err
+    assert main(["rollback", "999999", *url]) == 2
+    assert "unknown version" in capsys.readouterr().err
+    assert main(["cycle", *url]) == 0
+
+
 def test_rollback_restores_the_earlier_versions_outputs_to_1e4(system):
     from transformers import AutoModelForCausalLM
 
