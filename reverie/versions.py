@@ -121,6 +121,7 @@ class Candidate:
         """What status and review show (no file paths)."""
         d = asdict(self)
         d.pop("weights")
+        d["source"] = self.source.split(":", 1)[0]  # "checkpoint:<dir>" names a server path: kept private
         d["lessons"] = ({k: v for k, v in self.lessons.items() if k not in ("ids", "trajectories")}
                         | {"records": len(self.lessons.get("ids", [])),
                            "trajectories": len(self.lessons.get("trajectories", []))})

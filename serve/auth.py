@@ -8,7 +8,10 @@ is visible in Ray's state), and keys are never logged.
 
 ``/v1/*`` needs ``Authorization: Bearer <api key>`` (the admin key works there
 too); ``/admin/*`` needs the admin key: the user key there gives 403, no key
-or a wrong key 401.
+or a wrong key 401.  The one exception is ``GET /admin/review``, the review
+page: a browser cannot send a bearer header when it navigates to a page, and
+the page is static (it holds no data); it asks for the admin key and sends it
+with every call it makes to the JSON routes, which all need it.
 """
 from __future__ import annotations
 
@@ -25,6 +28,8 @@ from reverie.errors import ReverieError
 API_ENV = "REVERIE_API_KEY"
 ADMIN_ENV = "REVERIE_ADMIN_KEY"
 DEFAULT_KEY_FILE = Path.home() / ".config" / "reverie" / "keys.json"
+# (method, exact path) served without a key: static pages that hold no data.
+OPEN_ROUTES = frozenset({("GET", "/admin/review")})
 
 
 @dataclass(frozen=True)
@@ -89,6 +94,8 @@ class AuthMiddleware:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         path = scope.get("path", "")
+        if (scope.get("method"), path) in OPEN_ROUTES:
+            return await self.app(scope, receive, send)
         need = "admin" if path.startswith("/admin") else "api"
         token = None
         for name, value in scope.get("headers", []):
@@ -111,6 +118,8 @@ class AuthMiddleware:
             return await _reply(send, 401, "invalid API key", "authentication_error")
         if need == "api" and not (is_api or is_admin):
             return await _reply(send, 401, "invalid API key", "authentication_error")
+        # Who decided, for the record: the key's role and a short digest prefix, never the key.
+        scope["reverie_key"] = f"{'admin' if is_admin else 'api'} key {d[:8]}"
         return await self.app(scope, receive, send)
 
 

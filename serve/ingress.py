@@ -3,16 +3,25 @@ version headers, feedback and the admin routes.
 
 Routes: ``GET /v1/models``, ``GET /v1/models/{id}``, ``POST /v1/chat/completions``,
 ``POST /v1/completions`` (from ``OpenAiIngress``), ``POST /v1/feedback``,
-``GET /admin/versions``, ``POST /admin/publish``, ``POST /admin/rollback``.
+``GET /admin/versions``, ``POST /admin/publish``, ``POST /admin/rollback``, and the loop's
+``GET /admin/status``, ``POST /admin/cycle``, ``GET /admin/candidates/{V}``,
+``POST /admin/candidates/{V}/approve`` and ``.../reject``; ``GET /admin/review`` is the review page
+(static; it holds no data and asks for the admin key, which it sends to the JSON routes).
+
+Admin errors are one sentence in ``{"detail": ...}``: 404 for a version that
+does not exist, 409 for a decision its status does not allow (approving a
+rejected candidate, rolling back to a version that never served), 503 when the
+controller does not answer in time.
 """
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from typing import Optional
 
 import msgpack
-from fastapi import HTTPException
+from fastapi import HTTPException, Request
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
@@ -26,7 +35,7 @@ from ray.llm._internal.serve.core.ingress.ingress import (
 )
 
 from actors.broadcaster import SwapError, WeightBroadcaster
-from actors.versions import VersionError, VersionRegistry
+from reverie.versions import PROMOTED, ROLLED_BACK, VersionError, VersionRegistry
 from serve.auth import AuthMiddleware
 from serve.replica import MARKER
 from serve.weights import WeightsMismatch
@@ -60,18 +69,50 @@ class RollbackRequest(BaseModel):
     version: int = Field(ge=1)
 
 
+class DecisionRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    note: str = Field(default="", max_length=10_000)
+
+
+class RejectRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    reason: str = Field(min_length=1, max_length=10_000)
+
+
+CONTROLLER_TIMEOUT_S = 30.0
+
+
 class ReverieIngress(OpenAiIngress):
     def __init__(self, llm_deployments, model_cards, *, key_digests: dict, versions_dir: str,
                  store_name: str, store_namespace: str = "reverie", swap_mode: str = "wait",
-                 swap_timeout_s: float = 120.0, lora_paths=None):
+                 swap_timeout_s: float = 120.0, controller_name: str | None = None, lora_paths=None):
         super().__init__(llm_deployments, model_cards, lora_paths=lora_paths)
         _DIGESTS.clear()
         _DIGESTS.update(key_digests)
         self._store_name, self._store_namespace = store_name, store_namespace
         self._store = None
+        self._controller_name = controller_name
         (handle,) = llm_deployments.values()
-        self._broadcaster = WeightBroadcaster(handle, VersionRegistry(versions_dir), mode=swap_mode,
-                                              timeout_s=swap_timeout_s)
+        self._registry = VersionRegistry(versions_dir)
+        self._broadcaster = WeightBroadcaster(handle, self._registry, mode=swap_mode, timeout_s=swap_timeout_s)
+
+    async def _controller(self, method: str, *args):
+        """Call the controller actor (bounded); None when the loop is off."""
+        if not self._controller_name:
+            return None
+        import ray
+
+        try:
+            handle = ray.get_actor(self._controller_name, namespace=self._store_namespace)
+            return await asyncio.wait_for(getattr(handle, method).remote(*args), CONTROLLER_TIMEOUT_S)
+        except (asyncio.TimeoutError, ValueError, ray.exceptions.RayError) as e:
+            raise HTTPException(status_code=503, detail=f"the controller did not answer: {type(e).__name__}") from None
+
+    def _candidate(self, version: int):
+        try:
+            return self._registry.get(version)
+        except VersionError as e:
+            raise HTTPException(status_code=404, detail=str(e)) from None
 
     def _store_handle(self):
         if self._store is None:
@@ -139,13 +180,62 @@ class ReverieIngress(OpenAiIngress):
         return JSONResponse(status_code=201, content=result)
 
     async def admin_rollback(self, body: RollbackRequest) -> JSONResponse:
+        c = self._candidate(body.version)
+        if c.status not in (PROMOTED, ROLLED_BACK):
+            raise HTTPException(status_code=409, detail=f"version {c.version} was never promoted ({c.status}); "
+                                                        "only a version that served before can be rolled back to")
         try:
             result = await self._broadcaster.rollback(body.version)
         except VersionError as e:
-            raise HTTPException(status_code=404, detail=str(e)) from None
+            raise HTTPException(status_code=409, detail=str(e)) from None
         except SwapError as e:
             raise HTTPException(status_code=500, detail=str(e)) from None
         return JSONResponse(result)
+
+    # ------------------------------------------------------------ the loop
+    async def admin_status(self) -> JSONResponse:
+        status = await self._controller("status")
+        if status is None:  # serving only: the registry is the whole story
+            status = {"promoted": self._registry.promoted().version,
+                      "cycle": {"state": "off", "step": None, "cycle": 0, "progress": {"done": 0, "total": 0}},
+                      "candidates": [c.public() for c in self._registry.all()], "learning": False}
+        return JSONResponse(status)
+
+    async def admin_cycle(self) -> JSONResponse:
+        result = await self._controller("request_cycle")
+        if result is None:
+            raise HTTPException(status_code=409, detail="learning is off (reverie serve --no-learn): there is no cycle to run")
+        return JSONResponse(status_code=202, content=result)
+
+    async def admin_candidate(self, version: int) -> JSONResponse:
+        c = self._candidate(version)
+        return JSONResponse({**c.public(), "review": self._registry.review(version)})
+
+    async def _decide(self, request: Request, version: int, approve: bool, note: str) -> JSONResponse:
+        self._candidate(version)
+        try:
+            c = self._registry.decide(version, approve, by=request.scope.get("reverie_key", "admin"), note=note)
+        except VersionError as e:
+            raise HTTPException(status_code=409, detail=str(e)) from None
+        return JSONResponse(c.public())
+
+    async def admin_approve(self, version: int, request: Request, body: Optional[DecisionRequest] = None) -> JSONResponse:
+        return await self._decide(request, version, True, body.note if body else "")
+
+    async def admin_reject(self, version: int, body: RejectRequest, request: Request) -> JSONResponse:
+        return await self._decide(request, version, False, body.reason)
+
+    async def admin_review(self) -> Response:
+        """The review page (``serve/review.html``): static, no data in it, so served without the key (see
+        ``serve/auth.py``); it asks for the admin key and calls the routes above with it."""
+        from pathlib import Path
+
+        from starlette.responses import HTMLResponse
+
+        page = (Path(__file__).parent / "review.html").read_text(encoding="utf-8")
+        return HTMLResponse(page, headers={"Cache-Control": "no-store", "X-Frame-Options": "DENY",
+                                           "Content-Security-Policy": "frame-ancestors 'none'",
+                                           "Referrer-Policy": "no-referrer", "X-Content-Type-Options": "nosniff"})
 
 
 _DIGESTS: dict = {}
@@ -164,6 +254,12 @@ ENDPOINTS = {
     "admin_versions": lambda app: app.get("/admin/versions"),
     "admin_publish": lambda app: app.post("/admin/publish", status_code=201),
     "admin_rollback": lambda app: app.post("/admin/rollback"),
+    "admin_status": lambda app: app.get("/admin/status"),
+    "admin_cycle": lambda app: app.post("/admin/cycle", status_code=202),
+    "admin_candidate": lambda app: app.get("/admin/candidates/{version}"),
+    "admin_approve": lambda app: app.post("/admin/candidates/{version}/approve"),
+    "admin_reject": lambda app: app.post("/admin/candidates/{version}/reject"),
+    "admin_review": lambda app: app.get("/admin/review"),
 }
 
 
