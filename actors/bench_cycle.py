@@ -10,6 +10,8 @@ Every figure is measured in the run that prints it:
   process it started (Ray's daemons, Serve's proxy and replicas, the vLLM engine, the store, the controller,
   the learner), sampled every half second;
 - ``api_rule_accuracy_before`` / ``_after``: greedy accuracy on held-out rule items through the API;
+  ``api_retention_*``: the same on 24 held-out items of each base skill, before the feedback and after the
+  new version serves;
 - ``failed_requests``: requests of the probe that raised.
 """
 from __future__ import annotations
@@ -70,12 +72,16 @@ def run_bench(steps: int = 300, timeout_s: float = 1200.0, pin_cpus: bool = True
     from ray import serve
 
     from reverie.config import LoopConfig, ServeConfig
-    from serve.app import APP_NAME, Deployment, init_ray
+    from serve.app import Deployment, init_ray
     from serve.auth import Keys
     from simulators.tinyworld import world as W
     from simulators.tinyworld.evaluate import eval_items
+    from simulators.tinyworld.skills import BASE_SKILLS
     from simulators.tinyworld.text import spaced
 
+    import logging
+
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not a log line per probe
     work = Path(tempfile.mkdtemp(prefix="reverie-bench-cycle-"))
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -88,24 +94,23 @@ def run_bench(steps: int = 300, timeout_s: float = 1200.0, pin_cpus: bool = True
         init_ray(num_cpus=8, cpu_plan=cfg.cpu_plan())
         dep = Deployment(cfg, keys.digests())
         try:
-            deadline = time.time() + 900
-            while (st := serve.status().applications.get(APP_NAME)) is None or st.status != "RUNNING":
-                if st is not None and st.status == "DEPLOY_FAILED" or time.time() > deadline:
-                    raise RuntimeError(f"the application did not start: {st}")
-                time.sleep(1)
+            dep.wait_until_running()
             client = openai.OpenAI(base_url=dep.base_url + "/v1", api_key=keys.api_key, max_retries=0, timeout=60)
             admin = {"Authorization": f"Bearer {keys.admin_key}"}
             items = eval_items("rule", "student", 24)
 
-            def accuracy() -> float:
+            def accuracy(batch=items) -> float:
                 right = 0
-                for it in items:
+                for it in batch:
                     r = client.chat.completions.create(model="reverie", messages=list(it.prompt), temperature=0,
                                                        max_tokens=32)
                     right += it.verify(r.choices[0].message.content)
-                return right / len(items)
+                return right / len(batch)
 
-            before = accuracy()
+            def retention() -> dict:
+                return {s: accuracy(eval_items(s, None, 24)) for s in BASE_SKILLS}
+
+            before, retained_before = accuracy(), retention()
             base = httpx.get(dep.base_url + "/admin/status", headers=admin, timeout=30).json()["promoted"]
             rng = random.Random(0)
             asked = client.chat.completions.create(
@@ -132,7 +137,7 @@ def run_bench(steps: int = 300, timeout_s: float = 1200.0, pin_cpus: bool = True
                 time.sleep(1.0)
             status = httpx.get(dep.base_url + "/admin/status", headers=admin, timeout=30).json()
             cycle = next((c for c in status["cycles"] if c.get("candidate") == version), status["cycle"])
-            after = accuracy()
+            after, retained_after = accuracy(), retention()
         finally:
             dep.shutdown()
             serve.shutdown()
@@ -148,6 +153,10 @@ def run_bench(steps: int = 300, timeout_s: float = 1200.0, pin_cpus: bool = True
         "base_version": base,
         "api_rule_accuracy_before": before,
         "api_rule_accuracy_after": after,
+        "api_retention_before": retained_before,
+        "api_retention_after": retained_after,
+        "api_retention_avg_before": sum(retained_before.values()) / len(retained_before),
+        "api_retention_avg_after": sum(retained_after.values()) / len(retained_after),
         "probes": probes,
         "failed_requests": failed,
         "peak_rss_bytes": rss.peak,
@@ -157,7 +166,24 @@ def run_bench(steps: int = 300, timeout_s: float = 1200.0, pin_cpus: bool = True
         "met": seconds is not None and seconds <= TARGET_SECONDS and rss.peak <= TARGET_RSS_BYTES,
         "wall_seconds": time.perf_counter() - t_start,
         "cpu_plan": (lambda p: None if p is None else {"engine": list(p.engine), "host": list(p.host)})(cfg.cpu_plan()),
+        "machine": _machine(),
     }
+
+
+def _machine() -> dict:
+    import platform
+    import subprocess
+
+    import psutil
+
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                                cwd=Path(__file__).parent, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    return {"cpu": cpu, "cores": os.cpu_count(), "memory_bytes": psutil.virtual_memory().total, "commit": commit}
 
 
 def write_result(report: dict, out: str | Path) -> Path:

@@ -233,35 +233,14 @@ def weight_files(model_dir: str | Path) -> list[str]:
 
 
 def check_weights(candidate_files: list[str], reference_files: list[str]) -> None:
-    """Names, shapes and dtypes (safetensors headers) equal to the reference's,
-    every value finite; else :class:`WeightsRejected`."""
-    from safetensors import safe_open
+    """Names, shapes and dtypes (safetensors headers) equal to the reference's, every value finite; else
+    :class:`WeightsRejected` (the serving side's one check, ``serve.weights.check_files``)."""
+    from serve.weights import WeightsMismatch, check_files, reference_shapes
 
-    from serve.weights import reference_shapes
-
-    if not candidate_files:
-        raise WeightsRejected("the candidate has no safetensors weight files")
     try:
-        want = reference_shapes(reference_files)
-        have = reference_shapes(candidate_files)
-    except Exception as exc:  # a truncated or foreign file: safetensors raises its own errors
-        raise WeightsRejected(f"cannot read weight headers: {collapse(str(exc))}") from None
-    missing, unexpected = sorted(set(want) - set(have)), sorted(set(have) - set(want))
-    if missing:
-        raise WeightsRejected(f"candidate lacks {len(missing)} weight(s), first {missing[0]!r}")
-    if unexpected:
-        raise WeightsRejected(f"candidate has {len(unexpected)} unexpected weight(s), first {unexpected[0]!r}")
-    for name, (shape, dtype) in want.items():
-        if have[name] != (shape, dtype):
-            raise WeightsRejected(f"weight {name!r} is {have[name][1]} {list(have[name][0])}, "
-                                  f"the parent's is {dtype} {list(shape)}")
-    import torch
-
-    for path in candidate_files:
-        with safe_open(path, framework="pt") as f:
-            for name in f.keys():
-                if not torch.isfinite(f.get_tensor(name)).all():
-                    raise WeightsRejected(f"weight {name!r} has non-finite values (NaN or inf)")
+        check_files(candidate_files, reference_shapes(reference_files))
+    except WeightsMismatch as e:
+        raise WeightsRejected(str(e)) from None
 
 
 # --------------------------------------------------------------------------- held-out tasks

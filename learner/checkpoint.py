@@ -34,6 +34,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
+from reverie.files import fsync_dir as _fsync_dir
 from reverie.versions import VersionCounter  # noqa: F401  (re-exported: checkpoints carry its ids)
 
 __all__ = [
@@ -65,19 +66,6 @@ def _fsync_file(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover - some file systems refuse directory fsync
-        pass
     finally:
         os.close(fd)
 

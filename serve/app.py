@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from reverie.config import SWAP_MODES, ServeConfig  # noqa: F401  (re-exported for serve/)
+from reverie.config import ServeConfig
 from reverie.engine import engine_kwargs
 
 APP_NAME = "reverie"
@@ -101,6 +101,22 @@ class Deployment:
         serve.run(build_application(cfg, key_digests), name=APP_NAME, route_prefix="/", blocking=False)
         self.base_url = f"http://{cfg.host}:{cfg.port}"
         self.controller = start_controller(cfg, APP_NAME, detached=detached) if cfg.loop.learn else None
+
+    def wait_until_running(self, timeout_s: float = 900.0) -> None:
+        """Until the Serve application runs; ``RuntimeError`` with Serve's last words if it failed to deploy
+        or did not start in time."""
+        import time
+
+        from ray import serve
+
+        deadline = time.time() + timeout_s
+        while (st := serve.status().applications.get(APP_NAME)) is None or st.status != "RUNNING":
+            if st is not None and st.status == "DEPLOY_FAILED":
+                last = st.message.splitlines()[-1] if st.message else ""
+                raise RuntimeError(f"the application failed to start: {last}")
+            if time.time() > deadline:
+                raise RuntimeError(f"the application did not start in {timeout_s:.0f} s: {st}")
+            time.sleep(1)
 
     def llm_handle(self):
         from ray import serve

@@ -196,7 +196,8 @@ def run_bench(params: str = "100M", replicas: int = 1, concurrency: int = 32, sw
     from ray import serve
 
     from reverie.config import LoopConfig
-    from serve.app import APP_NAME, Deployment, ServeConfig, init_ray
+    from reverie.config import ServeConfig
+    from serve.app import Deployment, init_ray
     from serve.auth import Keys
 
     logging.getLogger("httpx").setLevel(logging.WARNING)  # not a log line per request of the load
@@ -208,7 +209,6 @@ def run_bench(params: str = "100M", replicas: int = 1, concurrency: int = 32, sw
             model_dir = work / "model-100m"
             n_params = build_100m_model(model_dir)
             progress(f"built a random {n_params / 1e6:.1f}M-parameter model")
-        import torch
         from safetensors.torch import load_file
 
         state = {}
@@ -232,11 +232,7 @@ def run_bench(params: str = "100M", replicas: int = 1, concurrency: int = 32, sw
         keys = Keys(secrets.token_urlsafe(24), secrets.token_urlsafe(24), "bench (in memory)")
         dep = Deployment(cfg, keys.digests())
         try:
-            deadline = time.time() + 900
-            while (st := serve.status().applications.get(APP_NAME)) is None or st.status != "RUNNING":
-                if st is not None and st.status == "DEPLOY_FAILED" or time.time() > deadline:
-                    raise RuntimeError(f"the application did not start: {st}")
-                time.sleep(2)
+            dep.wait_until_running()
             progress(f"serving {replicas} replica(s) at {dep.base_url}")
 
             async def main():

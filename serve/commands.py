@@ -40,7 +40,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from ray import serve
 
     from reverie.versions import VersionError
-    from serve.app import APP_NAME, Deployment, init_ray
+    from serve.app import Deployment, init_ray
 
     init_ray(args.address, num_cpus=max(8, 2 * replicas + 2), cpu_plan=cfg.cpu_plan())  # each replica reserves 2
     dep = None
@@ -52,13 +52,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         except VersionError as e:
             raise ReverieError(str(e)) from None
         print(f"reverie: starting {replicas} replica(s) of {model} ...", file=sys.stderr, flush=True)
-        while True:
-            st = serve.status().applications.get(APP_NAME)
-            if st is not None and st.status == "RUNNING":
-                break
-            if st is not None and st.status == "DEPLOY_FAILED":
-                raise ReverieError(f"the application failed to start: {st.message.splitlines()[-1] if st.message else ''}")
-            time.sleep(1)
+        try:
+            dep.wait_until_running(timeout_s=3600)
+        except RuntimeError as e:
+            raise ReverieError(str(e)) from None
         promoted = dep.registry.promoted().version
         where = ("the environment variables " + API_ENV + " and " + ADMIN_ENV if keys.source == "environment"
                  else f"the key file {keys.source} ({'just generated, ' if generated else ''}keys 'api_key' and 'admin_key')")

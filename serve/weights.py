@@ -67,26 +67,30 @@ def check_state_dict(state: Mapping[str, torch.Tensor], reference: dict) -> dict
 
 def check_files(files: list[str], reference: dict) -> None:
     """Safetensors ``files`` fit the served model: the same names, shapes and dtypes as ``reference``, and
-    every value finite; ``WeightsMismatch`` naming what differs otherwise.  Headers are compared before any
-    tensor is read."""
+    every value finite; ``WeightsMismatch`` with a one-line reason otherwise.  Headers are compared before
+    any tensor is read."""
     from safetensors import safe_open
 
+    if not files:
+        raise WeightsMismatch("there are no safetensors weight files")
     try:
         found = reference_shapes(list(files))
     except Exception as e:  # noqa: BLE001 - a missing, truncated or foreign file: the caller's one-line refusal
-        raise WeightsMismatch(f"weights are not readable safetensors files: {e}") from None
+        raise WeightsMismatch(f"cannot read weight headers: {' '.join(str(e).split())}") from None
     missing, unexpected = sorted(set(reference) - set(found)), sorted(set(found) - set(reference))
-    if missing or unexpected:
-        raise WeightsMismatch(f"weights do not match the served model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    if missing:
+        raise WeightsMismatch(f"the weights lack {len(missing)} tensor(s) of the served model, first {missing[0]!r}")
+    if unexpected:
+        raise WeightsMismatch(f"the weights have {len(unexpected)} unexpected tensor(s), first {unexpected[0]!r}")
     for name, (shape, dtype) in reference.items():
         if found[name] != (shape, dtype):
-            raise WeightsMismatch(f"weight {name!r} is {found[name][1]} {found[name][0]}, the served model has "
-                                  f"{dtype} {shape}")
+            raise WeightsMismatch(f"weight {name!r} is {found[name][1]} {list(found[name][0])}, the served model's "
+                                  f"is {dtype} {list(shape)}")
     for path in files:
         with safe_open(path, framework="pt") as f:
             for k in f.keys():
                 if not torch.isfinite(f.get_tensor(k)).all():
-                    raise WeightsMismatch(f"weight {k!r} has non-finite values")
+                    raise WeightsMismatch(f"weight {k!r} has non-finite values (NaN or inf)")
 
 
 def pack_buckets(state: Mapping[str, torch.Tensor], directory: Path, bucket_bytes: int = BUCKET_BYTES) -> list[Path]:

@@ -9,7 +9,6 @@ import time
 
 import httpx
 import openai
-import pytest
 import torch
 
 from simulators.tinyworld.build import SHIPPED_MODEL
@@ -47,7 +46,8 @@ def start_app(tmp_path_factory, **config):
     import ray
     from ray import serve
 
-    from serve.app import APP_NAME, Deployment, ServeConfig, init_ray
+    from reverie.config import ServeConfig
+    from serve.app import Deployment, init_ray
     from serve.auth import Keys
 
     from reverie.config import LoopConfig
@@ -58,15 +58,7 @@ def start_app(tmp_path_factory, **config):
     cfg = ServeConfig(model_dir=SHIPPED_MODEL, data_dir=str(data_dir), port=free_port(),
                       swap_timeout_s=60.0, store_flush_seconds=0.5, **config)
     dep = Deployment(cfg, Keys(API_KEY, ADMIN_KEY, "test").digests())
-    deadline = time.time() + 600
-    while time.time() < deadline:
-        st = serve.status().applications.get(APP_NAME)
-        if st is not None and st.status == "RUNNING":
-            break
-        assert st is None or st.status != "DEPLOY_FAILED", st
-        time.sleep(2)
-    else:
-        pytest.fail("the application did not start in 10 minutes")
+    dep.wait_until_running(timeout_s=600)
     yield App(dep, str(data_dir))
     dep.shutdown()
     serve.shutdown()

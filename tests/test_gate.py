@@ -189,7 +189,7 @@ def test_check_weights_accepts_the_shipped_model_file():
     check_weights(weight_files(SHIPPED_MODEL), weight_files(SHIPPED_MODEL))
 
 
-@pytest.mark.parametrize("damage, message", [("nan", "non-finite"), ("shape", "is F32"), ("missing", "lacks 1 weight")])
+@pytest.mark.parametrize("damage, message", [("nan", "non-finite"), ("shape", "is F32"), ("missing", "lack 1 tensor")])
 def test_check_weights_refuses_nan_wrong_shape_and_missing_names(tmp_path, shipped_state, damage, message):
     state = dict(shipped_state)
     name = "model.layers.0.mlp.up_proj.weight"
