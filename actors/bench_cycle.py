@@ -66,7 +66,10 @@ class _PeakRss:
         self._thread.join(timeout=5)
 
 
-def run_bench(steps: int = 300, timeout_s: float = 1200.0, pin_cpus: bool = True, progress=print) -> dict:
+def run_bench(steps: int = 300, timeout_s: float = 1200.0, pin_cpus: bool = True, dream: bool = False,
+              progress=print) -> dict:
+    """``dream``: before the rule, users play tool episodes through the API, so the cycle also dreams on them
+    (a rollout engine and a simulator run: the whole system's memory is measured)."""
     import httpx
     import openai
     from ray import serve
@@ -87,7 +90,8 @@ def run_bench(steps: int = 300, timeout_s: float = 1200.0, pin_cpus: bool = True
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     cfg = ServeConfig(model_dir=SHIPPED_MODEL, data_dir=str(work / "data"), port=port, pin_cpus=pin_cpus,
-                      loop=LoopConfig(approval="auto", min_feedback=1, poll_s=0.5, steps=steps))
+                      loop=LoopConfig(approval="auto", min_feedback=1, poll_s=0.5, steps=steps,
+                                      min_episodes=10**6, dream_episodes=64))  # asks join the feedback's cycle
     keys = Keys(secrets.token_urlsafe(24), secrets.token_urlsafe(24), "bench (in memory)")
     t_start = time.perf_counter()
     with _PeakRss() as rss:
@@ -113,6 +117,21 @@ def run_bench(steps: int = 300, timeout_s: float = 1200.0, pin_cpus: bool = True
             before, retained_before = accuracy(), retention()
             base = httpx.get(dep.base_url + "/admin/status", headers=admin, timeout=30).json()["promoted"]
             rng = random.Random(0)
+            if dream:
+                from simulators.tinyworld.skills import new_tools_task
+                from simulators.tinyworld.tools_env import EVAL_MAX_TURNS, ToolsEnv
+
+                for _ in range(4):  # an agent's client runs the model's tool calls in the environment
+                    env = ToolsEnv(new_tools_task(rng), max_turns=EVAL_MAX_TURNS)
+                    env.reset()
+                    while True:
+                        msgs = [dict(m, tool_call_id="call-0") if m["role"] == "tool" else dict(m)
+                                for m in env.transcript]
+                        reply = client.chat.completions.create(model="reverie", messages=msgs, temperature=0,
+                                                               max_tokens=24).choices[0].message.content
+                        if env.step(reply).done:
+                            break
+                time.sleep(2 * cfg.store_flush_seconds)  # recorded before the rule arrives
             asked = client.chat.completions.create(
                 model="reverie", messages=[{"role": "user", "content": "copy : " + spaced("mopik")}], temperature=0,
                 max_tokens=24)
@@ -149,6 +168,7 @@ def run_bench(steps: int = 300, timeout_s: float = 1200.0, pin_cpus: bool = True
         "feedback_to_served_seconds": seconds,
         "steps": {k: round(v, 3) for k, v in (cycle.get("seconds") or {}).items()},
         "learner_steps": steps,
+        "dream": cycle.get("dream") or None,
         "version": version,
         "base_version": base,
         "api_rule_accuracy_before": before,

@@ -107,7 +107,7 @@ def cmd_bench_cycle(args: argparse.Namespace) -> int:
     steps = check.positive(args.steps, "--steps")
     timeout = check.seconds(args.timeout, "--timeout")
     with contextlib.redirect_stdout(sys.stderr):  # Ray's notices; stdout stays one JSON object
-        report = run_bench(steps=steps, timeout_s=timeout, pin_cpus=not args.no_cpu_pinning,
+        report = run_bench(steps=steps, timeout_s=timeout, pin_cpus=not args.no_cpu_pinning, dream=args.dream,
                            progress=lambda m: print(f"reverie: {m}", file=sys.stderr, flush=True))
     out = write_result(report, args.out)
     print(json.dumps(report) if args.json else "\n".join(f"{k:28} {v}" for k, v in report.items()))
@@ -182,5 +182,7 @@ def register(subparsers) -> None:
     c.add_argument("--timeout", default="1200", help="seconds to wait for the new version (default %(default)s)")
     c.add_argument("--out", default="bench/results/cycle.json", help="result file (default %(default)s)")
     c.add_argument("--no-cpu-pinning", action="store_true", help="leave every process free to run on every core")
+    c.add_argument("--dream", action="store_true", help="users also play tool episodes first, so the cycle dreams "
+                   "on them (a rollout engine and a simulator in the measured memory)")
     c.add_argument("--json", action="store_true", help="print one JSON object")
     c.set_defaults(func=cmd_bench_cycle)
