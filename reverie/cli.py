@@ -6,48 +6,19 @@ import json
 import sys
 from pathlib import Path
 
+from reverie import args as check
 from reverie.errors import ReverieError, check_model_dir, parse_seed
-
-
-def _positive(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        raise ReverieError(f"expected a positive whole number, got {text!r}") from None
-    if n <= 0:
-        raise ReverieError(f"expected a positive whole number, got {text!r}")
-    return n
-
-
-def _count(text: str, flag: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        raise ReverieError(f"{flag} must be a whole number, got {text!r}") from None
-    if n < 0:
-        raise ReverieError(f"{flag} must not be negative, got {text!r}")
-    return n
-
-
-def _fraction(text: str, flag: str) -> float:
-    try:
-        x = float(text)
-    except ValueError:
-        raise ReverieError(f"{flag} must be a number, got {text!r}") from None
-    if not 0.0 <= x < 1.0:
-        raise ReverieError(f"{flag} must be in [0, 1), got {text!r}")
-    return x
 
 
 def cmd_tinyworld_build(args: argparse.Namespace) -> int:
     from simulators.tinyworld.build import build
 
     seed = parse_seed(args.seed)
-    steps = _positive(args.steps)
+    steps = check.positive(args.steps, "--steps")
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise ReverieError(f"output path {str(out)!r} exists and is not a directory")
-    eval_every = _positive(args.eval_every) if args.eval_every else 0
+    eval_every = check.positive(args.eval_every, "--eval-every") if args.eval_every else 0
     report = build(out, seed=seed, steps=steps, progress=not args.quiet, eval_every=eval_every)
     print(json.dumps({"out": str(out), **report}))
     return 0
@@ -61,7 +32,7 @@ def cmd_tinyworld_eval(args: argparse.Namespace) -> int:
     for s in args.skill or []:
         if s not in known:
             raise ReverieError(f"unknown skill {s!r}; skills are: {', '.join(known)}")
-    items = _positive(args.items)
+    items = check.positive(args.items, "--items")
 
     from learner.tokenizer import ChatEncoder, load_tokenizer
     from reverie.engine import offline_llm
@@ -81,7 +52,7 @@ def cmd_learn(args: argparse.Namespace) -> int:
     from learner.distill import LOSSES
     from learner.config import METHODS, LearnConfig
     from learner.teacher_state import TEACHER_KINDS, TeacherConfig
-    from simulators.tinyworld.experiment import BACKENDS, LEARNABLE, run
+    from actors.experiments import BACKENDS, LEARNABLE, run
 
     model = check_model_dir(args.model)
     if args.method not in METHODS:
@@ -92,31 +63,27 @@ def cmd_learn(args: argparse.Namespace) -> int:
         raise ReverieError(f"unknown teacher {args.teacher!r}; teachers are: {', '.join(TEACHER_KINDS)}")
     if args.skill not in LEARNABLE:
         raise ReverieError(f"unknown skill {args.skill!r} for learn; skills are: {', '.join(LEARNABLE)}")
-    try:
-        lr = float(args.lr)
-    except ValueError:
-        raise ReverieError(f"--lr must be a number, got {args.lr!r}") from None
-    if not 0 < lr < 1:
-        raise ReverieError(f"--lr must be between 0 and 1, got {args.lr!r}")
-    retain = _fraction(args.retain, "--retain")
+    lr = check.LEARNING_RATE.parse(args.lr, "--lr")
+    retain = check.fraction(args.retain, "--retain")
     if args.backend not in BACKENDS:
         raise ReverieError(f"unknown backend {args.backend!r}; backends are: {', '.join(BACKENDS)}")
-    scorers = _count(args.scorers, "--scorers")
-    topk = _positive(args.topk) if args.topk else None
+    scorers = check.count(args.scorers, "--scorers")
+    topk = check.positive(args.topk, "--topk") if args.topk else None
     if args.backend == "ray" and args.method == "opsd" and scorers > 0 and args.loss in ("fkl", "rkl", "jsd") and not topk:
         raise ReverieError("vLLM teacher scorers return the top-k only: give --topk K, or --scorers 0 for a "
                            "full-vocabulary torch teacher")
-    teacher = TeacherConfig(kind=args.teacher, lag_every=_positive(args.lag_every),
-                            ema_rate=_fraction(args.ema_rate, "--ema-rate"),
+    teacher = TeacherConfig(kind=args.teacher, lag_every=check.positive(args.lag_every, "--lag-every"),
+                            ema_rate=check.fraction(args.ema_rate, "--ema-rate"),
                             model_dir=str(check_model_dir(args.teacher_model)) if args.teacher_model else None)
     try:
         teacher.check()
     except ValueError as exc:
         raise ReverieError(str(exc)) from None
     cfg = LearnConfig(
-        method=args.method, loss=args.loss, topk=topk, steps=_positive(args.steps),
-        batch_size=_positive(args.batch_size), lr=lr, warmup=_count(args.warmup, "--warmup"), retain=retain,
-        checkpoint_every=_count(args.checkpoint_every, "--checkpoint-every"), seed=parse_seed(args.seed),
+        method=args.method, loss=args.loss, topk=topk, steps=check.positive(args.steps, "--steps"),
+        batch_size=check.positive(args.batch_size, "--batch-size"), lr=lr,
+        warmup=check.count(args.warmup, "--warmup"), retain=retain,
+        checkpoint_every=check.count(args.checkpoint_every, "--checkpoint-every"), seed=parse_seed(args.seed),
     )
     checkpoints = Path(args.checkpoints) if args.checkpoints else None
     if checkpoints is not None and checkpoints.exists() and not checkpoints.is_dir():
@@ -125,6 +92,105 @@ def cmd_learn(args: argparse.Namespace) -> int:
                  backend=args.backend, scorers=scorers)
     print(json.dumps(report) if args.json else format_learn(report))
     return 0
+
+
+# ------------------------------------------------------------------ admin: a running `reverie serve`
+def _client(args: argparse.Namespace):
+    from reverie.admin import AdminClient, admin_key, check_url
+
+    url = check_url(args.url)  # every check of what was typed comes before the key and the network
+    return AdminClient(url, admin_key(args.key_file))
+
+
+def _version(args: argparse.Namespace) -> int:
+    return check.version(args.version, "the version")
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from reverie.admin import format_status, one_line
+
+    with _client(args) as admin:
+        status = admin.status()
+    print(one_line(status) if args.json else format_status(status))
+    return 0
+
+
+def cmd_review(args: argparse.Namespace) -> int:
+    from reverie.admin import format_review, one_line
+
+    version = _version(args)
+    with _client(args) as admin:
+        candidate = admin.candidate(version)
+    print(one_line(candidate) if args.json else format_review(candidate))
+    return 0
+
+
+def cmd_approve(args: argparse.Namespace) -> int:
+    from reverie.admin import format_candidate, one_line
+
+    version = _version(args)
+    with _client(args) as admin:
+        candidate = admin.approve(version, args.note or "")
+    print(one_line(candidate) if args.json else format_candidate(candidate))
+    return 0
+
+
+def cmd_reject(args: argparse.Namespace) -> int:
+    from reverie.admin import format_candidate, one_line
+
+    version = _version(args)
+    if args.reason is None or not args.reason.strip():
+        raise ReverieError("reject needs --reason TEXT: say why the candidate should not be served")
+    with _client(args) as admin:
+        candidate = admin.reject(version, args.reason.strip())
+    print(one_line(candidate) if args.json else format_candidate(candidate))
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from reverie.admin import one_line
+
+    version = _version(args)
+    with _client(args) as admin:
+        result = admin.rollback(version)
+    print(one_line(result) if args.json else f"rolled back: every replica now serves version {version}")
+    return 0
+
+
+def cmd_cycle(args: argparse.Namespace) -> int:
+    from reverie.admin import format_cycle, one_line
+
+    with _client(args) as admin:
+        result = admin.start_cycle()
+    print(one_line(result) if args.json else format_cycle(result))
+    return 0
+
+
+def _register_admin(sub) -> None:
+    from reverie.admin import DEFAULT_URL
+
+    def command(name: str, help: str, func, *, version: bool = False, json_flag: bool = True):
+        c = sub.add_parser(name, help=help)
+        if version:
+            c.add_argument("version", metavar="V", help="the candidate's version id")
+        c.add_argument("--url", default=DEFAULT_URL, help="the running reverie serve (default %(default)s)")
+        c.add_argument("--key-file", default=None, help="JSON key file with the admin key (default "
+                       "~/.config/reverie/keys.json; REVERIE_ADMIN_KEY takes precedence)")
+        if json_flag:
+            c.add_argument("--json", action="store_true", help="print the server's JSON answer as one line")
+        c.set_defaults(func=func)
+        return c
+
+    command("status", "the promoted version, the learning cycle and every candidate", cmd_status)
+    command("review", "review a candidate: what it learnt from, its scores against its parent, answers before "
+            "and after, decisions", cmd_review, version=True)
+    a = command("approve", "approve a pending candidate (it is then promoted and swapped in)", cmd_approve,
+                version=True)
+    a.add_argument("--note", default="", help="why (kept with the decision)")
+    r = command("reject", "reject a pending candidate", cmd_reject, version=True)
+    r.add_argument("--reason", default=None, help="why it should not be served (required)")
+    command("rollback", "serve an earlier promoted version again", cmd_rollback, version=True)
+    command("cycle", "start a learning cycle now", cmd_cycle)
 
 
 def format_learn(r: dict) -> str:
@@ -197,14 +263,29 @@ def parser() -> argparse.ArgumentParser:
 
     from serve.commands import register as register_serve
     from simulators.commands import register as register_dream
+    from actors.commands import register as register_demo
 
     register_serve(sub)
     register_dream(sub)
+    register_demo(sub)
+    _register_admin(sub)
+    return p
+
+
+ADMIN_COMMANDS = ("status", "review", "approve", "reject", "rollback", "cycle")
+
+
+def admin_parser() -> argparse.ArgumentParser:
+    """Only the admin commands: they talk to a running server and need none of the tiny world's imports
+    (the full parser's defaults import torch, seconds before a one-line answer)."""
+    p = argparse.ArgumentParser(prog="reverie", description="reverie: the admin commands of a running reverie serve.")
+    _register_admin(p.add_subparsers(dest="command", required=True))
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = (admin_parser() if argv and argv[0] in ADMIN_COMMANDS else parser()).parse_args(argv)
     try:
         return args.func(args)
     except ReverieError as exc:
