@@ -43,6 +43,9 @@ MODEL = "reverie"
 FINGERPRINT_PREFIX = "reverie-v"
 FACT_TEMPLATE = 1  # "tell me the {attr} of {ent} .": the template the first 100 evaluation items use least
 USER_MAX_TURNS = 6  # a user's agent is more patient than the evaluation (which allows EVAL_MAX_TURNS)
+# A user's agent lets the model write an action of at most this many tokens: six sampled turns of 32 tokens
+# and their error observations would outgrow the tiny model's 256-token context (a dream step failed so).
+USER_ACTION_TOKENS = 16
 FEEDBACK_RETRIES = 5
 
 
@@ -185,15 +188,17 @@ class ToolsAgent:
     """Plays ``tools`` tasks through the API: the model acts, the client runs the tool and reports back."""
 
     def __init__(self, api: Api, *, max_turns: int = EVAL_MAX_TURNS, temperature: float = 0.0,
-                 stream: bool = False):
+                 stream: bool = False, max_tokens: int = MAX_REPLY_TOKENS):
         self.api, self.max_turns, self.temperature, self.stream = api, max_turns, temperature, stream
+        self.max_tokens = max_tokens
 
     def play(self, task: ToolsTask) -> Episode:
         env = ToolsEnv(task, max_turns=self.max_turns)
         env.reset()
         ids, versions = [], set()
         while True:
-            reply = self.api.chat(env.transcript, stream=self.stream, temperature=self.temperature)
+            reply = self.api.chat(env.transcript, stream=self.stream, temperature=self.temperature,
+                                  max_tokens=self.max_tokens)
             ids.append(reply.id)
             versions.add(reply.version)
             result = env.step(reply.text)
@@ -443,7 +448,7 @@ class ToolsUser(User):
 
     def step(self) -> None:
         agent = ToolsAgent(self.pop.api, max_turns=USER_MAX_TURNS, temperature=self.temperature,
-                           stream=self.stream)
+                           stream=self.stream, max_tokens=USER_ACTION_TOKENS)
         ep = agent.play(tools_ask(self.rng))
         self.pop.episode(ep.success)
         self.pop.tally.add("tools", ep.success and ep.turns <= EVAL_MAX_TURNS)
