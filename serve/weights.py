@@ -2,7 +2,7 @@
 the worker extension that installs them with vLLM's in-place reload.
 
 A new version travels as a few safetensors files ("buckets", at most
-``bucket_bytes`` each) written to ``/dev/shm``: a safetensors file is a packed
+``bucket_bytes`` each) written once under the version registry: a safetensors file is a packed
 buffer with a small JSON manifest (name, dtype, shape, offset) in front, so
 the engine's worker maps it and reads the tensors without copies through
 Python objects.  Only file paths cross ``collective_rpc`` (tensors passed as
@@ -12,7 +12,6 @@ code, so nothing from a request or a checkpoint can execute.
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -20,7 +19,6 @@ from pathlib import Path
 import torch
 
 BUCKET_BYTES = 256 << 20
-SHM_ROOT = Path("/dev/shm") if Path("/dev/shm").is_dir() else Path(tempfile.gettempdir())
 
 
 class WeightsMismatch(ValueError):
