@@ -1,4 +1,4 @@
-"""Moving weights into a running vLLM engine: bucket files in shared memory and
+"""Moving weights into a running vLLM engine: bucket files under the version registry and
 the worker extension that installs them with vLLM's in-place reload.
 
 A new version travels as a few safetensors files ("buckets", at most
