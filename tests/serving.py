@@ -135,7 +135,12 @@ def publish_under_load(app, state, clients: int = 8) -> tuple[dict, list, list[s
     time.sleep(2)
     try:
         result = asyncio.run(app.dep.broadcaster().publish(state))
+        # Keep the load on until requests started after the swap have been answered (on a busy machine a
+        # fixed pause can end before any of them finished).
+        deadline = time.time() + 120
         time.sleep(2)
+        while time.time() < deadline and sum(r[0] == result["version"] for r in results) < clients:
+            time.sleep(0.5)
     finally:
         stop.set()
         for t in threads:
