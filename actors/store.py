@@ -19,6 +19,13 @@ Guarantees:
   and the log is replayed (deduplicated by id) when the store starts again.
 - no half-written file is visible: a part is written under a hidden name
   (``.tmp-...``, which ``pyarrow.dataset`` ignores) and then renamed.
+- one writer per data directory: a store holds an exclusive lock on its log
+  directory (``_wal/writer.lock``) while it is open; a second store on the same
+  directory fails with ``StoreBusyError``.  The kernel releases the lock when
+  the process ends, so a crashed writer leaves nothing held.  (For a remote
+  data directory the log, and so the lock, is on the writer's machine.)
+- a torn record at the end of the log (a crash mid-append) is cut off when the
+  store starts, so later appends are never written behind it.
 """
 from __future__ import annotations
 
@@ -93,6 +100,32 @@ class RecordError(ValueError):
     """A record that cannot be stored (bad msgpack, no id, a field of the wrong type, unknown table)."""
 
 
+class StoreBusyError(RuntimeError):
+    """Another experience store writes to this data directory (one writer per data directory)."""
+
+
+def _lock_writer(path: Path, data_dir: str):
+    """Hold an exclusive ``flock`` on ``path`` for as long as the returned file is open.  The kernel drops
+    the lock when the process ends, however it ends, so a crashed writer never leaves it held."""
+    import fcntl
+
+    f = open(path, "a+")
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "unknown"
+        f.close()
+        raise StoreBusyError(
+            f"data directory {data_dir!r} is in use by another experience store (pid {holder}): one writer per "
+            "data directory; write through that store or stop it first") from None
+    f.seek(0)
+    f.truncate()
+    f.write(str(os.getpid()))
+    f.flush()
+    return f
+
+
 def _filesystem(data_dir: str) -> tuple[pafs.FileSystem, str]:
     if "://" in str(data_dir):
         return pafs.FileSystem.from_uri(str(data_dir))
@@ -113,6 +146,15 @@ def _row(table: str, record: dict) -> dict:
     rest = {k: v for k, v in record.items() if k not in names}
     row["extra"] = msgpack.packb(rest, use_bin_type=True) if rest else None
     return row
+
+
+def check_no_writer(data_dir: str) -> None:
+    """Raise ``StoreBusyError`` when an experience store has ``data_dir`` (local) open for writing, so that
+    a command can refuse before it starts a cluster; the store itself enforces the rule in any case."""
+    fs, base = _filesystem(str(data_dir))
+    path = Path(base) / "_wal" / "writer.lock"
+    if isinstance(fs, pafs.LocalFileSystem) and path.is_file():
+        _lock_writer(path, str(data_dir)).close()
 
 
 def read_table(data_dir: str = DEFAULT_DATA_DIR, table: str = "interactions", ids=None, columns=None) -> pa.Table:
@@ -145,6 +187,7 @@ class ExperienceStoreCore:
                 wal_dir = str(Path.home() / ".cache" / "reverie" / "wal" / digest)
         self.wal_dir = Path(wal_dir)
         self.wal_dir.mkdir(parents=True, exist_ok=True)
+        self._lock = _lock_writer(self.wal_dir / "writer.lock", self.data_dir)
         self._ids: dict[str, set[str]] = {}
         self._buffer: dict[str, list[dict]] = {t: [] for t in SCHEMAS}
         self._wal: dict[str, Any] = {}
@@ -158,19 +201,29 @@ class ExperienceStoreCore:
         return self.wal_dir / f"{table}.msgpack"
 
     def _replay(self, table: str) -> None:
+        """Accept every whole record of the table's log; cut a torn tail (a crash mid-append) off the file,
+        so that the next appends are not written behind bytes that no replay can read past."""
         path = self._wal_path(table)
         if not path.exists():
             return
+        data = path.read_bytes()
         unpacker = msgpack.Unpacker(raw=False)
-        unpacker.feed(path.read_bytes())
+        unpacker.feed(data)
+        whole = 0  # bytes of whole records
         try:
             for raw in unpacker:
+                whole = unpacker.tell()
                 try:
                     self._accept(table, raw)
                 except RecordError:
                     continue
-        except (ValueError, msgpack.exceptions.ExtraData):  # a torn last record from a crash
+        except (ValueError, msgpack.exceptions.ExtraData, msgpack.exceptions.FormatError,
+                msgpack.exceptions.StackError):  # a torn or garbled record from a crash
             pass
+        if whole < len(data):
+            with open(path, "r+b") as f:
+                f.truncate(whole)
+                os.fsync(f.fileno())
 
     def _wal_file(self, table: str):
         f = self._wal.get(table)
@@ -276,6 +329,9 @@ class ExperienceStoreCore:
         for f in self._wal.values():
             f.close()
         self._wal.clear()
+        if self._lock is not None:
+            self._lock.close()  # releases the writer's lock
+            self._lock = None
         return n
 
 

@@ -37,6 +37,12 @@ def cmd_dream(args: argparse.Namespace) -> int:
         data_dir = Path(args.data_dir)
         if data_dir.exists() and not data_dir.is_dir():
             raise ReverieError(f"--data-dir {str(data_dir)!r} exists and is not a directory")
+        from actors.store import StoreBusyError, check_no_writer
+
+        try:
+            check_no_writer(str(data_dir))
+        except StoreBusyError as e:
+            raise ReverieError(f"--data-dir: {e}") from None
     try:
         lr = float(args.lr)
     except ValueError:
@@ -113,7 +119,8 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--model", default=str(SHIPPED_MODEL), help="base model directory (default: the shipped one)")
     p.add_argument("--data-dir", default=None,
                    help="experience store directory: recorded asks seed the proposer, kept trajectories are written "
-                        "there (default: a new temporary directory)")
+                        "there (default: a new temporary directory); not one a running store writes to (such as "
+                        "`reverie serve`'s: one writer per data directory), where the loop dreams by itself")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_dream)

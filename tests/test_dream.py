@@ -100,3 +100,13 @@ def test_dream_step_stores_verified_trajectories_tagged_with_the_given_version(s
         budget = json.loads(r["provenance"])["max_turns"]
         assert r["success"] and not r["simulated"] and r["policy_version"] == version
         assert ToolsEnvironment(max_turns=budget).verify(task, r["messages"])  # re-checked by the verifier
+
+
+def test_dream_on_a_data_directory_another_store_writes_is_refused_with_one_line(tmp_path, refused):
+    from actors.store import ExperienceStoreCore
+
+    serving = ExperienceStoreCore(str(tmp_path))  # the store of a running `reverie serve`, say
+    try:
+        refused(["dream", "--data-dir", str(tmp_path), "--quiet"], "in use by another experience store")
+    finally:
+        serving.close()

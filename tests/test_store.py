@@ -1,6 +1,11 @@
 """The experience store: exactly-once appends, nothing acknowledged lost, no half-written file visible."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import msgpack
 import pyarrow.dataset as ds
 import pytest
@@ -103,3 +108,47 @@ def test_read_table_by_ids_returns_exactly_those_rows_and_none_for_an_empty_list
     assert read_table(str(tmp_path), "feedback", ids=[]).num_rows == 0  # a cycle with no feedback, only dreams
     assert sorted(read_table(str(tmp_path), "feedback", ids=["f0", "f2"]).column("id").to_pylist()) == ["f0", "f2"]
     assert read_table(str(tmp_path), "feedback", ids=["f1"], columns=["id"]).column_names == ["id"]
+
+
+def test_records_acknowledged_after_a_torn_log_tail_survive_the_next_crash(tmp_path):
+    s = ExperienceStoreCore(str(tmp_path), flush_rows=1000, flush_seconds=3600)
+    s.append("interactions", [rec(1)])
+    s.close()
+    torn = rec(2)
+    with open(tmp_path / "_wal" / "interactions.msgpack", "ab") as f:  # a crash in the middle of an append
+        f.write(torn[: len(torn) // 2])
+    s = ExperienceStoreCore(str(tmp_path), flush_rows=1000, flush_seconds=3600)
+    assert s.append("interactions", [rec(3), rec(4)]) == 2  # acknowledged
+    del s  # a crash: no close(), no flush
+    ExperienceStoreCore(str(tmp_path)).close()
+    assert sorted(read_table(str(tmp_path), "interactions").column("id").to_pylist()) == ["r1", "r3", "r4"]
+
+
+def test_a_second_writer_on_one_data_directory_is_refused_with_a_one_line_message(tmp_path):
+    from actors.store import StoreBusyError
+
+    s = ExperienceStoreCore(str(tmp_path))
+    with pytest.raises(StoreBusyError, match=f"in use by another experience store \\(pid {os.getpid()}\\)") as e:
+        ExperienceStoreCore(str(tmp_path))
+    assert "\n" not in str(e.value)
+    s.append("interactions", [rec(1)])
+    s.close()
+    ExperienceStoreCore(str(tmp_path)).close()  # closed: the directory is free again
+    assert read_table(str(tmp_path), "interactions").num_rows == 1
+
+
+def test_a_writer_killed_with_sigkill_does_not_leave_its_data_directory_locked(tmp_path):
+    code = ("import sys, time; from actors.store import ExperienceStoreCore; "
+            f"s = ExperienceStoreCore({str(tmp_path)!r}); print('open', flush=True); time.sleep(600)")
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                         cwd=Path(__file__).resolve().parent.parent)
+    try:
+        assert p.stdout.readline().strip() == "open"
+        from actors.store import StoreBusyError
+
+        with pytest.raises(StoreBusyError, match=f"pid {p.pid}"):
+            ExperienceStoreCore(str(tmp_path))
+    finally:
+        p.kill()
+        p.wait()
+    ExperienceStoreCore(str(tmp_path)).close()
