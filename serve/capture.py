@@ -5,6 +5,11 @@ The engine is always asked for the prompt and completion token ids
 (``return_token_ids``) and the sampled tokens' log-probs, because the store
 records them; the user sees them only if they asked.  Every response and every
 stream chunk gets ``system_fingerprint = "reverie-v<version>"``.
+
+The response id is the server's (``chatcmpl-<uuid>`` or ``cmpl-<uuid>``), made
+here: the engine's own id follows the client's ``X-Request-Id`` header, so two
+clients (or one, twice) could share it.  The engine's id is kept in the record
+as ``request_id``.
 """
 from __future__ import annotations
 
@@ -56,7 +61,9 @@ class Capture:
             if request.logprobs is None:
                 request.logprobs = 0
         request.return_token_ids = True
-        self.id: str | None = None
+        self.id = f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex}"
+        self.request_id: str | None = None  # the engine's id (from the client's X-Request-Id, if it sent one)
+        self.error: str | None = None
         self.prompt_token_ids: list[int] | None = None
         self.text: list[str] = []
         self.token_ids: list[int] = []
@@ -84,14 +91,15 @@ class Capture:
 
     def absorb(self, payload: dict) -> None:
         """Take what is worth recording from a response or a stream chunk."""
-        self.id = self.id or payload.get("id")
+        self.request_id = self.request_id or payload.get("id")
         if payload.get("prompt_token_ids") and self.prompt_token_ids is None:
             self.prompt_token_ids = list(payload["prompt_token_ids"])
         for choice in payload.get("choices") or []:
             self._absorb_choice(choice)
 
     def scrub(self, payload: dict) -> dict:
-        """Stamp the version; drop what only the recorder asked for."""
+        """Stamp the server's id and the version; drop what only the recorder asked for."""
+        payload["id"] = self.id
         payload["system_fingerprint"] = self.fingerprint
         if not self.want_token_ids:
             payload.pop("prompt_token_ids", None)
@@ -120,17 +128,26 @@ class Capture:
                 if isinstance(payload, dict) and not ("error" in payload and "choices" not in payload):
                     self.absorb(payload)
                     event = "data: " + json.dumps(self.scrub(payload), separators=(",", ":"))
+                elif isinstance(payload, dict):  # an error event in the stream
+                    err = payload["error"]
+                    self.error = str(err.get("message", err) if isinstance(err, dict) else err)
             out.append(event + "\n\n")
         return "".join(out), done
 
     # ------------------------------------------------------------ the record
     @property
-    def complete(self) -> bool:
-        return self.id is not None and self.finish_reason is not None
+    def started_output(self) -> bool:
+        """Whether the engine produced anything for this request (a refused request produces nothing)."""
+        return self.request_id is not None
 
     def record(self) -> dict:
+        """The interaction's row.  ``finish_reason`` is the engine's (``stop``, ``length``), or ``cancelled``
+        (the client went away mid-stream), ``error`` (the engine failed mid-way; ``error`` says how) or
+        ``incomplete`` (the stream ended without a finish)."""
         return {
-            "id": self.id or f"unknown-{uuid.uuid4().hex}",
+            "id": self.id,
+            "request_id": self.request_id,
+            "error": self.error,
             "created": self.started,
             "kind": self.kind,
             "model": self.model,
@@ -142,7 +159,7 @@ class Capture:
             "completion": "".join(self.text),
             "completion_token_ids": self.token_ids,
             "logprobs": self.logprobs,
-            "finish_reason": self.finish_reason,
+            "finish_reason": self.finish_reason or ("error" if self.error else None),
             "latency_s": time.perf_counter() - self._t0,
             "stream": self.stream,
             "sampling": json.dumps(self.sampling, default=str),

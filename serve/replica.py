@@ -41,6 +41,7 @@ from serve.capture import Capture
 logger = logging.getLogger("reverie.serve")
 
 MARKER = "__reverie__"
+STORE_WAIT_S = 2.0  # the longest an answer waits for the experience store
 
 
 class _Gate:
@@ -137,14 +138,38 @@ class ReverieLLMServer(LLMServer):
             self._store = ray.get_actor(self._store_name, namespace=self._store_namespace)
         return self._store
 
+    def _submit(self, cap: Capture):
+        """Hand the interaction to the store actor; the call's reference, or None without a store.  The call
+        survives a store restart (the actor's tasks are retried) and does not need this coroutine to wait."""
+        try:
+            store = self._store_handle()
+            if store is None:
+                return None
+            ref = store.append.remote("interactions", [msgpack.packb(cap.record(), use_bin_type=True)])
+        except Exception as e:  # noqa: BLE001 - the user still gets the answer; the loss is loud in the log
+            logger.error("could not record interaction %s: %s", cap.id, e)
+            return None
+
+        def done(f):
+            if not f.cancelled() and f.exception() is not None:
+                logger.error("could not record interaction %s: %s", cap.id, f.exception())
+
+        ref.future().add_done_callback(done)
+        return ref
+
     async def _record(self, cap: Capture) -> None:
-        store = self._store_handle()
-        if store is None or not cap.complete:
+        """Record the interaction before its last chunk goes out, waiting at most ``STORE_WAIT_S`` for the
+        store: a slow or restarting store delays an answer by that much, never more, and the record still
+        lands when the store catches up."""
+        ref = self._submit(cap)
+        if ref is None:
             return
         try:
-            await store.append.remote("interactions", [msgpack.packb(cap.record(), use_bin_type=True)])
-        except Exception as e:  # the user still gets the answer; the loss is loud in the log
-            logger.error("could not record interaction %s: %s", cap.id, e)
+            await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(ref.future())), STORE_WAIT_S)
+        except asyncio.TimeoutError:
+            logger.warning("the experience store is slow: interaction %s is queued for it", cap.id)
+        except Exception:  # noqa: BLE001 - logged by _submit's callback
+            pass
 
     async def _enter(self) -> _Slot:
         """Pass the active engine's gate; if the active engine changed while waiting, go to the new one."""
@@ -167,6 +192,7 @@ class ReverieLLMServer(LLMServer):
         from ray.llm._internal.serve.core.configs.openai_api_models import ErrorResponse
 
         slot = await self._enter()
+        cap, recorded, ended = None, False, "cancelled"
         try:
             version = slot.version
             yield {MARKER: {"version": version, "replica": self._replica}}
@@ -181,18 +207,32 @@ class ReverieLLMServer(LLMServer):
                             event, is_done = cap.rewrite_sse(event)
                             done = done or is_done
                         out.append(event)
-                    if done:
+                    if done and not recorded:
                         await self._record(cap)
+                        recorded = True
                     yield out
                 elif isinstance(item, ErrorResponse):
+                    cap.error = item.error.message
                     yield item
                 else:
                     payload = item.model_dump()
                     cap.absorb(payload)
                     cap.scrub(payload)
                     await self._record(cap)
+                    recorded = True
                     yield payload
+            ended = "error" if cap.error else "incomplete"
+        except Exception as e:
+            ended = "error"
+            if cap is not None:
+                cap.error = cap.error or f"{type(e).__name__}: {e}"
+            raise
         finally:
+            # A stream that sent something and did not finish (the client went away, the engine failed) is
+            # recorded too, with what was sent; a request refused before any output is not.
+            if cap is not None and not recorded and cap.started_output:
+                cap.finish_reason = cap.finish_reason if cap.finish_reason and not cap.error else ended
+                self._submit(cap)  # no waiting here: the request may be cancelled
             slot.gate.leave()
 
     async def chat(self, request, raw_request_info=None):

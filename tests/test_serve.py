@@ -119,6 +119,106 @@ def test_feedback_is_stored_and_joins_its_interaction(app):
     assert fb[0]["version"] == inter[r.id]["version"]
 
 
+def test_a_reused_request_id_header_gives_each_interaction_its_own_server_id_and_feedback_the_right_one(app):
+    from actors.store import read_table
+
+    asked = ["copy: q r", "sort: q r p"]
+    replies = [app.client.chat.completions.create(
+        model="reverie", messages=[{"role": "user", "content": q}], max_tokens=6, temperature=0,
+        extra_headers={"X-Request-Id": "same-id-from-the-client"}) for q in asked]
+    assert replies[0].id != replies[1].id and "same-id-from-the-client" not in replies[1].id
+    resp = httpx.post(app.url + "/v1/feedback", headers={"Authorization": f"Bearer {API_KEY}"},
+                      json={"response_id": replies[1].id, "rating": 1.0})
+    assert resp.status_code == 201, resp.text
+    app.flush()
+    rows = {r["id"]: r for r in read_table(app.data_dir, "interactions", ids=[r.id for r in replies]).to_pylist()}
+    assert [rows[r.id]["messages"][0]["content"] for r in replies] == asked  # both kept, neither dropped
+    fb = read_table(app.data_dir, "feedback", ids=[resp.json()["id"]]).to_pylist()
+    assert rows[fb[0]["response_id"]]["messages"][0]["content"] == asked[1]
+
+
+def wait_for_rows(app, ids, timeout: float = 60.0) -> dict:
+    from actors.store import read_table
+
+    deadline = time.time() + timeout
+    while True:
+        app.flush()
+        rows = {r["id"]: r for r in read_table(app.data_dir, "interactions", ids=list(ids)).to_pylist()}
+        if len(rows) == len(set(ids)) or time.time() > deadline:
+            return rows
+        time.sleep(0.5)
+
+
+def test_a_stream_the_client_drops_is_recorded_with_what_was_sent_and_finish_reason_cancelled(app):
+    import json
+
+    body = {"model": "reverie", "messages": [{"role": "user", "content": "copy: a b c d e f g h"}],
+            "max_tokens": 200, "temperature": 1.0, "stream": True, "ignore_eos": True}
+    with httpx.Client(timeout=60) as client:
+        with client.stream("POST", app.url + "/v1/chat/completions", json=body,
+                           headers={"Authorization": f"Bearer {API_KEY}"}) as r:
+            assert r.status_code == 200
+            lines = r.iter_lines()
+            first = json.loads(next(line for line in lines if line.startswith("data: "))[6:])
+        # leaving the block closes the connection mid-stream
+    rows = wait_for_rows(app, [first["id"]])
+    assert first["id"] in rows, "a dropped stream left no record"
+    row = rows[first["id"]]
+    assert row["finish_reason"] == "cancelled" and len(row["completion_token_ids"]) < 200
+
+
+def store_pid(app) -> int:
+    import os
+
+    import ray
+
+    return ray.get(app.dep.store.__ray_call__.remote(lambda store: os.getpid()))
+
+
+def test_a_stalled_store_does_not_stall_responses_and_every_answer_is_recorded_when_it_resumes(app):
+    import os
+    import signal
+
+    client = app.client.with_options(timeout=60, max_retries=0)
+    pid = store_pid(app)
+    os.kill(pid, signal.SIGSTOP)  # the store actor we started: frozen, as a store on a stalled disk
+    try:
+        ids = [client.chat.completions.create(model="reverie", messages=[{"role": "user", "content": f"sort: {c} b"}],
+                                              max_tokens=4, temperature=0).id for c in "xyz"]
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    rows = wait_for_rows(app, ids)
+    assert sorted(rows) == sorted(ids)
+
+
+def test_a_killed_store_actor_loses_no_answered_interaction(app):
+    import ray
+
+    ids, errors, stop = [], [], threading.Event()
+
+    def user():
+        while not stop.is_set():
+            try:
+                ids.append(app.client.chat.completions.create(
+                    model="reverie", messages=[{"role": "user", "content": "copy: k i l l"}], max_tokens=4,
+                    temperature=0).id)
+            except Exception as e:  # noqa: BLE001 - counted
+                errors.append(repr(e))
+
+    users = [threading.Thread(target=user) for _ in range(4)]
+    for t in users:
+        t.start()
+    time.sleep(2)
+    ray.kill(app.dep.store, no_restart=False)  # Ray restarts it; the log replays what was acknowledged
+    time.sleep(4)
+    stop.set()
+    for t in users:
+        t.join(timeout=120)
+    assert errors == [] and len(ids) > 4
+    rows = wait_for_rows(app, ids, timeout=120)
+    assert sorted(rows) == sorted(ids)
+
+
 @pytest.mark.parametrize("body,field", [
     ({"response_id": "chatcmpl-nope", "rating": 1}, None),
     ({"response_id": "x", "rating": 3}, "rating"),
