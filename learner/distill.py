@@ -136,7 +136,7 @@ def sft_loss(student, encoder: ChatEncoder, lessons: list[Lesson]) -> tuple[torc
     for l in lessons:
         if l.reference is None:
             raise ValueError("SFT needs a reference reply for every lesson")
-        targets.append(encoder.tok.encode(" " + l.reference, add_special_tokens=False) + [encoder.end_id])
+        targets.append(encoder.text_ids(" " + l.reference) + [encoder.end_id])
     logits, ids, mask = completion_logits(student, encoder, [l.student for l in lessons], targets)
     ce = F.cross_entropy(logits.flatten(0, 1).float(), ids.flatten(), reduction="none").view_as(mask)
     return (ce * mask).sum() / mask.sum(), {"tokens": int(mask.sum())}

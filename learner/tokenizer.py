@@ -64,11 +64,16 @@ class ChatEncoder:
         self.role_ids = {r: tokenizer.convert_tokens_to_ids(f"<|{r}|>") for r in ROLES}
         self.end_id = tokenizer.convert_tokens_to_ids(END)
 
+    def text_ids(self, text: str) -> list[int]:
+        """Token ids of ``text`` as text: a role tag or an end tag written inside it (a user's prompt, a rule
+        given as feedback) is spelled out in ordinary tokens and never becomes structure."""
+        return self.tok.encode(text, add_special_tokens=False, split_special_tokens=True)
+
     def encode(self, messages: list[dict], add_generation_prompt: bool = False) -> tuple[list[int], list[int]]:
         ids: list[int] = []
         mask: list[int] = []
         for m in messages:
-            body = self.tok.encode(" " + m["content"], add_special_tokens=False)
+            body = self.text_ids(" " + m["content"])
             trained = int(m["role"] == "assistant")
             ids += [self.role_ids[m["role"]], *body, self.end_id]
             mask += [0] + [trained] * (len(body) + 1)

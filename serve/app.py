@@ -6,6 +6,7 @@ from pathlib import Path
 
 from reverie.config import ServeConfig
 from reverie.engine import engine_kwargs
+from serve.guard import chat_roles
 
 APP_NAME = "reverie"
 MODEL_ID = "reverie"
@@ -60,7 +61,7 @@ def build_application(cfg: ServeConfig, key_digests: dict):
         model_cards={cfg.model_id: to_model_metadata(cfg.model_id, conf)},
         key_digests=key_digests, versions_dir=versions_dir, store_name=cfg.store_name,
         swap_mode=cfg.swap_mode, swap_timeout_s=cfg.swap_timeout_s,
-        controller_name=CONTROLLER_NAME if cfg.loop.learn else None,
+        controller_name=CONTROLLER_NAME if cfg.loop.learn else None, roles=chat_roles(cfg.model_dir),
     )
 
 

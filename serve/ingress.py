@@ -37,6 +37,7 @@ from ray.llm._internal.serve.core.ingress.ingress import (
 from actors.broadcaster import SwapError, WeightBroadcaster
 from reverie.versions import PROMOTED, ROLLED_BACK, VersionError, VersionRegistry
 from serve.auth import AuthMiddleware
+from serve.guard import OPENAI_ROLES, BodyGuard
 from serve.replica import MARKER
 from serve.weights import WeightsMismatch
 
@@ -85,10 +86,12 @@ CONTROLLER_TIMEOUT_S = 30.0
 class ReverieIngress(OpenAiIngress):
     def __init__(self, llm_deployments, model_cards, *, key_digests: dict, versions_dir: str,
                  store_name: str, store_namespace: str = "reverie", swap_mode: str = "wait",
-                 swap_timeout_s: float = 120.0, controller_name: str | None = None, lora_paths=None):
+                 swap_timeout_s: float = 120.0, controller_name: str | None = None, lora_paths=None,
+                 roles: tuple[str, ...] = OPENAI_ROLES):
         super().__init__(llm_deployments, model_cards, lora_paths=lora_paths)
         _DIGESTS.clear()
         _DIGESTS.update(key_digests)
+        _ROLES[:] = list(roles)
         self._store_name, self._store_namespace = store_name, store_namespace
         self._store = None
         self._controller_name = controller_name
@@ -239,6 +242,7 @@ class ReverieIngress(OpenAiIngress):
 
 
 _DIGESTS: dict = {}
+_ROLES: list = []  # the chat template's roles (module state, like the digests)
 
 
 def key_digests() -> dict:
@@ -265,5 +269,6 @@ ENDPOINTS = {
 
 def make_app():
     app = init()
+    app.add_middleware(BodyGuard, roles=lambda: _ROLES or OPENAI_ROLES)  # inner: runs once the key passed
     app.add_middleware(AuthMiddleware, digests=key_digests)
     return app
