@@ -99,6 +99,25 @@ def cmd_bench_swap(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_load(args: argparse.Namespace) -> int:
+    import contextlib
+
+    from actors.bench_cycle import write_result
+    from serve.bench_load import run_load
+
+    kwargs = dict(concurrency=check.int_in(args.concurrency, "--concurrency", 1, 1024),
+                  seconds=check.seconds(args.seconds, "--seconds"),
+                  swap_every=check.seconds(args.swap_every, "--swap-every"),
+                  max_tokens=check.int_in(args.max_tokens, "--max-tokens", 1, 200),
+                  replicas=check.int_in(args.replicas, "--replicas", 1, 16))
+    with contextlib.redirect_stdout(sys.stderr):  # Ray's notices; stdout stays one JSON object
+        report = run_load(**kwargs, progress=lambda m: print(f"reverie: {m}", file=sys.stderr, flush=True))
+    out = write_result(report, args.out)
+    print(json.dumps(report) if args.json else "\n".join(f"{k:28} {v}" for k, v in report.items()))
+    print(f"reverie: wrote {out}", file=sys.stderr)
+    return 0
+
+
 def cmd_bench_cycle(args: argparse.Namespace) -> int:
     import contextlib
 
@@ -176,6 +195,16 @@ def register(subparsers) -> None:
                    "(default: on a CPU-only machine the engine's worker keeps its cores to itself, raw and served alike)")
     w.add_argument("--json", action="store_true", help="print one JSON object")
     w.set_defaults(func=cmd_bench_swap)
+    ld = bs.add_parser("load", help="many clients through the API while versions are swapped; then the store is "
+                                     "checked against what was answered (lost, duplicated, mixed-version answers)")
+    ld.add_argument("--concurrency", default="64", help="concurrent clients (default %(default)s)")
+    ld.add_argument("--seconds", default="60", help="how long the load runs (default %(default)s)")
+    ld.add_argument("--swap-every", default="10", help="seconds between swaps (default %(default)s)")
+    ld.add_argument("--max-tokens", default="16", help="tokens per request (default %(default)s)")
+    ld.add_argument("--replicas", default="1", help="serving replicas (default %(default)s)")
+    ld.add_argument("--out", default="bench/results/load.json", help="result file (default %(default)s)")
+    ld.add_argument("--json", action="store_true", help="print one JSON object")
+    ld.set_defaults(func=cmd_bench_load)
     c = bs.add_parser("cycle", help="from a rule given as feedback to the first answer served by a promoted "
                                     "version that follows it (the whole loop, auto-approval, tiny world)")
     c.add_argument("--steps", default="120", help="learner updates in the cycle (default %(default)s)")

@@ -90,6 +90,7 @@ class ReverieLLMServer(LLMServer):
         self._active: _Slot | None = None
         self._spare: _Slot | None = None  # the standby engine, in standby mode
         self._swap_lock = asyncio.Lock()
+        self._broken: str | None = None  # why this replica must not serve (a swap and its restore failed)
         self._store_name = store_name
         self._store_namespace = store_namespace
         self._store = None
@@ -126,6 +127,8 @@ class ReverieLLMServer(LLMServer):
                     " (with a standby engine)" if self._spare else "")
 
     async def check_health(self) -> None:
+        if self._broken:  # its weights are unknown: Serve replaces it, and the new one loads the promoted version
+            raise RuntimeError(self._broken)
         await super().check_health()
         if self._spare is not None:
             await self._spare.engine.check_health()
@@ -189,12 +192,17 @@ class ReverieLLMServer(LLMServer):
         return self._batch_output_stream(stream) if getattr(request, "stream", False) else stream
 
     async def _serve(self, kind: str, request, raw_request_info):
-        from ray.llm._internal.serve.core.configs.openai_api_models import ErrorResponse
+        from ray.llm._internal.serve.core.configs.openai_api_models import ErrorInfo, ErrorResponse
 
         slot = await self._enter()
         cap, recorded, ended = None, False, "cancelled"
         try:
             version = slot.version
+            if version is None or self._broken:  # never stamp a response with weights nobody registered
+                yield ErrorResponse(error=ErrorInfo(
+                    message="this replica is being replaced after a failed swap; retry", type="ServiceUnavailable",
+                    code=503))
+                return
             yield {MARKER: {"version": version, "replica": self._replica}}
             cap = Capture(kind, request, version, self._replica, self._llm_config.model_id)
             stream = await self._run_on(slot.engine, request, "chat" if kind == "chat" else "completions",
@@ -289,21 +297,27 @@ class ReverieLLMServer(LLMServer):
         slot.gate.open.clear()
         touched = False
         steps: dict[str, float] = {}
+        deadline = time.perf_counter() + timeout_s  # one bound for the whole swap: drain, pause and reload
+
+        def left() -> float:
+            return max(0.001, deadline - time.perf_counter())
+
         try:
             t = time.perf_counter()
             if mode == "wait":
-                await asyncio.wait_for(slot.gate.idle.wait(), timeout=timeout_s)
+                await asyncio.wait_for(slot.gate.idle.wait(), timeout=left())
             steps["drain_seconds"] = time.perf_counter() - t
             t = time.perf_counter()
-            await asyncio.wait_for(slot.engine.pause(mode=mode, clear_cache=True), timeout=timeout_s)
+            await asyncio.wait_for(slot.engine.pause(mode=mode, clear_cache=True), timeout=left())
             steps["pause_seconds"] = time.perf_counter() - t
             touched = True
             t = time.perf_counter()
-            result = await self._load(slot.engine, paths, timeout_s)
+            result = await self._load(slot.engine, paths, left())
             if not result["ok"]:
                 raise RuntimeError(result["error"])
             steps["load_seconds"] = time.perf_counter() - t
             slot.version, slot.weights = version, paths
+            self._broken = None  # whatever failed before, this engine now holds a registered version
             return steps
         except Exception as e:
             if touched and previous_weights:
@@ -312,7 +326,13 @@ class ReverieLLMServer(LLMServer):
                     if not restored["ok"]:
                         raise RuntimeError(restored["error"])
                 except Exception as e2:
-                    raise RuntimeError(f"{e}; restoring version {slot.version} also failed: {e2}") from e
+                    # The engine holds weights of no known version: this replica stops serving for good.
+                    self._broken = f"swap to version {version} failed and restoring version {slot.version} " \
+                                   f"failed too: {e2}"
+                    slot.version = slot.weights = None
+                    logger.error("replica %s: %s; it refuses requests until Serve replaces it", self._replica,
+                                 self._broken)
+                    raise RuntimeError(f"{e}; restoring the previous version also failed: {e2}") from e
             raise
         finally:
             try:
@@ -325,16 +345,21 @@ class ReverieLLMServer(LLMServer):
         new requests to it.  The active engine is not touched until the switch."""
         spare = self._spare
         steps: dict[str, float] = {}
+        deadline = time.perf_counter() + timeout_s  # one bound for the whole swap
+
+        def left() -> float:
+            return max(0.001, deadline - time.perf_counter())
+
         t = time.perf_counter()
-        await asyncio.wait_for(spare.gate.idle.wait(), timeout=timeout_s)
+        await asyncio.wait_for(spare.gate.idle.wait(), timeout=left())
         steps["drain_seconds"] = time.perf_counter() - t
         if not spare.holds(version, paths):  # a rollback to the version it still holds needs no reload
             spare.version = spare.weights = None  # unknown until the reload succeeds
             t = time.perf_counter()
             try:
                 # No request runs here; pausing clears its prefix cache, computed with the old weights.
-                await asyncio.wait_for(spare.engine.pause(mode="wait", clear_cache=True), timeout=timeout_s)
-                result = await self._load(spare.engine, paths, timeout_s)
+                await asyncio.wait_for(spare.engine.pause(mode="wait", clear_cache=True), timeout=left())
+                result = await self._load(spare.engine, paths, left())
                 if not result["ok"]:
                     raise RuntimeError(result["error"])
             finally:

@@ -362,6 +362,26 @@ def test_swap_in_keep_mode_under_load_fails_no_request(app):
     assert [r["version"] for r in result["replicas"]] == [result["version"]] * 2
 
 
+def test_streams_the_clients_dropped_in_wait_mode_do_not_hold_the_next_swap(app):
+    """In ``wait`` mode a swap drains the requests in flight; a client that went away mid-stream must not
+    leave its request counted as in flight, or every later swap would wait for it until its timeout."""
+    body = {"model": "reverie", "prompt": "copy: a b c", "max_tokens": 200, "temperature": 1.0, "stream": True,
+            "ignore_eos": True}
+    with httpx.Client(timeout=60) as client:
+        for _ in range(4):  # on both replicas, most likely
+            with client.stream("POST", app.url + "/v1/completions", json=body,
+                               headers={"Authorization": f"Bearer {API_KEY}"}) as r:
+                assert r.status_code == 200
+                next(line for line in r.iter_lines() if line.startswith("data: "))
+    deadline = time.time() + 60
+    while time.time() < deadline and any(x["inflight"] for x in asyncio.run(app.dep.broadcaster().replicas())):
+        time.sleep(0.5)
+    assert all(x["inflight"] == 0 for x in asyncio.run(app.dep.broadcaster().replicas()))
+    result = asyncio.run(app.dep.broadcaster(mode="wait", timeout_s=30).publish(_perturbed_state(seed=21)))
+    assert [r["version"] for r in result["replicas"]] == [result["version"]] * 2
+    assert all(r["drain_seconds"] < 30 for r in result["replicas"])
+
+
 def test_publish_over_http_from_a_checkpoint_directory(app, tmp_path):
     from transformers import LlamaForCausalLM
 
@@ -422,6 +442,50 @@ def test_a_restarted_replica_comes_back_on_the_promoted_version(app):
         pytest.fail("the killed replica was not replaced within 300 s")
     assert [r["version"] for r in replicas] == [v, v]
     model = _torch_model(state)
+    for _ in range(4):
+        version, prompt_ids, ids, lps = _served(app)
+        assert version == v and _max_diff(lps, _torch_logprobs(model, prompt_ids, ids)) < 1e-4
+
+
+def test_a_replica_whose_swap_and_restore_both_fail_stops_serving_and_is_replaced_on_the_promoted_version(app):
+    """Two faults at once: the new weights cannot be loaded, and neither can the previous version's (its files
+    are gone).  The replica's weights are then of no registered version: it must answer no request stamped
+    with a version (503 instead), report itself unhealthy, and be replaced by one on the promoted version."""
+    import shutil
+
+    state = _perturbed_state(seed=23)
+    v = asyncio.run(app.dep.broadcaster().publish(state))["version"]
+    files = [p for p in app.dep.registry.get(v).weights]
+    hidden = [f + ".hidden" for f in files]
+    for f, h in zip(files, hidden):
+        shutil.move(f, h)
+    try:
+        result = app.dep.llm_handle().reverie_install.remote(
+            version=v + 1000, paths=["/no/such/weights.safetensors"], mode="wait", timeout_s=30.0).result(
+            timeout_s=120)
+    finally:
+        for f, h in zip(files, hidden):
+            shutil.move(h, f)  # the promoted version's files are back for the replacement to load
+    assert not result["ok"] and "restoring the previous version also failed" in result["error"]
+    broken = result["replica"]
+    model, stamped, refused, unknown = _torch_model(state), [], 0, 0
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        replicas = asyncio.run(app.dep.broadcaster().replicas())
+        if len(replicas) == 2 and broken not in {r["replica"] for r in replicas}:
+            break
+        unknown += any(r["replica"] == broken and r["version"] is None for r in replicas)
+        try:
+            stamped.append(_served(app))
+        except openai.APIStatusError as e:
+            assert e.status_code == 503 and "being replaced" in str(e), e
+            refused += 1
+        time.sleep(1)
+    else:
+        pytest.fail("the broken replica was not replaced within 300 s")
+    assert unknown > 0  # the broken replica said its weights are of no version, until it was replaced
+    assert {s[0] for s in stamped} <= {v}  # every answer came from the promoted version's weights
+    assert [r["version"] for r in replicas] == [v, v]
     for _ in range(4):
         version, prompt_ids, ids, lps = _served(app)
         assert version == v and _max_diff(lps, _torch_logprobs(model, prompt_ids, ids)) < 1e-4
