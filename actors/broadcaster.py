@@ -10,7 +10,10 @@ against the served model (names, shapes, finite values: nothing is touched if
 they differ), every replica installs them under one timeout (each drains or
 pauses its requests, reloads in place through the vLLM worker extension and
 reports its version), and only then is the version promoted in the registry,
-so a replica that starts later loads it before it takes traffic.  If any
+so a replica that starts later loads it before it takes traffic.  A replica that starts during a swap
+waits for it (the registry's swap lock) and loads what was promoted; one that was starting when the
+broadcast went out is installed after the promotion; and a replica finds by itself, at its health check,
+that it is behind the promoted version while no swap runs, and catches up.  If any
 replica fails or the timeout passes, every replica is put back on the
 previous version and ``SwapError`` is raised: the swap fails loudly.
 
@@ -30,8 +33,8 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from reverie.files import locked
-from reverie.versions import APPROVED, Candidate, VersionError, VersionRegistry
+from reverie.files import acquire
+from reverie.versions import APPROVED, SWAP_LOCK, Candidate, VersionError, VersionRegistry
 from serve.weights import (
     BUCKET_BYTES,
     WeightsMismatch,
@@ -120,7 +123,10 @@ class WeightBroadcaster:
     async def _install_registered(self, c: Candidate, rollback: bool) -> dict:
         t0 = time.perf_counter()
         async with self._lock:
-            with locked(self.registry.root / "swap.lock"):
+            # The registry's swap lock: a replica that starts meanwhile waits for it, then loads what is
+            # promoted by then (taken in a thread: waiting must not block this process's event loop).
+            held = await asyncio.to_thread(acquire, self.registry.root / SWAP_LOCK)
+            try:
                 previous = self.registry.promoted()
                 swap = await self._swap(c.version, c.weights, previous)
                 try:
@@ -129,8 +135,20 @@ class WeightBroadcaster:
                     await self._install(previous.version, previous.weights, self.restore_timeout_s)
                     raise SwapError(f"could not promote version {c.version} ({e}); "
                                     f"replicas are back on version {previous.version}") from e
+                # A replica that finished starting (on the previous version) while the swap ran was not in
+                # the broadcast: install again where a replica reports another version.
+                try:
+                    late = [r for r in await self.replicas() if r.get("version") != c.version]
+                except Exception:  # noqa: BLE001 - the replicas' own health check catches up
+                    late = []
+                if late:
+                    swap["replicas"] = await self._install(c.version, c.weights, self.timeout_s)
+                    swap["late_replicas"] = [r.get("replica") for r in late]
+            finally:
+                held.close()
         return {"version": c.version, "previous": previous.version, "seconds": time.perf_counter() - t0,
-                "swap_seconds": swap["seconds"], "replicas": swap["replicas"]}
+                "swap_seconds": swap["seconds"], "replicas": swap["replicas"],
+                **({"late_replicas": swap["late_replicas"]} if "late_replicas" in swap else {})}
 
     async def promote(self, version: int) -> dict:
         """Install the approved candidate ``version`` everywhere, then promote it."""

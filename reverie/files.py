@@ -75,3 +75,21 @@ def locked(path: str | Path):
             yield
         finally:
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def acquire(path: str | Path, *, wait: bool = True):
+    """Take an exclusive advisory lock on ``path`` (created if missing) and return the open file that holds it
+    (``close()`` releases it), or None when ``wait`` is false and someone else holds it.  For a lock held
+    across awaits; ``locked`` is the block form."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    f = open(path, "a")
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        return None
+    except BaseException:
+        f.close()
+        raise
+    return f

@@ -42,6 +42,9 @@ from reverie.files import atomic_write_json, fsync_dir, locked, read_json
 CANDIDATE, REJECTED, PENDING, APPROVED, PROMOTED, ROLLED_BACK = (
     "candidate", "rejected", "pending", "approved", "promoted", "rolled-back")
 STATUSES = (CANDIDATE, REJECTED, PENDING, APPROVED, PROMOTED, ROLLED_BACK)
+# Under the registry's root: held by the broadcaster for a whole swap, and by a serving replica while it
+# starts (so a replica never loads the version a running swap is about to replace).
+SWAP_LOCK = "swap.lock"
 # Which status may follow which (promotion and rollback go through ``promote`` and ``rolled_back``).
 _NEXT = {
     CANDIDATE: {REJECTED, PENDING, APPROVED},

@@ -6,8 +6,12 @@ Every figure is measured in the run that prints it:
   ``install_seconds_median`` is the part the replicas spend switching.
 - ``requests``/``failed``: streaming completions started during the swap
   window, and those that raised or returned an error.
-- ``mixed_version_responses``: responses whose chunks do not all carry the
-  version in their ``x-reverie-version`` header.
+- ``mixed_version_responses``: completions whose token log-probs do not fit,
+  within 1e-3, the weights of the version stamped on them (recomputed in torch
+  from the registry's files of that version, ``serve/verify.py``), plus
+  responses whose chunks do not all carry the stamp of their
+  ``x-reverie-version`` header; ``checked_responses``: completions recomputed
+  (every answered one).
 - ``tokens_per_second``: completion tokens streamed per second over the swap
   window; ``serve_tokens_per_second_steady`` the same without swaps;
   ``first_token_seconds_*``: from sending a request to its first token, over
@@ -119,10 +123,12 @@ class _Load:
         self.versions: set[int] = set()
         self.errors: list[str] = []
         self.mixed_examples: list[str] = []
+        self.keep = False  # keep each completion's tokens and log-probs, to be checked against its version
+        self.completions: list[tuple] = []
 
     async def _one(self, client) -> None:
         body = {"model": "reverie", "prompt": PROMPT, "max_tokens": self.max_tokens, "temperature": 1.0,
-                "stream": True, "ignore_eos": True, "return_token_ids": True}
+                "stream": True, "ignore_eos": True, "return_token_ids": True, "logprobs": 0}
         self.requests += 1
         t0 = time.perf_counter()
         try:
@@ -132,6 +138,7 @@ class _Load:
                     raise RuntimeError(f"HTTP {r.status_code}: {(await r.aread())[:200]!r}")
                 version = int(r.headers["x-reverie-version"])
                 fingerprints, tokens, done, first_seen = set(), 0, False, False
+                prompt_ids, ids, lps = None, [], []
                 async for line in r.aiter_lines():
                     if not line.startswith("data: "):
                         continue
@@ -147,12 +154,17 @@ class _Load:
                         self.first_token_seconds.append(time.perf_counter() - t0)
                     for ch in chunk.get("choices", []):
                         tokens += len(ch.get("token_ids") or [])
+                        prompt_ids = prompt_ids or ch.get("prompt_token_ids")
+                        ids += ch.get("token_ids") or []
+                        lps += (ch.get("logprobs") or {}).get("token_logprobs") or []
                         if ch.get("finish_reason") == "abort":
                             raise RuntimeError("the completion was aborted by a swap")
                 if not done:
                     raise RuntimeError("stream ended without [DONE]")
             self.versions.add(version)
             self.tokens += tokens
+            if self.keep and prompt_ids and ids:
+                self.completions.append((version, list(prompt_ids), ids, lps))
             if fingerprints != {f"reverie-v{version}"}:
                 self.mixed += 1
                 self.mixed_examples.append(f"header v{version}, chunks {sorted(map(str, fingerprints))}")
@@ -176,9 +188,10 @@ def _median(xs: list[float]) -> float | None:
     return statistics.median(xs) if xs else None
 
 
-async def _measure_load(url, key, concurrency, max_tokens, action):
+async def _measure_load(url, key, concurrency, max_tokens, action, keep: bool = False):
     """Run the load while ``action()`` runs (or for a fixed time if action is a number); (load, seconds)."""
     load = _Load(url, key, concurrency, max_tokens)
+    load.keep = keep
     stop = asyncio.Event()
     task = asyncio.create_task(load.run(stop))
     t0 = time.perf_counter()
@@ -255,10 +268,17 @@ def run_bench(params: str = "100M", replicas: int = 1, concurrency: int = 32, sw
                         progress(f"swap {i + 1}/{swaps}: version {r['version']} in {timings[-1]['total']:.2f} s")
                         await asyncio.sleep(swap_interval)
 
-                load, load_s, _ = await _measure_load(url, keys.api_key, concurrency, max_tokens, do_swaps)
+                load, load_s, _ = await _measure_load(url, keys.api_key, concurrency, max_tokens, do_swaps,
+                                                      keep=True)
                 return steady, steady_s, load, load_s, timings
 
             steady, steady_s, load, load_s, timings = asyncio.run(main())
+            from serve.verify import mismatched
+
+            progress(f"checking {len(load.completions)} completions against their versions' weights")
+            wrong = mismatched(load.completions, dep.registry, model_dir)
+            load.mixed += len(wrong)
+            load.mixed_examples += [f"v{c[0]}: log-probs do not fit its weights" for c in wrong[:3]]
         finally:
             dep.shutdown()
             serve.shutdown()
@@ -275,6 +295,7 @@ def run_bench(params: str = "100M", replicas: int = 1, concurrency: int = 32, sw
             "params": int(n_params), "replicas": replicas, "swaps": len(timings),
             "swap_seconds_median": statistics.median(totals), "swap_seconds_max": max(totals),
             "requests": load.requests, "failed": load.failed, "mixed_version_responses": load.mixed,
+            "checked_responses": len(load.completions),
             "tokens_per_second": load.tokens / load_s,
             "first_token_seconds_median": _median(load.first_token_seconds),
             "first_token_seconds_max": max(load.first_token_seconds, default=None),

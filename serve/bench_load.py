@@ -110,32 +110,6 @@ class _Clients:
             await asyncio.gather(*(worker() for _ in range(self.concurrency)))
 
 
-def _mixed(completions, registry, model_dir: Path) -> int:
-    """Completions whose log-probs do not fit the weights of the version they are stamped with."""
-    import torch
-    from safetensors.torch import load_file
-    from transformers import AutoModelForCausalLM
-
-    models: dict[int, torch.nn.Module] = {}
-    mixed = 0
-    for version, prompt_ids, ids, lps in completions:
-        if version not in models:
-            model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-            state = {}
-            for f in registry.get(version).weights:
-                state.update(load_file(f))
-            model.load_state_dict(state, strict=False)
-            models[version] = model
-        x = torch.tensor([prompt_ids + ids])
-        with torch.no_grad():
-            logits = models[version](x).logits.float()
-        lp = torch.log_softmax(logits[0, len(prompt_ids) - 1:-1], dim=-1)
-        ref = lp.gather(1, torch.tensor(ids)[:, None])[:, 0].tolist()
-        if len(ref) != len(lps) or max(abs(a - b) for a, b in zip(ref, lps)) > 1e-3:
-            mixed += 1
-    return mixed
-
-
 def run_load(concurrency: int = 64, seconds: float = 60.0, swap_every: float = 10.0, max_tokens: int = 16,
              replicas: int = 1, seed: int = 0, progress=print) -> dict:
     import logging
@@ -150,6 +124,7 @@ def run_load(concurrency: int = 64, seconds: float = 60.0, swap_every: float = 1
     from reverie.config import LoopConfig, ServeConfig
     from serve.app import Deployment, init_ray
     from serve.auth import Keys
+    from serve.verify import mismatched
     from simulators.tinyworld.build import SHIPPED_MODEL
 
     logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -204,7 +179,7 @@ def run_load(concurrency: int = 64, seconds: float = 60.0, swap_every: float = 1
         stored = set(ids)
         acknowledged = set(clients.acknowledged)
         progress(f"checking {len(clients.completions)} completions against their versions' weights")
-        mixed = _mixed(clients.completions, dep.registry, Path(SHIPPED_MODEL))
+        mixed = len(mismatched(clients.completions, dep.registry, Path(SHIPPED_MODEL)))
     finally:
         dep.shutdown()
         serve.shutdown()

@@ -35,7 +35,8 @@ from ray import serve
 from ray.serve.llm import LLMServer
 
 from reverie.config import SWAP_MODES
-from reverie.versions import VersionRegistry
+from reverie.files import acquire
+from reverie.versions import SWAP_LOCK, VersionRegistry
 from serve.capture import Capture
 
 logger = logging.getLogger("reverie.serve")
@@ -91,6 +92,7 @@ class ReverieLLMServer(LLMServer):
         self._spare: _Slot | None = None  # the standby engine, in standby mode
         self._swap_lock = asyncio.Lock()
         self._broken: str | None = None  # why this replica must not serve (a swap and its restore failed)
+        self._catching_up: asyncio.Task | None = None
         self._store_name = store_name
         self._store_namespace = store_namespace
         self._store = None
@@ -114,13 +116,20 @@ class ReverieLLMServer(LLMServer):
             from reverie import cpus
 
             cpus.leave_engine_cores(self._cpu_plan)
-        info = self._registry.promoted()
-        for slot in slots:
-            if info.source != "base":
-                result = await self._load(slot.engine, info.weights, timeout_s=300.0)
-                if not result["ok"]:
-                    raise RuntimeError(f"replica could not load promoted version {info.version}: {result['error']}")
-            slot.version, slot.weights = info.version, list(info.weights)
+        # A swap running now holds the registry's swap lock: wait for it, then load what it promoted (a swap
+        # that starts while this replica loads waits in turn).
+        held = await asyncio.to_thread(acquire, self._registry.root / SWAP_LOCK)
+        try:
+            info = self._registry.promoted()
+            for slot in slots:
+                if info.source != "base":
+                    result = await self._load(slot.engine, info.weights, timeout_s=300.0)
+                    if not result["ok"]:
+                        raise RuntimeError(f"replica could not load promoted version {info.version}: "
+                                           f"{result['error']}")
+                slot.version, slot.weights = info.version, list(info.weights)
+        finally:
+            held.close()
         self._active = slots[0]
         self._spare = slots[1] if len(slots) > 1 else None
         logger.info("replica %s serving version %s%s", self._replica, info.version,
@@ -132,6 +141,33 @@ class ReverieLLMServer(LLMServer):
         await super().check_health()
         if self._spare is not None:
             await self._spare.engine.check_health()
+        self._catch_up()
+
+    def _catch_up(self) -> None:
+        """Behind the promoted version while no swap runs (it was starting when a swap's broadcast went out):
+        install the promoted version, holding the swap lock so that no swap interleaves."""
+        if self._active is None or self._swap_lock.locked() or self._catching_up is not None:
+            return
+        info = self._registry.promoted()
+        if self._active.holds(info.version, info.weights):
+            return
+        held = acquire(self._registry.root / SWAP_LOCK, wait=False)
+        if held is None:
+            return  # a swap is running: it installs here, or the next check looks again
+        info = self._registry.promoted()  # under the lock: what is promoted now
+
+        async def install():
+            try:
+                logger.warning("replica %s is on version %s, behind the promoted %s: installing it", self._replica,
+                               self._active.version, info.version)
+                result = await self.reverie_install(info.version, list(info.weights), mode="wait", timeout_s=120.0)
+                if not result["ok"]:
+                    logger.error("replica %s could not catch up: %s", self._replica, result.get("error"))
+            finally:
+                held.close()
+                self._catching_up = None
+
+        self._catching_up = asyncio.get_running_loop().create_task(install())
 
     # ------------------------------------------------------------ requests
     def _store_handle(self):

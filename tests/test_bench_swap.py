@@ -19,6 +19,7 @@ def test_bench_swap_reports_every_field_with_no_failed_or_mixed_response():
     assert report["swaps"] == 2 and report["replicas"] == 1 and report["params"] > 1_000_000
     assert report["failed"] == 0 and report["steady_failed"] == 0, report.get("first_errors")
     assert report["mixed_version_responses"] == 0, report.get("first_mixed")
+    assert report["checked_responses"] > 0  # every answered completion recomputed with its version's weights
     assert report["versions_seen"] >= 2 and report["requests"] > 0
     assert 0 < report["swap_seconds_median"] <= report["swap_seconds_max"]
     assert all(math.isfinite(report[k]) and report[k] > 0 for k in

@@ -447,6 +447,24 @@ def test_a_restarted_replica_comes_back_on_the_promoted_version(app):
         assert version == v and _max_diff(lps, _torch_logprobs(model, prompt_ids, ids)) < 1e-4
 
 
+def test_a_replica_behind_the_promoted_version_catches_up_by_itself(app):
+    """A replica that missed a swap's broadcast (it was starting) finds, at its health check, that it is
+    behind the registry's promoted version and installs it: here one is put back on the base by hand."""
+    registry = app.dep.registry
+    promoted, base = registry.promoted(), registry.base()
+    assert promoted.version != base.version
+    r = app.dep.llm_handle().reverie_install.remote(version=base.version, paths=list(base.weights), mode="wait",
+                                                    timeout_s=60.0).result(timeout_s=120)
+    assert r["ok"] and r["version"] == base.version
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        versions = [x["version"] for x in asyncio.run(app.dep.broadcaster().replicas())]
+        if versions == [promoted.version] * 2:
+            break
+        time.sleep(2)
+    assert versions == [promoted.version] * 2
+
+
 def test_a_replica_whose_swap_and_restore_both_fail_stops_serving_and_is_replaced_on_the_promoted_version(app):
     """Two faults at once: the new weights cannot be loaded, and neither can the previous version's (its files
     are gone).  The replica's weights are then of no registered version: it must answer no request stamped
