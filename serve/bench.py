@@ -173,15 +173,20 @@ class _Load:
             self.errors.append(repr(e)[:300])
 
     async def run(self, stop: asyncio.Event) -> None:
-        import httpx
+        await run_clients(self._one, self.concurrency, stop)
 
-        limits = httpx.Limits(max_connections=self.concurrency + 4)
-        async with httpx.AsyncClient(timeout=300, limits=limits) as client:
-            async def worker():
-                while not stop.is_set():
-                    await self._one(client)
 
-            await asyncio.gather(*(worker() for _ in range(self.concurrency)))
+async def run_clients(one, concurrency: int, stop: asyncio.Event) -> None:
+    """``concurrency`` clients, each calling ``await one(client)`` (an ``httpx.AsyncClient``) until ``stop``."""
+    import httpx
+
+    limits = httpx.Limits(max_connections=concurrency + 4)
+    async with httpx.AsyncClient(timeout=300, limits=limits) as client:
+        async def worker():
+            while not stop.is_set():
+                await one(client)
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
 
 
 def _median(xs: list[float]) -> float | None:

@@ -99,15 +99,9 @@ class _Clients:
                 self.completions.append((version, list(prompt_ids), ids, lps))
 
     async def run(self, stop: asyncio.Event) -> None:
-        import httpx
+        from serve.bench import run_clients
 
-        limits = httpx.Limits(max_connections=self.concurrency + 4)
-        async with httpx.AsyncClient(timeout=300, limits=limits) as client:
-            async def worker():
-                while not stop.is_set():
-                    await self._one(client)
-
-            await asyncio.gather(*(worker() for _ in range(self.concurrency)))
+        await run_clients(self._one, self.concurrency, stop)
 
 
 def run_load(concurrency: int = 64, seconds: float = 60.0, swap_every: float = 10.0, max_tokens: int = 16,
