@@ -104,7 +104,7 @@ class StoreBusyError(RuntimeError):
     """Another experience store writes to this data directory (one writer per data directory)."""
 
 
-def _lock_writer(path: Path, data_dir: str):
+def _lock_writer(path: Path, data_dir: str, *, claim: bool = True):
     """Hold an exclusive ``flock`` on ``path`` for as long as the returned file is open.  The kernel drops
     the lock when the process ends, however it ends, so a crashed writer never leaves it held."""
     import fcntl
@@ -119,10 +119,11 @@ def _lock_writer(path: Path, data_dir: str):
         raise StoreBusyError(
             f"data directory {data_dir!r} is in use by another experience store (pid {holder}): one writer per "
             "data directory; write through that store or stop it first") from None
-    f.seek(0)
-    f.truncate()
-    f.write(str(os.getpid()))
-    f.flush()
+    if claim:  # the holder's pid, for the message a second writer gets
+        f.seek(0)
+        f.truncate()
+        f.write(str(os.getpid()))
+        f.flush()
     return f
 
 
@@ -154,7 +155,7 @@ def check_no_writer(data_dir: str) -> None:
     fs, base = _filesystem(str(data_dir))
     path = Path(base) / "_wal" / "writer.lock"
     if isinstance(fs, pafs.LocalFileSystem) and path.is_file():
-        _lock_writer(path, str(data_dir)).close()
+        _lock_writer(path, str(data_dir), claim=False).close()  # only a look: the last writer's pid stays
 
 
 def read_table(data_dir: str = DEFAULT_DATA_DIR, table: str = "interactions", ids=None, columns=None) -> pa.Table:

@@ -152,3 +152,13 @@ def test_a_writer_killed_with_sigkill_does_not_leave_its_data_directory_locked(t
         p.kill()
         p.wait()
     ExperienceStoreCore(str(tmp_path)).close()
+
+
+def test_checking_for_a_writer_claims_nothing(tmp_path):
+    from actors.store import check_no_writer
+
+    ExperienceStoreCore(str(tmp_path)).close()
+    lock = tmp_path / "_wal" / "writer.lock"
+    lock.write_text("12345")  # the last writer, another process
+    check_no_writer(str(tmp_path))
+    assert lock.read_text() == "12345"
