@@ -18,6 +18,12 @@ class LearnConfig:
     warmup: int = 0  # linear warm-up steps, then constant
     weight_decay: float = 0.0
     clip_max: float | None = None
+    # OPSD only: how the teacher's scores become the target (docs/design-notes.md, "Why OPSD forgets")
+    teacher_temperature: float = 1.0  # the teacher's log-probs at this temperature (needs full-vocabulary scores)
+    samples: int = 1  # completions sampled per lesson
+    cut_below: float | None = None  # stop the loss after a token the teacher gives less than this probability
+    base_kl: float = 0.0  # weight of KL(student || base) on the student's own samples
+    skip_below: float | None = None  # positions whose divergence is below this many nats teach nothing
     retain: float = 0.5  # share of each batch that replays base-skill lessons (learner/replay.py)
     checkpoint_every: int = 0  # 0: only at the end (when a checkpoint directory is given)
     seed: int = 0

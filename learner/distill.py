@@ -15,6 +15,7 @@ so the same step runs in process or against Ray actors.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -102,19 +103,57 @@ def completion_logits(model, encoder: ChatEncoder, prompts: list[tuple[dict, ...
 
 def opsd_loss(student, sampler, scorer, encoder: ChatEncoder, lessons: list[Lesson], loss: str = "fkl",
               topk: int | None = None, beta: float = 0.5, clip_max: float | None = None,
-              seed: int = 0) -> tuple[torch.Tensor, dict]:
+              seed: int = 0, *, teacher_temperature: float = 1.0, samples: int = 1,
+              cut_below: float | None = None, base=None, base_kl: float = 0.0,
+              skip_below: float | None = None) -> tuple[torch.Tensor, dict]:
     """Sample from the student (``sampler``, on the student's current weights),
-    score under the teacher state (``scorer``), return the loss."""
+    score under the teacher state (``scorer``), return the loss.
+
+    ``samples`` completions are drawn per lesson.  ``teacher_temperature``
+    sharpens (< 1) or flattens (> 1) the teacher's target.  ``cut_below``
+    stops the loss after the first completion token to which the teacher gives
+    less than that probability: from there on the student's prefix has left
+    anything the teacher would write, and its scores describe a conversation
+    that never happens (the token itself, where the teacher disagrees, still
+    counts).  ``skip_below`` is a dead zone: a position whose divergence is
+    below that many nats adds nothing (:func:`learner.losses.distillation_loss`).
+    ``base_kl`` adds that weight times the reverse KL from the
+    student to ``base`` (a scorer of the weights learning started from) on the
+    student's own prompts and samples."""
     if loss not in LOSSES:
         raise ValueError(f"unknown loss {loss!r}; losses are: {', '.join(LOSSES)}")
-    completions = sampler.sample([l.student for l in lessons], seed=seed)
+    if samples < 1:
+        raise ValueError(f"samples per lesson must be >= 1, got {samples}")
+    if base_kl and base is None:
+        raise ValueError("a KL to the base policy needs a scorer of the base weights")
+    lessons = [l for l in lessons for _ in range(samples)]
+    prompts = [l.student for l in lessons]
+    completions = sampler.sample(prompts, seed=seed)
     scores = scorer.score([l.teacher for l in lessons], completions)
-    s_logits, ids, mask = completion_logits(student, encoder, [l.student for l in lessons], completions)
+    s_logits, ids, mask = completion_logits(student, encoder, prompts, completions)
     check_vocab_match(s_logits.shape[-1], scores.full.shape[-1] if scores.full is not None else s_logits.shape[-1])
+    scores = scores.at_temperature(teacher_temperature, ids.to(scores.sampled.device))
+    counted = mask
+    if cut_below is not None:
+        counted = mask * on_teacher_path(scores.sampled.to(mask.device), mask, cut_below)
     kwargs = scores.loss_kwargs(loss, ids, topk)
     kwargs = {k: v.to(s_logits.device) for k, v in kwargs.items()}
-    value = distillation_loss(loss, s_logits, mask, beta=beta, clip_max=clip_max, **kwargs)
-    return value, {"tokens": int(mask.sum())}
+    value = distillation_loss(loss, s_logits, counted, beta=beta, clip_max=clip_max, skip_below=skip_below, **kwargs)
+    if base_kl:
+        reference = base.score(prompts, completions)
+        value = value + base_kl * distillation_loss("rkl", s_logits, mask,
+                                                    teacher_logprobs=reference.full.to(s_logits.device))
+    return value, {"tokens": int(mask.sum()), "counted": int(counted.sum())}
+
+
+def on_teacher_path(teacher_sampled_logprobs: torch.Tensor, mask: torch.Tensor, threshold: float) -> torch.Tensor:
+    """1 at every completion position up to and including the first token the
+    teacher gives less than ``threshold`` probability, 0 after it, ``[B,T]``."""
+    if not 0.0 < threshold < 1.0:
+        raise ValueError(f"the cut-off probability must be in (0, 1), got {threshold}")
+    off = ((teacher_sampled_logprobs < math.log(threshold)) & (mask > 0)).to(torch.long)
+    before = off.cumsum(-1) - off  # tokens off the teacher's path strictly before each position
+    return (before == 0).to(mask.dtype)
 
 
 class TorchSampler:

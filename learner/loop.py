@@ -42,6 +42,10 @@ class Learner:
         self.student, self.encoder, self.cfg, self.teacher = student, encoder, cfg, teacher
         self.sampler = sampler or TorchSampler(student, encoder)
         self.scorer = scorer or (TorchScorer(teacher.model, encoder) if teacher is not None else None)
+        self.base = None  # the weights learning started from, for the KL to the base policy
+        if cfg.method == "opsd" and cfg.base_kl:
+            frozen = teacher is not None and teacher.cfg.kind == "frozen" and teacher.model is not student
+            self.base = TorchScorer(teacher.model if frozen else _frozen_copy(student), encoder)
         self.opt = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         warm = max(cfg.warmup, 0)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
@@ -53,14 +57,18 @@ class Learner:
         if self.cfg.method == "opsd":
             loss, info = opsd_loss(self.student, self.sampler, self.scorer, self.encoder, batch, self.cfg.loss,
                                    self.cfg.topk, clip_max=self.cfg.clip_max,
-                                   seed=self.cfg.seed * 1_000_003 + self.updates)
+                                   seed=self.cfg.seed * 1_000_003 + self.updates,
+                                   teacher_temperature=self.cfg.teacher_temperature, samples=self.cfg.samples,
+                                   cut_below=self.cfg.cut_below, base=self.base, base_kl=self.cfg.base_kl,
+                                   skip_below=self.cfg.skip_below)
         else:
             loss, info = sft_loss(self.student, self.encoder, batch)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         assert_finite_update(loss, self.student)  # a non-finite step never becomes a version
-        torch.nn.utils.clip_grad_norm_(self.student.parameters(), 1.0)
-        self.opt.step()
+        norm = torch.nn.utils.clip_grad_norm_(self.student.parameters(), 1.0)
+        if float(norm) > 0:  # nothing to learn (a dead zone covering every token): Adam's momentum must not move the weights
+            self.opt.step()
         self.sched.step()
         self.updates += 1
         self.student.eval()
@@ -134,6 +142,12 @@ def learn(student, teacher: TeacherState | None, encoder: ChatEncoder, lessons: 
     seconds = time.perf_counter() - start
     return {"steps": cfg.steps, "resumed_at": done_before, "seconds": seconds, "tokens": tokens,
             "tokens_per_second": tokens / seconds if seconds > 0 else 0.0, "versions": exported}
+
+
+def _frozen_copy(model):
+    import copy
+
+    return copy.deepcopy(model).eval().requires_grad_(False)
 
 
 def frozen_teacher(student, tokenizer, cfg: TeacherConfig | None = None) -> TeacherState:

@@ -404,7 +404,8 @@ def _bool_mask(mask: Tensor, shape: torch.Size) -> Tensor:
     return mask != 0
 
 
-def masked_token_mean(per_token_loss: Tensor, mask: Tensor, *, clip_max: float | None = None) -> Tensor:
+def masked_token_mean(per_token_loss: Tensor, mask: Tensor, *, clip_max: float | None = None,
+                      keep: Tensor | None = None) -> Tensor:
     """Mean of ``per_token_loss [B,T]`` over the positions where ``mask [B,T]`` is 1.
 
     The mean is over all counted tokens of the batch together (each counted
@@ -419,6 +420,9 @@ def masked_token_mean(per_token_loss: Tensor, mask: Tensor, *, clip_max: float |
         clip_max: if given, each token's loss is clamped to at most ``clip_max``
             before averaging; a clipped token contributes ``clip_max`` and **no
             gradient** (``torch.clamp`` passes no gradient where it clips).
+        keep: if given, ``[B,T]`` bool: counted positions where it is False
+            contribute 0 and no gradient but still count in the denominator
+            (the mean stays over every counted token).
 
     Raises:
         ValueError: the mask has no counted token (the mean would be 0/0), or a
@@ -431,6 +435,8 @@ def masked_token_mean(per_token_loss: Tensor, mask: Tensor, *, clip_max: float |
     loss = per_token_loss
     if clip_max is not None:
         loss = loss.clamp(max=float(clip_max))
+    if keep is not None:
+        m = m & keep
     loss = torch.where(m, loss, torch.zeros_like(loss))
     return loss.sum() / count
 
@@ -488,6 +494,7 @@ def distillation_loss(
     beta: float = 0.5,
     clip_max: float | None = None,
     min_teacher_tail_logprob: float | None = DEFAULT_MIN_TEACHER_TAIL_LOGPROB,
+    skip_below: float | None = None,
 ) -> Tensor:
     """The scalar distillation loss: mean over counted tokens of a per-token loss.
 
@@ -513,6 +520,11 @@ def distillation_loss(
         teacher_sampled_logprobs: ``[B,T]`` teacher log-probs of ``sampled_ids``.
         beta: JSD weight of the teacher (``"jsd"`` only).
         clip_max: optional per-token clamp, see :func:`masked_token_mean`.
+        skip_below: optional dead zone: a counted position whose divergence
+            is below this many nats (for ``"sampled"``, the single-sample
+            estimate ``|log p_t(y) - log p_s(y)|``) contributes 0 and no
+            gradient, and still counts in the mean; where the student already
+            says what the teacher would, there is nothing left to learn.
         min_teacher_tail_logprob: top-k only, see :func:`topk_bucket_logprobs`.
 
     Before computing, every masked position of every input is replaced by a
@@ -553,8 +565,10 @@ def distillation_loss(
         t = teacher_sampled_logprobs.detach()
         t = torch.where(m, t, torch.zeros((), dtype=t.dtype, device=t.device))
         _validate_counted(vocab, None, None, None, ids)
-        per_token = sampled_token_loss(token_logprobs(logits, ids), t)
-        return masked_token_mean(per_token, m, clip_max=clip_max)
+        s_logp = token_logprobs(logits, ids)
+        per_token = sampled_token_loss(s_logp, t)
+        keep = None if skip_below is None else (t - s_logp.detach()).abs() >= skip_below
+        return masked_token_mean(per_token, m, clip_max=clip_max, keep=keep)
 
     if has_sampled:
         raise ValueError(f"kind {kind!r} does not use sampled_ids / teacher_sampled_logprobs")
@@ -588,7 +602,7 @@ def distillation_loss(
             per_token = reverse_kl(logits, t)
         else:
             per_token = generalized_jsd(logits, t, beta)
-        return masked_token_mean(per_token, m, clip_max=clip_max)
+        return masked_token_mean(per_token, m, clip_max=clip_max, keep=_keep(per_token, skip_below))
 
     if teacher_topk_ids is None or teacher_topk_logprobs is None:
         raise ValueError("top-k distillation needs both teacher_topk_ids and teacher_topk_logprobs")
@@ -606,4 +620,8 @@ def distillation_loss(
         per_token = topk_reverse_kl(logits, ids, tk, **opts)
     else:
         per_token = topk_generalized_jsd(logits, ids, tk, beta, **opts)
-    return masked_token_mean(per_token, m, clip_max=clip_max)
+    return masked_token_mean(per_token, m, clip_max=clip_max, keep=_keep(per_token, skip_below))
+
+
+def _keep(per_token: Tensor, skip_below: float | None) -> Tensor | None:
+    return None if skip_below is None else per_token.detach() >= skip_below

@@ -31,6 +31,37 @@ class TeacherScores:
     topk_ids: torch.Tensor | None = None  # [B,T,K]
     topk_logprobs: torch.Tensor | None = None  # [B,T,K]
 
+    def at_temperature(self, temperature: float, sampled_ids: torch.Tensor) -> "TeacherScores":
+        """The same scores with the teacher's distribution at ``temperature``
+        (below 1 sharper, above 1 flatter) for the completion tokens
+        ``sampled_ids [B,T]``.
+
+        Full vocabulary: exact.  Top-k (vLLM scorers), below 1 only: the
+        mass the top-k leaves out, ``r``, is tempered as if it were one token,
+        ``r ** (1/temperature)``, the most it can be (for ``a >= 1``,
+        ``sum p_i ** a <= (sum p_i) ** a``), so the top-k's own tempered
+        probabilities are never overstated.  Above 1 a top-k cannot say how
+        much the tail gains, and that is refused."""
+        if temperature == 1.0:
+            return self
+        if not temperature > 0:
+            raise ValueError(f"the teacher temperature must be > 0, got {temperature}")
+        if self.full is not None:
+            full = F.log_softmax(self.full / temperature, dim=-1)  # log-probs differ from logits by a constant
+            return TeacherScores(sampled=full.gather(-1, sampled_ids.unsqueeze(-1)).squeeze(-1), full=full)
+        if self.topk_logprobs is None:
+            raise ValueError("these teacher scores have neither full nor top-k log-probs")
+        if temperature > 1:
+            raise ValueError("a teacher temperature above 1 needs full-vocabulary teacher scores (the torch "
+                             "scorer): a top-k cannot say how much mass its tail gains")
+        top = self.topk_logprobs.double()
+        rest = torch.log1p(-torch.logsumexp(top, -1).exp().clamp(max=1.0)).clamp(min=-1e4)  # log r, finite
+        log_z = torch.logsumexp(torch.cat([top / temperature, (rest / temperature).unsqueeze(-1)], -1), -1)
+        dtype = self.topk_logprobs.dtype
+        return TeacherScores(sampled=(self.sampled.double() / temperature - log_z).to(dtype),
+                             topk_ids=self.topk_ids,
+                             topk_logprobs=(top / temperature - log_z.unsqueeze(-1)).to(dtype))
+
     def loss_kwargs(self, loss: str, sampled_ids: torch.Tensor, topk: int | None) -> dict:
         if loss == "sampled":
             return {"sampled_ids": sampled_ids, "teacher_sampled_logprobs": self.sampled}

@@ -567,3 +567,34 @@ def test_vocab_size_mismatch_raises_a_clear_value_error():
             fn(s, t8)
     with pytest.raises(ValueError, match="vocabulary sizes differ"):
         distillation_loss("fkl", s, torch.ones(B, T), teacher_logprobs=t8)
+
+
+@pytest.mark.parametrize("kind, teacher", [(k, t) for k in ("fkl", "rkl", "jsd") for t in ("full", "topk")]
+                         + [("sampled", "full")])
+def test_the_dead_zone_drops_positions_below_it_from_value_and_gradient_but_not_from_the_count(kind, teacher):
+    s, ids, lp, t_full, y, t_y = _dispatch_inputs(21)
+    kwargs = _kind_kwargs(kind, teacher, ids, lp, t_full, y, t_y)
+    mask = torch.ones(B, T)
+    x = s.clone().requires_grad_(True)
+    per_token = {"fkl": forward_kl, "rkl": reverse_kl, "jsd": generalized_jsd}
+    if kind == "sampled":
+        s_y = token_logprobs(x, y)
+        ref = sampled_token_loss(s_y, t_y)
+        gap = (t_y - s_y).detach().abs()
+    elif teacher == "full":
+        ref = per_token[kind](x, t_full)
+        gap = ref.detach()
+    else:
+        ref = {"fkl": topk_forward_kl, "rkl": topk_reverse_kl, "jsd": topk_generalized_jsd}[kind](x, ids, lp)
+        gap = ref.detach()
+    threshold = float(gap.flatten().sort().values[gap.numel() // 2])  # about half the positions below it
+    keep = gap >= threshold
+    assert 0 < int(keep.sum()) < keep.numel()
+    want = torch.where(keep, ref, torch.zeros_like(ref)).sum() / keep.numel()
+    want.backward()
+    want_grad = x.grad.clone()
+    x.grad = None
+    got = distillation_loss(kind, x, mask, skip_below=threshold, **kwargs)
+    got.backward()
+    torch.testing.assert_close(got.detach(), want.detach(), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(x.grad, want_grad, rtol=1e-10, atol=1e-12)
