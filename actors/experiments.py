@@ -9,6 +9,7 @@ vLLM and takes teacher scores from scorer actors with ``backend="ray"``).
 """
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import torch
@@ -42,6 +43,7 @@ def run(model_dir: Path, cfg: LearnConfig, skill: str, progress: bool = True,
     device = "cuda" if torch.cuda.is_available() else "cpu"  # the learner's GPU path where there is one
     student = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device)
     before = measure(student.eval(), encoder, skill)
+    base = copy.deepcopy(student).requires_grad_(False)
     batches = lessons(skill, cfg.batch_size, cfg.seed, cfg.retain)
     if backend == "torch":
         teacher = TeacherState(teacher_cfg or TeacherConfig(), student, tokenizer) if cfg.method == "opsd" else None
@@ -49,7 +51,7 @@ def run(model_dir: Path, cfg: LearnConfig, skill: str, progress: bool = True,
                       tokenizer_dir=model_dir)
     else:
         student, stats = _learn_on_ray(model_dir, cfg, batches, teacher_cfg, checkpoints, scorers, progress)
-    after = measure(student, encoder, skill)
+    after = measure(student, encoder, skill, base=base)
     return {
         "method": cfg.method,
         "loss": cfg.loss if cfg.method == "opsd" else "ce",
@@ -57,6 +59,10 @@ def run(model_dir: Path, cfg: LearnConfig, skill: str, progress: bool = True,
         "steps": cfg.steps,
         "lr": cfg.lr,
         "retain": cfg.retain,
+        "batch_size": cfg.batch_size,
+        "seed": cfg.seed,
+        **({"topk": cfg.topk, "teacher_temperature": cfg.teacher_temperature, "samples": cfg.samples,
+            "cut_below": cfg.cut_below, "base_kl": cfg.base_kl} if cfg.method == "opsd" else {}),
         "backend": backend,
         "teacher": (teacher_cfg or TeacherConfig()).kind if cfg.method == "opsd" else None,
         "new_skill_acc_before": before["new_skill_acc"],

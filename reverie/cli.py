@@ -83,14 +83,60 @@ def cmd_learn(args: argparse.Namespace) -> int:
         method=args.method, loss=args.loss, topk=topk, steps=check.positive(args.steps, "--steps"),
         batch_size=check.positive(args.batch_size, "--batch-size"), lr=lr,
         warmup=check.count(args.warmup, "--warmup"), retain=retain,
+        teacher_temperature=check.TEMPERATURE.parse(args.teacher_temperature, "--teacher-temperature"),
+        samples=check.positive(args.samples, "--samples"),
+        cut_below=check.PROBABILITY.parse(args.cut_below, "--cut-below") if args.cut_below not in (None, "none") else None,
+        base_kl=check.WEIGHT.parse(args.base_kl, "--base-kl"),
+        skip_below=check.WEIGHT.parse(args.skip_below, "--skip-below") if args.skip_below not in (None, "none") else None,
         checkpoint_every=check.count(args.checkpoint_every, "--checkpoint-every"), seed=parse_seed(args.seed),
     )
+    if args.sweep:
+        return _sweep(args, model, cfg)
     checkpoints = Path(args.checkpoints) if args.checkpoints else None
     if checkpoints is not None and checkpoints.exists() and not checkpoints.is_dir():
         raise ReverieError(f"--checkpoints {str(checkpoints)!r} exists and is not a directory")
     report = run(model, cfg, args.skill, progress=not args.quiet, teacher_cfg=teacher, checkpoints=checkpoints,
                  backend=args.backend, scorers=scorers)
     print(json.dumps(report) if args.json else format_learn(report))
+    return 0
+
+
+def _sweep(args: argparse.Namespace, model: Path, cfg) -> int:
+    from actors.experiments import LEARNABLE
+    from actors.sweep import VARIANTS, sweep
+
+    def listed(text: str, what: str, parse) -> list:
+        items = [t.strip() for t in text.split(",") if t.strip()]
+        if not items:
+            raise ReverieError(f"{what} must list at least one value, got {text!r}")
+        return [parse(t) for t in items]
+
+    def variant(v: str) -> str:
+        if v not in VARIANTS:
+            raise ReverieError(f"unknown sweep variant {v!r}; variants are: {', '.join(VARIANTS)}")
+        return v
+
+    def skill(s: str) -> str:
+        if s not in LEARNABLE:
+            raise ReverieError(f"unknown skill {s!r} for learn; skills are: {', '.join(LEARNABLE)}")
+        return s
+
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ReverieError(f"--out {str(out)!r} exists and is not a directory")
+    summary = sweep(model, out, variants=listed(args.variants, "--variants", variant),
+                    skills=listed(args.skills, "--skills", skill),
+                    lrs=listed(args.lrs, "--lrs", lambda t: check.LEARNING_RATE.parse(t, "--lrs")),
+                    seeds=listed(args.seeds, "--seeds", parse_seed), steps=cfg.steps, batch_size=cfg.batch_size,
+                    progress=(lambda line: None) if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True)))
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        for row in summary["rows"]:
+            print(f"{row['skill']:<6} lr {row['lr']:<7g} {row['variant']:<18} new skill {row['new_skill_acc']['mean']:.3f}"
+                  f"  retention {row['retention_avg']['mean']:.3f} +- {row['retention_avg']['sd']:.3f}"
+                  f"  KL to base {row['retention_kl']['mean']:.4f}")
+        print(f"{summary['runs']} runs in {out}; plot: {out / 'forgetting.png'}")
     return 0
 
 
@@ -244,6 +290,17 @@ def parser() -> argparse.ArgumentParser:
     ln.add_argument("--retain", default=str(d.retain),
                     help="share of each batch that replays base-skill lessons, the same for both methods (default %(default)s)")
     ln.add_argument("--warmup", default=str(d.warmup), help="linear learning-rate warm-up steps (default %(default)s)")
+    ln.add_argument("--teacher-temperature", default=str(d.teacher_temperature),
+                    help="OPSD: the teacher's distribution at this temperature, <1 sharper (default %(default)s)")
+    ln.add_argument("--samples", default=str(d.samples), help="OPSD: completions sampled per lesson (default %(default)s)")
+    ln.add_argument("--cut-below", default=str(d.cut_below).lower(),
+                    help="OPSD: stop the loss after the first sampled token the teacher gives less than this "
+                         "probability; none: never (default %(default)s)")
+    ln.add_argument("--skip-below", default=str(d.skip_below).lower(),
+                    help="OPSD: positions where the student and the teacher differ by less than this many nats "
+                         "teach nothing; none: every position teaches (default %(default)s)")
+    ln.add_argument("--base-kl", default=str(d.base_kl),
+                    help="OPSD: weight of KL(student || base) on the student's own samples (default %(default)s)")
     ln.add_argument("--teacher", default="frozen",
                     help="teacher weights: frozen (base version, default), lagged, ema, or separate (--teacher-model)")
     ln.add_argument("--lag-every", default="50", help="lagged teacher: refresh from the student every N updates")
@@ -259,6 +316,16 @@ def parser() -> argparse.ArgumentParser:
     ln.add_argument("--model", default=str(SHIPPED_MODEL), help="base model directory (default: the shipped one)")
     ln.add_argument("--json", action="store_true", help="print one JSON object")
     ln.add_argument("--quiet", action="store_true", help="no progress bar")
+    sw = ln.add_argument_group("sweep", "--sweep runs the forgetting grid without replay: every variant, skill, "
+                                        "learning rate and seed, one result file per run (a rerun skips those done)")
+    sw.add_argument("--sweep", action="store_true", help="run the grid instead of one run")
+    sw.add_argument("--variants", default="sft,opsd,opsd-fkl-full",
+                    help="comma-separated variants (default %(default)s; all: see actors/sweep.py)")
+    sw.add_argument("--skills", default="facts,rule", help="comma-separated skills (default %(default)s)")
+    sw.add_argument("--lrs", default="3e-4,1e-3", help="comma-separated learning rates (default %(default)s)")
+    sw.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default %(default)s)")
+    sw.add_argument("--out", default="bench/results/forgetting",
+                    help="directory of the result files, summary.json and forgetting.png (default %(default)s)")
     ln.set_defaults(func=cmd_learn)
 
     from serve.commands import register as register_serve

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from learner.distill import Lesson
 from learner.replay import mixed_batches
-from simulators.tinyworld.evaluate import eval_items, forced_accuracy
+from simulators.tinyworld.evaluate import eval_items, forced_accuracy, reference_conversation
 from simulators.tinyworld.skills import BASE_SKILLS, base_item, new_pair
 
 if TYPE_CHECKING:
@@ -47,11 +47,40 @@ def lessons(skill: str, batch_size: int, seed: int, retain: float = 0.0) -> Iter
     return mixed_batches(new_lessons(skill, seed), retention_lessons(seed), batch_size, retain)
 
 
-def measure(model, encoder: "ChatEncoder", skill: str) -> dict:
-    """Forced-choice accuracy of a torch ``model`` on ``skill`` (student view) and on every base skill."""
+def measure(model, encoder: "ChatEncoder", skill: str, base=None) -> dict:
+    """Forced-choice accuracy of a torch ``model`` on ``skill`` (student view) and on every base skill;
+    with ``base`` (the model learning started from), also the KL from it on the retention suite."""
     retention = {s: forced_accuracy(model, encoder, eval_items(s, None)) for s in BASE_SKILLS}
-    return {
+    out = {
         "new_skill_acc": forced_accuracy(model, encoder, eval_items(skill, "student")),
         "retention": retention,
         "retention_avg": sum(retention.values()) / len(retention),
     }
+    if base is not None:
+        out["retention_kl"] = retention_kl(base, model, encoder)
+    return out
+
+
+def retention_kl(base, model, encoder: "ChatEncoder", n: int = 100) -> float:
+    """Mean forward KL(base || model) in nats per reply token, teacher-forced on
+    the correct replies of ``n`` held-out items of every base skill: how far the
+    model's distribution moved where it should not have, continuous where
+    accuracy saturates."""
+    import torch
+
+    from learner.pretrain import collate
+
+    device = next(model.parameters()).device
+    total, tokens = 0.0, 0
+    for s in BASE_SKILLS:
+        encoded = [encoder.encode(reference_conversation(it)) for it in eval_items(s, None, n)]
+        padded = collate(encoded, encoder.tok.pad_token_id)
+        ids, attention = padded["input_ids"].to(device), padded["attention_mask"].to(device)
+        counted = (padded["labels"][:, 1:] != -100).to(device)  # positions that predict a reply token
+        with torch.no_grad():
+            p = torch.log_softmax(base(ids, attention_mask=attention).logits[:, :-1].double(), -1)
+            q = torch.log_softmax(model(ids, attention_mask=attention).logits[:, :-1].double(), -1)
+        kl = (p.exp() * (p - q)).sum(-1)
+        total += float(kl[counted].sum())
+        tokens += int(counted.sum())
+    return total / tokens

@@ -1,0 +1,175 @@
+"""``reverie learn --sweep``: the forgetting grid behind the learner's defaults.
+
+Every variant (a method and its options) learns every skill at every learning
+rate from every seed, without replay, from the same shipped model with the
+same lessons, steps and batch size; each run is one ``reverie learn`` report
+(``actors/experiments.py``) written to its own file, so a sweep that stops
+resumes where it was.  At the end, ``summary.json`` holds the mean and the
+spread per cell and ``forgetting.png`` plots new-skill accuracy against
+retention, one point per run, a colour per variant.
+"""
+from __future__ import annotations
+
+import json
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
+
+from learner.config import LearnConfig
+from reverie.files import atomic_write_json
+
+SKILLS = ("facts", "rule")
+LEARNING_RATES = (3e-4, 1e-3)
+SEEDS = (0, 1, 2)
+
+# Every OPSD variant is spelt out in full from this (the defaults before the sweep), so that changing
+# reverie's defaults never changes what a named variant means; "opsd" alone is whatever the defaults are.
+_OPSD = {"method": "opsd", "loss": "fkl", "topk": None, "teacher_temperature": 1.0, "cut_below": None, "samples": 1,
+         "base_kl": 0.0, "skip_below": None}
+
+# name -> the LearnConfig fields that make the variant (the rest: steps, batch size, lr, seed, no replay)
+VARIANTS: dict[str, dict] = {
+    "sft": {"method": "sft"},
+    "opsd": {"method": "opsd"},  # reverie's defaults, whatever they are now
+    "opsd-fkl-full": _OPSD,
+    "opsd-fkl-t05": {**_OPSD, "teacher_temperature": 0.5},
+    "opsd-fkl-t025": {**_OPSD, "teacher_temperature": 0.25},
+    "opsd-fkl-cut": {**_OPSD, "cut_below": 0.1},
+    "opsd-fkl-t05-cut": {**_OPSD, "teacher_temperature": 0.5, "cut_below": 0.1},
+    "opsd-fkl-top20": {**_OPSD, "topk": 20},
+    "opsd-rkl": {**_OPSD, "loss": "rkl"},
+    "opsd-sampled": {**_OPSD, "loss": "sampled"},
+    "opsd-sampled-cut": {**_OPSD, "loss": "sampled", "cut_below": 0.1},
+    "opsd-fkl-basekl": {**_OPSD, "base_kl": 1.0},
+    "opsd-fkl-skip": {**_OPSD, "skip_below": 0.1},
+    "opsd-fkl-4samples": {**_OPSD, "samples": 4},
+}
+DEFAULT_VARIANTS = ("sft", "opsd", "opsd-fkl-full")
+
+
+def run_name(variant: str, skill: str, lr: float, seed: int) -> str:
+    return f"{variant}-{skill}-lr{lr:g}-seed{seed}"
+
+
+def sweep(model_dir: Path, out: Path, *, variants: Sequence[str] = DEFAULT_VARIANTS, skills: Sequence[str] = SKILLS,
+          lrs: Sequence[float] = LEARNING_RATES, seeds: Sequence[int] = SEEDS, steps: int = 300,
+          batch_size: int = 32, progress: Callable[[str], None] = print, run=None) -> dict:
+    """Run every (variant, skill, lr, seed) not already in ``out``; return and write the summary."""
+    from actors.experiments import run as learn_run
+
+    run = run or learn_run
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise ValueError(f"unknown sweep variant {unknown[0]!r}; variants are: {', '.join(VARIANTS)}")
+    out.mkdir(parents=True, exist_ok=True)
+    base = LearnConfig(steps=steps, batch_size=batch_size, retain=0.0)
+    grid = [(v, s, lr, seed) for s in skills for lr in lrs for seed in seeds for v in variants]
+    for i, (variant, skill, lr, seed) in enumerate(grid, 1):
+        path = out / f"{run_name(variant, skill, lr, seed)}.json"
+        if path.exists():
+            continue
+        cfg = replace(base, lr=lr, seed=seed, **VARIANTS[variant])
+        report = {"variant": variant, **run(model_dir, cfg, skill, progress=False)}
+        atomic_write_json(path, report)
+        progress(f"[{i}/{len(grid)}] {path.stem}: new skill {report['new_skill_acc']:.3f}, retention "
+                 f"{report['retention_avg']:.3f}, KL to base {report['retention_kl']:.4f}, {report['seconds']:.0f} s")
+    runs = [json.loads((out / f"{run_name(*key)}.json").read_text()) for key in grid]
+    summary = {**summarise(runs), "defaults": defaults_variant(), "steps": steps, "batch_size": batch_size}
+    atomic_write_json(out / "summary.json", summary)
+    atomic_write_json(out / "signal.json", signal(model_dir, skills))
+    plot(runs, out / "forgetting.png")
+    return summary
+
+
+def defaults_variant() -> str | None:
+    """The named variant that reverie's OPSD defaults are, if one is."""
+    d = LearnConfig()
+    for name, fields in VARIANTS.items():
+        if name != "opsd" and fields.get("method") == "opsd" and all(getattr(d, k) == v for k, v in fields.items()):
+            return name
+    return None
+
+
+def signal(model_dir: Path, skills: Sequence[str] = SKILLS, n: int = 64, seed: int = 5) -> dict:
+    """What OPSD's first step sees, per completion position, on the base model: the forward KL
+    from the teacher state to the student, the teacher's entropy and its probability of the token
+    in the completion, on the correct replies and on the student's own samples (temperature 1)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from learner.distill import completion_logits, sample
+    from learner.tokenizer import ChatEncoder, load_tokenizer
+    from simulators.tinyworld.experiment import lessons
+
+    encoder = ChatEncoder(load_tokenizer(model_dir))
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    out: dict = {"model": str(model_dir), "lessons": n, "seed": seed}
+    for skill in skills:
+        batch = next(lessons(skill, n, seed=seed))
+        torch.manual_seed(seed)
+        completions = {"reference": [encoder.text_ids(" " + l.reference) + [encoder.end_id] for l in batch],
+                       "sampled": sample(model, encoder, [l.student for l in batch])}
+        out[skill] = {}
+        for name, comps in completions.items():
+            with torch.no_grad():
+                s, ids, mask = completion_logits(model, encoder, [l.student for l in batch], comps)
+                t, _, _ = completion_logits(model, encoder, [l.teacher for l in batch], comps)
+            s, t = s.double().log_softmax(-1), t.double().log_softmax(-1)
+            kl = (t.exp() * (t - s)).sum(-1)
+            entropy = -(t.exp() * t).sum(-1)
+            p_token = t.gather(-1, ids.unsqueeze(-1)).squeeze(-1).exp()
+            rows = []
+            for j in range(mask.shape[1]):
+                m = mask[:, j] > 0
+                rows.append({"position": j, "completions": int(m.sum()), "fkl": float(kl[m, j].mean()),
+                             "teacher_entropy": float(entropy[m, j].mean()),
+                             "teacher_p_token": float(p_token[m, j].mean())})
+            out[skill][name] = rows
+    return out
+
+
+def _mean_sd(xs: list[float]) -> dict:
+    return {"mean": statistics.fmean(xs), "sd": statistics.stdev(xs) if len(xs) > 1 else 0.0, "n": len(xs)}
+
+
+def summarise(runs: list[dict]) -> dict:
+    """Mean and standard deviation over seeds per (variant, skill, lr) of what each run measured."""
+    cells: dict[tuple, list[dict]] = {}
+    for r in runs:
+        cells.setdefault((r["variant"], r["skill"], r["lr"]), []).append(r)
+    rows = []
+    for (variant, skill, lr), rs in sorted(cells.items(), key=lambda kv: (kv[0][1], kv[0][2], kv[0][0])):
+        rows.append({"variant": variant, "skill": skill, "lr": lr, "seeds": sorted(r["seed"] for r in rs),
+                     **{k: _mean_sd([r[k] for r in rs])
+                        for k in ("new_skill_acc", "retention_avg", "forgetting", "retention_kl", "seconds")}})
+    return {"runs": len(runs), "rows": rows}
+
+
+def plot(runs: list[dict], path: Path) -> None:
+    """New-skill accuracy against retention, a point per run, a colour per variant, a panel per skill and lr."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = sorted({(r["skill"], r["lr"]) for r in runs})
+    variants = sorted({r["variant"] for r in runs})
+    colours = {v: plt.get_cmap("tab10")(i % 10) for i, v in enumerate(variants)}
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.2), dpi=110, squeeze=False)
+    for ax, (skill, lr) in zip(axes[0], panels):
+        for v in variants:
+            pts = [(r["retention_avg"], r["new_skill_acc"]) for r in runs
+                   if r["variant"] == v and r["skill"] == skill and r["lr"] == lr]
+            if pts:
+                ax.scatter(*zip(*pts), color=colours[v], label=v, s=28, alpha=0.85)
+        ax.set_title(f"{skill}, lr {lr:g}, no replay", fontsize=10)
+        ax.set_xlabel("retention average (base skills)")
+        ax.set_xlim(-0.02, 1.02)
+        ax.set_ylim(-0.02, 1.05)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("new-skill accuracy (held-out)")
+    axes[0][-1].legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
