@@ -534,6 +534,14 @@ class Controller:
             v = self.registry.get(v.parent) if v.parent is not None else None
         return sorted(set(rules))
 
+    def _base(self, candidate: Candidate) -> Candidate:
+        """The version the candidate's lineage started from (the base model, unless the chain is cut)."""
+        v, seen = candidate, set()
+        while v.parent is not None and v.parent not in seen:
+            seen.add(v.version)
+            v = self.registry.get(v.parent)
+        return v
+
     def judge(self, version: int, heldout: list, env_tasks: list = ()) -> dict:
         """Gate ``version`` against its parent: rejected (with scores and reason) or passed."""
         from actors.gate import WeightsRejected
@@ -542,13 +550,13 @@ class Controller:
         parent = self.registry.get(cand.parent)
         try:
             report = self._gate_for().judge(parent.directory, cand.directory, heldout, self._accepted_rules(cand),
-                                            env_tasks)
+                                            env_tasks, base_dir=self._base(cand).directory)
         except WeightsRejected as e:
             reason = f"weights rejected before evaluation: {e}"
             self.registry.set_status(version, REJECTED, reason=reason)
             return {"passed": False, "reason": reason}
         self.registry.save_review(version, report)
-        scores = {k: report[k] for k in ("new", "retention", "gain", "retention_loss", "passed")}
+        scores = {k: report[k] for k in ("new", "retention", "gain", "retention_loss", "base_retention_loss", "passed")}
         if not report["passed"]:
             self.registry.set_status(version, REJECTED, reason=report["reason"], scores=scores)
         else:

@@ -263,7 +263,9 @@ def format_review(c: dict) -> str:
         lines += _score_rows("retention", s.get("retention"))
         passed = s.get("passed")
         verdict = "passed" if passed else "failed" if passed is not None else "-"
-        lines.append(f"gain {_num(s.get('gain'), True)}, retention loss {_num(s.get('retention_loss'))}: "
+        since = ("" if s.get("base_retention_loss") is None
+                 else f" (since the base version {_num(s.get('base_retention_loss'))})")
+        lines.append(f"gain {_num(s.get('gain'), True)}, retention loss {_num(s.get('retention_loss'))}{since}: "
                      f"the gate {verdict}")
     samples = (c.get("review") or {}).get("samples") or []
     if samples:

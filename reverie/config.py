@@ -44,7 +44,7 @@ class LoopConfig:
 class GateConfig:
     """What a candidate must show before it may be served."""
     min_gain: float = 0.2  # held-out new-task accuracy, candidate minus parent (absolute)
-    max_retention_loss: float = 0.01  # retention suite accuracy, parent minus candidate (absolute)
+    max_retention_loss: float = 0.01  # retention suite accuracy, parent (and base) minus candidate (absolute)
     retention_suite: str | None = None  # a JSONL file (docs/design-notes.md); None: the tiny world's base skills
     retention_items: int = 100  # items per retention skill
     heldout_items: int = 48  # held-out new tasks per family

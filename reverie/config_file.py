@@ -39,7 +39,7 @@ noted; what is left out keeps its default, shown here)::
       seed: 0
     gate:                             # what a candidate must show before it is served
       min_gain: 0.2                   # held-out new-task accuracy gain over the parent, in [0, 1)
-      max_retention_loss: 0.01        # retention accuracy lost against the parent, in [0, 1)
+      max_retention_loss: 0.01        # retention accuracy lost against the parent and the base, in [0, 1)
       retention_suite: null           # a JSONL file (null: the tiny world's base skills)
       retention_items: 100
       heldout_items: 48

@@ -244,6 +244,26 @@ def test_a_candidate_with_noisy_weights_loses_retention_and_fails_naming_retenti
     json.dumps(report)
 
 
+def test_forgetting_adds_up_across_versions_so_a_candidate_is_also_held_to_the_base(gate, copy_tasks, tmp_path,
+                                                                                    shipped_state):
+    """A parent that already forgot, and a candidate that forgets nothing more: judged against its parent alone
+    it loses nothing; against the base version it carries all the forgetting of its ancestors, and is refused."""
+    gen = torch.Generator().manual_seed(0)
+    forgot = {k: v + 0.5 * v.std() * torch.randn(v.shape, generator=gen) if v.ndim == 2 else v
+              for k, v in shipped_state.items()}
+    parent = _model_dir(tmp_path, forgot, "parent")
+    candidate = _model_dir(tmp_path, forgot, "candidate")
+    alone = gate.judge(parent, candidate, copy_tasks, [])
+    assert alone["retention_loss"] == 0.0 and "retention" not in alone["reason"]
+    held = gate.judge(parent, candidate, copy_tasks, [], base_dir=SHIPPED_MODEL)
+    assert held["retention_loss"] == 0.0 and held["base_retention_loss"] > 0.01 and not held["passed"]
+    assert "since the base" in held["reason"] and "max_retention_loss" in held["reason"]
+    assert all(r["base"] >= r["candidate"] for r in held["base_retention"].values())
+    same = gate.judge(SHIPPED_MODEL, SHIPPED_MODEL, copy_tasks, [], base_dir=SHIPPED_MODEL)
+    assert same["base_retention_loss"] == 0.0 and "since the base" not in same["reason"]
+    json.dumps(held)
+
+
 def test_a_candidate_with_nan_weights_is_rejected_before_it_is_judged(gate, tmp_path, shipped_state):
     state = {k: v.clone() for k, v in shipped_state.items()}
     state["lm_head.weight"][0, 0] = float("inf")
