@@ -165,8 +165,9 @@ def plot(runs: list[dict], path: Path) -> None:
                 ax.scatter(*zip(*pts), color=colours[v], label=v, s=28, alpha=0.85)
         ax.set_title(f"{skill}, lr {lr:g}, no replay", fontsize=10)
         ax.set_xlabel("retention average (base skills)")
-        ax.set_xlim(-0.02, 1.02)
-        ax.set_ylim(-0.02, 1.05)
+        low = min(r["new_skill_acc"] for r in runs if r["skill"] == skill and r["lr"] == lr)
+        ax.set_ylim(min(0.8, low - 0.05), 1.02)  # the runs that learnt: the spread is along retention
+        ax.margins(x=0.15)
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("new-skill accuracy (held-out)")
     axes[0][-1].legend(fontsize=7, loc="lower left")

@@ -19,7 +19,7 @@ class LearnConfig:
     weight_decay: float = 0.0
     clip_max: float | None = None
     # OPSD only: how the teacher's scores become the target (docs/design-notes.md, "Why OPSD forgets")
-    teacher_temperature: float = 1.0  # the teacher's log-probs at this temperature (needs full-vocabulary scores)
+    teacher_temperature: float = 0.5  # the teacher's log-probs at this temperature: 0.5 chosen by the sweep (docs/design-notes.md)
     samples: int = 1  # completions sampled per lesson
     cut_below: float | None = None  # stop the loss after a token the teacher gives less than this probability
     base_kl: float = 0.0  # weight of KL(student || base) on the student's own samples
