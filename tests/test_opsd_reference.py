@@ -105,19 +105,25 @@ CASES = [
     {"loss": "sampled", "skip_below": 0.01},
     {"loss": "fkl", "temperature": 2.0, "cut_below": 0.05, "base_kl": 1.0},
     {"loss": "fkl", "temperature": 0.5, "cut_below": 0.1, "skip_below": 0.05},
+    {"loss": "fkl", "samples": 2},
 ]
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()))
 def test_an_opsd_step_matches_a_float64_computation_from_the_definitions(base, student, batch, case):
     enc, lessons_, completions = batch
-    want, want_grads = reference(student, base, base, enc, lessons_, completions, **case)
+    samples = case.get("samples", 1)
+    if samples > 1:  # each lesson sampled again: its second completion is another lesson's, the same for both sides
+        completions = [completions[(i + k) % len(completions)] for i in range(len(lessons_)) for k in range(samples)]
+    seen = [l for l in lessons_ for _ in range(samples)]
+    want, want_grads = reference(student, base, base, enc, seen, completions,
+                                 **{k: v for k, v in case.items() if k != "samples"})
     s = copy.deepcopy(student)
     s.zero_grad()
     got, info = opsd_loss(s, FixedSampler(completions), TorchScorer(base, enc), enc, lessons_, case["loss"],
                           teacher_temperature=case.get("temperature", 1.0), cut_below=case.get("cut_below"),
                           base=TorchScorer(base, enc), base_kl=case.get("base_kl", 0.0),
-                          skip_below=case.get("skip_below"))
+                          skip_below=case.get("skip_below"), samples=samples)
     got.backward()
     assert info["tokens"] == sum(len(c) for c in completions)
     assert math.isclose(got.item(), want, rel_tol=1e-4, abs_tol=1e-6), (got.item(), want)
