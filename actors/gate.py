@@ -315,6 +315,12 @@ def skill_losses(scores: Mapping[str, tuple[float, float]]) -> dict[str, float]:
     return {skill: max(0.0, parent - candidate) for skill, (parent, candidate) in scores.items()}
 
 
+def exceeds(loss: float, bound: float) -> bool:
+    """``loss > bound`` for losses that are means of accuracies: compared at 1e-9, so a loss exactly at the bound
+    (0.07 lost over 7 skills against 0.01) is not refused for the last bit of a floating-point sum."""
+    return round(loss, 9) > bound
+
+
 @contextlib.contextmanager
 def _torch_threads(n: int | None) -> Iterator[None]:
     import torch
@@ -516,12 +522,12 @@ class Gate:
         if not gain >= cfg.min_gain:
             why = " (no held-out tasks)" if not heldout and not env_tasks else ""
             failed.append(f"held-out gain {gain:.3f} is below min_gain {cfg.min_gain:.3f}{why}")
-        if not retention_loss <= cfg.max_retention_loss:
+        if exceeds(retention_loss, cfg.max_retention_loss):
             worst = max(losses, key=losses.get)
             before, after = retention[worst]["parent"], retention[worst]["candidate"]
             failed.append(f"retention loss {retention_loss:.3f} exceeds max_retention_loss "
                           f"{cfg.max_retention_loss:.3f} (worst skill {worst}: {before:.2f} -> {after:.2f})")
-        if not base_retention_loss <= cfg.max_retention_loss:
+        if exceeds(base_retention_loss, cfg.max_retention_loss):
             worst = max(base_losses, key=base_losses.get)
             before, after = base_retention[worst]["base"], base_retention[worst]["candidate"]
             failed.append(f"retention loss since the base {base_retention_loss:.3f} exceeds max_retention_loss "
@@ -532,5 +538,5 @@ class Gate:
 
 
 __all__ = ["COMPARES", "EnvTask", "Gate", "GateInputError", "HeldOutTask", "RetentionItem", "WeightsRejected",
-           "check_weights", "heldout_tasks", "load_retention_suite", "matches", "retention_suite",
+           "check_weights", "exceeds", "heldout_tasks", "load_retention_suite", "matches", "retention_suite",
            "skill_losses", "tinyworld_retention_suite", "weight_files"]

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from actors.gate import (Gate, GateInputError, HeldOutTask, RetentionItem, WeightsRejected, check_weights,
-                         heldout_tasks, load_retention_suite, matches, retention_suite, skill_losses,
+                         exceeds, heldout_tasks, load_retention_suite, matches, retention_suite, skill_losses,
                          tinyworld_retention_suite, weight_files)
 from learner.templates import render
 from reverie.config import GateConfig
@@ -165,6 +165,17 @@ def test_a_skill_the_candidate_is_ahead_on_does_not_pay_for_forgetting_another()
     # and lost 0.02 on reverse and sort and 0.05 on format; a plain difference of means would call that a gain
     losses = skill_losses({"copy": (0.0, 0.98), "reverse": (1.0, 0.98), "format": (0.99, 0.94), "add": (1.0, 1.0)})
     assert losses == pytest.approx({"copy": 0.0, "reverse": 0.02, "format": 0.05, "add": 0.0})
+
+
+def test_a_retention_loss_exactly_at_the_bound_passes_whatever_the_floating_point_sum_says():
+    # measured in the demo: four skills lost 0.01, 0.02, 0.02, 0.02 of seven; the mean, 0.07 / 7, came out as
+    # 0.010000000000000009 and the candidate was refused against a bound of 0.01
+    scores = {"add": (1.0, 1.0), "copy": (0.01, 0.99), "format": (0.99, 0.98), "lookup": (1.0, 0.98),
+              "recall": (1.0, 0.98), "reverse": (1.0, 1.0), "sort": (1.0, 0.98)}
+    loss = sum(skill_losses(scores).values()) / len(scores)
+    assert loss > 0.01  # the float sum is over the bound...
+    assert not exceeds(loss, 0.01)  # ...the loss is not
+    assert exceeds(0.0101, 0.01)
 
 
 # --------------------------------------------------------------------------- weights
