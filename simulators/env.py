@@ -144,6 +144,29 @@ def available() -> list[str]:
     return sorted(names)
 
 
+# A task family's own verifier: (finished transcript, max_turns) -> solved?  It judges from the transcript's own
+# observations, so a simulated environment's successes are decided by it, never by the simulator's claim.
+FamilyVerifier = Callable[[list[dict], int], bool]
+_FAMILY_VERIFIERS: dict[str, FamilyVerifier] = {}
+_BUILTIN_VERIFIERS = {"tools": "simulators.tinyworld.tools_verifier:verify_tools_family"}
+
+
+def register_family_verifier(family: str, verifier: FamilyVerifier | str) -> None:
+    """Register the verifier of task family ``family`` (a callable or an import path ``module:attr``)."""
+    if isinstance(verifier, str):
+        verifier = load_import_path(verifier)
+    if not callable(verifier):
+        raise TypeError(f"verifier for family {family!r} is not callable: {verifier!r}")
+    _FAMILY_VERIFIERS[family] = verifier
+
+
+def family_verifier(family: str) -> FamilyVerifier | None:
+    """The registered verifier of ``family`` (built-in: the tiny world's ``tools``), or None."""
+    if family not in _FAMILY_VERIFIERS and family in _BUILTIN_VERIFIERS:
+        register_family_verifier(family, _BUILTIN_VERIFIERS[family])
+    return _FAMILY_VERIFIERS.get(family)
+
+
 def make(name: str, **kwargs: Any) -> Environment:
     env = factory(name)(**kwargs)
     for attr in ("reset", "step", "verify", "transcript", "name", "simulated", "max_turns"):

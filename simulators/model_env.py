@@ -14,7 +14,10 @@ conversation), the environment answers an action by
 
 in the manner of learned experience models for agent training.  Every step is
 marked ``simulated`` and names the recorded transitions it was conditioned on;
-its verifier is the same neighbour vote, so its successes are simulated too:
+its verifier is the task family's own where one is registered (for the tiny
+world's ``tools``: the answer against the episode's observed tool results,
+``simulators/tinyworld/tools_verifier.py``), else the same neighbour vote;
+either way its successes are simulated:
 the success filter stores them marked, the learner does not trust them alone,
 and a verified environment or held-out real tasks must confirm any gain.
 """
@@ -172,8 +175,16 @@ class ModelSimulatedEnv:
         return list(self._t)
 
     def verify(self, task: Task, messages: list[dict]) -> bool:
-        """The simulated verdict: the neighbours of the last action end the
-        episode with a reward (never trusted alone: ``simulated`` is True)."""
+        """The task family's own verifier where one is registered
+        (``simulators.env.family_verifier``: it checks the answer against the
+        episode's observations, never the simulator's claim); otherwise the
+        simulated verdict: the neighbours of the last action end the episode
+        with a reward (never trusted alone: ``simulated`` is True)."""
+        from simulators.env import family_verifier
+
+        check = family_verifier(task.family)
+        if check is not None:
+            return bool(check(list(messages), self.max_turns))
         actions = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
         if not actions or actions[-1] != len(messages) - 1 or len(actions) > self.max_turns:
             return False

@@ -87,7 +87,7 @@ def test_model_simulated_steps_are_marked_and_conditioned_on_the_nearest_recorde
 def test_simulated_successes_are_stored_marked_and_not_trusted_alone(predictor):
     ts = transitions_from(recorded(6))
     env = ModelSimulatedEnv(max_turns=6, transitions=ts, predict=predictor)
-    task = to_task(new_tools_task(random.Random(43)))
+    task = to_task(new_tools_task(random.Random(43)), family="recorded tool asks")  # a family with no verifier
     env.reset(task)
     env.step("call help")
     env.step("answer 7 7")
@@ -114,3 +114,22 @@ def test_simulated_successes_are_stored_marked_and_not_trusted_alone(predictor):
     with pytest.raises(ValueError, match="no kept trajectory"):
         next(lessons(store.rows, random.Random(0)))  # the learner does not take simulated successes alone
     assert next(lessons(store.rows, random.Random(0), trusted_only=False)).teacher[0]["role"] == "system"
+
+
+def test_a_family_with_a_verifier_is_judged_by_it_not_by_the_simulators_neighbour_vote():
+    """The vote above accepts a guess after `call help`; the tools family's verifier wants the answer to be the
+    sum of the values the episode observed for both asked items."""
+    ts = transitions_from(recorded(6))
+    env = ModelSimulatedEnv(max_turns=6, transitions=ts)
+    tools = new_tools_task(random.Random(43))
+    task = to_task(tools)  # family "tools"
+    guess = [{"role": "user", "content": task.prompt}, {"role": "assistant", "content": "call help"},
+             {"role": "tool", "content": f"tools : {tools.tool}"}, {"role": "assistant", "content": "answer 7 7"}]
+    done, reward, _ = env._vote(guess[:3], "answer 7 7")
+    assert done and reward >= 0.5  # the neighbours would call it a success
+    assert env.verify(task, guess) is False
+    (a, va), (b, vb) = tools.values
+    looked_up = [*guess[:3], {"role": "assistant", "content": f"call {tools.tool} {a}"},
+                 {"role": "tool", "content": digits(va)}, {"role": "assistant", "content": f"call {tools.tool} {b}"},
+                 {"role": "tool", "content": digits(vb)}, {"role": "assistant", "content": f"answer {digits(va + vb)}"}]
+    assert env.verify(task, looked_up) is True
