@@ -100,11 +100,16 @@ class UnknownEnvironment(LookupError):
 
 def register(name: str, factory: Factory | str) -> None:
     """Register an environment factory (or an import path ``module:attr``) under ``name``."""
-    if isinstance(factory, str):
-        factory = load_import_path(factory)
-    if not callable(factory):
-        raise TypeError(f"environment factory for {name!r} is not callable: {factory!r}")
-    _REGISTRY[name] = factory
+    _REGISTRY[name] = _callable(factory, f"environment factory for {name!r}")
+
+
+def _callable(obj: Any, what: str) -> Any:
+    """``obj``, or what its import path ``module:attr`` names; a TypeError when that cannot be called."""
+    if isinstance(obj, str):
+        obj = load_import_path(obj)
+    if not callable(obj):
+        raise TypeError(f"{what} is not callable: {obj!r}")
+    return obj
 
 
 def load_import_path(path: str) -> Any:
@@ -153,11 +158,7 @@ _BUILTIN_VERIFIERS = {"tools": "simulators.tinyworld.tools_verifier:verify_tools
 
 def register_family_verifier(family: str, verifier: FamilyVerifier | str) -> None:
     """Register the verifier of task family ``family`` (a callable or an import path ``module:attr``)."""
-    if isinstance(verifier, str):
-        verifier = load_import_path(verifier)
-    if not callable(verifier):
-        raise TypeError(f"verifier for family {family!r} is not callable: {verifier!r}")
-    _FAMILY_VERIFIERS[family] = verifier
+    _FAMILY_VERIFIERS[family] = _callable(verifier, f"verifier for family {family!r}")
 
 
 def family_verifier(family: str) -> FamilyVerifier | None:
