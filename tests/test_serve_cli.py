@@ -104,7 +104,9 @@ def test_serve_prints_url_and_key_location_records_and_stops_cleanly_on_ctrl_c(t
         assert r.system_fingerprint.startswith("reverie-v")
         _check_the_engine_keeps_its_cores(proc.pid)
         proc.send_signal(signal.SIGINT)
-        rest_out, err = proc.communicate(timeout=120)
+        # Alone it stops well within 120 s; late in the full suite (2026-11-27, twice) it took longer, for a reason
+        # not yet found: this bound is for a hang, not for speed.
+        rest_out, err = proc.communicate(timeout=300)
     finally:
         if proc.poll() is None:
             proc.kill()
