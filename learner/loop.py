@@ -44,7 +44,7 @@ class Learner:
         self.scorer = scorer or (TorchScorer(teacher.model, encoder) if teacher is not None else None)
         self.base = None  # the weights learning started from, for the KL to the base policy
         if cfg.method == "opsd" and cfg.base_kl:
-            frozen = teacher is not None and teacher.cfg.kind == "frozen" and teacher.model is not student
+            frozen = teacher is not None and teacher.cfg.kind == "frozen"  # the frozen teacher is the base already
             self.base = TorchScorer(teacher.model if frozen else _frozen_copy(student), encoder)
         self.opt = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         warm = max(cfg.warmup, 0)
