@@ -16,6 +16,7 @@ controller does not answer in time.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from typing import Optional
@@ -42,6 +43,8 @@ from serve.replica import MARKER
 from serve.weights import WeightsMismatch
 
 VERSION_HEADER = "x-reverie-version"
+REPLICA_DIED_RETRIES = 2  # a request whose replica died before it answered anything is sent again this often
+logger = logging.getLogger("reverie.serve")
 
 
 class FeedbackRequest(BaseModel):
@@ -125,15 +128,32 @@ class ReverieIngress(OpenAiIngress):
         return self._store
 
     # ------------------------------------------------------------ generation
+    async def _opened(self, body, call_method: str, raw_request):
+        """(the replica's stream, its version marker, its first item).  A replica that dies before the first
+        item reached this ingress (killed, crashed) has sent the client nothing yet: the request is sent again,
+        to a live replica, up to ``REPLICA_DIED_RETRIES`` times; the dead replica recorded nothing."""
+        import ray
+
+        for attempt in range(REPLICA_DIED_RETRIES + 1):
+            gen = self._get_response(body=body, call_method=call_method, raw_request=raw_request)
+            try:
+                marker = await gen.__anext__()
+                if isinstance(marker, ErrorResponse):
+                    return gen, marker, None
+                return gen, marker, await gen.__anext__()
+            except ray.exceptions.RayActorError as e:
+                await gen.aclose()
+                if attempt == REPLICA_DIED_RETRIES:
+                    raise
+                logger.warning("a replica died before answering (%s); sending the request again", type(e).__name__)
+
     async def _process_llm_request(self, body, call_method: str, raw_request=None) -> Response:
         async with router_request_timeout(DEFAULT_LLM_ROUTER_HTTP_TIMEOUT):
-            gen = self._get_response(body=body, call_method=call_method, raw_request=raw_request)
-            marker = await gen.__anext__()
+            gen, marker, first = await self._opened(body, call_method, raw_request)
             if isinstance(marker, ErrorResponse):
                 raise OpenAIHTTPException(message=marker.error.message, status_code=marker.error.code,
                                           type=marker.error.type)
             headers = {VERSION_HEADER: str(marker[MARKER]["version"])}
-            first = await gen.__anext__()
             chunk = first[0] if isinstance(first, list) and first else first
             if isinstance(chunk, ErrorResponse):
                 await gen.aclose()
