@@ -125,3 +125,52 @@ def test_retention_replay_puts_the_asked_share_of_base_lessons_in_every_batch():
 ])
 def test_learn_refuses_bad_options_with_one_line_and_exit_2(args, message, refused):
     refused(["learn", *args], message)
+
+
+def test_a_learner_killed_while_writing_a_checkpoint_resumes_from_the_last_complete_one_and_never_reuses_a_version(
+        shipped_model, tmp_path):
+    """The learner actor's process gets SIGKILL while a checkpoint is half on disk: the half-written one is
+    never loaded, a restarted learner resumes from the last complete checkpoint (its weights, its update
+    count) and its next version is above every id handed out before, the killed save's included."""
+    import json
+    import os
+    import signal
+
+    import ray
+    from safetensors.torch import load_file
+
+    from actors.learner import start_learner
+    from learner.loop import VERSIONS_FILE
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        cfg = LearnConfig(steps=100, batch_size=4, lr=1e-3, retain=0.5, checkpoint_every=1)
+        batches = lessons("facts", 4, 0, 0.5)
+        learner = start_learner(str(shipped_model), cfg, str(tmp_path), None, 0, None, sampler="torch")
+        pid = ray.get(learner.__ray_call__.remote(lambda self: os.getpid()), timeout=600)
+        ray.get(learner.step.remote(next(batches)), timeout=600)  # step 1, saved complete
+        half = None
+        for _ in range(20):  # every step saves; kill the first save caught with its files half written
+            ref = learner.step.remote(next(batches))
+            while half is None and not ray.wait([ref], timeout=0)[0]:
+                half = next((e for e in os.scandir(tmp_path) if e.name.startswith(".tmp-step-")), None)
+            if half is not None:
+                os.kill(pid, signal.SIGKILL)
+                break
+        assert half is not None, "no save was caught half written in 20 steps"
+        with pytest.raises(ray.exceptions.RayActorError):
+            ray.get(ref, timeout=60)
+        complete = latest_checkpoint(tmp_path)
+        handed_out = json.loads((tmp_path / VERSIONS_FILE).read_text())["last"]
+        assert os.path.isdir(half.path) and complete.name < half.name.removeprefix(".tmp-")
+
+        again = start_learner(str(shipped_model), cfg, str(tmp_path), None, 0, None, sampler="torch")
+        assert ray.get(again.updates.remote(), timeout=600) == int(complete.name.removeprefix("step-"))
+        exported = ray.get(again.export.remote(str(tmp_path / "resumed")), timeout=600)
+        resumed, saved = load_file(f"{exported}/model.safetensors"), load_file(complete / "model.safetensors")
+        assert resumed.keys() == saved.keys() and all(torch.equal(resumed[k], saved[k]) for k in saved)
+        after = ray.get(again.step.remote(next(batches)), timeout=600)["saved"]
+        assert after["version"] > handed_out
+        assert not os.path.exists(half.path)  # the next save swept the half-written directory away
+    finally:
+        ray.shutdown()
