@@ -66,6 +66,9 @@ class ServeConfig:
     store_name: str = "reverie-experience-store"
     store_flush_seconds: float = 1.0
     seed: int = 0
+    # Feedback text (rules, corrections) is shown to people as "[redacted: N characters]": the admin API, the
+    # review page and ``reverie review`` (the store keeps it; the learner and the gate need it).
+    redact_feedback: bool = False
     # Keep the engine's compute cores to the engine (reverie/cpus.py); only with one replica on this node.
     pin_cpus: bool = False
     extra_engine_kwargs: dict = field(default_factory=dict)

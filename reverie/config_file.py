@@ -17,6 +17,7 @@ noted; what is left out keeps its default, shown here)::
     store_name: reverie-experience-store
     store_flush_seconds: 1.0
     seed: 0
+    redact_feedback: false            # true: feedback text is never shown to people (admin API, review page)
     pin_cpus: true                    # reverie serve's default without --address (the dataclass's: false)
     extra_engine_kwargs: {}           # passed to the vLLM engine as they are
     loop:                             # the controller's cycle
@@ -89,6 +90,7 @@ RULES: dict[str, a.Rule] = {
     "store_name": a.TEXT,
     "store_flush_seconds": a.SECONDS,
     "seed": a.SEED,
+    "redact_feedback": a.FLAG,
     "pin_cpus": a.FLAG,
     "extra_engine_kwargs": a.MAPPING,
     "loop.learn": a.FLAG,
@@ -132,6 +134,7 @@ SERVE_FLAGS: dict[str, str] = {
     "swap_mode": "--swap-mode",
     "swap_timeout_s": "--swap-timeout",
     "pin_cpus": "--no-cpu-pinning",
+    "redact_feedback": "--redact-feedback",
     "loop.learn": "--no-learn",
     "loop.approval": "--approval",
     "loop.min_feedback": "--min-feedback",

@@ -136,6 +136,23 @@ class Candidate:
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
+def redacted(text) -> str | None:
+    """What people are shown instead of a feedback text when feedback is redacted (``redact_feedback``)."""
+    return None if text is None else f"[redacted: {len(text)} characters]"
+
+
+def redact_feedback(public: dict) -> dict:
+    """A candidate's public record (``Candidate.public()``) with the feedback texts it learnt from (its rules,
+    and each example's rule and correction) replaced by ``redacted``; the rest (counts, scores, asks) as it was."""
+    lessons = dict(public.get("lessons") or {})
+    if "rules" in lessons:
+        lessons["rules"] = [redacted(r) for r in lessons["rules"]]
+    if "examples" in lessons:
+        lessons["examples"] = [{**e, **{k: redacted(e.get(k)) for k in ("rule", "correction") if k in e}}
+                               for e in lessons["examples"]]
+    return {**public, "lessons": lessons}
+
+
 def model_weight_files(model_dir: str | Path) -> list[str]:
     files = sorted(str(p.resolve()) for p in Path(model_dir).glob("*.safetensors"))
     if not files:

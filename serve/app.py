@@ -60,7 +60,7 @@ def build_application(cfg: ServeConfig, key_digests: dict):
         llm_deployments={cfg.model_id: llm},
         model_cards={cfg.model_id: to_model_metadata(cfg.model_id, conf)},
         key_digests=key_digests, versions_dir=versions_dir, store_name=cfg.store_name,
-        swap_mode=cfg.swap_mode, swap_timeout_s=cfg.swap_timeout_s,
+        swap_mode=cfg.swap_mode, swap_timeout_s=cfg.swap_timeout_s, redact_feedback=cfg.redact_feedback,
         controller_name=CONTROLLER_NAME if cfg.loop.learn else None, roles=chat_roles(cfg.model_dir),
     )
 

@@ -169,6 +169,9 @@ def register(subparsers) -> None:
     flag("pin_cpus", "leave every process free to run on every core (default without --address, one replica and "
          "no GPU: the engine's worker gets every core but the last, Ray and Serve the last)",
          action="store_const", const=False)
+    flag("redact_feedback", "show feedback text (rules, corrections) to people as \"[redacted: N characters]\" in "
+         "the admin API, the review page and reverie review; the store keeps it, the learner and the gate use it "
+         "(default: shown)", action="store_const", const=True)
     flag("swap_timeout_s", f"seconds a swap may take before it is undone (default {default('swap_timeout_s'):g})",
          metavar="SECONDS")
     flag("loop.learn", "serve and record only: no learning cycles (default: learn)", action="store_const",

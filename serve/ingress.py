@@ -37,6 +37,7 @@ from ray.llm._internal.serve.core.ingress.ingress import (
 
 from actors.broadcaster import SwapError, WeightBroadcaster
 from reverie.versions import PROMOTED, ROLLED_BACK, VersionError, VersionRegistry
+from reverie.versions import redact_feedback as redact_feedback_of
 from serve.auth import AuthMiddleware
 from serve.guard import OPENAI_ROLES, BodyGuard
 from serve.replica import MARKER
@@ -90,7 +91,7 @@ class ReverieIngress(OpenAiIngress):
     def __init__(self, llm_deployments, model_cards, *, key_digests: dict, versions_dir: str,
                  store_name: str, store_namespace: str = "reverie", swap_mode: str = "wait",
                  swap_timeout_s: float = 120.0, controller_name: str | None = None, lora_paths=None,
-                 roles: tuple[str, ...] = OPENAI_ROLES):
+                 roles: tuple[str, ...] = OPENAI_ROLES, redact_feedback: bool = False):
         super().__init__(llm_deployments, model_cards, lora_paths=lora_paths)
         _DIGESTS.clear()
         _DIGESTS.update(key_digests)
@@ -98,6 +99,7 @@ class ReverieIngress(OpenAiIngress):
         self._store_name, self._store_namespace = store_name, store_namespace
         self._store = None
         self._controller_name = controller_name
+        self._shown = redact_feedback_of if redact_feedback else (lambda public: public)
         (handle,) = llm_deployments.values()
         self._registry = VersionRegistry(versions_dir)
         self._broadcaster = WeightBroadcaster(handle, self._registry, mode=swap_mode, timeout_s=swap_timeout_s)
@@ -222,7 +224,7 @@ class ReverieIngress(OpenAiIngress):
             status = {"promoted": self._registry.promoted().version,
                       "cycle": {"state": "off", "step": None, "cycle": 0, "progress": {"done": 0, "total": 0}},
                       "candidates": [c.public() for c in self._registry.all()], "learning": False}
-        return JSONResponse(status)
+        return JSONResponse({**status, "candidates": [self._shown(c) for c in status.get("candidates", [])]})
 
     async def admin_cycle(self) -> JSONResponse:
         result = await self._controller("request_cycle")
@@ -232,7 +234,7 @@ class ReverieIngress(OpenAiIngress):
 
     async def admin_candidate(self, version: int) -> JSONResponse:
         c = self._candidate(version)
-        return JSONResponse({**c.public(), "review": self._registry.review(version)})
+        return JSONResponse({**self._shown(c.public()), "review": self._registry.review(version)})
 
     async def _decide(self, request: Request, version: int, approve: bool, note: str) -> JSONResponse:
         self._candidate(version)
@@ -240,7 +242,7 @@ class ReverieIngress(OpenAiIngress):
             c = self._registry.decide(version, approve, by=request.scope.get("reverie_key", "admin"), note=note)
         except VersionError as e:
             raise HTTPException(status_code=409, detail=str(e)) from None
-        return JSONResponse(c.public())
+        return JSONResponse(self._shown(c.public()))
 
     async def admin_approve(self, version: int, request: Request, body: Optional[DecisionRequest] = None) -> JSONResponse:
         return await self._decide(request, version, True, body.note if body else "")

@@ -1,7 +1,8 @@
 """Hostile input through the real HTTP API: every case is a 4xx whose message names the problem, the server
 answers normally afterwards, and no rejected request changes the store.
 
-One application (one replica of the tiny-world model, the loop off) is shared by the module.  Bodies are
+One application (one replica of the tiny-world model, the loop off, feedback text redacted) is shared by the
+module.  Bodies are
 sent as raw bytes, so that what a client library would refuse to produce (invalid UTF-8, ``NaN`` literals,
 deep nesting, oversized bodies) reaches the server as an attacker would send it."""
 from __future__ import annotations
@@ -16,7 +17,7 @@ from serving import ADMIN_KEY, API_KEY, start_app
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
-    yield from start_app(tmp_path_factory, replicas=1)
+    yield from start_app(tmp_path_factory, replicas=1, redact_feedback=True)
 
 
 def chat(**fields) -> bytes:
@@ -205,3 +206,55 @@ def test_template_control_tokens_in_feedback_are_stored_as_text_and_never_become
         tags = [i for i in ids if i in structure]
         assert tags == [x for m in lesson.teacher for x in (enc.role_ids[m["role"]], enc.end_id)] + [
             enc.role_ids["assistant"]]  # one role tag and one end tag per message: the text opened nothing
+
+
+def test_with_redaction_feedback_text_reaches_the_store_but_no_admin_route_and_no_log(app):
+    """``redact_feedback``: the rule and the correction a candidate learnt from are shown as "[redacted: N
+    characters]" by every admin route that shows a candidate, while the store keeps them (the learner needs
+    them); and feedback text never reaches a log file, redacted or not."""
+    import os
+
+    import ray
+
+    from actors.store import read_table
+    from simulators.tinyworld.build import SHIPPED_MODEL
+
+    rule, correction = "always answer in the private-rule-7f3a way", "the private-correction-9c2e is right"
+    r = app.client.chat.completions.create(model="reverie", messages=[{"role": "user", "content": "copy: p q"}],
+                                           max_tokens=4, temperature=0)
+    resp = httpx.post(app.url + FEEDBACK, headers={"Authorization": f"Bearer {USER}"}, timeout=60,
+                      json={"response_id": r.id, "rule": rule, "correction": correction})
+    assert resp.status_code == 201, resp.text
+    registry = app.dep.registry
+    lessons = {"rules": [rule], "ids": [resp.json()["id"]],
+               "examples": [{"kinds": ["rule", "correction"], "ask": "copy: p q", "rule": rule,
+                             "correction": correction}]}
+    v = registry.register(SHIPPED_MODEL, source="learner", parent=registry.base().version, lessons=lessons).version
+    registry.set_status(v, "pending")  # as a candidate that passed the gate with approval required
+    admin = {"Authorization": f"Bearer {ADMIN}"}
+    shown = {path: httpx.get(app.url + path, headers=admin, timeout=60) for path in
+             ("/admin/status", f"/admin/candidates/{v}")}
+    shown["reject"] = httpx.post(app.url + f"/admin/candidates/{v}/reject", headers=admin, timeout=60,
+                                 json={"reason": "a test candidate"})
+    for route, got in shown.items():
+        assert got.status_code == 200, (route, got.text)
+        assert rule not in got.text and correction not in got.text, route
+    example = shown[f"/admin/candidates/{v}"].json()["lessons"]["examples"][0]
+    assert example == {"kinds": ["rule", "correction"], "ask": "copy: p q",
+                       "rule": f"[redacted: {len(rule)} characters]",
+                       "correction": f"[redacted: {len(correction)} characters]"}
+    app.flush()
+    kept = read_table(app.data_dir, "feedback", ids=[resp.json()["id"]]).to_pylist()
+    assert (kept[0]["rule"], kept[0]["correction"]) == (rule, correction)
+    logs = os.path.join(ray._private.worker._global_node.get_session_dir_path(), "logs")
+    leaked = []
+    for dirpath, _, files in os.walk(logs):
+        for name in files:
+            try:
+                with open(os.path.join(dirpath, name), "rb") as f:
+                    data = f.read()
+            except OSError:
+                continue
+            if b"private-rule-7f3a" in data or b"private-correction-9c2e" in data:
+                leaked.append(name)
+    assert leaked == []
