@@ -75,7 +75,8 @@ def run_bench(steps: int = 300, timeout_s: float = 1200.0, pin_cpus: bool = True
     from ray import serve
 
     from reverie.config import LoopConfig, ServeConfig
-    from serve.app import Deployment, init_ray
+    from reverie.ray_start import start_ray
+    from serve.app import Deployment
     from serve.auth import Keys
     from simulators.tinyworld import world as W
     from simulators.tinyworld.evaluate import eval_items
@@ -95,7 +96,7 @@ def run_bench(steps: int = 300, timeout_s: float = 1200.0, pin_cpus: bool = True
     keys = Keys(secrets.token_urlsafe(24), secrets.token_urlsafe(24), "bench (in memory)")
     t_start = time.perf_counter()
     with _PeakRss() as rss:
-        init_ray(num_cpus=8, cpu_plan=cfg.cpu_plan())
+        start_ray(num_cpus=8, cpu_plan=cfg.cpu_plan())
         dep = Deployment(cfg, keys.digests())
         try:
             dep.wait_until_running()

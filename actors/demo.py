@@ -274,7 +274,8 @@ def run_demo(out_dir: str | Path = DEFAULT_OUT, quick: bool = False,
     from ray import serve
 
     from reverie.config import ServeConfig
-    from serve.app import APP_NAME, Deployment, init_ray
+    from reverie.ray_start import start_ray
+    from serve.app import APP_NAME, Deployment
     from serve.auth import Keys
     from simulators.tinyworld.build import SHIPPED_MODEL
     from simulators.tinyworld.users import Api, Population, Tally, measure, population
@@ -295,7 +296,7 @@ def run_demo(out_dir: str | Path = DEFAULT_OUT, quick: bool = False,
     for name in ("httpx", "openai"):  # one line per request otherwise (Ray's logging setup shows INFO)
         logging.getLogger(name).setLevel(logging.WARNING)
     say("starting Ray, the serving application of the shipped tiny-world model and the loop (approval required)")
-    init_ray(num_cpus=8, cpu_plan=cfg.cpu_plan())
+    start_ray(num_cpus=8, cpu_plan=cfg.cpu_plan())
     dep = None
     stop = threading.Event()
     threads: list[threading.Thread] = []

@@ -92,11 +92,11 @@ def _run(cfg: DreamConfig, progress: Callable[[str, int], None] | None) -> dict:
     from learner.loop import LearnConfig, frozen_teacher, learn
     from learner.replay import mixed_batches
     from learner.tokenizer import ChatEncoder, load_tokenizer
+    from reverie.ray_start import start_ray
     from reverie.versions import VersionRegistry
     from simulators.dream import Dreamer, recorded_asks
     from simulators.success import lessons
     from simulators.tinyworld.experiment import measure, retention_lessons
-    from simulators.workers import start_local_ray
 
     tell = progress or (lambda phase, n: None)
     start = time.perf_counter()
@@ -105,7 +105,7 @@ def _run(cfg: DreamConfig, progress: Callable[[str, int], None] | None) -> dict:
     work = data_dir / "dreams" / run_id
     asks = recorded_asks(data_dir)
 
-    start_local_ray(num_cpus=4)
+    start_ray(num_cpus=4, env_vars={"TOKENIZERS_PARALLELISM": "false"})
     store = ExperienceStore.remote(str(data_dir))
     # One version space: the base model and every round's weights get their ids from the registry.
     registry = VersionRegistry(data_dir / "versions")

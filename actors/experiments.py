@@ -84,10 +84,9 @@ def _learn_on_ray(model_dir: Path, cfg: LearnConfig, batches, teacher_cfg, check
     from transformers import AutoModelForCausalLM
 
     from actors.learner import start_learner
+    from reverie.ray_start import start_ray
 
-    owns_ray = not ray.is_initialized()  # a Ray this call starts, it shuts down
-    if owns_ray:
-        ray.init(num_cpus=max(4, scorers + 2), include_dashboard=False, log_to_driver=False)
+    owns_ray = start_ray(num_cpus=max(4, scorers + 2))  # a Ray this call starts, it shuts down
     try:
         root = Path(checkpoints or tempfile.mkdtemp(prefix="reverie-learn-"))
         learner = start_learner(str(model_dir), cfg, str(root), teacher_cfg, scorers, cfg.topk)

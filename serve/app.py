@@ -6,14 +6,13 @@ from pathlib import Path
 
 from reverie.config import ServeConfig
 from reverie.engine import engine_kwargs
+from reverie.ray_start import REPO_ROOT
 from serve.guard import chat_roles
 
 APP_NAME = "reverie"
 MODEL_ID = "reverie"
 LLM_DEPLOYMENT = "ReverieLLMServer"
 INGRESS_DEPLOYMENT = "ReverieIngress"
-REPO_ROOT = Path(__file__).resolve().parent.parent
-SIMULATOR_SLOTS = 64  # a private Ray offers the resource simulator workers ask for (cluster.yaml's simulator nodes)
 
 def llm_config(cfg: ServeConfig):
     from ray.serve.llm import LLMConfig
@@ -63,24 +62,6 @@ def build_application(cfg: ServeConfig, key_digests: dict):
         swap_mode=cfg.swap_mode, swap_timeout_s=cfg.swap_timeout_s, redact_feedback=cfg.redact_feedback,
         controller_name=CONTROLLER_NAME if cfg.loop.learn else None, roles=chat_roles(cfg.model_dir),
     )
-
-
-def init_ray(address: str | None = None, num_cpus: int | None = None, cpu_plan=None):
-    """Join ``address``, or start a private local Ray (never ``address='auto'``: another Ray may run here).
-    With a ``cpu_plan`` (reverie/cpus.py), a private Ray's processes start on the plan's host cores."""
-    import ray
-
-    from reverie.cpus import host_only
-
-    if ray.is_initialized():
-        return
-    env = {"env_vars": {"PYTHONPATH": str(REPO_ROOT)}}
-    if address:
-        ray.init(address=address, runtime_env=env, namespace="reverie", log_to_driver=False)
-    else:
-        with host_only(cpu_plan):
-            ray.init(num_cpus=num_cpus or max(8, os.cpu_count() or 2), include_dashboard=False, runtime_env=env,
-                     namespace="reverie", log_to_driver=False, resources={"simulator": SIMULATOR_SLOTS})
 
 
 class Deployment:

@@ -215,7 +215,8 @@ def run_bench(params: str = "100M", replicas: int = 1, concurrency: int = 32, sw
 
     from reverie.config import LoopConfig
     from reverie.config import ServeConfig
-    from serve.app import Deployment, init_ray
+    from reverie.ray_start import start_ray
+    from serve.app import Deployment
     from serve.auth import Keys
 
     logging.getLogger("httpx").setLevel(logging.WARNING)  # not a log line per request of the load
@@ -246,7 +247,7 @@ def run_bench(params: str = "100M", replicas: int = 1, concurrency: int = 32, sw
         raw_tps = asyncio.run(_raw_vllm_tokens_per_second(model_dir, concurrency, max_tokens, steady_seconds, plan))
         progress(f"raw vLLM: {raw_tps:.1f} tokens/s")
 
-        init_ray(num_cpus=max(8, 2 * replicas + 2), cpu_plan=plan)
+        start_ray(num_cpus=max(8, 2 * replicas + 2), cpu_plan=plan)
         keys = Keys(secrets.token_urlsafe(24), secrets.token_urlsafe(24), "bench (in memory)")
         dep = Deployment(cfg, keys.digests())
         try:

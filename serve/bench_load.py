@@ -116,7 +116,8 @@ def run_load(concurrency: int = 64, seconds: float = 60.0, swap_every: float = 1
     from actors.bench_cycle import _machine
     from actors.store import read_table
     from reverie.config import LoopConfig, ServeConfig
-    from serve.app import Deployment, init_ray
+    from reverie.ray_start import start_ray
+    from serve.app import Deployment
     from serve.auth import Keys
     from serve.verify import mismatched
     from simulators.tinyworld.build import SHIPPED_MODEL
@@ -135,7 +136,7 @@ def run_load(concurrency: int = 64, seconds: float = 60.0, swap_every: float = 1
         port = sock.getsockname()[1]
     cfg = ServeConfig(model_dir=SHIPPED_MODEL, data_dir=str(work / "data"), replicas=replicas, port=port,
                       swap_timeout_s=120.0, loop=LoopConfig(learn=False))
-    init_ray(num_cpus=max(8, 2 * replicas + 2))
+    start_ray(num_cpus=max(8, 2 * replicas + 2))
     keys = Keys(secrets.token_urlsafe(24), secrets.token_urlsafe(24), "bench (in memory)")
     dep = Deployment(cfg, keys.digests())
     try:

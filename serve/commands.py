@@ -40,9 +40,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from ray import serve
 
     from reverie.versions import VersionError
-    from serve.app import Deployment, init_ray
+    from reverie.ray_start import start_ray
+    from serve.app import Deployment
 
-    init_ray(args.address, num_cpus=max(8, 2 * replicas + 2), cpu_plan=cfg.cpu_plan())  # each replica reserves 2
+    start_ray(args.address, num_cpus=max(8, 2 * replicas + 2), cpu_plan=cfg.cpu_plan())  # each replica reserves 2
     dep = None
     # Ctrl-C and SIGTERM both end in a clean shutdown.
     signal.signal(signal.SIGTERM, _interrupt)

@@ -36,10 +36,12 @@ from ray.serve.llm import LLMServer
 
 from reverie.config import SWAP_MODES
 from reverie.files import acquire
+from reverie.ray_start import serve_replicas_on_loopback
 from reverie.versions import SWAP_LOCK, VersionRegistry
 from serve.capture import Capture
 
 logger = logging.getLogger("reverie.serve")
+serve_replicas_on_loopback()  # imported in every replica's process (the ingress imports it too), before it serves
 
 MARKER = "__reverie__"
 STORE_WAIT_S = 2.0  # the longest an answer waits for the experience store

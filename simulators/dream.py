@@ -133,7 +133,7 @@ class Dreamer:
             except ray.exceptions.GetTimeoutError:
                 raise RuntimeError(f"no simulator worker started within {ready_timeout:.0f} s: does the Ray "
                                    "cluster offer the 'simulator' resource (cluster.yaml's simulator nodes, or "
-                                   "simulators.workers.start_local_ray)?") from None
+                                   "reverie.ray_start.start_ray)?") from None
         except BaseException:
             if pool is not None:
                 pool.shutdown()

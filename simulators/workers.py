@@ -23,14 +23,12 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 from simulators.env import Task, make
 from simulators.rollout import Sampling
 from simulators.success import SuccessFilter
 
 WORKER_RESOURCES = {"simulator": 1}  # cluster.yaml's simulator node type offers this resource
-REPO_ROOT = str(Path(__file__).resolve().parents[1])
 
 
 @dataclass(frozen=True)
@@ -40,17 +38,6 @@ class Episode:
     max_turns: int
     temperature: float = 1.0
     origin: str = ""  # where the task came from (proposer provenance)
-
-
-def start_local_ray(num_cpus: int = 4, simulators: int = 64) -> None:
-    """A private single-machine Ray cluster (never attaches to someone else's)."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    ray.init(num_cpus=num_cpus, include_dashboard=False, resources={"simulator": simulators},
-             runtime_env={"env_vars": {"PYTHONPATH": REPO_ROOT, "TOKENIZERS_PARALLELISM": "false"}},
-             log_to_driver=False, configure_logging=False)
 
 
 class SimulatorWorker:

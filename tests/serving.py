@@ -47,14 +47,15 @@ def start_app(tmp_path_factory, **config):
     from ray import serve
 
     from reverie.config import ServeConfig
-    from serve.app import Deployment, init_ray
+    from reverie.ray_start import start_ray
+    from serve.app import Deployment
     from serve.auth import Keys
 
     from reverie.config import LoopConfig
 
     data_dir = tmp_path_factory.mktemp("reverie-data")
     config.setdefault("loop", LoopConfig(learn=False))  # serving tests: no controller learning behind their back
-    init_ray(num_cpus=8)
+    start_ray(num_cpus=8)
     cfg = ServeConfig(model_dir=SHIPPED_MODEL, data_dir=str(data_dir), port=free_port(),
                       swap_timeout_s=60.0, store_flush_seconds=0.5, **config)
     dep = Deployment(cfg, Keys(API_KEY, ADMIN_KEY, "test").digests())

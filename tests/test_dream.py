@@ -70,7 +70,7 @@ def test_dream_step_stores_verified_trajectories_tagged_with_the_given_version(s
     from simulators.env import Task
     from simulators.tinyworld import world as W
     from simulators.tinyworld.tools_env import ToolsEnvironment
-    from simulators.workers import start_local_ray
+    from reverie.ray_start import start_ray
 
     registry = VersionRegistry(tmp_path / "versions")
     base = registry.ensure_base(shipped_model).version
@@ -82,7 +82,7 @@ def test_dream_step_stores_verified_trajectories_tagged_with_the_given_version(s
     words = W.world().heldout_words
     asks = [W.NEW_TOOL_TEMPLATE.format(a=words[i], b=words[i + 1]) for i in range(4)] + ["hello there"]
 
-    start_local_ray(num_cpus=4)
+    start_ray(num_cpus=4)
     try:
         store = start_store(str(tmp_path / "data"), name="test-dream-step-store")
         ray.get(store.count.remote("trajectories"))  # registered under its name

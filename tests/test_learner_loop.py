@@ -140,9 +140,10 @@ def test_a_learner_killed_while_writing_a_checkpoint_resumes_from_the_last_compl
     from safetensors.torch import load_file
 
     from actors.learner import start_learner
+    from reverie.ray_start import start_ray
     from learner.loop import VERSIONS_FILE
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    start_ray(num_cpus=2)
     try:
         cfg = LearnConfig(steps=100, batch_size=4, lr=1e-3, retain=0.5, checkpoint_every=1)
         batches = lessons("facts", 4, 0, 0.5)

@@ -68,8 +68,9 @@ def test_the_ray_learner_steps_with_scorer_actors_and_resumes_after_a_restart(sh
     import ray
 
     from actors.learner import start_learner
+    from reverie.ray_start import start_ray
 
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    start_ray(num_cpus=4)
     try:
         cfg = LearnConfig(steps=10, batch_size=4, topk=20, retain=0.5, checkpoint_every=2)
         batches = lessons("facts", 4, 0, 0.5)

@@ -68,9 +68,9 @@ def teach_brackets(out: Path) -> str:
 def ray_up():
     """The private Ray that ``start_app`` uses (it keeps one already up, and shuts it down), started alone: a
     node whose start is starved of CPU times out."""
-    from serve.app import init_ray
+    from reverie.ray_start import start_ray
 
-    init_ray(num_cpus=8)
+    start_ray(num_cpus=8)
 
 
 @pytest.fixture(scope="module")

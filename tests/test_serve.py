@@ -573,3 +573,22 @@ def test_keys_never_appear_in_ray_logs(app):
             if API_KEY.encode() in data or ADMIN_KEY.encode() in data:
                 leaked.append(path)
     assert leaked == []
+
+
+def test_every_port_of_the_running_system_listens_on_loopback_only(app):
+    """On one machine nothing of reverie is reachable from another host: Ray's own servers (GCS, raylet,
+    agents, every worker), Serve's HTTP proxy and the engines all listen on 127.0.0.1."""
+    import ipaddress
+
+    import psutil
+
+    ours = {p.pid for p in psutil.Process().children(recursive=True)}
+    listening = [(c.pid, psutil.Process(c.pid).name(), c.laddr.ip, c.laddr.port)
+                 for c in psutil.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN and c.pid in ours]
+    assert len(listening) >= 5, listening  # GCS, raylet, workers, the HTTP proxy: the search saw them
+    def loopback(ip: str) -> bool:
+        address = ipaddress.ip_address(ip)
+        return address.is_loopback or bool(getattr(address, "ipv4_mapped", None) and address.ipv4_mapped.is_loopback)
+
+    elsewhere = [x for x in listening if not loopback(x[2])]
+    assert elsewhere == [], f"listening beyond loopback (pid, process, address, port): {elsewhere}"

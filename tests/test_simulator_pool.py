@@ -17,7 +17,8 @@ from simulators.env import make  # noqa: E402
 from simulators.rollout import engine_actor, wait_ready  # noqa: E402
 from simulators.tinyworld.skills import new_tools_task  # noqa: E402
 from simulators.tinyworld.tools_env import to_task  # noqa: E402
-from simulators.workers import Episode, SimulatorPool, start_local_ray  # noqa: E402
+from reverie.ray_start import start_ray  # noqa: E402
+from simulators.workers import Episode, SimulatorPool  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +31,7 @@ def version(shipped_model, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def cluster(shipped_model, version):
-    start_local_ray(num_cpus=4)
+    start_ray(num_cpus=4)
     engine = engine_actor(shipped_model, version=version)
     wait_ready(engine)
     yield engine

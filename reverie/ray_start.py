@@ -1,0 +1,80 @@
+"""Starting Ray, one way for every command: join a cluster at ``address``, or start a private one on this
+machine whose every server listens on loopback only.
+
+A private Ray is given the node address ``127.0.0.1``.  Ray 2.60's ``ray.init`` replaces a loopback node
+address by the machine's outward one (``ray._private.services.resolve_ip_for_localhost``), and its servers
+(GCS, raylet, agents, every worker) then listen on all interfaces, reachable from any host that can reach this
+one.  While the private Ray starts, that replacement is turned off; with the node address left at
+``127.0.0.1`` every one of them listens on loopback.  Ray Serve 2.60 then adds one server per replica that
+ignores the node address (its inter-deployment gRPC server, on ``[::]:0``, hard-coded in
+``ray/serve/_private/replica.py``): ``serve_replicas_on_loopback`` binds it to loopback too, in the replica's
+process, where the workers of a private Ray find ``REVERIE_LOOPBACK=1``.  Tested with every listening socket of
+the running system: ``tests/test_serve.py::test_every_port_of_the_running_system_listens_on_loopback_only``.
+These are the two Ray internals this module touches, and nothing else in reverie touches them.  Token
+authentication stays on.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+LOOPBACK = "127.0.0.1"
+LOOPBACK_ENV = "REVERIE_LOOPBACK"  # "1" in the workers of a private Ray
+SIMULATOR_SLOTS = 64  # a private Ray offers the resource simulator workers ask for (cluster.yaml's simulator nodes)
+
+
+@contextlib.contextmanager
+def _loopback_kept():
+    from ray._private import services
+
+    replace = services.resolve_ip_for_localhost
+    services.resolve_ip_for_localhost = lambda host: host
+    try:
+        yield
+    finally:
+        services.resolve_ip_for_localhost = replace
+
+
+def start_ray(address: str | None = None, *, num_cpus: int | None = None, cpu_plan=None,
+              namespace: str | None = "reverie", env_vars: dict | None = None) -> bool:
+    """Join ``address``, or start a private Ray on loopback (never ``address='auto'``: another Ray may run
+    here); nothing when this process already has Ray.  Workers import from the repository (``PYTHONPATH``);
+    ``env_vars`` are added to theirs.  With a ``cpu_plan`` (reverie/cpus.py) a private Ray's processes start
+    on the plan's host cores.  True when this call started or joined Ray (the caller then shuts it down)."""
+    import ray
+
+    from reverie.cpus import host_only
+
+    if ray.is_initialized():
+        return False
+    env = {"env_vars": {"PYTHONPATH": str(REPO_ROOT), **(env_vars or {})}}
+    if address:
+        ray.init(address=address, runtime_env=env, namespace=namespace, log_to_driver=False)
+        return True
+    env["env_vars"][LOOPBACK_ENV] = "1"
+    with host_only(cpu_plan), _loopback_kept():
+        ray.init(num_cpus=num_cpus or max(8, os.cpu_count() or 2), include_dashboard=False, runtime_env=env,
+                 namespace=namespace, log_to_driver=False, resources={"simulator": SIMULATOR_SLOTS},
+                 _node_ip_address=LOOPBACK)
+    return True
+
+
+def serve_replicas_on_loopback() -> None:
+    """In a Serve replica's process of a private Ray: its inter-deployment gRPC server listens on loopback, not
+    on every interface.  Called when the replica's class is imported (``serve/replica.py``), before the replica
+    starts that server; does nothing on a cluster or when called again."""
+    if os.environ.get(LOOPBACK_ENV) != "1":
+        return
+    from ray.serve._private import replica
+
+    if getattr(replica.add_port_to_grpc_server, "reverie_loopback", False):
+        return
+    add_port = replica.add_port_to_grpc_server
+
+    def on_loopback(server, address: str):
+        return add_port(server, LOOPBACK + address[len("[::]"):] if address.startswith("[::]:") else address)
+
+    on_loopback.reverie_loopback = True
+    replica.add_port_to_grpc_server = on_loopback
