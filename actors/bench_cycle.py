@@ -75,7 +75,7 @@ def run_bench(steps: int = 300, timeout_s: float = 1200.0, pin_cpus: bool = True
     from ray import serve
 
     from reverie.config import LoopConfig, ServeConfig
-    from reverie.ray_start import start_ray
+    from reverie.ray_start import quiet_http_clients, start_ray
     from serve.app import Deployment
     from serve.auth import Keys
     from simulators.tinyworld import world as W
@@ -83,9 +83,7 @@ def run_bench(steps: int = 300, timeout_s: float = 1200.0, pin_cpus: bool = True
     from simulators.tinyworld.skills import BASE_SKILLS
     from simulators.tinyworld.text import spaced
 
-    import logging
-
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # not a log line per probe
+    quiet_http_clients()
     work = Path(tempfile.mkdtemp(prefix="reverie-bench-cycle-"))
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -29,7 +29,6 @@ candidate rejected, a tools episode recorded.
 from __future__ import annotations
 
 import json
-import logging
 import secrets
 import shutil
 import socket
@@ -274,7 +273,7 @@ def run_demo(out_dir: str | Path = DEFAULT_OUT, quick: bool = False,
     from ray import serve
 
     from reverie.config import ServeConfig
-    from reverie.ray_start import start_ray
+    from reverie.ray_start import quiet_http_clients, start_ray
     from serve.app import APP_NAME, Deployment
     from serve.auth import Keys
     from simulators.tinyworld.build import SHIPPED_MODEL
@@ -293,8 +292,7 @@ def run_demo(out_dir: str | Path = DEFAULT_OUT, quick: bool = False,
                 "demo (in memory)")
     cfg = ServeConfig(model_dir=SHIPPED_MODEL, data_dir=str(data), port=_free_port(), swap_timeout_s=120.0,
                       store_flush_seconds=0.5, loop=demo.loop, gate=demo.gate)
-    for name in ("httpx", "openai"):  # one line per request otherwise (Ray's logging setup shows INFO)
-        logging.getLogger(name).setLevel(logging.WARNING)
+    quiet_http_clients()
     say("starting Ray, the serving application of the shipped tiny-world model and the loop (approval required)")
     start_ray(num_cpus=8, cpu_plan=cfg.cpu_plan())
     dep = None

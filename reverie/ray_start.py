@@ -78,3 +78,15 @@ def serve_replicas_on_loopback() -> None:
 
     on_loopback.reverie_loopback = True
     replica.add_port_to_grpc_server = on_loopback
+
+
+HTTP_CLIENT_LOGGERS = ("httpx", "httpx2", "openai")  # openai 3 sends through httpx2, which logs as "httpx2"
+
+
+def quiet_http_clients() -> None:
+    """No log line per HTTP request from the clients a command drives the API with (under Ray's logging setup
+    they show at INFO): the demo and the benchmarks print their own progress."""
+    import logging
+
+    for name in HTTP_CLIENT_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)

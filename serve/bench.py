@@ -209,17 +209,15 @@ async def _measure_load(url, key, concurrency, max_tokens, action, keep: bool = 
 def run_bench(params: str = "100M", replicas: int = 1, concurrency: int = 32, swaps: int = 10,
               max_tokens: int = 32, steady_seconds: float = 20.0, swap_mode: str = "wait", pin_cpus: bool = True,
               swap_interval: float = 1.0, progress=print) -> dict:
-    import logging
-
     from ray import serve
 
     from reverie.config import LoopConfig
     from reverie.config import ServeConfig
-    from reverie.ray_start import start_ray
+    from reverie.ray_start import quiet_http_clients, start_ray
     from serve.app import Deployment
     from serve.auth import Keys
 
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # not a log line per request of the load
+    quiet_http_clients()
     work = Path(tempfile.mkdtemp(prefix="reverie-bench-"))
     try:
         if params == "tiny":

@@ -106,8 +106,6 @@ class _Clients:
 
 def run_load(concurrency: int = 64, seconds: float = 60.0, swap_every: float = 10.0, max_tokens: int = 16,
              replicas: int = 1, seed: int = 0, progress=print) -> dict:
-    import logging
-
     import ray
     import torch
     from ray import serve
@@ -116,13 +114,13 @@ def run_load(concurrency: int = 64, seconds: float = 60.0, swap_every: float = 1
     from actors.bench_cycle import _machine
     from actors.store import read_table
     from reverie.config import LoopConfig, ServeConfig
-    from reverie.ray_start import start_ray
+    from reverie.ray_start import quiet_http_clients, start_ray
     from serve.app import Deployment
     from serve.auth import Keys
     from serve.verify import mismatched
     from simulators.tinyworld.build import SHIPPED_MODEL
 
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    quiet_http_clients()
     work = Path(tempfile.mkdtemp(prefix="reverie-bench-load-"))
     state = {}
     for f in sorted(Path(SHIPPED_MODEL).glob("*.safetensors")):

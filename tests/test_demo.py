@@ -3,15 +3,21 @@ scripted users and a scripted reviewer talking to the public API (a few minutes 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
-from reverie.cli import main
+REPO = Path(__file__).resolve().parents[1]
 
 
-def test_the_quick_demo_learns_from_feedback_rejects_the_bad_candidate_and_reports(tmp_path, capsys):
+def test_the_quick_demo_learns_from_feedback_rejects_the_bad_candidate_and_reports(tmp_path):
     out = tmp_path / "demo"
-    assert main(["demo", "--quick", "--json", "--out", str(out)]) == 0
-    stdout = capsys.readouterr().out
-    report = json.loads(stdout.strip().splitlines()[-1])  # the last line is the one JSON object
+    run = subprocess.run([sys.executable, "-m", "reverie.cli", "demo", "--quick", "--json", "--out", str(out)],
+                         capture_output=True, text=True, timeout=1200, cwd=REPO)
+    assert run.returncode == 0, run.stderr[-3000:]
+    report = json.loads(run.stdout.strip().splitlines()[-1])  # the last line is the one JSON object
+    chatter = [line for line in run.stderr.splitlines() if "HTTP Request:" in line]
+    assert chatter == [], f"{len(chatter)} log lines of HTTP requests, such as {chatter[:1]}"  # progress only
 
     for key in ("versions", "api_before", "api_after", "swaps", "failed_requests", "seconds"):
         assert key in report, key
