@@ -664,6 +664,9 @@ ControllerActor = _actor_class()
 
 
 def start_controller(cfg: ServeConfig, app_name: str = "reverie", detached: bool = False):
-    """The named controller actor (created if it does not exist yet; ray must be initialised)."""
+    """The named controller actor (created if it does not exist yet; ray must be initialised), on the head."""
+    from reverie.ray_start import placed
+
     return ControllerActor.options(name=CONTROLLER_NAME, namespace="reverie", get_if_exists=True,
-                                   lifetime="detached" if detached else None).remote(cfg, app_name)
+                                   lifetime="detached" if detached else None,
+                                   **placed("head")).remote(cfg, app_name)

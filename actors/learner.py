@@ -85,8 +85,11 @@ LearnerActor = ray.remote(LearnerService)
 
 
 def learner_options() -> dict:
-    """Where a learner actor goes: a GPU when the cluster has one."""
-    return {"num_cpus": 1, "num_gpus": 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0}
+    """Where a learner actor goes: a ``learner`` node when the cluster has that node type, and a GPU when the
+    cluster has one."""
+    from reverie.ray_start import placed
+
+    return {"num_cpus": 1, "num_gpus": 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0, **placed("learner")}
 
 
 def start_learner(*args, **kwargs):

@@ -384,7 +384,9 @@ ExperienceStore = _actor_class()
 
 
 def start_store(data_dir: str = DEFAULT_DATA_DIR, *, name: str = STORE_ACTOR_NAME, namespace: str = "reverie", **kwargs):
-    """The named store actor, created if it does not exist yet (ray must be initialised)."""
-    return ExperienceStore.options(name=name, namespace=namespace, get_if_exists=True, lifetime=None).remote(
-        str(data_dir), **kwargs
-    )
+    """The named store actor, created if it does not exist yet (ray must be initialised), on the head node: the
+    autoscaler never removes it."""
+    from reverie.ray_start import placed
+
+    return ExperienceStore.options(name=name, namespace=namespace, get_if_exists=True, lifetime=None,
+                                   **placed("head")).remote(str(data_dir), **kwargs)

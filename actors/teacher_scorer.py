@@ -55,7 +55,10 @@ class ScorerPool:
             raise ValueError(f"a scorer pool needs at least one scorer, got {n}")
         self.dir = write_weights(teacher_model, Path(workdir) / "teacher", tokenizer_dir)
         self.timeout_s = timeout_s
-        self.actors = [TeacherScorerActor.remote(str(self.dir), topk) for _ in range(n)]
+        from reverie.ray_start import placed
+
+        where = placed("learner")  # beside the learner, whose directory they load the teacher from
+        self.actors = [TeacherScorerActor.options(**where).remote(str(self.dir), topk) for _ in range(n)]
         ray.get([a.ready.remote() for a in self.actors], timeout=timeout_s)
 
     def score(self, prompts, completions) -> TeacherScores:

@@ -80,6 +80,20 @@ def serve_replicas_on_loopback() -> None:
     replica.add_port_to_grpc_server = on_loopback
 
 
+HEAD_RESOURCE = "node:__internal_head__"  # every Ray head node offers it
+SHARE = 0.001  # of a node type's resource: it says where an actor goes, not how many fit
+
+
+def placed(node_type: str) -> dict:
+    """Ray options that put an actor on a node of ``node_type`` (cluster.yaml's custom resources: ``learner``,
+    ``serving``, ``simulator``; or ``head``) when the cluster offers it, and ``{}`` when it does not (one
+    machine: anywhere).  Call once Ray is up."""
+    import ray
+
+    resource = HEAD_RESOURCE if node_type == "head" else node_type
+    return {"resources": {resource: SHARE}} if ray.cluster_resources().get(resource, 0) > 0 else {}
+
+
 HTTP_CLIENT_LOGGERS = ("httpx", "httpx2", "openai")  # openai 3 sends through httpx2, which logs as "httpx2"
 
 
