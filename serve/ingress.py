@@ -133,7 +133,9 @@ class ReverieIngress(OpenAiIngress):
     async def _opened(self, body, call_method: str, raw_request):
         """(the replica's stream, its version marker, its first item).  A replica that dies before the first
         item reached this ingress (killed, crashed) has sent the client nothing yet: the request is sent again,
-        to a live replica, up to ``REPLICA_DIED_RETRIES`` times; the dead replica recorded nothing."""
+        to a live replica, up to ``REPLICA_DIED_RETRIES`` times.  Should the dead replica have handed its record
+        to the store just before it died (a whole answer is recorded before it is returned), that record stays:
+        an answer no client received, under its own id."""
         import ray
 
         for attempt in range(REPLICA_DIED_RETRIES + 1):
