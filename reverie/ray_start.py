@@ -1,5 +1,7 @@
-"""Starting Ray, one way for every command: join a cluster at ``address``, or start a private one on this
-machine whose every server listens on loopback only.
+"""Ray for every command, in one place: starting it (``start_ray``: join a cluster at ``address``, or start a
+private one on this machine whose every server listens on loopback only), where an actor goes (``placed``: the
+node type cluster.yaml declares for it), and keeping the HTTP clients that drive a running system quiet
+(``quiet_http_clients``, for the demo and the benchmarks).
 
 A private Ray is given the node address ``127.0.0.1``.  Ray 2.60's ``ray.init`` replaces a loopback node
 address by the machine's outward one (``ray._private.services.resolve_ip_for_localhost``), and its servers
