@@ -64,11 +64,17 @@ def transitions_from(conversations: Iterable[tuple[str, Sequence[dict], float]])
 
 def transitions_from_store(data_dir: str, keep: Callable[[list[dict]], bool] = lambda m: True) -> list[Transition]:
     """Transitions from recorded interactions (request messages followed by the
-    completion); the reward of an ending is the record's ``reward`` when the
-    recorder added one (from feedback), else 0."""
+    completion).  A client that uses tools sends the growing conversation once
+    per turn, so one episode is several rows, each a prefix of the next: only
+    the longest conversation of such a chain is read (its earlier replies were
+    answered by the tool, not ended).  The reward of an ending is the record's
+    ``reward`` when the recorder added one (from feedback), else 0."""
     import msgpack
 
     from actors.store import read_table
+
+    def key(messages: list[dict]) -> tuple:
+        return tuple((m["role"], " ".join(m["content"].split())) for m in messages)
 
     convs = []
     for row in read_table(data_dir, "interactions").to_pylist():
@@ -78,7 +84,9 @@ def transitions_from_store(data_dir: str, keep: Callable[[list[dict]], bool] = l
         extra = msgpack.unpackb(row["extra"], raw=False) if row.get("extra") else {}
         if messages and keep(messages):
             convs.append((row["id"], messages, float(extra.get("reward", 0.0))))
-    return transitions_from(convs)
+    keys = [key(m) for _, m, _ in convs]
+    prefixes = {k[:n] for k in keys for n in range(1, len(k))}
+    return transitions_from([c for c, k in zip(convs, keys) if k not in prefixes])
 
 
 def _tokens(messages: Iterable[dict]) -> set[str]:

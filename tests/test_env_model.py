@@ -133,3 +133,20 @@ def test_a_family_with_a_verifier_is_judged_by_it_not_by_the_simulators_neighbou
                  {"role": "tool", "content": digits(va)}, {"role": "assistant", "content": f"call {tools.tool} {b}"},
                  {"role": "tool", "content": digits(vb)}, {"role": "assistant", "content": f"answer {digits(va + vb)}"}]
     assert env.verify(task, looked_up) is True
+
+
+def test_an_episode_recorded_as_one_request_per_turn_is_read_as_one_conversation(tmp_path):
+    """A tool-using client sends the growing conversation once per turn: the store holds one row per request.
+    Only the last row ends the episode; the earlier rows' replies were answered by the tool, not ended."""
+    core = ExperienceStoreCore(str(tmp_path))
+    (cid, messages, reward), = recorded(1)
+    rows = []
+    for n, i in enumerate(i for i, m in enumerate(messages) if m["role"] == "assistant"):
+        rows.append(msgpack.packb({"id": f"{cid}-turn{n}", "kind": "chat", "messages": messages[:i],
+                                   "completion": messages[i]["content"]}, use_bin_type=True))
+    core.append("interactions", rows)
+    core.flush()
+    ts = transitions_from_store(str(tmp_path))
+    assert [t.action for t in ts] == [m["content"] for m in messages if m["role"] == "assistant"]
+    assert [t.done for t in ts] == [False, False, False, True]
+    assert ts[0].observation.startswith("tools : ")
