@@ -34,7 +34,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from simulators.dream import BUDGETS, EVAL_ITEMS, WORKER_BATCH
+from simulators.dream import BUDGETS, EVAL_ITEMS, WORKER_BATCH, stop_engine, task_source
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,14 @@ class DreamConfig:
     seed: int = 0
     data_dir: Path | None = None  # experience store (default: a fresh temporary directory)
     scaling: bool = True  # round 1 measures episodes/s with 1 and with 2 simulators
+    env: str = "real"  # where rehearsals play: the real environment, or a simulator built from recorded episodes
+    simulator: str = "retrieval"  # with env "simulated": retrieval | trained | both (simulators/world_model.py)
+    recorded: int = 64  # with env "simulated": episodes the base policy plays for real first (the experience)
+    min_agreement: float = 0.8  # a simulator whose dreamed successes replay for real less often is switched off
+    agreement_samples: int = 32  # dreamed successes replayed in the real environment per round
+    fallback: str = "real"  # after a switch-off: "real" (rehearse in the real environment) or "skip"
+    simulator_steps: int = 300  # fine-tuning steps of a trained simulator
+    judge: str = "family"  # what decides a dreamed success: the family's verifier, or the neighbour vote
 
 
 @dataclass
@@ -67,6 +75,9 @@ class RoundReport:
     success: float
     version: int
     levels: dict = field(default_factory=dict)
+    env: str = "real"  # where this round was rehearsed
+    agreement: float | None = None  # its dreamed successes replayed for real (simulated rounds)
+    replayed: int = 0
 
 
 def run(cfg: DreamConfig, progress: Callable[[str, int], None] | None = None) -> dict:
@@ -113,6 +124,7 @@ def _run(cfg: DreamConfig, progress: Callable[[str, int], None] | None) -> dict:
     dreamer = Dreamer.start(cfg.model_dir, version, store, skill=cfg.skill, budgets=cfg.budgets,
                             simulators=cfg.simulators, worker_batch=cfg.worker_batch, eval_items=cfg.eval_items,
                             seed=cfg.seed, name=f"dream-{run_id}")
+    simulator, built = None, {}
     try:
         dreamer.add_experience(asks)
         tell("measure", 0)
@@ -124,12 +136,14 @@ def _run(cfg: DreamConfig, progress: Callable[[str, int], None] | None) -> dict:
         base = measure(student, encoder, cfg.skill)
         success_before = dreamer.heldout_success(cfg.eval_items)
         teacher = frozen_teacher(student, tokenizer)  # the base state, never updated
+        if cfg.env == "simulated":  # 0. experience, then a simulator built from it alone
+            simulator, built = _simulator(cfg, dreamer, data_dir, work, tell)
 
         rng = random.Random(f"dream/{cfg.seed}")
         kept: list[dict] = []
         rounds: list[RoundReport] = []
         scaling: dict[str, float] = {}
-        played, rehearse_seconds = 0, 0.0
+        played, rehearse_seconds, switched_off = 0, 0.0, None
         for k in range(1, cfg.rounds + 1):
             # 1. rehearse: new tasks played by the current policy; verified successes are stored.
             rehearsal = dreamer.rehearse(cfg.episodes, k, scaling=cfg.scaling and k == 1,
@@ -137,18 +151,32 @@ def _run(cfg: DreamConfig, progress: Callable[[str, int], None] | None) -> dict:
             scaling = rehearsal.scaling or scaling
             played += rehearsal.episodes
             rehearse_seconds += rehearsal.seconds
-            kept += rehearsal.kept
-            if not kept:
-                rounds.append(RoundReport(k, rehearsal.episodes, 0, rehearsal.seconds, 0.0,
-                                          rounds[-1].success if rounds else success_before, version,
-                                          rehearsal.levels))
+            where, agreement, fresh = ("simulated" if dreamer.simulated else "real"), {}, rehearsal.kept
+            if dreamer.simulated:
+                # Dreamed successes are learnt from only while enough of them replay for real.
+                agreement = dreamer.agreement(rehearsal.records, cfg.agreement_samples, seed=cfg.seed * 1000 + k)
+                if agreement["agreement"] is not None and agreement["agreement"] < cfg.min_agreement:
+                    switched_off = {"family": task_source(cfg.skill).family, "round": k,
+                                    "agreement": agreement["agreement"], "min_agreement": cfg.min_agreement,
+                                    "fallback": cfg.fallback}
+                    dreamer.use_real()
+                    fresh = []
+            kept += fresh
+            report = RoundReport(k, rehearsal.episodes, len(fresh), rehearsal.seconds, 0.0,
+                                 rounds[-1].success if rounds else success_before, version, rehearsal.levels, where,
+                                 agreement.get("agreement"), agreement.get("replayed", 0))
+            if not kept or (switched_off and cfg.fallback == "skip"):
+                rounds.append(report)
+                if switched_off and cfg.fallback == "skip":
+                    break
                 continue
             # 2. learn: distil every kept trajectory so far, with retention replay; the checkpoint's id comes
-            #    from the registry's counter.
+            #    from the registry's counter.  (Simulated successes are among them only after their round's
+            #    agreement check passed.)
             learn_cfg = LearnConfig(method="opsd", loss="fkl", steps=cfg.steps * k, batch_size=cfg.batch_size,
                                     lr=cfg.lr, retain=cfg.retain, seed=cfg.seed)
-            batches = mixed_batches(lessons(kept, rng), retention_lessons(cfg.seed * 1000 + k), cfg.batch_size,
-                                    cfg.retain)
+            batches = mixed_batches(lessons(kept, rng, trusted_only=False), retention_lessons(cfg.seed * 1000 + k),
+                                    cfg.batch_size, cfg.retain)
             saved: list[tuple[Path, int]] = []
             stats = learn(student, teacher, encoder, batches, learn_cfg, progress=False,
                           on_step=lambda s: tell("distil", 1), checkpoints=work, tokenizer_dir=Path(cfg.model_dir),
@@ -156,24 +184,39 @@ def _run(cfg: DreamConfig, progress: Callable[[str, int], None] | None) -> dict:
             path, new_version = saved[-1]
             registry.register(path, version=new_version, source="dream", parent=version, step=learn_cfg.steps)
             version = new_version
-            # 3. reload and measure on held-out tasks.
+            # 3. reload and measure on held-out tasks, in the real environment.
             dreamer.reload(path, version)
-            success = dreamer.heldout_success(cfg.eval_items)
-            rounds.append(RoundReport(k, rehearsal.episodes, len(rehearsal.kept), rehearsal.seconds,
-                                      stats["seconds"], success, version, rehearsal.levels))
+            report.learn_seconds, report.success, report.version = stats["seconds"], \
+                dreamer.heldout_success(cfg.eval_items), version
+            rounds.append(report)
             tell("measure", 0)
+        check = dreamer.verifier_check(cfg.eval_items)
         ray.get(store.flush.remote())
     finally:
         dreamer.shutdown()
+        if simulator is not None:
+            stop_engine(simulator.engine)
     after = measure(student, encoder, cfg.skill)
+    replays = [(r.agreement, r.replayed) for r in rounds if r.agreement is not None]
     return {
         "skill": cfg.skill,
+        "env": cfg.env,
+        "simulator": cfg.simulator if cfg.env == "simulated" else None,
+        "judge": cfg.judge if cfg.env == "simulated" else None,
         "simulators": cfg.simulators,
         "episodes": played,
         "success_before": success_before,
         "success_after": rounds[-1].success if rounds else success_before,
         "retention_avg": after["retention_avg"],
         "forgetting": base["retention_avg"] - after["retention_avg"],
+        # dreamed successes that replayed for real, over every round's sample (None: nothing dreamed to replay)
+        "agreement": (sum(a * n for a, n in replays) / sum(n for _, n in replays)) if replays else None,
+        "switched_off": switched_off,
+        "verifier_accepts_right": check["accepts_right"],
+        "verifier_rejects_wrong": check["rejects_wrong"],
+        "verifier_episodes": {"right": check["right"], "wrong": check["wrong"]},
+        "recorded": built.get("recorded", 0),
+        "simulator_build": built,
         "episodes_per_second": played / rehearse_seconds if rehearse_seconds > 0 else 0.0,
         "seconds": time.perf_counter() - start,
         "episodes_per_second_by_simulators": scaling,
@@ -184,6 +227,47 @@ def _run(cfg: DreamConfig, progress: Callable[[str, int], None] | None) -> dict:
         "data_dir": str(data_dir),
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
     }
+
+
+def _simulator(cfg: DreamConfig, dreamer, data_dir: Path, work: Path, tell) -> tuple:
+    """Recorded experience, then the simulator built from it: the base policy plays ``cfg.recorded`` tasks
+    for real (stored as the requests an agent sends), the store's recorded conversations of the skill become
+    transitions, a copy of the model is fine-tuned on them (``trained``, ``both``), and an engine on the
+    simulator's weights writes its observations.  The Dreamer rehearses in it from then on."""
+    from simulators.dream import Simulator
+    from simulators.model_env import transitions_from_store
+    from simulators.rollout import engine_actor, wait_ready
+    from simulators.world_model import SimulatorTraining, simulator_label, train_simulator
+
+    t0 = time.perf_counter()
+    source = task_source(cfg.skill)
+    records = dreamer.record(cfg.recorded)
+    tell("record", len(records))
+
+    def of_skill(messages: list[dict]) -> bool:
+        first = next((m["content"] for m in messages if m["role"] == "user"), "")
+        return source.parse(first, random.Random(0)) is not None
+
+    transitions = transitions_from_store(str(data_dir), keep=of_skill)
+    built: dict = {"recorded": len(records), "recorded_success": sum(r["success"] for r in records) / len(records),
+                   "transitions": len(transitions)}
+    weights = Path(cfg.model_dir)
+    if cfg.simulator != "retrieval":
+        trained = train_simulator(cfg.model_dir, transitions, work / "simulator", with_examples=cfg.simulator == "both",
+                                  cfg=SimulatorTraining(steps=cfg.simulator_steps, seed=cfg.seed))
+        weights = Path(trained["path"])
+        built["training"] = trained
+    engine = engine_actor(weights, version=0, seed=cfg.seed)
+    try:
+        wait_ready(engine)
+        simulator = Simulator(engine, tuple(transitions), cfg.simulator,
+                              simulator_label(cfg.simulator, weights, transitions), judge=cfg.judge)
+        dreamer.simulate(simulator)
+    except BaseException:
+        stop_engine(engine)
+        raise
+    built.update(label=simulator.label, seconds=time.perf_counter() - t0)
+    return simulator, built
 
 
 def dream_step(model_dir: str | Path, weights_dir_or_model_dir: str | Path, version: int, store_name: str,

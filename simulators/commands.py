@@ -28,6 +28,8 @@ def _positive(text: str, what: str) -> int:
 def cmd_dream(args: argparse.Namespace) -> int:
     from actors.dreams import DreamConfig
     from simulators.dream import DREAM_SKILLS
+    from simulators.model_env import JUDGES
+    from simulators.world_model import SIMULATORS
 
     if args.skill not in DREAM_SKILLS:
         raise ReverieError(f"unknown skill {args.skill!r} for dream; skills are: {', '.join(DREAM_SKILLS)}")
@@ -55,11 +57,27 @@ def cmd_dream(args: argparse.Namespace) -> int:
         raise ReverieError(f"--retain must be a number, got {args.retain!r}") from None
     if not 0 <= retain < 1:
         raise ReverieError(f"--retain must be at least 0 and below 1, got {args.retain!r}")
+    if args.env not in ("real", "simulated"):
+        raise ReverieError(f"--env must be real or simulated, got {args.env!r}")
+    if args.simulator not in SIMULATORS:
+        raise ReverieError(f"--simulator must be one of {', '.join(SIMULATORS)}, got {args.simulator!r}")
+    try:
+        min_agreement = float(args.min_agreement)
+    except ValueError:
+        raise ReverieError(f"--min-agreement must be a number, got {args.min_agreement!r}") from None
+    if not 0 <= min_agreement <= 1:
+        raise ReverieError(f"--min-agreement must be between 0 and 1, got {args.min_agreement!r}")
+    if args.judge not in JUDGES:
+        raise ReverieError(f"--judge must be one of {', '.join(JUDGES)}, got {args.judge!r}")
+    if args.fallback not in ("real", "skip"):
+        raise ReverieError(f"--fallback must be real or skip, got {args.fallback!r}")
     cfg = DreamConfig(
         model_dir=model, skill=args.skill, simulators=_positive(args.simulators, "--simulators"),
         episodes=_positive(args.episodes, "--episodes"), rounds=_positive(args.rounds, "--rounds"),
         steps=_positive(args.steps, "--steps"), lr=lr, retain=retain, eval_items=_positive(args.items, "--items"),
-        seed=parse_seed(args.seed), data_dir=data_dir,
+        seed=parse_seed(args.seed), data_dir=data_dir, env=args.env, simulator=args.simulator,
+        recorded=_positive(args.recorded, "--recorded"), min_agreement=min_agreement, fallback=args.fallback,
+        simulator_steps=_positive(args.simulator_steps, "--simulator-steps"), judge=args.judge,
     )
     report = _run_with_bar(cfg, quiet=args.quiet)
     print(json.dumps(report) if args.json else format_dream(report))
@@ -71,7 +89,7 @@ def _run_with_bar(cfg, quiet: bool) -> dict:
 
     from actors.dreams import run
 
-    total = cfg.rounds * (cfg.episodes + cfg.steps * 1)
+    total = cfg.rounds * (cfg.episodes + cfg.steps * 1) + (cfg.recorded if cfg.env == "simulated" else 0)
     bar = tqdm(total=total, desc="dream", unit="step", disable=quiet, dynamic_ncols=True, file=sys.stderr)
     state = {"round": 1}
 
@@ -88,10 +106,24 @@ def _run_with_bar(cfg, quiet: bool) -> dict:
 
 
 def format_dream(r: dict) -> str:
-    lines = [f"dream on {r['skill']}: {r['episodes']} episodes, {r['simulators']} simulators, {r['seconds']:.0f} s",
-             f"  held-out success  {r['success_before']:.3f} -> {r['success_after']:.3f}",
+    where = "the real environment" if r["env"] == "real" else \
+        f"a {r['simulator']} simulator built from {r['recorded']} recorded episodes"
+    lines = [f"dream on {r['skill']} in {where}: {r['episodes']} episodes, {r['simulators']} simulators, "
+             f"{r['seconds']:.0f} s",
+             f"  held-out success  {r['success_before']:.3f} -> {r['success_after']:.3f}  (real environment)",
              f"  retention         {r['retention_avg']:.3f}   forgetting {r['forgetting']:+.3f}",
              f"  episodes/s        {r['episodes_per_second']:.1f}"]
+    if r["env"] == "simulated":
+        agreement = "nothing dreamt to replay" if r["agreement"] is None else f"{r['agreement']:.3f}"
+        lines.append(f"  agreement         {agreement} of dreamed successes replayed for real")
+        if r["switched_off"]:
+            off = r["switched_off"]
+            lines.append(f"  switched off      round {off['round']}: agreement {off['agreement']:.3f} < "
+                         f"{off['min_agreement']}; then {off['fallback']}")
+    if r["verifier_accepts_right"] is not None or r["verifier_rejects_wrong"] is not None:
+        fmt = lambda x: "-" if x is None else f"{x:.3f}"  # noqa: E731
+        lines.append(f"  family verifier   accepts right {fmt(r['verifier_accepts_right'])}, rejects wrong "
+                     f"{fmt(r['verifier_rejects_wrong'])}")
     by = r.get("episodes_per_second_by_simulators") or {}
     if by:
         lines.append("  scaling           " + ", ".join(f"{n} sim: {v:.1f}/s" for n, v in by.items()))
@@ -115,6 +147,27 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--retain", default=str(d.retain),
                    help="share of each learner batch that replays base skills (default %(default)s)")
     p.add_argument("--items", default=str(d.eval_items), help="held-out tasks measured (default %(default)s)")
+    p.add_argument("--env", default=d.env,
+                   help="where rehearsals play: real (the task's environment) or simulated (a simulator built from "
+                        "recorded episodes; the real environment only records them first, replays a sample of "
+                        "dreamed successes and measures) (default %(default)s)")
+    p.add_argument("--simulator", default=d.simulator,
+                   help="with --env simulated: retrieval (the model shown the nearest recorded transitions), "
+                        "trained (a copy fine-tuned on them) or both (default %(default)s)")
+    p.add_argument("--recorded", default=str(d.recorded),
+                   help="with --env simulated: episodes the base policy plays for real first, recorded as a "
+                        "user's agent would be (default %(default)s)")
+    p.add_argument("--min-agreement", default=str(d.min_agreement),
+                   help="with --env simulated: below this share of dreamed successes replaying for real, the "
+                        "simulator is switched off (default %(default)s)")
+    p.add_argument("--judge", default=d.judge,
+                   help="with --env simulated, what decides a dreamed success: family (the task family's own "
+                        "verifier, from the episode's observations) or vote (the simulator's nearest recorded "
+                        "endings, as for a family with no verifier) (default %(default)s)")
+    p.add_argument("--fallback", default=d.fallback,
+                   help="after a switch-off: real (rehearse in the real environment) or skip (default %(default)s)")
+    p.add_argument("--simulator-steps", default=str(d.simulator_steps),
+                   help="fine-tuning steps of a trained simulator (default %(default)s)")
     p.add_argument("--seed", default=str(d.seed), help="random seed (default %(default)s)")
     p.add_argument("--model", default=str(SHIPPED_MODEL), help="base model directory (default: the shipped one)")
     p.add_argument("--data-dir", default=None,

@@ -17,6 +17,18 @@ Contract (the door ``actors/`` composes through):
 - ``heldout_success(n)`` measures the policy greedily on held-out tasks in the
   real environment at the evaluation turn budget, judged by its verifier.
 - ``reload(model_dir, version)`` puts the rollout engine on other weights.
+- ``record(episodes)`` plays new tasks in the real environment and writes
+  each turn to the store's ``interactions`` table as the request a user's
+  agent would have sent: recorded experience, where a simulator is built from.
+- ``simulate(simulator)`` makes later rehearsals play in a
+  :class:`Simulator` (a model-simulated environment over recorded
+  transitions) instead of the real environment; ``use_real()`` goes back.
+  ``agreement(records, n)`` replays a sample of dreamed successes in the real
+  environment: every action but the last as dreamed, the last one the
+  policy's (greedy), judged by the real verifier; the share that succeed.
+- ``verifier_check(n)`` plays held-out tasks in the real environment and
+  compares the family's verifier (from the episode's observations) with the
+  real one: the share of right episodes it accepts, of wrong ones it refuses.
 
 It learns nothing and drives no other room: no import of ``learner.loop``, no
 call to ``learn``.  The loop that rehearses, learns, reloads and measures is
@@ -25,6 +37,7 @@ call to ``learn``.  The loop that rehearses, learns, reloads and measures is
 """
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
@@ -104,6 +117,7 @@ class Dreamer:
         self._version = int(version)
         self._rounds: set[int] = set()
         self._closed = False
+        self.simulator: Simulator | None = None
 
     @classmethod
     def start(cls, model_dir: str | Path, version: int, store, *, skill: str = "tools",
@@ -137,7 +151,7 @@ class Dreamer:
         except BaseException:
             if pool is not None:
                 pool.shutdown()
-            _stop_engine(engine)
+            stop_engine(engine)
             raise
         return cls(engine, store, proposer, pool, version=version, skill=skill, name=name,
                    heldout_items=eval_items)
@@ -145,6 +159,19 @@ class Dreamer:
     @property
     def version(self) -> int:
         return self._version
+
+    @property
+    def simulated(self) -> bool:
+        return self.simulator is not None
+
+    def simulate(self, simulator: "Simulator") -> None:
+        """Later rehearsals play in ``simulator``; its successes are recorded as simulated, naming it."""
+        self.pool.configure(simulator.env_options())
+        self.simulator = simulator
+
+    def use_real(self) -> None:
+        """Later rehearsals play in the real environment."""
+        self.simulator = None
 
     def add_experience(self, asks: Iterable[str]) -> int:
         """Recorded user asks seed the proposer (those that parse as tasks of the skill); how many were new."""
@@ -174,8 +201,9 @@ class Dreamer:
                                "through Dreamer.reload")
         self._rounds.add(round)
         proposals = self.proposer.propose(episodes)
-        eps = [Episode(f"{self.name}-r{round}-{i}", p.task, p.max_turns, 1.0, p.origin)
-               for i, p in enumerate(proposals)]
+        sim = self.simulator
+        eps = [Episode(f"{self.name}-r{round}-{i}", p.task if sim is None else sim.task(p.task), p.max_turns, 1.0,
+                       p.origin) for i, p in enumerate(proposals)]
         by_id = {e.id: p for e, p in zip(eps, proposals)}
         measured: dict[str, float] = {}
         t0 = time.perf_counter()
@@ -204,6 +232,76 @@ class Dreamer:
         levels = {lv: _three_places(curriculum.rate(lv)) for lv in curriculum.levels}
         kept = [r for r in records if r["success"]]
         return RehearsalReport(round, self._version, records, kept, seconds, levels, measured)
+
+    def record(self, episodes: int, max_turns: int = max(BUDGETS)) -> list[dict]:
+        """The policy plays ``episodes`` newly proposed tasks in the real environment at temperature 1, as a
+        user's agent would; each turn is written to the store's ``interactions`` table as the request that
+        agent sent (the conversation so far and the reply; the last one carries the episode's reward, as
+        feedback would).  Nothing is kept as a trajectory.  The episodes' records."""
+        import msgpack
+
+        from simulators.success import call
+        from simulators.workers import Episode
+
+        eps = [Episode(f"{self.name}-rec-{i}", p.task, max_turns, 1.0, p.origin)
+               for i, p in enumerate(self.proposer.propose(episodes))]
+        records = self.pool.run(eps, keep=False)
+        rows = []
+        for r in records:
+            turns = [i for i, m in enumerate(r["messages"]) if m["role"] == "assistant"]
+            for n, i in enumerate(turns):
+                row = {"id": f"{r['id']}-t{n}", "created": r["started"], "kind": "chat", "model": "reverie",
+                       "version": r["policy_version"], "messages": r["messages"][:i],
+                       "completion": r["messages"][i]["content"], "finish_reason": "stop"}
+                if n == len(turns) - 1:
+                    row["reward"] = r["reward"]
+                rows.append(msgpack.packb(row, use_bin_type=True))
+        if rows:
+            call(self.store.append, "interactions", rows)
+            call(self.store.flush)
+        return records
+
+    def agreement(self, records: Sequence[dict], n: int, seed: int = 0) -> dict:
+        """Replay up to ``n`` dreamed successes of ``records`` in the real environment (every action but the
+        last as dreamed, then the policy greedily); ``{"agreement": share that succeed for real (None when
+        there was nothing to replay), "replayed": how many}``."""
+        import random as _random
+
+        from simulators.env import Task
+        from simulators.workers import Episode
+
+        dreamed = [r for r in records if r["success"] and r.get("simulated")]
+        sample = _random.Random(f"agreement/{seed}").sample(dreamed, min(n, len(dreamed)))
+        if not sample:
+            return {"agreement": None, "replayed": 0}
+        real_env = task_source(self.skill).env
+        eps = []
+        for r in sample:
+            t = Task.from_dict(r["task"])
+            actions = [m["content"] for m in r["messages"] if m["role"] == "assistant"]
+            budget = json.loads(r["provenance"])["max_turns"]
+            eps.append(Episode(f"{r['id']}-real", Task(real_env, t.prompt, t.spec, t.family), budget, 0.0,
+                               "agreement", tuple(actions[:-1])))
+        replayed = self.pool.run(eps, keep=False)
+        return {"agreement": sum(r["success"] for r in replayed) / len(replayed), "replayed": len(replayed)}
+
+    def verifier_check(self, n: int = EVAL_ITEMS, max_turns: int = max(BUDGETS)) -> dict:
+        """The family's verifier against the real one on ``n`` held-out tasks the policy plays in the real
+        environment at temperature 1 (nothing kept): ``{"accepts_right", "rejects_wrong", "right", "wrong"}``
+        (a share is None when there was no such episode)."""
+        from simulators.tinyworld.evaluate import eval_items
+        from simulators.tinyworld.tools_env import to_task
+        from simulators.workers import Episode
+
+        source = task_source(self.skill)
+        eps = [Episode(f"{self.name}-check-{i}", to_task(it.task, source.family), max_turns, 1.0, "held-out")
+               for i, it in enumerate(eval_items(self.skill, "student", n))]
+        records = [r for r in self.pool.run(eps, keep=False) if r["family_verdict"] is not None]
+        right = [r["family_verdict"] for r in records if r["success"]]
+        wrong = [not r["family_verdict"] for r in records if not r["success"]]
+        return {"accepts_right": sum(right) / len(right) if right else None,
+                "rejects_wrong": sum(wrong) / len(wrong) if wrong else None,
+                "right": len(right), "wrong": len(wrong)}
 
     def heldout_success(self, n: int = EVAL_ITEMS) -> float:
         """Greedy success on the first ``n`` held-out tasks, played in the real environment at the
@@ -238,14 +336,41 @@ class Dreamer:
         try:
             self.pool.shutdown()
         finally:
-            _stop_engine(self.engine)
+            stop_engine(self.engine)
+
+
+@dataclass(frozen=True)
+class Simulator:
+    """A model-simulated environment to dream in (``simulators/world_model.py`` builds one): the rollout
+    engine that writes its observations, the recorded transitions it is grounded in, and its label."""
+    engine: object  # a rollout engine actor on the simulator's weights
+    transitions: tuple  # of simulators.model_env.Transition
+    kind: str  # retrieval | trained | both
+    label: str  # kind, weights hash and number of transitions: named by every trajectory played in it
+    k: int = 3
+    judge: str = "family"  # what decides a dreamed success (simulators.model_env.JUDGES)
+
+    def task(self, task):
+        """``task`` played in this simulator (same prompt, family and hidden data, which it never reads)."""
+        from simulators.env import Task
+        from simulators.model_env import ENV_NAME
+
+        return Task(ENV_NAME, task.prompt, task.spec, task.family)
+
+    def env_options(self) -> dict[str, dict]:
+        from simulators.model_env import ENV_NAME, engine_predictor
+
+        return {ENV_NAME: {"transitions": list(self.transitions),
+                           "predict": engine_predictor(self.engine, temperature=1.0),  # the world's uncertainty
+                           "k": self.k, "examples": self.kind != "trained", "simulator": self.label,
+                           "judge": self.judge}}
 
 
 def _three_places(x: float) -> float:
     return round(x, 3)  # (``rehearse``'s ``round`` argument hides the builtin there)
 
 
-def _stop_engine(engine) -> None:
+def stop_engine(engine) -> None:
     """Shut the engine's vLLM core down (bounded), then end its actor so its CPU is free again."""
     import ray
 

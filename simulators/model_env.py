@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from simulators.env import Step, Task
 
 ENV_NAME = "model-simulated"
+JUDGES = ("family", "vote")  # what decides a simulated episode's success (``ModelSimulatedEnv.verify``)
 
 # conditioning messages -> the predicted next observation (text)
 Predictor = Callable[[list[dict]], str]
@@ -111,6 +112,13 @@ def render_examples(neighbours: Sequence[Transition]) -> str:
     return "example : " + " | ".join(parts)
 
 
+def conditioning_messages(transcript: Sequence[dict], neighbours: Sequence[Transition]) -> list[dict]:
+    """What the simulator's model reads before writing the next observation: the neighbours rendered as an
+    example in a system message (none for a simulator trained to go without), then the transcript."""
+    head = [{"role": "system", "content": render_examples(neighbours)}] if neighbours else []
+    return [*head, *transcript]
+
+
 def engine_predictor(engine, temperature: float = 0.0) -> Predictor:
     """Observations written by a rollout engine (a Ray actor or a local
     ``RolloutEngine``) in the ``tool`` role."""
@@ -134,11 +142,16 @@ class ModelSimulatedEnv:
     simulated = True
 
     def __init__(self, max_turns: int = 6, transitions: Sequence[Transition] = (), predict: Predictor | None = None,
-                 k: int = 3):
+                 k: int = 3, examples: bool = True, simulator: str = "", judge: str = "family"):
+        if judge not in JUDGES:
+            raise ValueError(f"judge must be one of {', '.join(JUDGES)}, got {judge!r}")
         self.max_turns = max_turns
         self.transitions = list(transitions)
         self.predict = predict
         self.k = k
+        self.examples = examples  # the neighbours are shown to the predictor (retrieval); a trained one may go without
+        self.simulator = simulator  # which simulator this is (kind and version): every step and record names it
+        self.judge = judge  # "family": the family's verifier where one is registered; "vote": the neighbour vote
         self._t: list[dict] = []
         self._turns = 0
 
@@ -166,12 +179,12 @@ class ModelSimulatedEnv:
         self._t.append({"role": "assistant", "content": action})
         self._turns += 1
         done, reward, near = self._vote(context, action)
-        info = {"simulated": True, "neighbours": [t.id for _, t in near]}
+        info = {"simulated": True, "simulator": self.simulator, "neighbours": [t.id for _, t in near]}
         if done:
             return Step(None, reward, True, info)
         if self.predict is None:
             raise RuntimeError("a model-simulated environment needs a predictor for observations")
-        conditioning = [{"role": "system", "content": render_examples([t for _, t in near])}, *self._t]
+        conditioning = conditioning_messages(self._t, [t for _, t in near] if self.examples else [])
         observation = " ".join(self.predict(conditioning).split())
         self._t.append({"role": "tool", "content": observation})
         if self._turns >= self.max_turns:
@@ -183,14 +196,15 @@ class ModelSimulatedEnv:
         return list(self._t)
 
     def verify(self, task: Task, messages: list[dict]) -> bool:
-        """The task family's own verifier where one is registered
-        (``simulators.env.family_verifier``: it checks the answer against the
-        episode's observations, never the simulator's claim); otherwise the
+        """The task family's own verifier where one is registered and the
+        judge is ``family`` (``simulators.env.family_verifier``: it checks the
+        answer against the episode's observations, never the simulator's
+        claim); otherwise (no verifier, or the judge is ``vote``) the
         simulated verdict: the neighbours of the last action end the episode
         with a reward (never trusted alone: ``simulated`` is True)."""
         from simulators.env import family_verifier
 
-        check = family_verifier(task.family)
+        check = family_verifier(task.family) if self.judge == "family" else None
         if check is not None:
             return bool(check(list(messages), self.max_turns))
         actions = [i for i, m in enumerate(messages) if m["role"] == "assistant"]

@@ -21,10 +21,11 @@ import os
 import threading
 import time
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from simulators.env import Task, make
+from simulators.env import Task, family_verifier, make
 from simulators.rollout import Sampling
 from simulators.success import SuccessFilter
 
@@ -38,26 +39,31 @@ class Episode:
     max_turns: int
     temperature: float = 1.0
     origin: str = ""  # where the task came from (proposer provenance)
+    prefix: tuple[str, ...] = ()  # actions played as given before the policy acts (a dream replayed for real)
 
 
 class SimulatorWorker:
     """Runs episodes against the policy served by a rollout engine."""
 
-    def __init__(self, engine, store, worker_id: str):
+    def __init__(self, engine, store, worker_id: str, env_options: dict[str, dict] | None = None):
         self.engine = engine
         self.filter = SuccessFilter(store)
         self.worker_id = worker_id
+        self.env_options = env_options or {}  # environment name -> what its factory needs (a simulator's parts)
         self._progress = {"batches": 0, "active": 0, "turns": 0}
 
     def progress(self) -> dict:
         return dict(self._progress, pid=os.getpid())
 
-    def run(self, episodes: Sequence[Episode]) -> list[dict]:
+    def run(self, episodes: Sequence[Episode], keep: bool = True) -> list[dict]:
+        """Play ``episodes`` to their end; the records, and (``keep``) the verified successes in the store."""
         import ray
 
         version = ray.get(self.engine.version.remote())
         started = [time.time()] * len(episodes)
-        envs = [make(ep.task.env, max_turns=ep.max_turns) for ep in episodes]
+        envs = [make(ep.task.env, max_turns=ep.max_turns, **self.env_options.get(ep.task.env, {}))
+                for ep in episodes]
+        turn = [0] * len(episodes)
         for env, ep in zip(envs, episodes):
             env.reset(ep.task)
         rewards, ended = [0.0] * len(episodes), [0.0] * len(episodes)
@@ -67,24 +73,34 @@ class SimulatorWorker:
             by_temp: dict[float, list[int]] = {}
             for i in active:
                 by_temp.setdefault(episodes[i].temperature, []).append(i)
-            still = []
+            actions = {i: episodes[i].prefix[turn[i]] for i in active if turn[i] < len(episodes[i].prefix)}
             for temp, idx in by_temp.items():
-                replies = ray.get(self.engine.generate.remote([envs[i].transcript for i in idx], Sampling(temperature=temp)))
-                for i, reply in zip(idx, replies):
-                    step = envs[i].step(reply)
-                    if step.done:
-                        rewards[i], ended[i] = step.reward, time.time()
-                    else:
-                        still.append(i)
+                idx = [i for i in idx if i not in actions]
+                if idx:
+                    replies = ray.get(self.engine.generate.remote([envs[i].transcript for i in idx],
+                                                                  Sampling(temperature=temp)))
+                    actions.update(zip(idx, replies))
+            # environments step concurrently: a simulated one waits on its model, which batches what arrives
+            with ThreadPoolExecutor(max_workers=len(actions)) as pool:
+                steps = dict(zip(actions, pool.map(lambda i: envs[i].step(actions[i]), list(actions))))
+            still = []
+            for i, step in steps.items():
+                turn[i] += 1
+                if step.done:
+                    rewards[i], ended[i] = step.reward, time.time()
+                else:
+                    still.append(i)
             active = sorted(still)
             self._progress.update(active=len(active), turns=self._progress["turns"] + 1)
         records = [self._record(ep, env, rewards[i], version, started[i], ended[i]) for i, (ep, env) in enumerate(zip(episodes, envs))]
-        self.filter.keep(records)
+        if keep:
+            self.filter.keep(records)
         self._progress.update(batches=self._progress["batches"] + 1, active=0)
         return records
 
     def _record(self, ep: Episode, env, reward: float, version: int, started: float, ended: float) -> dict:
         messages = env.transcript
+        family_check = family_verifier(ep.task.family)
         return {
             "id": ep.id,
             "task_id": ep.task.id,
@@ -93,11 +109,14 @@ class SimulatorWorker:
             "reward": float(reward),
             "success": bool(env.verify(ep.task, messages)),  # the verifier, not the reward, decides
             "simulated": bool(env.simulated),
+            # the family's own verifier (from the episode's observations), where one is registered
+            "family_verdict": None if family_check is None else bool(family_check(messages, ep.max_turns)),
             "messages": messages,
             "started": started,
             "seconds": ended - started,
             "provenance": json.dumps({"worker": self.worker_id, "origin": ep.origin, "max_turns": ep.max_turns,
-                                      "temperature": ep.temperature, "family": ep.task.family}),
+                                      "temperature": ep.temperature, "family": ep.task.family,
+                                      "simulator": getattr(env, "simulator", "") if env.simulated else None}),
             "task": ep.task.to_dict(),
         }
 
@@ -112,10 +131,12 @@ def worker_actor_class():
 class SimulatorPool:
     """An elastic pool of simulator workers fed from one queue of episodes."""
 
-    def __init__(self, engine, store, size: int, batch: int = 8, name: str = "sim"):
+    def __init__(self, engine, store, size: int, batch: int = 8, name: str = "sim",
+                 env_options: dict[str, dict] | None = None):
         if size < 1:
             raise ValueError(f"a pool needs at least one simulator, got {size}")
         self.engine, self.store, self.batch, self.name = engine, store, batch, name
+        self._env_options = env_options or {}
         self._target = size
         self._lock = threading.Lock()
         self._cls = worker_actor_class()
@@ -145,12 +166,24 @@ class SimulatorPool:
             while len(self.workers) < self._target:
                 wid = f"{self.name}-{self._next}"
                 self._next += 1
-                self.workers[wid] = self._cls.remote(self.engine, self.store, wid)
+                self.workers[wid] = self._cls.remote(self.engine, self.store, wid, self._env_options)
             for wid in [w for w in self.workers if w not in self.busy][: max(0, len(self.workers) - self._target)]:
                 ray.kill(self.workers.pop(wid))
 
-    def run(self, episodes: Sequence[Episode], on_done: Callable[[list[dict]], None] | None = None) -> list[dict]:
-        """Play every episode once (retrying those whose worker died); one record per episode id."""
+    def configure(self, env_options: dict[str, dict]) -> None:
+        """Workers started from now on get ``env_options`` (a simulator's parts); idle ones are replaced."""
+        import ray
+
+        with self._lock:
+            self._env_options = dict(env_options)
+            for wid in [w for w in self.workers if w not in self.busy]:
+                ray.kill(self.workers.pop(wid))
+        self._reconcile()
+
+    def run(self, episodes: Sequence[Episode], on_done: Callable[[list[dict]], None] | None = None,
+            keep: bool = True) -> list[dict]:
+        """Play every episode once (retrying those whose worker died); one record per episode id.  ``keep``:
+        verified successes are written to the store (a measurement writes nothing)."""
         import ray
         from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
@@ -167,7 +200,7 @@ class SimulatorPool:
                     break
                 if wid not in self.busy:
                     chunk = queue.popleft()
-                    ref = worker.run.remote(chunk)
+                    ref = worker.run.remote(chunk, keep)
                     self.busy[wid] = ref
                     inflight[ref] = (wid, chunk)
             ready, _ = ray.wait(list(inflight), num_returns=1, timeout=1.0)

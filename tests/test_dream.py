@@ -1,7 +1,9 @@
 """`reverie dream`: a short dream (rehearse -> keep verified successes -> distil
 -> re-measure) raises held-out success on the tool task from the student's own
-rate, with no demonstration given, and stores each kept trajectory once, tagged
-with the version registry's ids.  ``actors.dreams.dream_step`` (the controller's
+rate, with no demonstration given, in a simulator the model built from
+recorded episodes; a simulator whose dreams do not replay for real is switched
+off; each kept trajectory is stored once, tagged with the version registry's
+ids and with where it was played.  ``actors.dreams.dream_step`` (the controller's
 dream) stores verified trajectories tagged with the version it is given."""
 from __future__ import annotations
 
@@ -18,43 +20,99 @@ from reverie.cli import main
     (["--episodes", "many"], "--episodes must be a positive whole number"),
     (["--retain", "1.5"], "--retain must be at least 0 and below 1"),
     (["--model", "/no/such/model"], "does not exist"),
+    (["--env", "dreamland"], "--env must be real or simulated"),
+    (["--simulator", "oracle"], "--simulator must be one of retrieval, trained, both"),
+    (["--min-agreement", "2"], "--min-agreement must be between 0 and 1"),
+    (["--judge", "me"], "--judge must be one of family, vote"),
+    (["--fallback", "later"], "--fallback must be real or skip"),
 ])
 def test_dream_rejects_bad_input_with_one_line_and_exit_2(argv, message, refused):
     refused(["dream", *argv, "--quiet"], message)
 
 
-def test_short_dream_raises_heldout_success_and_stores_verified_trajectories_once(tmp_path, capsys):
+def _dream(tmp_path, capsys, *argv: str) -> dict:
+    code = main(["dream", *argv, "--data-dir", str(tmp_path), "--json"])
+    out, err = capsys.readouterr()
+    assert code == 0, err[-2000:]
+    assert "dream" in err  # the progress bar is on stderr
+    return json.loads(out)
+
+
+def _stored(tmp_path) -> list[dict]:
+    import msgpack
+
     from actors.store import read_table
+
+    rows = read_table(str(tmp_path), "trajectories").to_pylist()
+    for r in rows:
+        r.update(msgpack.unpackb(r.pop("extra"), raw=False))
+    return rows
+
+
+def test_a_short_dream_in_a_simulator_trained_on_recorded_episodes_raises_real_heldout_success(tmp_path, capsys):
+    """Recorded episodes only (the base policy's, played for real and stored as an agent's requests), a copy of
+    the model fine-tuned on them as the simulator, one round of dreams in it judged by the family's verifier:
+    held-out success in the real environment rises, the dreamed successes replay for real, and each stored
+    trajectory says it was simulated and by which simulator."""
+    from actors.store import read_table
+    from simulators.env import Task, family_verifier
+    from simulators.model_env import transitions_from_store
+
+    report = _dream(tmp_path, capsys, "--env", "simulated", "--simulator", "trained", "--recorded", "24",
+                    "--simulator-steps", "150", "--episodes", "64", "--rounds", "1", "--steps", "32", "--lr", "3e-4",
+                    "--items", "50", "--simulators", "2")
+    for key in ("env", "simulator", "success_before", "success_after", "forgetting", "agreement",
+                "verifier_accepts_right", "verifier_rejects_wrong", "episodes", "seconds"):
+        assert key in report
+    assert report["env"] == "simulated" and report["simulator"] == "trained" and report["recorded"] == 24
+    assert report["success_before"] <= 0.10  # the student's own rate
+    assert report["success_after"] >= report["success_before"] + 0.1, report["rounds"]
+    assert report["forgetting"] < 0.05
+    assert report["agreement"] >= 0.8 and report["switched_off"] is None and report["rounds"][0]["replayed"] > 0
+    built = report["simulator_build"]
+    assert built["training"]["loss_after"] < built["training"]["loss_before"] / 10
+    # the experience: one request per turn, read back as one conversation per recorded episode
+    assert len(read_table(str(tmp_path), "interactions")) > 24
+    assert sum(t.done for t in transitions_from_store(str(tmp_path))) == 24
+
+    rows = _stored(tmp_path)
+    assert rows and len({r["id"] for r in rows}) == len(rows) == report["rounds"][0]["kept"]
+    for r in rows:
+        provenance = json.loads(r["provenance"])
+        assert r["success"] and r["simulated"] and provenance["simulator"] == built["label"]
+        assert Task.from_dict(r["task"]).env == "model-simulated"
+        assert family_verifier("tools")(r["messages"], provenance["max_turns"])  # re-checked from its observations
+
+
+def test_a_simulator_whose_dreams_do_not_replay_for_real_is_switched_off_and_the_dream_falls_back(tmp_path, capsys):
+    """The model as it is writes no tool message (it never learnt to), and a neighbour vote instead of the
+    family's verifier calls a guess a success: the dreamed successes fail when replayed for real, the
+    simulator is switched off after its first round, nothing it dreamt is learnt, and the next round rehearses
+    in the real environment, whose verified successes are stored unmarked and raise held-out success."""
+    from reverie.versions import VersionRegistry
     from simulators.env import Task
     from simulators.tinyworld.tools_env import ToolsEnvironment
 
-    code = main(["dream", "--episodes", "64", "--rounds", "1", "--steps", "32", "--lr", "3e-4", "--items", "50",
-                       "--simulators", "2", "--data-dir", str(tmp_path), "--json"])
-    out, err = capsys.readouterr()
-    assert code == 0, err[-2000:]
-    report = json.loads(out)
-    for key in ("skill", "simulators", "episodes", "success_before", "success_after", "retention_avg", "forgetting",
-                "episodes_per_second", "seconds"):
-        assert key in report
-    assert report["skill"] == "tools" and report["simulators"] == 2 and report["episodes"] == 64
-    assert report["success_before"] <= 0.10  # the student's own rate
+    report = _dream(tmp_path, capsys, "--env", "simulated", "--simulator", "retrieval", "--judge", "vote",
+                    "--recorded", "16", "--episodes", "32", "--rounds", "2", "--steps", "16", "--lr", "3e-4",
+                    "--items", "30", "--simulators", "1")
+    first, second = report["rounds"]
+    off = report["switched_off"]
+    assert off is not None and off["round"] == 1 and off["agreement"] < 0.8 and off["fallback"] == "real", report
+    assert first["env"] == "simulated" and first["kept"] == 0 and first["replayed"] > 0
+    assert second["env"] == "real" and second["kept"] > 0
     assert report["success_after"] >= report["success_before"] + 0.1
-    assert report["forgetting"] < 0.05
-    assert set(report["episodes_per_second_by_simulators"]) == {"1", "2"}
-    assert "dream" in err  # the progress bar is on stderr
 
-    rows = read_table(str(tmp_path), "trajectories").to_pylist()
-    assert rows and len({r["id"] for r in rows}) == len(rows) == report["rounds"][0]["kept"]
-    import msgpack
-
-    from reverie.versions import VersionRegistry
-
-    registry = VersionRegistry(tmp_path / "versions")  # one version space: the base is the registry's id
-    for r in rows:
-        task = Task.from_dict(msgpack.unpackb(r["extra"], raw=False)["task"])
+    rows = _stored(tmp_path)
+    dreamt = [r for r in rows if r["simulated"]]
+    real = [r for r in rows if not r["simulated"]]
+    assert dreamt and len(real) == second["kept"]  # stored, marked, and never learnt from
+    base = VersionRegistry(tmp_path / "versions").base().version
+    for r in real:
+        task = Task.from_dict(r["task"])
         budget = json.loads(r["provenance"])["max_turns"]
-        assert r["success"] and not r["simulated"] and r["policy_version"] == registry.base().version
-        assert ToolsEnvironment(max_turns=budget).verify(task, r["messages"])  # re-checked by the verifier
+        assert r["success"] and r["policy_version"] == base
+        assert ToolsEnvironment(max_turns=budget).verify(task, r["messages"])  # re-checked by the real verifier
 
 
 def test_dream_step_stores_verified_trajectories_tagged_with_the_given_version(shipped_model, tmp_path):
