@@ -49,6 +49,11 @@ answering the same prompts in the same batches:
 and ``base_retention_loss <= max_retention_loss`` (:class:`reverie.config.GateConfig`).  :meth:`Gate.judge` returns a JSON
 report (the one dict that crosses the door: it is what the review shows).
 
+Tasks of a family with an environment (:class:`EnvTask`) are played in its
+real environment only (:func:`check_real`): a dream's successes in a
+model-simulated one are never evidence, so a gain learnt from a simulator
+counts only once it shows on real held-out tasks.
+
 The retention suite is a JSONL file (:func:`load_retention_suite`) or, for
 the tiny-world model, its base skills plus ``copy``
 (:func:`tinyworld_retention_suite`).
@@ -90,6 +95,16 @@ class EnvTask:
     env: str  # the environment's registered name
     task: object  # a ``simulators.env.Task``
     max_turns: int
+
+
+def check_real(env_tasks: Sequence[EnvTask]) -> None:
+    """A ValueError (one line) when a task would be played in a simulated environment: a simulator's successes
+    are never evidence for a candidate, whatever its agreement with reality."""
+    from simulators.env import make
+
+    simulated = sorted({t.env for t in env_tasks if make(t.env, max_turns=t.max_turns).simulated})
+    if simulated:
+        raise ValueError(f"the gate plays held-out tasks in a real environment only, not in {', '.join(simulated)}")
 
 
 @dataclass(frozen=True)
@@ -452,6 +467,7 @@ class Gate:
         :class:`WeightsRejected` before any evaluation when the candidate's
         weight files do not fit the parent's or hold non-finite values."""
         start = time.perf_counter()
+        check_real(env_tasks)
         check_weights(weight_files(candidate_dir), weight_files(parent_dir))
         with _torch_threads(self.threads):
             report = self._judge(parent_dir, candidate_dir, heldout, rules, env_tasks, base_dir)

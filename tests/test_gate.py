@@ -331,3 +331,21 @@ def test_an_accepted_rule_changes_the_copy_references_only(gate):
         else:  # add, sort, ...; recall too, where the teacher state's answers are garbage (see actors/gate.py)
             assert ref == item.answer, (item, ref)
     assert gate.retention_references(SHIPPED_MODEL, []) == [it.answer for it in gate.suite]
+
+
+def test_the_gate_judges_environment_tasks_only_in_real_environments_never_a_simulators_claim(gate):
+    """Simulated successes are never evidence: held-out tasks played in a model-simulated environment are refused
+    before anything is judged, and in the real environment a candidate that learnt nothing real gains nothing."""
+    from actors.gate import EnvTask
+    from simulators.env import Task
+    from simulators.tinyworld.tasks import ToolsTaskSource
+
+    rng = random.Random("gate/real-only")
+    real = [EnvTask("tools", "tinyworld-tools", ToolsTaskSource().seed(rng), 3) for _ in range(8)]
+    dreamt = [EnvTask("tools", "model-simulated", Task("model-simulated", t.task.prompt, t.task.spec, "tools"), 3)
+              for t in real]
+    with pytest.raises(ValueError, match="real environment") as err:
+        gate.judge(SHIPPED_MODEL, SHIPPED_MODEL, [], [], env_tasks=dreamt)
+    assert "\n" not in str(err.value)
+    report = gate.judge(SHIPPED_MODEL, SHIPPED_MODEL, [], [], env_tasks=real)
+    assert report["new"]["tools"]["candidate"] == report["new"]["tools"]["parent"] and not report["passed"]
