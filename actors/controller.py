@@ -16,7 +16,12 @@ is restarted by Ray and continues where it was):
    variations of those asks in the environment with the promoted policy
    (``actors/dreams.py::dream_step``: rollout engine, simulator pool,
    proposer, success filter); the verified successes land in the store's
-   ``trajectories`` table, from where the learner reads them.
+   ``trajectories`` table, from where the learner reads them.  With
+   ``loop.dream_env: simulated`` they rehearse instead in a simulator built
+   from the family's recorded episodes (``simulators/world_model.py``); a
+   sample of its dreamed successes is replayed for real, and a simulator
+   that disagrees with reality is switched off for the cycle (the dream falls
+   back to the real environment, or is skipped: ``loop.dream_fallback``).
 3. **learn**: a learner actor (torch, placed on a GPU where the cluster has
    one) distils the lessons into the parent version by on-policy
    self-distillation, mixed with retention replay; lessons are the asked
@@ -346,7 +351,7 @@ class Controller:
         report = dream_step(self.cfg.model_dir, parent.directory, parent.version, self.cfg.store_name,
                             self.cfg.data_dir, self._asks(c), self.cfg.loop.dream_episodes, c.seed,
                             simulators=self.cfg.loop.simulators, run_id=f"c{c.cycle:06d}",
-                            exclude=[t.task.prompt for t in self._env_heldout(c)])
+                            exclude=[t.task.prompt for t in self._env_heldout(c)], simulated=self._simulated())
         c.trajectories = list(report.pop("trajectory_ids"))
         c.dream = report
         kinds = c.lessons.setdefault("counts", {})
@@ -356,6 +361,14 @@ class Controller:
             c.state, c.error = "done", f"nothing to learn: no dream of {report['episodes']} episodes succeeded"
             return
         c.state = "learn"
+
+    def _simulated(self) -> dict | None:
+        """How the dream step builds its simulator (``loop.dream_env: simulated``), or None: the real one."""
+        loop = self.cfg.loop
+        if loop.dream_env != "simulated":
+            return None
+        return {"kind": loop.simulator, "steps": loop.simulator_steps, "min_agreement": loop.min_agreement,
+                "fallback": loop.dream_fallback}
 
     # ------------------------------------------------------------ 2. learn
     def _variations(self):
@@ -434,7 +447,9 @@ class Controller:
 
         kept = read_table(self.cfg.data_dir, "trajectories", ids=c.trajectories,
                           columns=["id", "task_id", "messages", "success", "simulated"]).to_pylist()
-        return lessons(kept, random.Random(f"dream-lessons/{c.cycle}/{c.seed}"))
+        # The dream step returns only trajectories that may be learnt from: real ones, or simulated ones whose
+        # simulator's dreamed successes replayed for real (its agreement check); the gate then wants a real gain.
+        return lessons(kept, random.Random(f"dream-lessons/{c.cycle}/{c.seed}"), trusted_only=False)
 
     def _replay(self, c: Cycle) -> Iterator:
         """Retention replay: the tiny world's base skills for its model; for any other model, what users asked

@@ -231,48 +231,67 @@ def _run(cfg: DreamConfig, progress: Callable[[str, int], None] | None) -> dict:
 
 def _simulator(cfg: DreamConfig, dreamer, data_dir: Path, work: Path, tell) -> tuple:
     """Recorded experience, then the simulator built from it: the base policy plays ``cfg.recorded`` tasks
-    for real (stored as the requests an agent sends), the store's recorded conversations of the skill become
-    transitions, a copy of the model is fine-tuned on them (``trained``, ``both``), and an engine on the
-    simulator's weights writes its observations.  The Dreamer rehearses in it from then on."""
+    for real (stored as the requests an agent sends) and the Dreamer rehearses in a simulator built from the
+    store's recorded conversations of the skill (:func:`build_simulator`) from then on."""
+    t0 = time.perf_counter()
+    records = dreamer.record(cfg.recorded)
+    tell("record", len(records))
+    simulator, built = build_simulator(cfg.model_dir, data_dir, cfg.skill, cfg.simulator, work / "simulator",
+                                       steps=cfg.simulator_steps, seed=cfg.seed, judge=cfg.judge)
+    dreamer.simulate(simulator)
+    built.update(recorded=len(records), recorded_success=sum(r["success"] for r in records) / len(records),
+                 seconds=time.perf_counter() - t0)
+    return simulator, built
+
+
+class NoExperience(ValueError):
+    """The store holds no recorded conversation of the skill to build a simulator from."""
+
+
+def build_simulator(model_dir: str | Path, data_dir: str | Path, skill: str, kind: str, out: Path, *,
+                    steps: int, seed: int, judge: str = "family") -> tuple:
+    """A simulator of ``skill`` built from the store's recorded conversations alone (``Ray`` initialised):
+    they become transitions; a copy of the model is fine-tuned on them into ``out`` (``trained``, ``both``;
+    a directory left there by an earlier try is replaced); an engine on the simulator's weights writes its
+    observations.  ``(Simulator, what was built)``; stop its engine with ``stop_engine``."""
     from simulators.dream import Simulator
     from simulators.model_env import transitions_from_store
     from simulators.rollout import engine_actor, wait_ready
     from simulators.world_model import SimulatorTraining, simulator_label, train_simulator
 
-    t0 = time.perf_counter()
-    source = task_source(cfg.skill)
-    records = dreamer.record(cfg.recorded)
-    tell("record", len(records))
+    source = task_source(skill)
 
     def of_skill(messages: list[dict]) -> bool:
         first = next((m["content"] for m in messages if m["role"] == "user"), "")
         return source.parse(first, random.Random(0)) is not None
 
     transitions = transitions_from_store(str(data_dir), keep=of_skill)
-    built: dict = {"recorded": len(records), "recorded_success": sum(r["success"] for r in records) / len(records),
-                   "transitions": len(transitions)}
-    weights = Path(cfg.model_dir)
-    if cfg.simulator != "retrieval":
-        trained = train_simulator(cfg.model_dir, transitions, work / "simulator", with_examples=cfg.simulator == "both",
-                                  cfg=SimulatorTraining(steps=cfg.simulator_steps, seed=cfg.seed))
+    if not any(t.observation is not None for t in transitions):
+        raise NoExperience(f"no recorded {skill} episode with an observation to build a simulator from")
+    built: dict = {"transitions": len(transitions), "episodes": sum(t.done for t in transitions)}
+    weights = Path(model_dir)
+    if kind != "retrieval":
+        if out.exists():
+            shutil.rmtree(out)
+        trained = train_simulator(model_dir, transitions, out, with_examples=kind == "both",
+                                  cfg=SimulatorTraining(steps=steps, seed=seed))
         weights = Path(trained["path"])
         built["training"] = trained
-    engine = engine_actor(weights, version=0, seed=cfg.seed)
+    engine = engine_actor(weights, version=0, seed=seed)
     try:
         wait_ready(engine)
-        simulator = Simulator(engine, tuple(transitions), cfg.simulator,
-                              simulator_label(cfg.simulator, weights, transitions), judge=cfg.judge)
-        dreamer.simulate(simulator)
     except BaseException:
         stop_engine(engine)
         raise
-    built.update(label=simulator.label, seconds=time.perf_counter() - t0)
+    simulator = Simulator(engine, tuple(transitions), kind, simulator_label(kind, weights, transitions), judge=judge)
+    built["label"] = simulator.label
     return simulator, built
 
 
 def dream_step(model_dir: str | Path, weights_dir_or_model_dir: str | Path, version: int, store_name: str,
                data_dir: str | Path, asks: Sequence[str], episodes: int, seed: int, simulators: int = 1, *,
-               skill: str = "tools", run_id: str | None = None, exclude: Sequence[str] = ()) -> dict:
+               skill: str = "tools", run_id: str | None = None, exclude: Sequence[str] = (),
+               simulated: dict | None = None) -> dict:
     """One rehearsal on the weights of ``version``, for the controller (Ray must be initialised).
 
     ``weights_dir_or_model_dir``: an HF model directory of those weights (a learner checkpoint, a registry
@@ -284,7 +303,15 @@ def dream_step(model_dir: str | Path, weights_dir_or_model_dir: str | Path, vers
     returns; the engine and the pool are stopped whatever happens.  ``run_id`` names the episodes
     (``dream-{run_id}-r1-{i}``): give a stable one (the cycle's) and a retried step stores nothing twice.
 
-    Returns ``{"episodes", "kept", "success_rate", "seconds", "trajectory_ids"}``."""
+    ``simulated`` (``{"kind", "steps", "min_agreement", "fallback"}``): the rehearsal plays in a simulator
+    built from the store's recorded episodes of the skill (:func:`build_simulator`); a sample of its dreamed
+    successes is replayed for real, and when fewer than ``min_agreement`` of them succeed the simulator is
+    switched off: its trajectories stay stored, marked, but are not returned to learn from, and the
+    ``fallback`` ("real") rehearses once more in the real environment (round 2) or ("skip") not at all.
+    Without recorded episodes to build from, the rehearsal is real (``"simulator": {"error": ...}``).
+
+    Returns ``{"episodes", "kept", "success_rate", "seconds", "trajectory_ids", "env", "agreement",
+    "replayed", "switched_off", "simulator"}``: ``trajectory_ids`` are those that may be learnt from."""
     import ray
 
     from simulators.dream import Dreamer
@@ -295,18 +322,46 @@ def dream_step(model_dir: str | Path, weights_dir_or_model_dir: str | Path, vers
                                Path(data_dir) / "dreams" / run_id / "model")
     dreamer = Dreamer.start(weights, version, store, skill=skill, simulators=simulators, seed=seed,
                             name=f"dream-{run_id}", exclude=exclude)
+    simulator, built, agreement, switched_off = None, {}, {"agreement": None, "replayed": 0}, None
     try:
         dreamer.add_experience(asks)
+        if simulated is not None:
+            ray.get(store.flush.remote(), timeout=120)  # the recorded episodes, on disk
+            try:
+                simulator, built = build_simulator(model_dir, data_dir, skill, simulated["kind"],
+                                                   Path(data_dir) / "dreams" / run_id / "simulator",
+                                                   steps=simulated.get("steps", 300), seed=seed)
+                dreamer.simulate(simulator)
+            except NoExperience as e:
+                built = {"error": str(e)}
         rehearsal = dreamer.rehearse(episodes, 1)
+        env, kept, seconds = ("simulated" if dreamer.simulated else "real"), rehearsal.kept, rehearsal.seconds
+        if dreamer.simulated:
+            agreement = dreamer.agreement(rehearsal.records, simulated.get("samples", 32), seed=seed)
+            if agreement["agreement"] is not None and agreement["agreement"] < simulated["min_agreement"]:
+                switched_off = {"family": task_source(skill).family, "agreement": agreement["agreement"],
+                                "min_agreement": simulated["min_agreement"], "fallback": simulated["fallback"]}
+                kept = []
+                if simulated["fallback"] == "real":
+                    dreamer.use_real()
+                    rehearsal = dreamer.rehearse(episodes, 2)
+                    env, kept, seconds = "real", rehearsal.kept, seconds + rehearsal.seconds
         ray.get(store.flush.remote(), timeout=120)
     finally:
         dreamer.shutdown()
+        if simulator is not None:
+            stop_engine(simulator.engine)
     return {
         "episodes": rehearsal.episodes,
-        "kept": len(rehearsal.kept),
-        "success_rate": rehearsal.success_rate,
-        "seconds": rehearsal.seconds,
-        "trajectory_ids": [r["id"] for r in rehearsal.kept],
+        "kept": len(kept),
+        "success_rate": len(kept) / rehearsal.episodes,
+        "seconds": seconds,
+        "trajectory_ids": [r["id"] for r in kept],
+        "env": env,
+        "agreement": agreement["agreement"],
+        "replayed": agreement["replayed"],
+        "switched_off": switched_off,
+        "simulator": built or None,
     }
 
 

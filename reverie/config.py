@@ -16,6 +16,9 @@ from pathlib import Path
 SWAP_MODES = ("wait", "keep", "abort", "standby")
 APPROVAL_MODES = ("auto", "required")
 METHODS = ("opsd", "sft")  # on-policy self-distillation, and the SFT baseline
+DREAM_ENVS = ("real", "simulated")  # where dreams play: the task's environment, or a simulator built from records
+SIMULATORS = ("retrieval", "trained", "both")  # the model that writes a simulator's observations (world_model.py)
+DREAM_FALLBACKS = ("real", "skip")  # after a simulator is switched off: rehearse for real, or not at all
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,11 @@ class LoopConfig:
     min_episodes: int = 4  # new recorded asks of such a family that start a cycle
     dream_episodes: int = 128  # rehearsed per cycle
     simulators: int = 1  # simulator workers (Ray actors) per dream
+    dream_env: str = "real"  # "simulated": dream in a simulator built from the recorded episodes of the family
+    simulator: str = "trained"  # with dream_env simulated: retrieval, trained or both (simulators/world_model.py)
+    simulator_steps: int = 300  # fine-tuning steps of a trained simulator
+    min_agreement: float = 0.8  # dreamed successes that must replay for real, or the simulator is switched off
+    dream_fallback: str = "real"  # after a switch-off: dream in the real environment, or skip the dream
     seed: int = 0
 
 

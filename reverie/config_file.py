@@ -37,6 +37,11 @@ noted; what is left out keeps its default, shown here)::
       min_episodes: 4                 # new recorded asks of such a family that start a cycle
       dream_episodes: 128             # rehearsed per cycle
       simulators: 1                   # simulator workers per dream
+      dream_env: real                 # or simulated: in a simulator built from the family's recorded episodes
+      simulator: trained              # retrieval, trained or both (with dream_env: simulated)
+      simulator_steps: 300            # fine-tuning steps of a trained simulator
+      min_agreement: 0.8              # dreamed successes replaying for real below this: simulator switched off
+      dream_fallback: real            # after a switch-off: real (dream in the real environment) or skip
       seed: 0
     gate:                             # what a candidate must show before it is served
       min_gain: 0.2                   # held-out new-task accuracy gain over the parent, in [0, 1)
@@ -73,7 +78,8 @@ from pathlib import Path
 from typing import Any
 
 from reverie import args as a
-from reverie.config import APPROVAL_MODES, METHODS, SWAP_MODES, GateConfig, LoopConfig, ServeConfig
+from reverie.config import (APPROVAL_MODES, DREAM_ENVS, DREAM_FALLBACKS, METHODS, SIMULATORS, SWAP_MODES,
+                            GateConfig, LoopConfig, ServeConfig)
 from reverie.errors import ReverieError, check_model_dir
 
 # One rule per field of ServeConfig, LoopConfig (loop.*) and GateConfig (gate.*).
@@ -109,6 +115,11 @@ RULES: dict[str, a.Rule] = {
     "loop.min_episodes": a.POSITIVE,
     "loop.dream_episodes": a.POSITIVE,
     "loop.simulators": a.POSITIVE,
+    "loop.dream_env": a.one_of(*DREAM_ENVS),
+    "loop.simulator": a.one_of(*SIMULATORS),
+    "loop.simulator_steps": a.POSITIVE,
+    "loop.min_agreement": a.FRACTION,
+    "loop.dream_fallback": a.one_of(*DREAM_FALLBACKS),
     "loop.seed": a.SEED,
     "gate.min_gain": a.FRACTION,
     "gate.max_retention_loss": a.FRACTION,

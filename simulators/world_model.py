@@ -27,9 +27,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from reverie.config import SIMULATORS  # retrieval, trained, both: the kinds this module builds
 from simulators.model_env import Transition, conditioning_messages, similarity
 
-SIMULATORS = ("retrieval", "trained", "both")
+__all__ = ["SIMULATORS", "SimulatorTraining", "simulator_label", "train_simulator", "training_conversations"]
 
 
 @dataclass(frozen=True)

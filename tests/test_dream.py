@@ -115,20 +115,45 @@ def test_a_simulator_whose_dreams_do_not_replay_for_real_is_switched_off_and_the
         assert ToolsEnvironment(max_turns=budget).verify(task, r["messages"])  # re-checked by the real verifier
 
 
-def test_dream_step_stores_verified_trajectories_tagged_with_the_given_version(shipped_model, tmp_path):
-    """The controller's dream step: an engine on a registered version's weights (safetensors alone, completed
-    with the base's config and tokenizer), the proposer seeded with what users asked, one rehearsal; the kept
-    trajectories are in the named store's table, tagged with that version and accepted again by the verifier."""
-    ray = pytest.importorskip("ray")
+def _recorded_requests(n: int, seed: int = 0) -> list[bytes]:
+    """What users' agents sent while they played the tool task (help, both items, the total; every third total
+    wrong), as the store records them: one request per turn, the conversation so far and the model's reply."""
+    import random
+
     import msgpack
+
+    from simulators.tinyworld.skills import new_tools_task
+    from simulators.tinyworld.text import digits
+    from simulators.tinyworld.tools_env import ToolsEnv
+
+    rng, rows = random.Random(seed), []
+    for e in range(n):
+        task = new_tools_task(rng)
+        env = ToolsEnv(task, max_turns=6)
+        env.reset()
+        for action in ["call help", *(f"call {task.tool} {item}" for item, _ in task.values),
+                       f"answer {digits(task.answer + (1 if e % 3 == 2 else 0))}"]:
+            rows.append(msgpack.packb({"id": f"chatcmpl-{e}-{len(rows)}", "kind": "chat",
+                                       "messages": list(env.transcript), "completion": action}, use_bin_type=True))
+            env.step(action)
+    return rows
+
+
+def test_dream_step_in_a_simulator_built_from_recorded_episodes_returns_only_what_may_be_learnt(shipped_model,
+                                                                                              tmp_path):
+    """The controller's dream step with ``loop.dream_env: simulated``: on a registered version's weights
+    (safetensors alone, completed with the base's config and tokenizer), a simulator fine-tuned on the store's
+    recorded tool episodes, one rehearsal in it; its dreamed successes replay for real, so the kept ones are
+    returned to learn from, stored once, tagged with that version and the simulator, and accepted again by the
+    family's verifier from their own observations."""
+    ray = pytest.importorskip("ray")
 
     from actors.dreams import dream_step
     from actors.store import read_table, start_store
-    from reverie.versions import VersionRegistry
-    from simulators.env import Task
-    from simulators.tinyworld import world as W
-    from simulators.tinyworld.tools_env import ToolsEnvironment
     from reverie.ray_start import start_ray
+    from reverie.versions import VersionRegistry
+    from simulators.env import family_verifier
+    from simulators.tinyworld import world as W
 
     registry = VersionRegistry(tmp_path / "versions")
     base = registry.ensure_base(shipped_model).version
@@ -143,21 +168,23 @@ def test_dream_step_stores_verified_trajectories_tagged_with_the_given_version(s
     start_ray(num_cpus=4)
     try:
         store = start_store(str(tmp_path / "data"), name="test-dream-step-store")
-        ray.get(store.count.remote("trajectories"))  # registered under its name
+        ray.get(store.append.remote("interactions", _recorded_requests(12)))
         out = dream_step(shipped_model, registry.version_dir(version), version, "test-dream-step-store",
-                         tmp_path / "data", asks, episodes=48, seed=0, simulators=1)
+                         tmp_path / "data", asks, episodes=48, seed=0, simulators=1,
+                         simulated={"kind": "trained", "steps": 150, "min_agreement": 0.8, "fallback": "real"})
     finally:
         ray.shutdown()
-    assert set(out) == {"episodes", "kept", "success_rate", "seconds", "trajectory_ids"}
-    assert out["episodes"] == 48 and out["seconds"] > 0
-    assert 0 < out["kept"] == len(out["trajectory_ids"]) and out["success_rate"] == out["kept"] / 48
+    assert {"episodes", "kept", "success_rate", "seconds", "trajectory_ids", "env", "agreement"} <= set(out)
+    assert out["env"] == "simulated" and out["switched_off"] is None and out["agreement"] >= 0.8, out
+    assert out["simulator"]["episodes"] == 12 and out["simulator"]["label"].startswith("trained@")
+    assert out["episodes"] == 48 and 0 < out["kept"] == len(out["trajectory_ids"])
     rows = read_table(str(tmp_path / "data"), "trajectories").to_pylist()
     assert sorted(r["id"] for r in rows) == sorted(out["trajectory_ids"])  # each kept trajectory, once
     for r in rows:
-        task = Task.from_dict(msgpack.unpackb(r["extra"], raw=False)["task"])
-        budget = json.loads(r["provenance"])["max_turns"]
-        assert r["success"] and not r["simulated"] and r["policy_version"] == version
-        assert ToolsEnvironment(max_turns=budget).verify(task, r["messages"])  # re-checked by the verifier
+        provenance = json.loads(r["provenance"])
+        assert r["success"] and r["simulated"] and r["policy_version"] == version
+        assert provenance["simulator"] == out["simulator"]["label"]
+        assert family_verifier("tools")(r["messages"], provenance["max_turns"])  # re-checked from its observations
 
 
 def test_dream_on_a_data_directory_another_store_writes_is_refused_with_one_line(tmp_path, refused):
