@@ -8,18 +8,24 @@ conversation), the environment answers an action by
    last messages and the action (token overlap, the action weighted double),
 2. deciding *done* and *reward* by the similarity-weighted vote of those
    neighbours (a nearest-neighbour reward model), and
-3. if the episode goes on, asking the model for the next observation: the
-   neighbours are rendered as an example in a system message and the model
-   writes the ``tool`` message that follows the conversation,
+3. if the episode goes on, asking a model for the next observation: the
+   neighbours are rendered as an example in a system message (unless the
+   model was fine-tuned to go without) and the model writes the ``tool``
+   message that follows the conversation,
 
-in the manner of learned experience models for agent training.  Every step is
-marked ``simulated`` and names the recorded transitions it was conditioned on;
-its verifier is the task family's own where one is registered (for the tiny
-world's ``tools``: the answer against the episode's observed tool results,
-``simulators/tinyworld/tools_verifier.py``), else the same neighbour vote;
-either way its successes are simulated:
-the success filter stores them marked, the learner does not trust them alone,
-and a verified environment or held-out real tasks must confirm any gain.
+in the manner of learned experience models for agent training.  Which model
+writes the observations (the policy's own weights shown the neighbours, or a
+copy fine-tuned on the recorded transitions) is ``simulators/world_model.py``.
+Every step is marked ``simulated`` and names the simulator and the recorded
+transitions it was conditioned on; its verifier is the task family's own
+where one is registered (for the tiny world's ``tools``: the answer against
+the episode's observed tool results, ``simulators/tinyworld/tools_verifier.py``),
+else the same neighbour vote (also on request: ``judge="vote"``, to measure
+what the verifier is worth); either way its successes are simulated: the
+success filter stores them marked, the learner takes them only while a
+sample of them replays successfully in the real environment (the agreement
+check, ``simulators/dream.py``), and the gate confirms any gain on real
+held-out tasks only.
 """
 from __future__ import annotations
 

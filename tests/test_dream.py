@@ -70,7 +70,7 @@ def test_a_short_dream_in_a_simulator_trained_on_recorded_episodes_raises_real_h
     assert report["forgetting"] < 0.05
     assert report["agreement"] >= 0.8 and report["switched_off"] is None and report["rounds"][0]["replayed"] > 0
     built = report["simulator_build"]
-    assert built["training"]["loss_after"] < built["training"]["loss_before"] / 10
+    assert built["training"]["loss_after"] < built["training"]["loss_before"] / 2  # on held-out recorded episodes
     # the experience: one request per turn, read back as one conversation per recorded episode
     assert len(read_table(str(tmp_path), "interactions")) > 24
     assert sum(t.done for t in transitions_from_store(str(tmp_path))) == 24
