@@ -345,13 +345,14 @@ class Controller:
         return out
 
     def _dream(self, c: Cycle) -> None:
-        from actors.dreams import dream_step
+        from actors.dreams import dream_step, simulated_dream
 
         parent = self.registry.get(c.parent)
         report = dream_step(self.cfg.model_dir, parent.directory, parent.version, self.cfg.store_name,
                             self.cfg.data_dir, self._asks(c), self.cfg.loop.dream_episodes, c.seed,
                             simulators=self.cfg.loop.simulators, run_id=f"c{c.cycle:06d}",
-                            exclude=[t.task.prompt for t in self._env_heldout(c)], simulated=self._simulated())
+                            exclude=[t.task.prompt for t in self._env_heldout(c)],
+                            simulated=simulated_dream(self.cfg.loop))
         c.trajectories = list(report.pop("trajectory_ids"))
         c.dream = report
         kinds = c.lessons.setdefault("counts", {})
@@ -361,14 +362,6 @@ class Controller:
             c.state, c.error = "done", f"nothing to learn: no dream of {report['episodes']} episodes succeeded"
             return
         c.state = "learn"
-
-    def _simulated(self) -> dict | None:
-        """How the dream step builds its simulator (``loop.dream_env: simulated``), or None: the real one."""
-        loop = self.cfg.loop
-        if loop.dream_env != "simulated":
-            return None
-        return {"kind": loop.simulator, "steps": loop.simulator_steps, "min_agreement": loop.min_agreement,
-                "fallback": loop.dream_fallback}
 
     # ------------------------------------------------------------ 2. learn
     def _variations(self):

@@ -288,6 +288,15 @@ def build_simulator(model_dir: str | Path, data_dir: str | Path, skill: str, kin
     return simulator, built
 
 
+def simulated_dream(loop) -> dict | None:
+    """What ``dream_step`` needs to dream in a simulator, from a ``reverie.config.LoopConfig``
+    (``dream_env: simulated``); None when the loop dreams in the real environment."""
+    if loop.dream_env != "simulated":
+        return None
+    return {"kind": loop.simulator, "steps": loop.simulator_steps, "min_agreement": loop.min_agreement,
+            "fallback": loop.dream_fallback}
+
+
 def dream_step(model_dir: str | Path, weights_dir_or_model_dir: str | Path, version: int, store_name: str,
                data_dir: str | Path, asks: Sequence[str], episodes: int, seed: int, simulators: int = 1, *,
                skill: str = "tools", run_id: str | None = None, exclude: Sequence[str] = (),

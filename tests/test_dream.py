@@ -141,15 +141,17 @@ def _recorded_requests(n: int, seed: int = 0) -> list[bytes]:
 
 def test_dream_step_in_a_simulator_built_from_recorded_episodes_returns_only_what_may_be_learnt(shipped_model,
                                                                                               tmp_path):
-    """The controller's dream step with ``loop.dream_env: simulated``: on a registered version's weights
+    """The controller's dream step with ``loop.dream_env: simulated`` (the loop config read as the controller
+    reads it): on a registered version's weights
     (safetensors alone, completed with the base's config and tokenizer), a simulator fine-tuned on the store's
     recorded tool episodes, one rehearsal in it; its dreamed successes replay for real, so the kept ones are
     returned to learn from, stored once, tagged with that version and the simulator, and accepted again by the
     family's verifier from their own observations."""
     ray = pytest.importorskip("ray")
 
-    from actors.dreams import dream_step
+    from actors.dreams import dream_step, simulated_dream
     from actors.store import read_table, start_store
+    from reverie.config import LoopConfig
     from reverie.ray_start import start_ray
     from reverie.versions import VersionRegistry
     from simulators.env import family_verifier
@@ -171,7 +173,7 @@ def test_dream_step_in_a_simulator_built_from_recorded_episodes_returns_only_wha
         ray.get(store.append.remote("interactions", _recorded_requests(12)))
         out = dream_step(shipped_model, registry.version_dir(version), version, "test-dream-step-store",
                          tmp_path / "data", asks, episodes=48, seed=0, simulators=1,
-                         simulated={"kind": "trained", "steps": 150, "min_agreement": 0.8, "fallback": "real"})
+                         simulated=simulated_dream(LoopConfig(dream_env="simulated", simulator_steps=150)))
     finally:
         ray.shutdown()
     assert {"episodes", "kept", "success_rate", "seconds", "trajectory_ids", "env", "agreement"} <= set(out)
