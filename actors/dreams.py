@@ -154,13 +154,10 @@ def _run(cfg: DreamConfig, progress: Callable[[str, int], None] | None) -> dict:
             where, agreement, fresh = ("simulated" if dreamer.simulated else "real"), {}, rehearsal.kept
             if dreamer.simulated:
                 # Dreamed successes are learnt from only while enough of them replay for real.
-                agreement = dreamer.agreement(rehearsal.records, cfg.agreement_samples, seed=cfg.seed * 1000 + k)
-                if agreement["agreement"] is not None and agreement["agreement"] < cfg.min_agreement:
-                    switched_off = {"family": task_source(cfg.skill).family, "round": k,
-                                    "agreement": agreement["agreement"], "min_agreement": cfg.min_agreement,
-                                    "fallback": cfg.fallback}
-                    dreamer.use_real()
-                    fresh = []
+                agreement, off = dreamer.check(rehearsal, cfg.agreement_samples, cfg.min_agreement,
+                                               seed=cfg.seed * 1000 + k)
+                if off is not None:
+                    switched_off, fresh = dict(off, round=k, fallback=cfg.fallback), []
             kept += fresh
             report = RoundReport(k, rehearsal.episodes, len(fresh), rehearsal.seconds, 0.0,
                                  rounds[-1].success if rounds else success_before, version, rehearsal.levels, where,
@@ -312,7 +309,8 @@ def dream_step(model_dir: str | Path, weights_dir_or_model_dir: str | Path, vers
     returns; the engine and the pool are stopped whatever happens.  ``run_id`` names the episodes
     (``dream-{run_id}-r1-{i}``): give a stable one (the cycle's) and a retried step stores nothing twice.
 
-    ``simulated`` (``{"kind", "steps", "min_agreement", "fallback"}``): the rehearsal plays in a simulator
+    ``simulated`` (``{"kind", "steps", "min_agreement", "fallback"}``, optionally ``"judge"`` and
+    ``"samples"``; :func:`simulated_dream` makes one from the loop config): the rehearsal plays in a simulator
     built from the store's recorded episodes of the skill (:func:`build_simulator`); a sample of its dreamed
     successes is replayed for real, and when fewer than ``min_agreement`` of them succeed the simulator is
     switched off: its trajectories stay stored, marked, but are not returned to learn from, and the
@@ -339,20 +337,19 @@ def dream_step(model_dir: str | Path, weights_dir_or_model_dir: str | Path, vers
             try:
                 simulator, built = build_simulator(model_dir, data_dir, skill, simulated["kind"],
                                                    Path(data_dir) / "dreams" / run_id / "simulator",
-                                                   steps=simulated.get("steps", 300), seed=seed)
+                                                   steps=simulated.get("steps", 300), seed=seed,
+                                                   judge=simulated.get("judge", "family"))
                 dreamer.simulate(simulator)
             except NoExperience as e:
                 built = {"error": str(e)}
         rehearsal = dreamer.rehearse(episodes, 1)
         env, kept, seconds = ("simulated" if dreamer.simulated else "real"), rehearsal.kept, rehearsal.seconds
         if dreamer.simulated:
-            agreement = dreamer.agreement(rehearsal.records, simulated.get("samples", 32), seed=seed)
-            if agreement["agreement"] is not None and agreement["agreement"] < simulated["min_agreement"]:
-                switched_off = {"family": task_source(skill).family, "agreement": agreement["agreement"],
-                                "min_agreement": simulated["min_agreement"], "fallback": simulated["fallback"]}
-                kept = []
+            agreement, off = dreamer.check(rehearsal, simulated.get("samples", 32), simulated["min_agreement"],
+                                           seed=seed)
+            if off is not None:
+                switched_off, kept = dict(off, fallback=simulated["fallback"]), []
                 if simulated["fallback"] == "real":
-                    dreamer.use_real()
                     rehearsal = dreamer.rehearse(episodes, 2)
                     env, kept, seconds = "real", rehearsal.kept, seconds + rehearsal.seconds
         ray.get(store.flush.remote(), timeout=120)

@@ -289,6 +289,18 @@ class Dreamer:
         agree = sum(any(r["success"] for r in replayed[i * tries:(i + 1) * tries]) for i in range(len(sample)))
         return {"agreement": agree / len(sample), "replayed": len(sample)}
 
+    def check(self, rehearsal: RehearsalReport, samples: int, min_agreement: float, seed: int = 0,
+              family: str = "") -> tuple[dict, dict | None]:
+        """The agreement check after a rehearsal in the simulator: its dreamed successes replayed for real
+        (:meth:`agreement`); below ``min_agreement`` the simulator is switched off (later rehearsals are
+        real) and the returned switch-off says so.  ``(agreement, switch-off or None)``."""
+        agreement = self.agreement(rehearsal.records, samples, seed=seed)
+        if agreement["agreement"] is None or agreement["agreement"] >= min_agreement:
+            return agreement, None
+        self.use_real()
+        return agreement, {"family": family or task_source(self.skill).family, "agreement": agreement["agreement"],
+                           "min_agreement": min_agreement}
+
     def verifier_check(self, n: int = EVAL_ITEMS, max_turns: int = max(BUDGETS)) -> dict:
         """The family's verifier against the real one on ``n`` held-out tasks the policy plays in the real
         environment at temperature 1 (nothing kept): ``{"accepts_right", "rejects_wrong", "right", "wrong"}``
