@@ -59,8 +59,8 @@ def test_a_short_dream_in_a_simulator_trained_on_recorded_episodes_raises_real_h
     from simulators.model_env import transitions_from_store
 
     report = _dream(tmp_path, capsys, "--env", "simulated", "--simulator", "trained", "--recorded", "24",
-                    "--simulator-steps", "150", "--episodes", "64", "--rounds", "1", "--steps", "32", "--lr", "3e-4",
-                    "--items", "50", "--simulators", "2")
+                    "--simulator-steps", "100", "--episodes", "128", "--rounds", "1", "--steps", "60", "--items", "50",
+                    "--simulators", "2")
     for key in ("env", "simulator", "success_before", "success_after", "forgetting", "agreement",
                 "verifier_accepts_right", "verifier_rejects_wrong", "episodes", "seconds"):
         assert key in report
