@@ -15,13 +15,21 @@ skills; the round's checkpoint is registered in the version registry under
 ``<data_dir>/versions`` (one version space: the base model is the registry's
 base id, each round's weights the id the learner drew from the registry's
 counter), the rollout engine is reloaded on it, and held-out success is
-measured greedily with the real verifier.  The report keys are those
+measured greedily with the real verifier.  With ``cfg.env == "simulated"``
+the base policy first plays ``cfg.recorded`` tasks for real (recorded in the
+store as an agent's requests), a simulator is built from the store alone
+(:func:`build_simulator`), and the rounds rehearse in it; after each one the
+Dreamer's agreement check replays a sample of the dreamed successes for real
+and switches a disagreeing simulator off (that round's dreams are not learnt
+from; later rounds are real, or skipped).  The report keys are those
 ``reverie dream --json`` prints.
 
 ``dream_step(...)`` is one rehearsal for the controller: an engine on the
 given weights tagged with the given version, the proposer seeded with what
-users asked, ``episodes`` episodes once, the kept trajectories in the named
-store actor's ``trajectories`` table, everything it started stopped again.
+users asked, ``episodes`` episodes once (in a simulator built from the
+store's recorded episodes when ``simulated`` says so, checked the same way),
+the kept trajectories in the named store actor's ``trajectories`` table,
+everything it started stopped again.
 """
 from __future__ import annotations
 
@@ -56,7 +64,7 @@ class DreamConfig:
     data_dir: Path | None = None  # experience store (default: a fresh temporary directory)
     scaling: bool = True  # round 1 measures episodes/s with 1 and with 2 simulators
     env: str = "real"  # where rehearsals play: the real environment, or a simulator built from recorded episodes
-    simulator: str = "retrieval"  # with env "simulated": retrieval | trained | both (simulators/world_model.py)
+    simulator: str = "trained"  # with env "simulated": retrieval | trained | both (simulators/world_model.py)
     recorded: int = 64  # with env "simulated": episodes the base policy plays for real first (the experience)
     min_agreement: float = 0.8  # a simulator whose dreamed successes replay for real less often is switched off
     agreement_samples: int = 32  # dreamed successes replayed in the real environment per round
