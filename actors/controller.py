@@ -162,7 +162,8 @@ class Controller:
             return {"promoted": self.registry.promoted().version, "cycle": cycle,
                     "candidates": [c.public() for c in self.registry.all()],
                     "cycles": list(self.history[-10:]), "approval": self.cfg.loop.approval,
-                    "learning": self.cfg.loop.learn}
+                    "learning": self.cfg.loop.learn,
+                    "requested": self.requested}  # a cycle asked for (`reverie cycle`) that has not started yet
 
     def request_cycle(self) -> dict:
         """A cycle starts at the next look even below the feedback threshold (if anything new teaches)."""

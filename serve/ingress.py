@@ -225,7 +225,8 @@ class ReverieIngress(OpenAiIngress):
         if status is None:  # serving only: the registry is the whole story
             status = {"promoted": self._registry.promoted().version,
                       "cycle": {"state": "off", "step": None, "cycle": 0, "progress": {"done": 0, "total": 0}},
-                      "candidates": [c.public() for c in self._registry.all()], "learning": False}
+                      "candidates": [c.public() for c in self._registry.all()], "learning": False,
+                      "requested": False}
         return JSONResponse({**status, "candidates": [self._shown(c) for c in status.get("candidates", [])]})
 
     async def admin_cycle(self) -> JSONResponse:

@@ -333,19 +333,62 @@ def test_an_accepted_rule_changes_the_copy_references_only(gate):
     assert gate.retention_references(SHIPPED_MODEL, []) == [it.answer for it in gate.suite]
 
 
-def test_the_gate_judges_environment_tasks_only_in_real_environments_never_a_simulators_claim(gate):
+def _taught_by_guesses(out_dir) -> str:
+    """The shipped model taught by OPSD from simulated "successes" of the tools task that looked nothing up
+    (help, then a guessed total), as a simulator judged by its neighbour vote keeps them (about 15 s)."""
+    import copy
+
+    from transformers import AutoModelForCausalLM
+
+    from learner.config import LearnConfig
+    from learner.loop import frozen_teacher, learn
+    from learner.replay import mixed_batches
+    from learner.tokenizer import ChatEncoder, load_tokenizer
+    from simulators.success import lessons
+    from simulators.tinyworld.experiment import retention_lessons
+    from simulators.tinyworld.tasks import ToolsTaskSource
+    from simulators.tinyworld.text import digits
+
+    rng = random.Random("gate/guesses")
+    kept = []
+    for i in range(16):
+        task = ToolsTaskSource().seed(rng)
+        kept.append({"id": f"dream-{i}", "task_id": task.id, "success": True, "simulated": True, "messages": [
+            {"role": "user", "content": task.prompt}, {"role": "assistant", "content": "call help"},
+            {"role": "tool", "content": f"tools : {task.spec['tool']}"},
+            {"role": "assistant", "content": f"answer {digits(rng.randint(20, 98))}"}]})
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        tok = load_tokenizer(SHIPPED_MODEL)
+        student = copy.deepcopy(AutoModelForCausalLM.from_pretrained(SHIPPED_MODEL, dtype=torch.float32))
+        batches = mixed_batches(lessons(kept, random.Random(0), trusted_only=False), retention_lessons(0), 16, 0.5)
+        learn(student, frozen_teacher(student, tok), ChatEncoder(tok), batches,
+              LearnConfig(steps=40, batch_size=16, lr=3e-4, retain=0.5), progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    state = {k: v.detach().contiguous() for k, v in student.state_dict().items()}
+    return str(_model_dir(out_dir, state))
+
+
+def test_a_candidate_whose_only_evidence_is_simulated_is_refused_the_gate_plays_real_environments_only(gate,
+                                                                                                       tmp_path):
     """Simulated successes are never evidence: held-out tasks played in a model-simulated environment are refused
-    before anything is judged, and in the real environment a candidate that learnt nothing real gains nothing."""
+    before anything is judged, and a candidate taught only by simulated successes (guesses a neighbour vote
+    accepted) is judged on real held-out tasks, where it gains nothing, and refused."""
     from actors.gate import EnvTask
     from simulators.env import Task
     from simulators.tinyworld.tasks import ToolsTaskSource
 
     rng = random.Random("gate/real-only")
-    real = [EnvTask("tools", "tinyworld-tools", ToolsTaskSource().seed(rng), 3) for _ in range(8)]
+    real = [EnvTask("tools", "tinyworld-tools", ToolsTaskSource().seed(rng), 3) for _ in range(16)]
     dreamt = [EnvTask("tools", "model-simulated", Task("model-simulated", t.task.prompt, t.task.spec, "tools"), 3)
               for t in real]
+    candidate = _taught_by_guesses(tmp_path)
     with pytest.raises(ValueError, match="real environment") as err:
-        gate.judge(SHIPPED_MODEL, SHIPPED_MODEL, [], [], env_tasks=dreamt)
+        gate.judge(SHIPPED_MODEL, candidate, [], [], env_tasks=dreamt)
     assert "\n" not in str(err.value)
-    report = gate.judge(SHIPPED_MODEL, SHIPPED_MODEL, [], [], env_tasks=real)
-    assert report["new"]["tools"]["candidate"] == report["new"]["tools"]["parent"] and not report["passed"]
+    report = gate.judge(SHIPPED_MODEL, candidate, [], [], env_tasks=real)
+    tools = report["new"]["tools"]
+    assert tools["n"] == 16 and tools["candidate"] <= tools["parent"], tools
+    assert report["gain"] <= 0 and not report["passed"] and "min_gain" in report["reason"], report["reason"]
