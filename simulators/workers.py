@@ -21,8 +21,8 @@ import os
 import threading
 import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from simulators.env import Task, family_verifier, make
@@ -80,9 +80,12 @@ class SimulatorWorker:
                     replies = ray.get(self.engine.generate.remote([envs[i].transcript for i in idx],
                                                                   Sampling(temperature=temp)))
                     actions.update(zip(idx, replies))
-            # environments step concurrently: a simulated one waits on its model, which batches what arrives
-            with ThreadPoolExecutor(max_workers=len(actions)) as pool:
-                steps = dict(zip(actions, pool.map(lambda i: envs[i].step(actions[i]), list(actions))))
+            if any(envs[i].simulated for i in actions):
+                # simulated environments step concurrently: each waits on its model, which batches what arrives
+                with ThreadPoolExecutor(max_workers=len(actions)) as pool:
+                    steps = dict(zip(actions, pool.map(lambda i: envs[i].step(actions[i]), list(actions))))
+            else:
+                steps = {i: envs[i].step(action) for i, action in actions.items()}
             still = []
             for i, step in steps.items():
                 turn[i] += 1
