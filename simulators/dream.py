@@ -289,8 +289,8 @@ class Dreamer:
         agree = sum(any(r["success"] for r in replayed[i * tries:(i + 1) * tries]) for i in range(len(sample)))
         return {"agreement": agree / len(sample), "replayed": len(sample)}
 
-    def check(self, rehearsal: RehearsalReport, samples: int, min_agreement: float, seed: int = 0,
-              family: str = "") -> tuple[dict, dict | None]:
+    def check(self, rehearsal: RehearsalReport, samples: int, min_agreement: float,
+              seed: int = 0) -> tuple[dict, dict | None]:
         """The agreement check after a rehearsal in the simulator: its dreamed successes replayed for real
         (:meth:`agreement`); below ``min_agreement`` the simulator is switched off (later rehearsals are
         real) and the returned switch-off says so.  ``(agreement, switch-off or None)``."""
@@ -298,7 +298,7 @@ class Dreamer:
         if agreement["agreement"] is None or agreement["agreement"] >= min_agreement:
             return agreement, None
         self.use_real()
-        return agreement, {"family": family or task_source(self.skill).family, "agreement": agreement["agreement"],
+        return agreement, {"family": task_source(self.skill).family, "agreement": agreement["agreement"],
                            "min_agreement": min_agreement}
 
     def verifier_check(self, n: int = EVAL_ITEMS, max_turns: int = max(BUDGETS)) -> dict:
