@@ -185,32 +185,7 @@ def run_bench(steps: int = 300, timeout_s: float = 1200.0, pin_cpus: bool = True
         "met": seconds is not None and seconds <= TARGET_SECONDS and rss.peak <= TARGET_RSS_BYTES,
         "wall_seconds": time.perf_counter() - t_start,
         "cpu_plan": (lambda p: None if p is None else {"engine": list(p.engine), "host": list(p.host)})(cfg.cpu_plan()),
-        "machine": _machine(),
     }
 
 
-def _machine() -> dict:
-    import platform
-    import subprocess
-
-    import psutil
-
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                                cwd=Path(__file__).parent, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        commit = ""
-    return {"cpu": cpu, "cores": os.cpu_count(), "memory_bytes": psutil.virtual_memory().total, "commit": commit}
-
-
-def write_result(report: dict, out: str | Path) -> Path:
-    from reverie.files import atomic_write_json
-
-    out = Path(out)
-    atomic_write_json(out, report)
-    return out
-
-
-__all__ = ["run_bench", "write_result"]
+__all__ = ["run_bench"]

@@ -111,7 +111,6 @@ def run_load(concurrency: int = 64, seconds: float = 60.0, swap_every: float = 1
     from ray import serve
     from safetensors.torch import load_file
 
-    from actors.bench_cycle import _machine
     from actors.store import read_table
     from reverie.config import LoopConfig, ServeConfig
     from reverie.ray_start import quiet_http_clients, start_ray
@@ -188,7 +187,7 @@ def run_load(concurrency: int = 64, seconds: float = 60.0, swap_every: float = 1
         "lost_records": len(acknowledged - stored), "duplicate_records": len(ids) - len(stored),
         "mixed_version_responses": mixed, "checked_responses": len(clients.completions),
         "concurrency": concurrency, "seconds": elapsed, "swap_every": swap_every, "max_tokens": max_tokens,
-        "replicas": replicas, "machine": _machine(),
+        "replicas": replicas,
     }
     if clients.errors:
         report["first_errors"] = clients.errors[:3]
