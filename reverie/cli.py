@@ -105,12 +105,6 @@ def _sweep(args: argparse.Namespace, model: Path, cfg) -> int:
     from actors.experiments import LEARNABLE
     from actors.sweep import VARIANTS, sweep
 
-    def listed(text: str, what: str, parse) -> list:
-        items = [t.strip() for t in text.split(",") if t.strip()]
-        if not items:
-            raise ReverieError(f"{what} must list at least one value, got {text!r}")
-        return [parse(t) for t in items]
-
     def variant(v: str) -> str:
         if v not in VARIANTS:
             raise ReverieError(f"unknown sweep variant {v!r}; variants are: {', '.join(VARIANTS)}")
@@ -124,6 +118,7 @@ def _sweep(args: argparse.Namespace, model: Path, cfg) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise ReverieError(f"--out {str(out)!r} exists and is not a directory")
+    listed = check.listed
     summary = sweep(model, out, variants=listed(args.variants, "--variants", variant),
                     skills=listed(args.skills, "--skills", skill),
                     lrs=listed(args.lrs, "--lrs", lambda t: check.LEARNING_RATE.parse(t, "--lrs")),
