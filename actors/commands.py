@@ -45,3 +45,127 @@ def register(subparsers) -> None:
                    help="output folder for report.json, report.png and the run's experience (default %(default)s)")
     d.add_argument("--json", action="store_true", help="print the report as one JSON object, the last line of stdout")
     d.set_defaults(func=cmd_demo)
+
+
+def cmd_bench_trl(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from actors.experiments import LEARNABLE
+    from actors.trl_bench import METHODS, compare
+    from reverie import args as check
+    from reverie.errors import ReverieError, check_model_dir, parse_seed
+
+    model = check_model_dir(args.model)
+
+    def method(m: str) -> str:
+        if m not in METHODS:
+            raise ReverieError(f"unknown method {m!r}; methods are: {', '.join(METHODS)}")
+        return m
+
+    def skill(s: str) -> str:
+        if s not in LEARNABLE:
+            raise ReverieError(f"unknown skill {s!r}; skills are: {', '.join(LEARNABLE)}")
+        return s
+
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ReverieError(f"--out {str(out)!r} exists and is not a directory")
+    summary = compare(model, out, methods=check.listed(args.methods, "--methods", method),
+                      skills=check.listed(args.skills, "--skills", skill),
+                      lrs=check.listed(args.lrs, "--lrs", lambda t: check.LEARNING_RATE.parse(t, "--lrs")),
+                      seeds=check.listed(args.seeds, "--seeds", parse_seed),
+                      steps=check.positive(args.steps, "--steps"), batch_size=check.positive(args.batch_size, "--batch-size"),
+                      progress=lambda line: print(f"reverie: {line}", file=sys.stderr, flush=True))
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        from actors.bench_report import trl_table
+
+        print(trl_table(summary))
+    return 0
+
+
+def cmd_bench_all(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from actors.bench_all import benches, run_all
+    from reverie import args as check
+    from reverie.errors import ReverieError
+
+    out = Path(args.out or ("bench/results-quick" if args.quick else "bench/results"))
+    if out.exists() and not out.is_dir():
+        raise ReverieError(f"--out {str(out)!r} exists and is not a directory")
+    names = [b.name for b in benches(args.quick)]
+
+    def bench(n: str) -> str:
+        if n not in names:
+            raise ReverieError(f"unknown benchmark {n!r}; benchmarks are: {', '.join(names)}")
+        return n
+
+    only = check.listed(args.only, "--only", bench) if args.only is not None else None
+    summary = run_all(out, quick=args.quick, only=only,
+                      progress=lambda m: print(f"reverie: {m}", file=sys.stderr, flush=True))
+    print(json.dumps(summary) if args.json else f"{sum(b['ok'] for b in summary['benchmarks'].values())} of "
+          f"{len(summary['benchmarks'])} benchmarks done in {summary['seconds']:.0f} s; report: {summary['report']}")
+    return 0 if all(b["ok"] for b in summary["benchmarks"].values()) else 1
+
+
+def cmd_bench_report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from actors import bench_report
+    from reverie.errors import ReverieError
+
+    results = Path(args.results)
+    if not results.is_dir():
+        raise ReverieError(f"--results {str(results)!r} is not a directory of result files")
+    doc = Path(args.out) if args.out else (bench_report.DOC if results.resolve() == bench_report.RESULTS.resolve()
+                                           else results / "benchmarks.md")
+    if doc.exists() and doc.is_dir():
+        raise ReverieError(f"--out {str(doc)!r} is a directory")
+    print(bench_report.write(results, doc, plots=not args.no_plots))
+    return 0
+
+
+def register_bench(bench_subparsers) -> None:
+    """Add ``bench trl`` (and ``bench all``, ``bench report``) to ``reverie bench``."""
+    from actors.trl_bench import DEFAULT_METHODS
+    from simulators.tinyworld.build import SHIPPED_MODEL
+
+    t = bench_subparsers.add_parser(
+        "trl", help="reverie's OPSD and SFT beside TRL's SDFTTrainer on the same lessons (needs the bench extra)",
+        description="Each run starts from the same model and learns the same tiny-world lessons (no replay) for the "
+                    "same steps, batch size and learning rate, in a fresh process; it reports new-skill accuracy, "
+                    "retention, forgetting, seconds per optimiser step and peak memory.  One file per run in --out "
+                    "(a rerun skips those done) and summary.json.  See actors/trl_bench.py for what each method is.")
+    t.add_argument("--methods", default=",".join(DEFAULT_METHODS), help="comma-separated (default %(default)s)")
+    t.add_argument("--skills", default="facts,rule", help="comma-separated (default %(default)s)")
+    t.add_argument("--lrs", default="1e-3", help="comma-separated learning rates (default %(default)s)")
+    t.add_argument("--seeds", default="0", help="comma-separated seeds (default %(default)s)")
+    t.add_argument("--steps", default="300", help="optimiser steps per run (default %(default)s)")
+    t.add_argument("--batch-size", default="32", help="lessons per step (default %(default)s)")
+    t.add_argument("--model", default=str(SHIPPED_MODEL), help="model directory (default: the shipped tiny-world model)")
+    t.add_argument("--out", default="bench/results/trl", help="result directory (default %(default)s)")
+    t.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    t.set_defaults(func=cmd_bench_trl)
+
+    a = bench_subparsers.add_parser(
+        "all", help="every benchmark, one after the other, then the report (docs/benchmarks.md)",
+        description="Runs every benchmark as its own reverie command (learner throughput, beside TRL, the forgetting "
+                    "sweep, hot swaps, serving beside raw vLLM, load, a learning cycle, dreams with 1, 2 and 4 "
+                    "simulators), writes each result as JSON stamped with the machine, the libraries and the commit, "
+                    "draws the plots and regenerates the report from the files.  Into bench/results and "
+                    "docs/benchmarks.md by default; --quick (about a quarter of an hour here) into "
+                    "bench/results-quick and its own benchmarks.md.  Exit status 1 when a benchmark failed.")
+    a.add_argument("--quick", action="store_true", help="every benchmark with smaller settings")
+    a.add_argument("--out", default=None, metavar="DIR",
+                   help="result folder (default bench/results, or bench/results-quick with --quick)")
+    a.add_argument("--only", default=None, help="comma-separated benchmark names (default: all)")
+    a.add_argument("--json", action="store_true", help="print the run's summary as one JSON object")
+    a.set_defaults(func=cmd_bench_all)
+    r = bench_subparsers.add_parser("report", help="regenerate the report from the result files (runs nothing)")
+    r.add_argument("--results", default="bench/results", help="result folder (default %(default)s)")
+    r.add_argument("--out", default=None, help="the page (default docs/benchmarks.md for bench/results, else "
+                   "<results>/benchmarks.md)")
+    r.add_argument("--no-plots", action="store_true", help="write the page only, not the plots")
+    r.set_defaults(func=cmd_bench_report)

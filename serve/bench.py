@@ -3,7 +3,8 @@
 Every figure is measured in the run that prints it:
 - ``swap_seconds_*``: wall time of each ``WeightBroadcaster.publish`` (validate,
   pack into shared memory, install in every replica, durable copy, promote);
-  ``install_seconds_median`` is the part the replicas spend switching.
+  ``install_seconds_median`` is the part the replicas spend switching; ``copy_seconds_median``: copying
+  the same ``weight_bytes`` once in memory (a tensor clone each), in this run: the floor under any swap.
 - ``requests``/``failed``: streaming completions started during the swap
   window, and those that raised or returned an error.
 - ``mixed_version_responses``: completions whose token log-probs do not fit,
@@ -47,16 +48,22 @@ from simulators.tinyworld.build import SHIPPED_MODEL
 PROMPT = "<|user|> reverse: m o p i<|end|><|assistant|>"
 
 
-def build_100m_model(out: Path, seed: int = 0) -> int:
-    """A randomly initialised ~100M-parameter Llama (untied embeddings, heads of 64) with the tiny-world tokenizer."""
+# Random Llamas with the tiny-world tokenizer (untied embeddings, heads of 64): ``--params`` names one.
+SHAPES = {"25M": dict(hidden_size=512, intermediate_size=1408, num_hidden_layers=8, num_attention_heads=8),
+          "100M": dict(hidden_size=768, intermediate_size=2048, num_hidden_layers=14, num_attention_heads=12)}
+PARAMS = ("tiny", *SHAPES)  # tiny: the shipped tiny-world model itself
+
+
+def build_random_model(out: Path, size: str = "100M", seed: int = 0) -> int:
+    """A randomly initialised Llama of ``size`` (:data:`SHAPES`) with the tiny-world tokenizer; its parameter count."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     tok = json.loads((SHIPPED_MODEL / "config.json").read_text())
-    config = LlamaConfig(vocab_size=tok["vocab_size"], hidden_size=768, intermediate_size=2048, num_hidden_layers=14,
-                         num_attention_heads=12, num_key_value_heads=12, max_position_embeddings=256,
-                         tie_word_embeddings=False, pad_token_id=tok["pad_token_id"], eos_token_id=tok["eos_token_id"],
-                         bos_token_id=None, rms_norm_eps=1e-6)
+    shape = SHAPES[size]
+    config = LlamaConfig(vocab_size=tok["vocab_size"], **shape, num_key_value_heads=shape["num_attention_heads"],
+                         max_position_embeddings=256, tie_word_embeddings=False, pad_token_id=tok["pad_token_id"],
+                         eos_token_id=tok["eos_token_id"], bos_token_id=None, rms_norm_eps=1e-6)
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config).float()
     model.save_pretrained(out)
@@ -64,6 +71,15 @@ def build_100m_model(out: Path, seed: int = 0) -> int:
         if (SHIPPED_MODEL / f).exists():
             shutil.copy(SHIPPED_MODEL / f, out / f)
     return sum(p.numel() for p in model.parameters())
+
+
+def model_for(params: str, work: Path, progress=print) -> Path:
+    """The model a benchmark serves: the shipped one (``tiny``) or a random one of that size, built in ``work``."""
+    if params == "tiny":
+        return SHIPPED_MODEL
+    out = work / f"model-{params.lower()}"
+    progress(f"built a random {build_random_model(out, params) / 1e6:.1f}M-parameter model")
+    return out
 
 
 def _noisy(state: dict, seed: int) -> dict:
@@ -116,8 +132,12 @@ async def _raw_vllm_tokens_per_second(model_dir: Path, concurrency: int, max_tok
 class _Load:
     """``concurrency`` clients streaming completions through the HTTP API until stopped."""
 
-    def __init__(self, url: str, key: str, concurrency: int, max_tokens: int):
+    def __init__(self, url: str, key: str, concurrency: int, max_tokens: int, stamped: bool = True,
+                 retry_s: float = 0.0):
         self.url, self.key, self.concurrency, self.max_tokens = url, key, concurrency, max_tokens
+        self.stamped = stamped  # reverie's API: every answer names its version (a bare vLLM server's does not)
+        self.retry_s = retry_s  # a client whose request failed waits this long before its next one
+        self.first_tokens: list[tuple[float, float]] = []  # (sent, first token) per answered request
         self.requests = self.failed = self.mixed = self.tokens = 0
         self.first_token_seconds: list[float] = []  # request sent -> first token received
         self.versions: set[int] = set()
@@ -136,7 +156,7 @@ class _Load:
                                      headers={"Authorization": f"Bearer {self.key}"}) as r:
                 if r.status_code != 200:
                     raise RuntimeError(f"HTTP {r.status_code}: {(await r.aread())[:200]!r}")
-                version = int(r.headers["x-reverie-version"])
+                version = int(r.headers["x-reverie-version"]) if self.stamped else 0
                 fingerprints, tokens, done, first_seen = set(), 0, False, False
                 prompt_ids, ids, lps = None, [], []
                 async for line in r.aiter_lines():
@@ -152,6 +172,7 @@ class _Load:
                     if not first_seen:
                         first_seen = True
                         self.first_token_seconds.append(time.perf_counter() - t0)
+                        self.first_tokens.append((t0, time.perf_counter()))
                     for ch in chunk.get("choices", []):
                         tokens += len(ch.get("token_ids") or [])
                         prompt_ids = prompt_ids or ch.get("prompt_token_ids")
@@ -165,12 +186,14 @@ class _Load:
             self.tokens += tokens
             if self.keep and prompt_ids and ids:
                 self.completions.append((version, list(prompt_ids), ids, lps))
-            if fingerprints != {f"reverie-v{version}"}:
+            if self.stamped and fingerprints != {f"reverie-v{version}"}:
                 self.mixed += 1
                 self.mixed_examples.append(f"header v{version}, chunks {sorted(map(str, fingerprints))}")
         except Exception as e:  # noqa: BLE001 - every failure is counted and reported
             self.failed += 1
             self.errors.append(repr(e)[:300])
+            if self.retry_s:
+                await asyncio.sleep(self.retry_s)
 
     async def run(self, stop: asyncio.Event) -> None:
         await run_clients(self._one, self.concurrency, stop)
@@ -220,19 +243,21 @@ def run_bench(params: str = "100M", replicas: int = 1, concurrency: int = 32, sw
     quiet_http_clients()
     work = Path(tempfile.mkdtemp(prefix="reverie-bench-"))
     try:
-        if params == "tiny":
-            model_dir, n_params = SHIPPED_MODEL, None
-        else:
-            model_dir = work / "model-100m"
-            n_params = build_100m_model(model_dir)
-            progress(f"built a random {n_params / 1e6:.1f}M-parameter model")
+        model_dir = model_for(params, work, progress)
         from safetensors.torch import load_file
 
         state = {}
         for f in sorted(model_dir.glob("*.safetensors")):
             state.update(load_file(f))
-        n_params = n_params or sum(t.numel() for t in state.values())
+        n_params = sum(t.numel() for t in state.values())
         variants = [_noisy(state, 1), _noisy(state, 2)]
+        copies = []  # what moving the same bytes once in memory costs, the floor under any swap
+        for v in variants * 3:
+            t0 = time.perf_counter()
+            copied = {k: t.clone() for k, t in v.items()}
+            copies.append(time.perf_counter() - t0)
+            del copied
+        n_bytes = sum(t.numel() * t.element_size() for t in variants[0].values())
 
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
@@ -298,6 +323,7 @@ def run_bench(params: str = "100M", replicas: int = 1, concurrency: int = 32, sw
         report = {
             "params": int(n_params), "replicas": replicas, "swaps": len(timings),
             "swap_seconds_median": statistics.median(totals), "swap_seconds_max": max(totals),
+            "weight_bytes": n_bytes, "copy_seconds_median": statistics.median(copies),
             "requests": load.requests, "failed": load.failed, "mixed_version_responses": load.mixed,
             "checked_responses": len(load.completions),
             "tokens_per_second": load.tokens / load_s,

@@ -79,15 +79,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_swap(args: argparse.Namespace) -> int:
-    from serve.bench import run_bench
+    from serve.bench import PARAMS, run_bench
 
-    if args.params not in ("100M", "tiny"):
-        raise ReverieError(f"--params must be 100M or tiny, got {args.params!r}")
-    check.choice(args.swap_mode, "--swap-mode", SWAP_MODES)
+    check.choice(args.params, "--params", PARAMS)
+    check.choice(args.swap_mode, "--swap-mode", (*SWAP_MODES, "restart"))
     import contextlib
 
     # Ray prints shutdown notices on stdout; they go to stderr so stdout is one JSON object.
     with contextlib.redirect_stdout(sys.stderr):
+        if args.swap_mode == "restart":  # the baseline: no hot swap, the server restarted on the new weights
+            from serve.bench_restart import run_restart_bench
+
+            report = run_restart_bench(
+                params=args.params, concurrency=check.int_in(args.concurrency, "--concurrency", 1, 1024),
+                restarts=check.int_in(args.swaps, "--swaps", 1, 1000),
+                max_tokens=check.int_in(args.max_tokens, "--max-tokens", 1, 200),
+                progress=lambda m: print(f"reverie: {m}", file=sys.stderr, flush=True))
+            print(json.dumps(report) if args.json else "\n".join(f"{k:32} {v}" for k, v in report.items()))
+            return 0
         report = run_bench(swap_mode=args.swap_mode, pin_cpus=not args.no_cpu_pinning,
             swap_interval=check.seconds(args.swap_interval, "--swap-interval"),
             params=args.params, replicas=check.int_in(args.replicas, "--replicas", 1, 16),
@@ -103,7 +112,7 @@ def cmd_bench_swap(args: argparse.Namespace) -> int:
 def cmd_bench_load(args: argparse.Namespace) -> int:
     import contextlib
 
-    from actors.bench_cycle import write_result
+    from reverie.results import write_result
     from serve.bench_load import run_load
 
     kwargs = dict(concurrency=check.int_in(args.concurrency, "--concurrency", 1, 1024),
@@ -122,7 +131,8 @@ def cmd_bench_load(args: argparse.Namespace) -> int:
 def cmd_bench_cycle(args: argparse.Namespace) -> int:
     import contextlib
 
-    from actors.bench_cycle import run_bench, write_result
+    from actors.bench_cycle import run_bench
+    from reverie.results import write_result
 
     steps = check.positive(args.steps, "--steps")
     timeout = check.seconds(args.timeout, "--timeout")
@@ -187,12 +197,13 @@ def register(subparsers) -> None:
     b = subparsers.add_parser("bench", help="benchmarks")
     bs = b.add_subparsers(dest="bench", required=True)
     w = bs.add_parser("swap", help="hot-swap latency and serving throughput under streaming load")
-    w.add_argument("--params", default="100M", help="100M (a random ~100M-parameter Llama, default) or tiny")
+    w.add_argument("--params", default="100M", help="100M (a random ~100M-parameter Llama, default), 25M, or tiny (the shipped model)")
     w.add_argument("--replicas", default="1", help="replicas (default %(default)s)")
     w.add_argument("--concurrency", default="32", help="concurrent streaming clients (default %(default)s)")
     w.add_argument("--swaps", default="10", help="swaps to perform (default %(default)s)")
     w.add_argument("--max-tokens", default="32", help="tokens per request (default %(default)s)")
-    w.add_argument("--swap-mode", default="wait", help="wait (default), keep, abort or standby: see reverie serve --help")
+    w.add_argument("--swap-mode", default="wait", help="wait (default), keep, abort or standby: see reverie serve --help; "
+                   "restart: the baseline without hot swap, vLLM's own server restarted on each new version")
     w.add_argument("--swap-interval", default="1", help="seconds between one swap's end and the next one's start "
                    "(default %(default)s)")
     w.add_argument("--no-cpu-pinning", action="store_true", help="leave every process free to run on every core "
@@ -219,3 +230,6 @@ def register(subparsers) -> None:
                    "on them (a rollout engine and a simulator in the measured memory)")
     c.add_argument("--json", action="store_true", help="print one JSON object")
     c.set_defaults(func=cmd_bench_cycle)
+    from actors.commands import register_bench
+
+    register_bench(bs)
