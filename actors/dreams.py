@@ -62,7 +62,7 @@ class DreamConfig:
     worker_batch: int = WORKER_BATCH  # episodes a worker plays in lock step
     seed: int = 0
     data_dir: Path | None = None  # experience store (default: a fresh temporary directory)
-    scaling: bool = True  # round 1 measures episodes/s with 1 and with 2 simulators
+    scaling: bool = True  # round 1 measures episodes/s with 1, 2 (4, ...: up to --simulators) simulators
     env: str = "real"  # where rehearsals play: the real environment, or a simulator built from recorded episodes
     simulator: str = "trained"  # with env "simulated": retrieval | trained | both (simulators/world_model.py)
     recorded: int = 64  # with env "simulated": episodes the base policy plays for real first (the experience)

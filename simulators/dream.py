@@ -184,8 +184,9 @@ class Dreamer:
 
         ``round`` names the episodes (``{name}-r{round}-{i}``, fixed before dispatch, so a retried
         episode is stored once); a round is rehearsed once.  ``scaling``: the episodes are played in
-        quarters by 1, 2, 1, 2 simulators, and each count's rate is its episodes over its time (a drift in
-        machine load hits both alike); the pool then returns to its size."""
+        equal parts by 1, 2 (4, 8, ... up to the pool's size) simulators and again in that order, and each
+        count's rate is its episodes over its time (a drift in machine load hits all alike); the pool then
+        returns to its size."""
         import ray
 
         from simulators.workers import Episode
@@ -208,10 +209,12 @@ class Dreamer:
         by_id = {e.id: p for e, p in zip(eps, proposals)}
         measured: dict[str, float] = {}
         t0 = time.perf_counter()
-        if scaling and len(eps) >= 4:
-            q = len(eps) // 4
-            parts = [(1, eps[:q]), (2, eps[q:2 * q]), (1, eps[2 * q:3 * q]), (2, eps[3 * q:])]
-            records, timed = [], {"1": [0, 0.0], "2": [0, 0.0]}
+        counts = [n for n in (1, 2, 4, 8, 16) if n <= max(2, self.simulators)]
+        if scaling and len(eps) >= 2 * len(counts):
+            q = len(eps) // (2 * len(counts))
+            order = counts + counts
+            parts = [(n, eps[i * q:(i + 1) * q if i < len(order) - 1 else None]) for i, n in enumerate(order)]
+            records, timed = [], {str(n): [0, 0.0] for n in counts}
             try:
                 for n, part in parts:
                     self.pool.resize(n)
