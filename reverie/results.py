@@ -70,8 +70,9 @@ def environment() -> dict:
             "libraries": libraries(), "commit": _commit()}
 
 
-def write_result(report: dict, out: str | Path) -> Path:
-    """``report`` stamped with :func:`environment` (as ``"machine"``), written atomically to ``out``."""
-    out = Path(out)
-    atomic_write_json(out, {**report, "machine": environment()})
-    return out
+def write_result(report: dict, out: str | Path) -> dict:
+    """``report`` stamped with :func:`environment` (as ``"machine"``), written atomically to ``out``; what was
+    written (a command prints it, so its output and its file agree)."""
+    stamped = {**report, "machine": environment()}
+    atomic_write_json(Path(out), stamped)
+    return stamped

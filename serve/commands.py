@@ -122,9 +122,9 @@ def cmd_bench_load(args: argparse.Namespace) -> int:
                   replicas=check.int_in(args.replicas, "--replicas", 1, 16))
     with contextlib.redirect_stdout(sys.stderr):  # Ray's notices; stdout stays one JSON object
         report = run_load(**kwargs, progress=lambda m: print(f"reverie: {m}", file=sys.stderr, flush=True))
-    out = write_result(report, args.out)
+    report = write_result(report, args.out)
     print(json.dumps(report) if args.json else "\n".join(f"{k:28} {v}" for k, v in report.items()))
-    print(f"reverie: wrote {out}", file=sys.stderr)
+    print(f"reverie: wrote {args.out}", file=sys.stderr)
     return 0
 
 
@@ -139,9 +139,9 @@ def cmd_bench_cycle(args: argparse.Namespace) -> int:
     with contextlib.redirect_stdout(sys.stderr):  # Ray's notices; stdout stays one JSON object
         report = run_bench(steps=steps, timeout_s=timeout, pin_cpus=not args.no_cpu_pinning, dream=args.dream,
                            progress=lambda m: print(f"reverie: {m}", file=sys.stderr, flush=True))
-    out = write_result(report, args.out)
+    report = write_result(report, args.out)
     print(json.dumps(report) if args.json else "\n".join(f"{k:28} {v}" for k, v in report.items()))
-    print(f"reverie: wrote {out}", file=sys.stderr)
+    print(f"reverie: wrote {args.out}", file=sys.stderr)
     return 0
 
 

@@ -35,8 +35,9 @@ def _fixture_results(root: Path) -> Path:
 
 
 def test_a_result_file_is_stamped_with_the_machine_the_libraries_and_the_commit(tmp_path):
-    path = write_result({"x": 1}, tmp_path / "r.json")
-    stamp = json.loads(path.read_text())["machine"]
+    written = write_result({"x": 1}, tmp_path / "r.json")
+    assert json.loads((tmp_path / "r.json").read_text()) == written
+    stamp = written["machine"]
     assert stamp["cores"] >= 1 and stamp["memory_bytes"] > 2**30 and stamp["cpu"]
     assert {"torch", "ray", "transformers"} <= set(stamp["libraries"])
     assert re.fullmatch(r"[0-9a-f]{40}", stamp["commit"])
