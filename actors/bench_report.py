@@ -158,8 +158,9 @@ def section_swap(results: Path) -> list[str] | None:
     rows = []
     for f, r in reports:
         if r.get("kind") == "restart":
+            failed = _f(r.get("failed")) + (f" ({_f(r['refused'])} refused)" if "refused" in r else "")
             rows.append([f.stem, _f(r.get("params")), "restart engine", _f(r.get("seconds_without_service_median")),
-                         _f(r.get("seconds_without_service_max")), _f(r.get("failed")), "-", _f(r.get("requests")),
+                         _f(r.get("seconds_without_service_max")), failed, "-", _f(r.get("requests")),
                          _f(r.get("copy_seconds_median"), 4)])
         else:
             rows.append([f.stem, _f(r.get("params")), r.get("swap_mode"), _f(r.get("swap_seconds_median")),
@@ -167,8 +168,10 @@ def section_swap(results: Path) -> list[str] | None:
                          _f(r.get("requests")), _f(r.get("copy_seconds_median"), 4)])
     lines = _table(["file", "parameters", "swap", "median s", "max s", "failed", "mixed", "requests",
                     "copy once s"], rows)
-    lines += ["", "`median s`/`max s`: a hot swap's wall time (or, for a restart, the seconds with no engine "
-              "answering); `copy once s`: copying the same bytes once in memory, in the same run."]
+    lines += ["", "`median s`/`max s`: a hot swap's wall time (or, for a restart, the seconds with no server "
+              "answering, from the stop to the new server's first token); `copy once s`: copying the same bytes once "
+              "in memory, in the same run. A restart's `failed` counts the streams it cut and the attempts refused "
+              "while no server listened (each client retries after 1 s)."]
     for f, r in reports:
         lines.append(f"- `{shown(results, f)}`: " + stamp(r) + ".")
     return lines

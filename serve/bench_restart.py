@@ -6,10 +6,12 @@ arguments reverie uses: ``reverie/engine.py``) on a loopback port under the same
 ``reverie bench swap`` (``concurrency`` clients, the same prompt and length), and ``restarts`` times stops
 it and starts it again on the next weights, as a deployment script would.  Measured in the run:
 
-- ``seconds_without_service_*``: from the stop to the first completion the new server streams: no client
-  is answered in between;
+- ``seconds_without_service_*``: from the stop to the first token the new server streams: no client is
+  answered in between (``stop_seconds_median``: the old server's shutdown; ``start_seconds_median``: the
+  new one's start until it answers);
 - ``failed``: requests that failed, those cut mid-stream by the stop and those refused while no server
-  listened (a failed client waits ``RETRY_S`` before it asks again, as a client with a retry would);
+  listened (``refused``; a failed client waits ``RETRY_S`` before it asks again, as a client with a retry
+  would, so ``refused`` counts attempts, about ``concurrency`` per ``RETRY_S`` without service);
 - ``copy_seconds_median``: copying the same weight bytes once in memory (the floor under any swap);
 - ``tokens_per_second``: completion tokens streamed per second over the whole window, restarts included.
 """
@@ -135,7 +137,7 @@ def run_restart_bench(params: str = "tiny", concurrency: int = 32, restarts: int
             stop = asyncio.Event()
             clients = asyncio.create_task(run_clients(load._one, concurrency, stop))
             t_start = time.perf_counter()
-            gaps = []
+            gaps, phases = [], []  # phases: (seconds to stop the old server, seconds until the new one is ready)
             try:
                 await asyncio.sleep(interval)
                 for i, d in enumerate(dirs):
@@ -144,6 +146,7 @@ def run_restart_bench(params: str = "tiny", concurrency: int = 32, restarts: int
                     spawned = time.perf_counter()
                     server = Server(d, port, key, work / "server.log")
                     await server.ready(key)
+                    phases.append((spawned - t0, time.perf_counter() - spawned))
 
                     def first_new() -> float | None:  # the first token of a request sent to the new server
                         return min((f for sent, f in load.first_tokens if sent >= spawned), default=None)
@@ -158,14 +161,18 @@ def run_restart_bench(params: str = "tiny", concurrency: int = 32, restarts: int
                 await clients
                 seconds = time.perf_counter() - t_start
                 await asyncio.to_thread(server.stop)
-            return load, gaps, seconds
+            return load, gaps, phases, seconds
 
-        load, gaps, seconds = asyncio.run(main())
+        load, gaps, phases, seconds = asyncio.run(main())
         return {
             "kind": "restart", "params": n_params,
             "restarts": len(gaps), "concurrency": concurrency, "max_tokens": max_tokens,
             "seconds_without_service_median": statistics.median(gaps), "seconds_without_service_max": max(gaps),
-            "requests": load.requests, "failed": load.failed, "tokens_per_second": load.tokens / seconds,
+            "stop_seconds_median": statistics.median(p[0] for p in phases),
+            "start_seconds_median": statistics.median(p[1] for p in phases),
+            "requests": load.requests, "failed": load.failed,
+            "refused": sum(e.startswith("ConnectError") for e in load.errors),  # asked while no server listened
+            "tokens_per_second": load.tokens / seconds,
             "weight_bytes": n_bytes, "copy_seconds_median": statistics.median(copies),
             "retry_seconds": RETRY_S, "errors": sorted(set(e.split("(")[0] for e in load.errors))[:5],
         }

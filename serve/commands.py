@@ -95,16 +95,15 @@ def cmd_bench_swap(args: argparse.Namespace) -> int:
                 restarts=check.int_in(args.swaps, "--swaps", 1, 1000),
                 max_tokens=check.int_in(args.max_tokens, "--max-tokens", 1, 200),
                 progress=lambda m: print(f"reverie: {m}", file=sys.stderr, flush=True))
-            print(json.dumps(report) if args.json else "\n".join(f"{k:32} {v}" for k, v in report.items()))
-            return 0
-        report = run_bench(swap_mode=args.swap_mode, pin_cpus=not args.no_cpu_pinning,
-            swap_interval=check.seconds(args.swap_interval, "--swap-interval"),
-            params=args.params, replicas=check.int_in(args.replicas, "--replicas", 1, 16),
-            concurrency=check.int_in(args.concurrency, "--concurrency", 1, 1024),
-            swaps=check.int_in(args.swaps, "--swaps", 1, 1000),
-            max_tokens=check.int_in(args.max_tokens, "--max-tokens", 1, 200),
-            progress=lambda m: print(f"reverie: {m}", file=sys.stderr, flush=True),
-        )
+        else:
+            report = run_bench(swap_mode=args.swap_mode, pin_cpus=not args.no_cpu_pinning,
+                swap_interval=check.seconds(args.swap_interval, "--swap-interval"),
+                params=args.params, replicas=check.int_in(args.replicas, "--replicas", 1, 16),
+                concurrency=check.int_in(args.concurrency, "--concurrency", 1, 1024),
+                swaps=check.int_in(args.swaps, "--swaps", 1, 1000),
+                max_tokens=check.int_in(args.max_tokens, "--max-tokens", 1, 200),
+                progress=lambda m: print(f"reverie: {m}", file=sys.stderr, flush=True),
+            )
     print(json.dumps(report) if args.json else "\n".join(f"{k:32} {v}" for k, v in report.items()))
     return 0
 
