@@ -138,6 +138,7 @@ class _Load:
         self.stamped = stamped  # reverie's API: every answer names its version (a bare vLLM server's does not)
         self.retry_s = retry_s  # a client whose request failed waits this long before its next one
         self.first_tokens: list[tuple[float, float]] = []  # (sent, first token) per answered request
+        self.last_token_at = 0.0  # when any stream last received a token
         self.requests = self.failed = self.mixed = self.tokens = 0
         self.first_token_seconds: list[float] = []  # request sent -> first token received
         self.versions: set[int] = set()
@@ -173,6 +174,7 @@ class _Load:
                         first_seen = True
                         self.first_token_seconds.append(time.perf_counter() - t0)
                         self.first_tokens.append((t0, time.perf_counter()))
+                    self.last_token_at = time.perf_counter()
                     for ch in chunk.get("choices", []):
                         tokens += len(ch.get("token_ids") or [])
                         prompt_ids = prompt_ids or ch.get("prompt_token_ids")

@@ -6,9 +6,9 @@ arguments reverie uses: ``reverie/engine.py``) on a loopback port under the same
 ``reverie bench swap`` (``concurrency`` clients, the same prompt and length), and ``restarts`` times stops
 it and starts it again on the next weights, as a deployment script would.  Measured in the run:
 
-- ``seconds_without_service_*``: from the stop to the first token the new server streams: no client is
-  answered in between (``stop_seconds_median``: the old server's shutdown; ``start_seconds_median``: the
-  new one's start until it answers);
+- ``seconds_without_service_*``: from the old server's last token to the new server's first one: no client
+  is answered in between (``stop_seconds_median``: the old server's shutdown, SIGTERM and at most
+  ``STOP_GRACE_S`` before SIGKILL; ``start_seconds_median``: the new one's start until it answers);
 - ``failed``: requests that failed, those cut mid-stream by the stop and those refused while no server
   listened (``refused``; a failed client waits ``RETRY_S`` before it asks again, as a client with a retry
   would, so ``refused`` counts attempts, about ``concurrency`` per ``RETRY_S`` without service);
@@ -32,6 +32,7 @@ from pathlib import Path
 
 RETRY_S = 1.0
 READY_TIMEOUT_S = 600.0
+STOP_GRACE_S = 10.0  # SIGTERM, then SIGKILL
 
 
 def _port() -> int:
@@ -85,8 +86,8 @@ class Server:
     def stop(self) -> None:
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=60)
+            try:  # under load vLLM's graceful shutdown outlasted 60 s here: a deploy script would not wait
+                self.proc.wait(timeout=STOP_GRACE_S)
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(timeout=60)
@@ -144,6 +145,7 @@ def run_restart_bench(params: str = "tiny", concurrency: int = 32, restarts: int
                     t0 = time.perf_counter()
                     await asyncio.to_thread(server.stop)
                     spawned = time.perf_counter()
+                    last_old = load.last_token_at  # the old server's last token: service ends here
                     server = Server(d, port, key, work / "server.log")
                     await server.ready(key)
                     phases.append((spawned - t0, time.perf_counter() - spawned))
@@ -153,7 +155,7 @@ def run_restart_bench(params: str = "tiny", concurrency: int = 32, restarts: int
 
                     while first_new() is None and time.perf_counter() - t0 < READY_TIMEOUT_S:
                         await asyncio.sleep(0.05)
-                    gaps.append(first_new() - t0)
+                    gaps.append(first_new() - last_old)
                     progress(f"restart {i + 1}/{len(dirs)}: no service for {gaps[-1]:.1f} s")
                     await asyncio.sleep(interval)
             finally:
