@@ -169,7 +169,7 @@ def section_swap(results: Path) -> list[str] | None:
     lines = _table(["file", "parameters", "swap", "median s", "max s", "failed", "mixed", "requests",
                     "copy once s"], rows)
     lines += ["", "`median s`/`max s`: a hot swap's wall time (or, for a restart, the seconds with no server "
-              "answering, from the stop to the new server's first token); `copy once s`: copying the same bytes once "
+              "answering, from the old server's last token to the new server's first); `copy once s`: copying the same bytes once "
               "in memory, in the same run. A restart's `failed` counts the streams it cut and the attempts refused "
               "while no server listened (each client retries after 1 s)."]
     for f, r in reports:
