@@ -6,7 +6,9 @@ result file(s) under the output folder, stamped with the machine, the library ve
 (``reverie/results.py``); commands that only print their JSON have it written for them.  Then the plots
 are drawn and the report is generated from those files (``actors/bench_report.py``): into
 ``docs/benchmarks.md`` when the output folder is the project's ``bench/results``, else into
-``<out>/benchmarks.md``, so a quick run never replaces the committed full results.
+``<out>/benchmarks.md``, so a quick run never replaces the committed full results.  ``--only`` reruns some
+benchmarks: their entries in ``all.json`` are replaced and named under ``reruns``, and the rest (and the
+whole run's time) stay as they were.
 
 ``--quick`` runs every benchmark with smaller settings (fewer steps, seeds, swaps, seconds): about a
 quarter of an hour on a 2-core machine.  The full run's time is measured in its ``all.json``.
@@ -72,6 +74,13 @@ def benches(quick: bool, gpu: bool = False) -> list[Bench]:
     ]
 
 
+def _load(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def _last_json(text: str) -> dict | None:
     for line in reversed(text.strip().splitlines()):
         line = line.strip()
@@ -113,7 +122,13 @@ def run_all(out: Path, quick: bool = False, only: list[str] | None = None,
             done[b.name]["error"] = " | ".join(tail) or f"exit status {rc}"
         progress(f"    {'done' if ok else 'FAILED'} in {seconds:.0f} s" + ("" if ok else f": {done[b.name]['error']}"))
     summary = {"quick": quick, "seconds": round(time.perf_counter() - start, 1), "benchmarks": done}
-    write_result(summary, out / ("all-quick.json" if quick else "all.json"))
+    path = out / ("all-quick.json" if quick else "all.json")
+    if only and (earlier := _load(path)) and earlier.get("quick") == quick:
+        # some benchmarks again: the run they were part of keeps its time, and says which were redone
+        reruns = sorted({*earlier.get("reruns", []), *done})
+        summary = {**earlier, "benchmarks": {**earlier["benchmarks"], **done}, "reruns": reruns}
+        summary.pop("machine", None)
+    write_result(summary, path)
     doc = bench_report.DOC if out.resolve() == bench_report.RESULTS.resolve() else out / "benchmarks.md"
     bench_report.write(out, doc)
     progress(f"report: {doc}")
