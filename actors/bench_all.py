@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from reverie.files import read_json
 from reverie.results import write_result
 
 
@@ -32,12 +33,6 @@ class Bench:
     argv: tuple[str, ...]  # after ``reverie``; ``{out}`` is the output folder
     result: str | None  # where the command's printed JSON is written (None: the command writes its own files)
     timeout_s: float
-
-
-def _gpu() -> bool:
-    from reverie.results import _gpus
-
-    return bool(_gpus())
 
 
 FULL_SWAPS = [(p, m) for p in ("tiny", "25M", "100M") for m in ("wait", "standby", "restart")]
@@ -76,13 +71,6 @@ def benches(quick: bool, gpu: bool = False) -> list[Bench]:
     ]
 
 
-def _load(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def _last_json(text: str) -> dict | None:
     for line in reversed(text.strip().splitlines()):
         line = line.strip()
@@ -100,7 +88,9 @@ def run_all(out: Path, quick: bool = False, only: list[str] | None = None,
     from actors import bench_report
 
     out.mkdir(parents=True, exist_ok=True)
-    todo = [b for b in benches(quick, _gpu()) if not only or b.name in only]
+    from reverie.results import gpus
+
+    todo = [b for b in benches(quick, bool(gpus())) if not only or b.name in only]
     done: dict[str, dict] = {}
     start = time.perf_counter()
     for i, b in enumerate(todo, 1):
@@ -125,7 +115,7 @@ def run_all(out: Path, quick: bool = False, only: list[str] | None = None,
         progress(f"    {'done' if ok else 'FAILED'} in {seconds:.0f} s" + ("" if ok else f": {done[b.name]['error']}"))
     summary = {"quick": quick, "seconds": round(time.perf_counter() - start, 1), "benchmarks": done}
     path = out / ("all-quick.json" if quick else "all.json")
-    if only and (earlier := _load(path)) and earlier.get("quick") == quick:
+    if only and (earlier := read_json(path)) and earlier.get("quick") == quick:
         # some benchmarks again: the run they were part of keeps its time, and says which were redone
         reruns = sorted({*earlier.get("reruns", []), *done})
         summary = {**earlier, "benchmarks": {**earlier["benchmarks"], **done}, "reruns": reruns}

@@ -9,10 +9,11 @@ runs in their own colour) is drawn into ``bench/results/plots/``.
 """
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable
 from pathlib import Path
+
+from reverie.files import read_json
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -21,9 +22,10 @@ PLOTS = "plots"
 
 
 def _load(path: Path) -> dict | None:
+    """A result file's report; None when it is missing or not whole (its section then says so)."""
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
+        return read_json(path)
+    except ValueError:
         return None
 
 

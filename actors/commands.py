@@ -48,30 +48,15 @@ def register(subparsers) -> None:
 
 
 def cmd_bench_trl(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from actors.experiments import LEARNABLE
     from actors.trl_bench import METHODS, compare
     from reverie import args as check
-    from reverie.errors import ReverieError, check_model_dir, parse_seed
+    from reverie.errors import check_model_dir, parse_seed
 
     model = check_model_dir(args.model)
-
-    def method(m: str) -> str:
-        if m not in METHODS:
-            raise ReverieError(f"unknown method {m!r}; methods are: {', '.join(METHODS)}")
-        return m
-
-    def skill(s: str) -> str:
-        if s not in LEARNABLE:
-            raise ReverieError(f"unknown skill {s!r}; skills are: {', '.join(LEARNABLE)}")
-        return s
-
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise ReverieError(f"--out {str(out)!r} exists and is not a directory")
-    summary = compare(model, out, methods=check.listed(args.methods, "--methods", method),
-                      skills=check.listed(args.skills, "--skills", skill),
+    out = check.out_folder(args.out)
+    summary = compare(model, out, methods=check.listed(args.methods, "--methods", check.known("method", METHODS)),
+                      skills=check.listed(args.skills, "--skills", check.known("skill", LEARNABLE)),
                       lrs=check.listed(args.lrs, "--lrs", lambda t: check.LEARNING_RATE.parse(t, "--lrs")),
                       seeds=check.listed(args.seeds, "--seeds", parse_seed),
                       steps=check.positive(args.steps, "--steps"), batch_size=check.positive(args.batch_size, "--batch-size"),
@@ -86,23 +71,12 @@ def cmd_bench_trl(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_all(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from actors.bench_all import benches, run_all
     from reverie import args as check
-    from reverie.errors import ReverieError
 
-    out = Path(args.out or ("bench/results-quick" if args.quick else "bench/results"))
-    if out.exists() and not out.is_dir():
-        raise ReverieError(f"--out {str(out)!r} exists and is not a directory")
+    out = check.out_folder(args.out or ("bench/results-quick" if args.quick else "bench/results"))
     names = [b.name for b in benches(args.quick)]
-
-    def bench(n: str) -> str:
-        if n not in names:
-            raise ReverieError(f"unknown benchmark {n!r}; benchmarks are: {', '.join(names)}")
-        return n
-
-    only = check.listed(args.only, "--only", bench) if args.only is not None else None
+    only = check.listed(args.only, "--only", check.known("benchmark", names)) if args.only is not None else None
     summary = run_all(out, quick=args.quick, only=only,
                       progress=lambda m: print(f"reverie: {m}", file=sys.stderr, flush=True))
     print(json.dumps(summary) if args.json else f"{sum(b['ok'] for b in summary['benchmarks'].values())} of "

@@ -156,6 +156,26 @@ def version(text: str, what: str = "the version") -> int:
     return POSITIVE.parse(text, what)
 
 
+def known(kind: str, choices, plural: str | None = None):
+    """A parser for :func:`listed` that takes only ``choices``: "unknown method 'x'; methods are: a, b"."""
+    def parse(text: str) -> str:
+        if text not in choices:
+            raise ReverieError(f"unknown {kind} {text!r}; {plural or kind.split()[-1] + 's'} are: {', '.join(choices)}")
+        return text
+
+    return parse
+
+
+def out_folder(text: str, what: str = "--out"):
+    """An output folder as typed: it may not exist yet, but must not be a file."""
+    from pathlib import Path
+
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise ReverieError(f"{what} {text!r} exists and is not a directory")
+    return path
+
+
 def listed(text: str, what: str, parse) -> list:
     """A comma-separated list as typed, each item checked by ``parse`` (at least one item)."""
     items = [t.strip() for t in text.split(",") if t.strip()]

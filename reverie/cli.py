@@ -105,22 +105,10 @@ def _sweep(args: argparse.Namespace, model: Path, cfg) -> int:
     from actors.experiments import LEARNABLE
     from actors.sweep import VARIANTS, sweep
 
-    def variant(v: str) -> str:
-        if v not in VARIANTS:
-            raise ReverieError(f"unknown sweep variant {v!r}; variants are: {', '.join(VARIANTS)}")
-        return v
-
-    def skill(s: str) -> str:
-        if s not in LEARNABLE:
-            raise ReverieError(f"unknown skill {s!r} for learn; skills are: {', '.join(LEARNABLE)}")
-        return s
-
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise ReverieError(f"--out {str(out)!r} exists and is not a directory")
+    out = check.out_folder(args.out)
     listed = check.listed
-    summary = sweep(model, out, variants=listed(args.variants, "--variants", variant),
-                    skills=listed(args.skills, "--skills", skill),
+    summary = sweep(model, out, variants=listed(args.variants, "--variants", check.known("sweep variant", VARIANTS)),
+                    skills=listed(args.skills, "--skills", check.known("skill", LEARNABLE)),
                     lrs=listed(args.lrs, "--lrs", lambda t: check.LEARNING_RATE.parse(t, "--lrs")),
                     seeds=listed(args.seeds, "--seeds", parse_seed), steps=cfg.steps, batch_size=cfg.batch_size,
                     progress=(lambda line: None) if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True)))

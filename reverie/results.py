@@ -29,7 +29,7 @@ def _cpu() -> str:
     return platform.processor()
 
 
-def _gpus() -> list[str]:
+def gpus() -> list[str]:
     """The GPUs' names as the driver reports them (none: [])."""
     if not shutil.which("nvidia-smi"):
         return []
@@ -66,7 +66,7 @@ def libraries() -> dict[str, str]:
 
 def environment() -> dict:
     """Where a result was measured: CPU, cores, memory, GPUs, library versions and the git commit."""
-    return {"cpu": _cpu(), "cores": os.cpu_count(), "memory_bytes": _memory_bytes(), "gpus": _gpus(),
+    return {"cpu": _cpu(), "cores": os.cpu_count(), "memory_bytes": _memory_bytes(), "gpus": gpus(),
             "libraries": libraries(), "commit": _commit()}
 
 

@@ -82,6 +82,15 @@ def model_for(params: str, work: Path, progress=print) -> Path:
     return out
 
 
+def copy_seconds(state: dict) -> float:
+    """Seconds to copy ``state``'s bytes once in memory (a clone of each tensor): the floor under any swap."""
+    t0 = time.perf_counter()
+    copied = {k: t.clone() for k, t in state.items()}
+    seconds = time.perf_counter() - t0
+    del copied
+    return seconds
+
+
 def _noisy(state: dict, seed: int) -> dict:
     import torch
 
@@ -140,7 +149,6 @@ class _Load:
         self.first_tokens: list[tuple[float, float]] = []  # (sent, first token) per answered request
         self.last_token_at = 0.0  # when any stream last received a token
         self.requests = self.failed = self.mixed = self.tokens = 0
-        self.first_token_seconds: list[float] = []  # request sent -> first token received
         self.versions: set[int] = set()
         self.errors: list[str] = []
         self.mixed_examples: list[str] = []
@@ -172,7 +180,6 @@ class _Load:
                     fingerprints.add(chunk.get("system_fingerprint"))
                     if not first_seen:
                         first_seen = True
-                        self.first_token_seconds.append(time.perf_counter() - t0)
                         self.first_tokens.append((t0, time.perf_counter()))
                     self.last_token_at = time.perf_counter()
                     for ch in chunk.get("choices", []):
@@ -196,6 +203,11 @@ class _Load:
             self.errors.append(repr(e)[:300])
             if self.retry_s:
                 await asyncio.sleep(self.retry_s)
+
+    @property
+    def first_token_seconds(self) -> list[float]:
+        """From sending each answered request to its first token."""
+        return [first - sent for sent, first in self.first_tokens]
 
     async def run(self, stop: asyncio.Event) -> None:
         await run_clients(self._one, self.concurrency, stop)
@@ -253,12 +265,7 @@ def run_bench(params: str = "100M", replicas: int = 1, concurrency: int = 32, sw
             state.update(load_file(f))
         n_params = sum(t.numel() for t in state.values())
         variants = [_noisy(state, 1), _noisy(state, 2)]
-        copies = []  # what moving the same bytes once in memory costs, the floor under any swap
-        for v in variants * 3:
-            t0 = time.perf_counter()
-            copied = {k: t.clone() for k, t in v.items()}
-            copies.append(time.perf_counter() - t0)
-            del copied
+        copies = [copy_seconds(v) for v in variants * 3]
         n_bytes = sum(t.numel() * t.element_size() for t in variants[0].values())
 
         with socket.socket() as s:

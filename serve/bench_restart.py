@@ -99,7 +99,7 @@ def _weights_dirs(model_dir: Path, work: Path, n: int) -> tuple[list[Path], list
     weights once in memory, the weights' bytes and their parameter count."""
     from safetensors.torch import load_file, save_file
 
-    from serve.bench import _noisy
+    from serve.bench import _noisy, copy_seconds
 
     state = {}
     for f in sorted(model_dir.glob("*.safetensors")):
@@ -107,10 +107,7 @@ def _weights_dirs(model_dir: Path, work: Path, n: int) -> tuple[list[Path], list
     copies, dirs = [], []
     for i in range(n):
         variant = _noisy(state, i + 1)
-        t0 = time.perf_counter()
-        copied = {k: t.clone() for k, t in variant.items()}
-        copies.append(time.perf_counter() - t0)
-        del copied
+        copies.append(copy_seconds(variant))
         d = work / f"weights-{i}"
         shutil.copytree(model_dir, d, ignore=shutil.ignore_patterns("*.safetensors"))
         save_file({k: t.contiguous() for k, t in variant.items()}, d / "model.safetensors")
