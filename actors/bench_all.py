@@ -59,6 +59,8 @@ def benches(quick: bool, gpu: bool = False) -> list[Bench]:
                              "--out", "{out}/forgetting", "--quiet", "--json"), None, 3 * 3600),
         *[Bench(f"swap-{p}-{m}", ("bench", "swap", "--params", p, "--swap-mode", m, "--swaps", swaps(m), "--json"),
                 f"swap-{p}-{m}.json", 1800) for p, m in (QUICK_SWAPS if q else FULL_SWAPS)],
+        Bench("transport", ("bench", "transport", "--params", "tiny" if q else "100M", "--swaps", "2" if q else "4",
+                            "--out", "{out}/transport.json", "--json"), None, 1800),
         Bench("load", ("bench", "load", "--seconds", "20" if q else "60", "--concurrency", "16" if q else "64",
                        "--out", "{out}/load.json", "--json"), None, 900),
         # 120 updates in both: with 40 the candidate was refused by the gate (too little gain), and the bench

@@ -179,6 +179,24 @@ def section_swap(results: Path) -> list[str] | None:
     return lines
 
 
+def section_transport(results: Path) -> list[str] | None:
+    f = results / "transport.json"
+    r = _load(f)
+    if r is None:
+        return None
+    rows = [[setting.replace("_", " "), transport, _f(x.get("replica_nodes")), _f(x.get("swaps")),
+             _f(x.get("swap_seconds_median")), _f(x.get("install_seconds_median")),
+             _f(x.get("receive_seconds_median")), _f(x.get("load_seconds_median")), _f(x.get("checksums_match"))]
+            for setting in ("one_node", "two_nodes") for transport, x in (r.get(setting) or {}).items()]
+    lines = _table(["setting", "transport", "replica nodes", "swaps", "median s", "install s", "receive s",
+                    "load s", "checksums match"], rows)
+    return lines + ["", f"{_f(r.get('params'))} parameters ({_f(r.get('weight_bytes'))} bytes; copying them once in "
+                        f"memory: {_f(r.get('copy_seconds_median'), 4)} s), two replicas, no client load. `receive s`: "
+                        "the slowest replica's fetch into its node's shared memory; `load s`: its engine's reload, "
+                        "checksum included. Two nodes are simulated on this machine (`ray.cluster_utils.Cluster`).",
+                    "", _source(results, [f], r)]
+
+
 def section_serving(results: Path) -> list[str] | None:
     reports = [(f, r) for f in sorted(results.glob("swap*.json")) if (r := _load(f)) and r.get("raw_vllm_tokens_per_second")]
     if not reports:
@@ -262,6 +280,7 @@ SECTIONS: list[tuple[str, Callable[[Path], list[str] | None], str]] = [
     ("reverie beside TRL's self-distillation trainer", section_trl, "reverie bench trl"),
     ("Forgetting: OPSD variants, SFT and TRL", section_forgetting, "reverie learn --sweep"),
     ("Hot swap", section_swap, "reverie bench swap"),
+    ("Weight transports, one node and two", section_transport, "reverie bench transport"),
     ("Serving beside raw vLLM", section_serving, "reverie bench swap"),
     ("Many clients while versions are swapped", section_load, "reverie bench load"),
     ("One learning cycle, feedback to served", section_cycle, "reverie bench cycle"),

@@ -20,9 +20,13 @@ previous version and ``SwapError`` is raised: the swap fails loudly.
 ``publish(state_dict=... | checkpoint_dir=...)`` (the admin route) registers
 the weights as a new version approved by the caller, then promotes it.
 ``rollback(version)`` re-installs a version that was promoted before.
-Transport here is files on a shared disk into vLLM's in-place
-``reload_weights`` (one node); the GPU path (vLLM's NCCL weight-transfer
-engine) is not built on this machine, which has no GPU.
+
+Weights travel through ``reverie.weight_sync``: the broadcaster is its sender, every replica a receiver.
+With ``transport="auto"`` (the default) a version goes as paths to the registry's files when every replica
+is on this node (``shm``), and through Ray's object store when one is elsewhere (``object_store``: each node
+writes it into its own shared-memory root); ``shm`` and ``object_store`` can be asked for by name.  Every
+replica reports the checksum of what its engine loaded; one that differs from the version's fails the swap,
+and every replica is put back on the previous version.
 """
 from __future__ import annotations
 
@@ -35,6 +39,7 @@ from pathlib import Path
 
 from reverie.files import acquire
 from reverie.versions import APPROVED, SWAP_LOCK, Candidate, VersionError, VersionRegistry
+from reverie.weight_sync import AUTO, WeightSender
 from serve.weights import (
     BUCKET_BYTES,
     WeightsMismatch,
@@ -54,14 +59,16 @@ class SwapError(RuntimeError):
 class WeightBroadcaster:
     def __init__(self, handle, registry: VersionRegistry | str | Path, *, mode: str = "wait",
                  timeout_s: float = DEFAULT_TIMEOUT_S, bucket_bytes: int = BUCKET_BYTES,
-                 restore_timeout_s: float = DEFAULT_TIMEOUT_S):
-        """``handle``: the DeploymentHandle of the ``ReverieLLMServer`` deployment."""
+                 restore_timeout_s: float = DEFAULT_TIMEOUT_S, transport: str = AUTO):
+        """``handle``: the DeploymentHandle of the ``ReverieLLMServer`` deployment; ``transport``: how weights
+        reach the replicas (``reverie.weight_sync.TRANSPORTS``)."""
         self.handle = handle
         self.registry = registry if isinstance(registry, VersionRegistry) else VersionRegistry(registry)
         self.mode = mode
         self.timeout_s = float(timeout_s)  # bounds a swap: drain, pause, reload, resume on every replica
         self.restore_timeout_s = float(restore_timeout_s)  # bounds putting the previous version back
         self.bucket_bytes = int(bucket_bytes)
+        self.sender = WeightSender(transport)
         self._reference = None
         self._lock = asyncio.Lock()
 
@@ -84,12 +91,18 @@ class WeightBroadcaster:
         return await self._broadcast("reverie_status", {}, 30.0)
 
     async def _install(self, version: int, paths: list[str], timeout_s: float) -> list[dict]:
+        """Send ``version`` to every replica; their reports, where one whose checksum is not the version's
+        is marked failed."""
+        nodes = [r.get("node") for r in await self.replicas()] if self.sender.transport == AUTO else []
+        message = await asyncio.to_thread(self.sender.send, version, [str(p) for p in paths],
+                                          self.sender.resolve(nodes))
         results = await self._broadcast(
-            "reverie_install", {"version": version, "paths": [str(p) for p in paths], "mode": self.mode,
-                                "timeout_s": timeout_s}, timeout_s + 10.0)
+            "reverie_install", {"version": version, "message": message, "mode": self.mode, "timeout_s": timeout_s},
+            timeout_s + 10.0)
         if not results:
             raise SwapError("no running replicas to install into")
-        return results
+        wrong = {r.get("replica"): r for r in self.sender.check(message, results)}
+        return [wrong.get(r.get("replica"), r) for r in results]
 
     async def _swap(self, version: int, paths: list[str], previous: Candidate) -> dict:
         t0 = time.perf_counter()

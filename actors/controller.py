@@ -603,7 +603,8 @@ class Controller:
         from serve.app import LLM_DEPLOYMENT
 
         return WeightBroadcaster(serve.get_deployment_handle(LLM_DEPLOYMENT, app_name=self.app_name), self.registry,
-                                 mode=self.cfg.swap_mode, timeout_s=self.cfg.swap_timeout_s)
+                                 mode=self.cfg.swap_mode, timeout_s=self.cfg.swap_timeout_s,
+                                 transport=self.cfg.weight_transport)
 
     def _swap(self, c: Cycle) -> None:
         if self.registry.get(c.candidate).status == PROMOTED:

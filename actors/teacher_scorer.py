@@ -4,7 +4,10 @@ teacher's weights and scores its share of a batch through ``prompt_logprobs``.
 :class:`ScorerPool` is a scorer (``learner/scoring.py``'s interface) over N
 such actors: it splits a batch into contiguous shards, scores them in parallel
 and stitches the results.  Only token ids and numpy arrays cross the actor
-boundary; new teacher weights travel as a model directory on shared disk.
+boundary; new teacher weights travel through the weight-sync interface
+(``reverie/weight_sync.py``: shared memory when every scorer is on the learner's
+node, Ray's object store otherwise), and each scorer reports the checksum of
+what its engine loaded, which the pool checks against the weights it sent.
 """
 from __future__ import annotations
 
@@ -15,22 +18,29 @@ import ray
 
 from learner.scoring import TeacherScores
 from learner.tokenizer import ChatEncoder, load_tokenizer
-from learner.vllm_backend import DEFAULT_TOPK, VllmScorer, scores_from_arrays, write_weights
+from learner.vllm_backend import DEFAULT_TOPK, VllmScorer, install, scores_from_arrays, write_weights
+from reverie.weight_sync import AUTO, TransportError, WeightReceiver, WeightSender, node_id
 
 
 @ray.remote(num_cpus=1)
 class TeacherScorerActor:
     def __init__(self, model_dir: str, topk: int = DEFAULT_TOPK):
+        import os
+
         self.scorer = VllmScorer(Path(model_dir), ChatEncoder(load_tokenizer(model_dir)), topk)
+        self.receiver = WeightReceiver(name=f"scorer-{os.getpid()}")
+
+    def node(self) -> str:
+        return node_id()
 
     def score_arrays(self, prompts, completions) -> dict[str, np.ndarray]:
         return self.scorer.score_arrays(prompts, completions)
 
-    def load(self, model_dir: str) -> None:
-        self.scorer.load(Path(model_dir))
-
-    def ready(self) -> bool:
-        return True
+    def load(self, message) -> dict:
+        """Install the teacher weights ``message`` describes; the engine's report (with its checksum)."""
+        report = install(self.scorer.llm, message, self.receiver)
+        self.receiver.release({message.version})
+        return report
 
 
 def _stitch(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -59,7 +69,8 @@ class ScorerPool:
 
         where = placed("learner")  # beside the learner, whose directory they load the teacher from
         self.actors = [TeacherScorerActor.options(**where).remote(str(self.dir), topk) for _ in range(n)]
-        ray.get([a.ready.remote() for a in self.actors], timeout=timeout_s)
+        self.nodes = ray.get([a.node.remote() for a in self.actors], timeout=timeout_s)
+        self.sender, self.syncs = WeightSender(AUTO), 0
 
     def score(self, prompts, completions) -> TeacherScores:
         n = min(len(self.actors), len(prompts))
@@ -71,7 +82,13 @@ class ScorerPool:
     def sync(self, teacher_model) -> None:
         """New teacher weights (lagged or EMA teachers) into every scorer."""
         write_weights(teacher_model, self.dir)
-        ray.get([a.load.remote(str(self.dir)) for a in self.actors], timeout=self.timeout_s)
+        self.syncs += 1
+        message = self.sender.send(self.syncs, sorted(str(p) for p in self.dir.glob("*.safetensors")),
+                                   self.sender.resolve(self.nodes))
+        reports = ray.get([a.load.remote(message) for a in self.actors], timeout=self.timeout_s)
+        failed = [r for r in reports if not r["ok"]] + WeightSender.check(message, reports)
+        if failed:
+            raise TransportError(f"a teacher scorer did not load {message.describe()}: {failed[0]['error']}")
 
     def close(self) -> None:
         for a in self.actors:

@@ -3,9 +3,10 @@
 :class:`VllmSampler` samples the student's completions at temperature 1 from
 an engine that holds the student's current weights: after every update the
 learner writes them into the engine's model directory and the engine reloads
-them in place (``reload_weights`` through ``collective_rpc``: only a path
-crosses the RPC, never a tensor) and drops its prefix cache, so no sample ever
-comes from stale weights or stale KV blocks.
+them in place through the weight-sync interface (``reverie/weight_sync.py``:
+only paths cross ``collective_rpc``, never a tensor; the engine reports the
+checksum of what it loaded, checked against the files) and drops its prefix
+cache, so no sample ever comes from stale weights or stale KV blocks.
 
 :class:`VllmScorer` scores (teacher prompt + student completion) with
 ``prompt_logprobs``: per completion token, the teacher's log-prob of the
@@ -46,10 +47,35 @@ def write_weights(model, directory: Path, tokenizer_dir: Path | None = None) -> 
     return directory
 
 
-def reload(llm, directory: Path) -> None:
-    """Install the weights in ``directory`` into a running engine, in place."""
-    llm.collective_rpc("reload_weights", kwargs={"weights_path": str(directory)})
+def install(llm, message, receiver=None) -> dict:
+    """Receive the weights a ``reverie.weight_sync`` message describes, reload the engine from them in place
+    and drop its prefix cache; the engine's report: ``{"ok", "checksum"}`` or ``{"ok": False, "error"}``."""
+    from reverie.weight_sync import TransportError, WeightReceiver
+
+    try:
+        paths = (receiver or WeightReceiver()).receive(message).paths
+    except TransportError as e:
+        return {"ok": False, "error": str(e)}
+    results = llm.collective_rpc("reverie_load_weights", args=(list(paths),))
+    bad = [r for r in results if not r.get("ok")]
+    checksums = {r.get("checksum") for r in results}
+    if bad or len(checksums) != 1:
+        return {"ok": False, "error": bad[0].get("error") if bad else f"{len(checksums)} checksums from its workers"}
     llm.reset_prefix_cache()
+    return {"ok": True, "checksum": checksums.pop()}
+
+
+def reload(llm, directory: Path, version: int = 0) -> str:
+    """Install the weights in ``directory`` into an engine beside this process (shared memory); the checksum the
+    engine reported, which must be the files' (``TransportError`` otherwise)."""
+    from reverie.weight_sync import SHM, TransportError, WeightSender
+
+    message = WeightSender(SHM).send(version, sorted(str(p) for p in Path(directory).glob("*.safetensors")))
+    report = install(llm, message)
+    wrong = [report] if not report["ok"] else WeightSender.check(message, [report])
+    if wrong:
+        raise TransportError(f"the engine did not load {message.describe()}: {wrong[0]['error']}")
+    return message.checksum
 
 
 def _token_prompts(encoder: ChatEncoder, prompts: list[Prompt], completions=None):
@@ -71,10 +97,12 @@ class VllmSampler:
         self.encoder, self.max_new_tokens = encoder, max_new_tokens
         self.dir = write_weights(student, Path(workdir) / "student", tokenizer_dir)
         self.llm = offline_llm(self.dir)
+        self.syncs = 0
 
     def sync(self, student) -> None:
         write_weights(student, self.dir)
-        reload(self.llm, self.dir)
+        self.syncs += 1
+        reload(self.llm, self.dir, version=self.syncs)
 
     def sample(self, prompts: list[Prompt], seed: int = 0) -> list[list[int]]:
         from vllm import SamplingParams
@@ -104,11 +132,9 @@ class VllmScorer:
             raise ValueError(f"topk must be at least 1, got {topk}")
         self.encoder, self.topk = encoder, topk
         if llm is None:
-            from vllm import LLM
+            from reverie.engine import offline_llm
 
-            from reverie.engine import engine_kwargs
-
-            llm = LLM(**engine_kwargs(model_dir), max_logprobs=max(topk, DEFAULT_TOPK))
+            llm = offline_llm(model_dir, max_logprobs=max(topk, DEFAULT_TOPK))
         self.llm = llm
 
     def load(self, directory: Path) -> None:

@@ -18,6 +18,7 @@ APPROVAL_MODES = ("auto", "required")
 METHODS = ("opsd", "sft")  # on-policy self-distillation, and the SFT baseline
 DREAM_ENVS = ("real", "simulated")  # where dreams play: the task's environment, or a simulator built from records
 SIMULATORS = ("retrieval", "trained", "both")  # the model that writes a simulator's observations (world_model.py)
+WEIGHT_TRANSPORTS = ("auto", "shm", "object_store")  # reverie/weight_sync.py (its nccl slot is not built)
 DREAM_FALLBACKS = ("real", "skip")  # after a simulator is switched off: rehearse for real, or not at all
 
 
@@ -71,6 +72,9 @@ class ServeConfig:
     model_id: str = "reverie"
     swap_mode: str = "wait"
     swap_timeout_s: float = 120.0
+    # How a new version reaches the replicas (reverie/weight_sync.py): auto (shared memory on one node, Ray's
+    # object store when a replica is on another), shm, object_store; nccl is a slot, not built.
+    weight_transport: str = "auto"
     store_name: str = "reverie-experience-store"
     store_flush_seconds: float = 1.0
     seed: int = 0

@@ -14,6 +14,7 @@ noted; what is left out keeps its default, shown here)::
     model_id: reverie                 # the model name the OpenAI API answers to
     swap_mode: wait                   # wait, keep, abort or standby (see reverie serve --help)
     swap_timeout_s: 120               # seconds a swap may take before it is undone
+    weight_transport: auto            # auto, shm or object_store: how new weights reach the replicas
     store_name: reverie-experience-store
     store_flush_seconds: 1.0
     seed: 0
@@ -79,7 +80,7 @@ from typing import Any
 
 from reverie import args as a
 from reverie.config import (APPROVAL_MODES, DREAM_ENVS, DREAM_FALLBACKS, METHODS, SIMULATORS, SWAP_MODES,
-                            GateConfig, LoopConfig, ServeConfig)
+                            WEIGHT_TRANSPORTS, GateConfig, LoopConfig, ServeConfig)
 from reverie.errors import ReverieError, check_model_dir
 
 # One rule per field of ServeConfig, LoopConfig (loop.*) and GateConfig (gate.*).
@@ -93,6 +94,7 @@ RULES: dict[str, a.Rule] = {
     "model_id": a.TEXT,
     "swap_mode": a.one_of(*SWAP_MODES),
     "swap_timeout_s": a.SECONDS,
+    "weight_transport": a.one_of(*WEIGHT_TRANSPORTS),
     "store_name": a.TEXT,
     "store_flush_seconds": a.SECONDS,
     "seed": a.SEED,

@@ -44,7 +44,11 @@ def engine_kwargs(model_dir: str | Path, seed: int = 0, kv_cache_bytes: int | No
     return kw
 
 
-def offline_llm(model_dir: str | Path, seed: int = 0):
+# Installs new weights in a running engine, reporting their checksum (reverie/weight_sync.py).
+WEIGHT_EXTENSION = "serve.weights.WeightSwapExtension"
+
+
+def offline_llm(model_dir: str | Path, seed: int = 0, **kwargs):
     from vllm import LLM
 
-    return LLM(**engine_kwargs(model_dir, seed))
+    return LLM(**engine_kwargs(model_dir, seed), worker_extension_cls=WEIGHT_EXTENSION, **kwargs)

@@ -11,7 +11,7 @@ one.  While the private Ray starts, that replacement is turned off; with the nod
 ignores the node address (its inter-deployment gRPC server, on ``[::]:0``, hard-coded in
 ``ray/serve/_private/replica.py``): ``serve_replicas_on_loopback`` binds it to loopback too, in the replica's
 process, where the workers of a private Ray find ``REVERIE_LOOPBACK=1``.  Tested with every listening socket of
-the running system: ``tests/test_serve.py::test_every_port_of_the_running_system_listens_on_loopback_only``.
+the running system: ``tests/serving_app/test_serve.py::test_every_port_of_the_running_system_listens_on_loopback_only``.
 These are the two Ray internals this module touches, and nothing else in reverie touches them.  Token
 authentication stays on.
 """
@@ -86,14 +86,16 @@ HEAD_RESOURCE = "node:__internal_head__"  # every Ray head node offers it
 SHARE = 0.001  # of a node type's resource: it says where an actor goes, not how many fit
 
 
-def placed(node_type: str) -> dict:
+def placed(node_type: str, units: float = SHARE) -> dict:
     """Ray options that put an actor on a node of ``node_type`` (cluster.yaml's custom resources: ``learner``,
     ``serving``, ``simulator``; or ``head``) when the cluster offers it, and ``{}`` when it does not (one
-    machine: anywhere).  Call once Ray is up."""
+    machine: anywhere).  ``units`` of the resource are asked for: a share that only says where (the default),
+    or whole slots (a serving replica takes one: cluster.yaml's ``serving: 1`` is one replica per node).  Call
+    once Ray is up."""
     import ray
 
     resource = HEAD_RESOURCE if node_type == "head" else node_type
-    return {"resources": {resource: SHARE}} if ray.cluster_resources().get(resource, 0) > 0 else {}
+    return {"resources": {resource: units}} if ray.cluster_resources().get(resource, 0) > 0 else {}
 
 
 HTTP_CLIENT_LOGGERS = ("httpx", "httpx2", "openai")  # openai 3 sends through httpx2, which logs as "httpx2"

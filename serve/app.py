@@ -6,7 +6,7 @@ from pathlib import Path
 
 from reverie.config import ServeConfig
 from reverie.engine import engine_kwargs
-from reverie.ray_start import REPO_ROOT
+from reverie.ray_start import REPO_ROOT, placed
 from serve.guard import chat_roles
 
 APP_NAME = "reverie"
@@ -25,8 +25,9 @@ def llm_config(cfg: ServeConfig):
         model_loading_config={"model_id": cfg.model_id, "model_source": str(Path(cfg.model_dir).resolve())},
         accelerator_config={"kind": "cpu"},
         engine_kwargs=kw,
+        # On a cluster with serving nodes, a replica takes one node's ``serving`` slot (cluster.yaml).
         deployment_config={"num_replicas": cfg.replicas, "health_check_period_s": 10,
-                           "graceful_shutdown_timeout_s": 30},
+                           "graceful_shutdown_timeout_s": 30, "ray_actor_options": placed("serving", units=1)},
         runtime_env={"env_vars": {"PYTHONPATH": str(REPO_ROOT), "VLLM_CONFIGURE_LOGGING": "0",
                                   "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING")}},
     )
@@ -59,7 +60,8 @@ def build_application(cfg: ServeConfig, key_digests: dict):
         llm_deployments={cfg.model_id: llm},
         model_cards={cfg.model_id: to_model_metadata(cfg.model_id, conf)},
         key_digests=key_digests, versions_dir=versions_dir, store_name=cfg.store_name,
-        swap_mode=cfg.swap_mode, swap_timeout_s=cfg.swap_timeout_s, redact_feedback=cfg.redact_feedback,
+        swap_mode=cfg.swap_mode, swap_timeout_s=cfg.swap_timeout_s, weight_transport=cfg.weight_transport,
+        redact_feedback=cfg.redact_feedback,
         controller_name=CONTROLLER_NAME if cfg.loop.learn else None, roles=chat_roles(cfg.model_dir),
     )
 
@@ -79,7 +81,9 @@ class Deployment:
         self.registry = VersionRegistry(cfg.resolved_versions_dir())
         self.registry.ensure_base(cfg.model_dir)
         self.store = start_store(cfg.data_dir, name=cfg.store_name, flush_seconds=cfg.store_flush_seconds)
-        serve.start(http_options={"host": cfg.host, "port": cfg.port})
+        # One HTTP proxy, on the head: the API's address is the head's (``HeadOnly``); on every node, simulated
+        # nodes of one machine would all bind the same port.
+        serve.start(proxy_location="HeadOnly", http_options={"host": cfg.host, "port": cfg.port})
         serve.run(build_application(cfg, key_digests), name=APP_NAME, route_prefix="/", blocking=False)
         self.base_url = f"http://{cfg.host}:{cfg.port}"
         self.controller = start_controller(cfg, APP_NAME, detached=detached) if cfg.loop.learn else None
@@ -110,6 +114,7 @@ class Deployment:
 
         kwargs.setdefault("mode", self.cfg.swap_mode)
         kwargs.setdefault("timeout_s", self.cfg.swap_timeout_s)
+        kwargs.setdefault("transport", self.cfg.weight_transport)
         return WeightBroadcaster(self.llm_handle(), self.registry, **kwargs)
 
     def shutdown(self) -> None:

@@ -8,7 +8,8 @@ Every figure is measured in the run that prints it:
   response id is in the store's ``interactions`` table once the load is over; ``lost_records`` =
   acknowledged - recorded; ``duplicate_records``: rows of the table beyond one per id.
 - ``swaps``: versions published under the load (``swap_every`` seconds apart, alternating two perturbations
-  of the served model); ``swap_failures``: publishes that raised.
+  of the served model; the load goes on past ``seconds`` until ``min_swaps`` were tried); ``swap_failures``:
+  publishes that raised.
 - ``mixed_version_responses``: completions whose every token's log-prob does not match, within 1e-3, the
   weights of the version stamped on the response (recomputed in torch from the registry's files for that
   version): a response computed, even in part, by other weights than its stamp says.
@@ -105,7 +106,7 @@ class _Clients:
 
 
 def run_load(concurrency: int = 64, seconds: float = 60.0, swap_every: float = 10.0, max_tokens: int = 16,
-             replicas: int = 1, seed: int = 0, progress=print) -> dict:
+             replicas: int = 1, seed: int = 0, min_swaps: int = 0, progress=print) -> dict:
     import ray
     import torch
     from ray import serve
@@ -148,10 +149,14 @@ def run_load(concurrency: int = 64, seconds: float = 60.0, swap_every: float = 1
             task = asyncio.create_task(clients.run(stop))
             t0 = time.perf_counter()
             broadcaster = dep.broadcaster()
-            i = 0
-            while time.perf_counter() - t0 < seconds:
+            i = 0  # swaps tried
+
+            def more() -> bool:
+                return time.perf_counter() - t0 < seconds or i < min_swaps
+
+            while more():
                 await asyncio.sleep(min(swap_every, max(0.0, seconds - (time.perf_counter() - t0))))
-                if time.perf_counter() - t0 >= seconds:
+                if not more():
                     break
                 try:
                     r = await broadcaster.publish(variants[i % 2], note=f"bench load {i}")
@@ -186,7 +191,8 @@ def run_load(concurrency: int = 64, seconds: float = 60.0, swap_every: float = 1
         "acknowledged": len(acknowledged), "recorded": len(acknowledged & stored),
         "lost_records": len(acknowledged - stored), "duplicate_records": len(ids) - len(stored),
         "mixed_version_responses": mixed, "checked_responses": len(clients.completions),
-        "concurrency": concurrency, "seconds": elapsed, "swap_every": swap_every, "max_tokens": max_tokens,
+        "concurrency": concurrency, "seconds": elapsed, "swap_every": swap_every, "min_swaps": min_swaps,
+        "max_tokens": max_tokens,
         "replicas": replicas,
     }
     if clients.errors:

@@ -117,6 +117,7 @@ def cmd_bench_load(args: argparse.Namespace) -> int:
     kwargs = dict(concurrency=check.int_in(args.concurrency, "--concurrency", 1, 1024),
                   seconds=check.seconds(args.seconds, "--seconds"),
                   swap_every=check.seconds(args.swap_every, "--swap-every"),
+                  min_swaps=check.int_in(args.swaps, "--swaps", 0, 1000),
                   max_tokens=check.int_in(args.max_tokens, "--max-tokens", 1, 200),
                   replicas=check.int_in(args.replicas, "--replicas", 1, 16))
     with contextlib.redirect_stdout(sys.stderr):  # Ray's notices; stdout stays one JSON object
@@ -140,6 +141,24 @@ def cmd_bench_cycle(args: argparse.Namespace) -> int:
                            progress=lambda m: print(f"reverie: {m}", file=sys.stderr, flush=True))
     report = write_result(report, args.out)
     print(json.dumps(report) if args.json else "\n".join(f"{k:28} {v}" for k, v in report.items()))
+    print(f"reverie: wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+def cmd_bench_transport(args: argparse.Namespace) -> int:
+    import contextlib
+
+    from reverie.results import write_result
+    from serve.bench import PARAMS
+    from serve.bench_transport import run_transport_bench
+
+    params = check.choice(args.params, "--params", PARAMS)
+    swaps = check.int_in(args.swaps, "--swaps", 1, 100)
+    with contextlib.redirect_stdout(sys.stderr):  # Ray's notices; stdout stays one JSON object
+        report = run_transport_bench(params=params, swaps=swaps,
+                                     progress=lambda m: print(f"reverie: {m}", file=sys.stderr, flush=True))
+    report = write_result(report, args.out)
+    print(json.dumps(report) if args.json else json.dumps(report, indent=1))
     print(f"reverie: wrote {args.out}", file=sys.stderr)
     return 0
 
@@ -214,6 +233,8 @@ def register(subparsers) -> None:
     ld.add_argument("--concurrency", default="64", help="concurrent clients (default %(default)s)")
     ld.add_argument("--seconds", default="60", help="how long the load runs (default %(default)s)")
     ld.add_argument("--swap-every", default="10", help="seconds between swaps (default %(default)s)")
+    ld.add_argument("--swaps", default="0", help="the fewest swaps tried: the load goes on past --seconds until this "
+                    "many were tried (a slow machine's swaps take longer; default %(default)s)")
     ld.add_argument("--max-tokens", default="16", help="tokens per request (default %(default)s)")
     ld.add_argument("--replicas", default="1", help="serving replicas (default %(default)s)")
     ld.add_argument("--out", default="bench/results/load.json", help="result file (default %(default)s)")
@@ -229,6 +250,13 @@ def register(subparsers) -> None:
                    "on them (a rollout engine and a simulator in the measured memory)")
     c.add_argument("--json", action="store_true", help="print one JSON object")
     c.set_defaults(func=cmd_bench_cycle)
+    t = bs.add_parser("transport", help="swap time by weight transport in one run: shm and object_store on one node, "
+                                        "object_store across two simulated serving nodes")
+    t.add_argument("--params", default="tiny", help="tiny (the shipped model, default), 25M or 100M (random Llamas)")
+    t.add_argument("--swaps", default="4", help="swaps per transport and setting (default %(default)s)")
+    t.add_argument("--out", default="bench/results/transport.json", help="result file (default %(default)s)")
+    t.add_argument("--json", action="store_true", help="print one JSON object")
+    t.set_defaults(func=cmd_bench_transport)
     from actors.commands import register_bench
 
     register_bench(bs)

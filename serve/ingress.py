@@ -90,7 +90,8 @@ CONTROLLER_TIMEOUT_S = 30.0
 class ReverieIngress(OpenAiIngress):
     def __init__(self, llm_deployments, model_cards, *, key_digests: dict, versions_dir: str,
                  store_name: str, store_namespace: str = "reverie", swap_mode: str = "wait",
-                 swap_timeout_s: float = 120.0, controller_name: str | None = None, lora_paths=None,
+                 swap_timeout_s: float = 120.0, weight_transport: str = "auto",
+                 controller_name: str | None = None, lora_paths=None,
                  roles: tuple[str, ...] = OPENAI_ROLES, redact_feedback: bool = False):
         super().__init__(llm_deployments, model_cards, lora_paths=lora_paths)
         _DIGESTS.clear()
@@ -102,7 +103,8 @@ class ReverieIngress(OpenAiIngress):
         self._shown = redact_feedback_of if redact_feedback else (lambda public: public)
         (handle,) = llm_deployments.values()
         self._registry = VersionRegistry(versions_dir)
-        self._broadcaster = WeightBroadcaster(handle, self._registry, mode=swap_mode, timeout_s=swap_timeout_s)
+        self._broadcaster = WeightBroadcaster(handle, self._registry, mode=swap_mode, timeout_s=swap_timeout_s,
+                                              transport=weight_transport)
 
     async def _controller(self, method: str, *args):
         """Call the controller actor (bounded); None when the loop is off."""

@@ -38,6 +38,7 @@ from reverie.config import SWAP_MODES
 from reverie.files import acquire
 from reverie.ray_start import serve_replicas_on_loopback
 from reverie.versions import SWAP_LOCK, VersionRegistry
+from reverie.weight_sync import SHM, WeightMessage, WeightReceiver, WeightSender, node_id
 from serve.capture import Capture
 
 logger = logging.getLogger("reverie.serve")
@@ -69,14 +70,19 @@ class _Gate:
 
 @dataclass
 class _Slot:
-    """An engine, its gate and the version it holds (None while its weights are unknown)."""
+    """An engine, its gate, the version it holds (None while its weights are unknown), the local files it
+    loaded them from and their checksum (``reverie.weight_sync``)."""
     engine: Any
     gate: _Gate = field(default_factory=_Gate)
     version: int | None = None
     weights: list[str] | None = None
+    checksum: str | None = None
 
-    def holds(self, version: int, paths: list[str]) -> bool:
-        return self.version == version and list(paths) == list(self.weights or [])
+    def holds(self, version: int, checksum: str) -> bool:
+        return self.version == version and self.checksum == checksum
+
+    def set(self, version: int | None, paths: list[str] | None = None, checksum: str | None = None) -> None:
+        self.version, self.weights, self.checksum = version, paths, checksum
 
 
 class ReverieLLMServer(LLMServer):
@@ -103,6 +109,8 @@ class ReverieLLMServer(LLMServer):
             self._replica, self._actor_name = rid.unique_id, rid.to_full_id_str()
         except Exception:
             self._replica, self._actor_name = "local", None
+        # Weights sent through the object store land in this node's shared-memory root, in a folder of its own.
+        self._receiver = WeightReceiver(name=f"replica-{self._replica}")
         await super().__init__(llm_config, engine_cls=engine_cls, model_downloader=model_downloader)
 
     async def start(self):
@@ -123,19 +131,27 @@ class ReverieLLMServer(LLMServer):
         held = await asyncio.to_thread(acquire, self._registry.root / SWAP_LOCK)
         try:
             info = self._registry.promoted()
+            local = await asyncio.to_thread(WeightSender(SHM).send, info.version, info.weights)
             for slot in slots:
                 if info.source != "base":
                     result = await self._load(slot.engine, info.weights, timeout_s=300.0)
-                    if not result["ok"]:
+                    if not result["ok"] or result["checksum"] != local.checksum:
                         raise RuntimeError(f"replica could not load promoted version {info.version}: "
-                                           f"{result['error']}")
-                slot.version, slot.weights = info.version, list(info.weights)
+                                           f"{result.get('error') or 'it loaded other weights than the registry holds'}")
+                slot.set(info.version, list(info.weights), local.checksum)
         finally:
             held.close()
         self._active = slots[0]
         self._spare = slots[1] if len(slots) > 1 else None
         logger.info("replica %s serving version %s%s", self._replica, info.version,
                     " (with a standby engine)" if self._spare else "")
+
+    async def __del__(self) -> None:
+        """Serve's shutdown of this replica: its received copies leave the node's shared memory with it."""
+        receiver = getattr(self, "_receiver", None)
+        if receiver is not None:
+            receiver.release()
+        await super().__del__()
 
     async def check_health(self) -> None:
         if self._broken:  # its weights are unknown: Serve replaces it, and the new one loads the promoted version
@@ -151,7 +167,7 @@ class ReverieLLMServer(LLMServer):
         if self._active is None or self._swap_lock.locked() or self._catching_up is not None:
             return
         info = self._registry.promoted()
-        if self._active.holds(info.version, info.weights):
+        if self._active.version == info.version:
             return
         held = acquire(self._registry.root / SWAP_LOCK, wait=False)
         if held is None:
@@ -162,7 +178,8 @@ class ReverieLLMServer(LLMServer):
             try:
                 logger.warning("replica %s is on version %s, behind the promoted %s: installing it", self._replica,
                                self._active.version, info.version)
-                result = await self.reverie_install(info.version, list(info.weights), mode="wait", timeout_s=120.0)
+                local = await asyncio.to_thread(WeightSender(SHM).send, info.version, info.weights)
+                result = await self.reverie_install(info.version, local, mode="wait", timeout_s=120.0)
                 if not result["ok"]:
                     logger.error("replica %s could not catch up: %s", self._replica, result.get("error"))
             finally:
@@ -292,6 +309,8 @@ class ReverieLLMServer(LLMServer):
     # ------------------------------------------------------------ versions
     @staticmethod
     async def _load(engine, paths: list[str], timeout_s: float) -> dict:
+        """Reload ``engine`` from local ``paths``; ``{"ok", "seconds", "checksum"}`` (of what its workers were
+        given; workers that disagree fail the load)."""
         results = await asyncio.wait_for(
             engine.collective_rpc(method="reverie_load_weights", args=(list(paths),), timeout=timeout_s),
             timeout=timeout_s,
@@ -299,28 +318,40 @@ class ReverieLLMServer(LLMServer):
         bad = [r for r in results if not (isinstance(r, dict) and r.get("ok"))]
         if bad or not results:
             return {"ok": False, "error": str(bad[0].get("error") if bad and isinstance(bad[0], dict) else bad or "no workers")}
-        return {"ok": True, "seconds": max(r["seconds"] for r in results)}
+        checksums = {r.get("checksum") for r in results}
+        if len(checksums) != 1:
+            return {"ok": False, "error": f"the engine's workers loaded different weights ({len(checksums)} checksums)"}
+        return {"ok": True, "seconds": max(r["seconds"] for r in results), "checksum": checksums.pop()}
 
     def _status(self, ok: bool, previous, t0: float, **extra) -> dict:
-        return {"replica": self._replica, "ok": ok, "version": self._active.version, "previous": previous,
-                "seconds": time.perf_counter() - t0, **extra}
+        return {"replica": self._replica, "node": node_id(), "ok": ok, "version": self._active.version,
+                "checksum": self._active.checksum, "previous": previous, "seconds": time.perf_counter() - t0, **extra}
 
-    async def reverie_install(self, version: int, paths: list[str], mode: str = "wait", timeout_s: float = 60.0) -> dict:
-        """Install ``paths`` as ``version``; returns a status dict (never raises)."""
+    async def reverie_install(self, version: int, message: WeightMessage, mode: str = "wait",
+                              timeout_s: float = 60.0) -> dict:
+        """Install the weights ``message`` describes (``reverie.weight_sync``) as ``version``; returns a status
+        dict with the checksum of what the engine loaded (never raises)."""
         t0 = time.perf_counter()
         if mode not in SWAP_MODES:
             return self._status(False, None, t0, error=f"unknown mode {mode!r}")
         if mode == "standby" and self._spare is None:
             return self._status(False, None, t0, error="this replica was started without a standby engine")
+        if not isinstance(message, WeightMessage) or message.version != version:
+            return self._status(False, None, t0, error=f"not a weight message for version {version}")
         async with self._swap_lock:
             previous = self._active.version
-            if self._active.holds(version, paths):
-                return self._status(True, previous, t0)
+            if self._active.holds(version, message.checksum):
+                return self._status(True, previous, t0, transport=message.transport)
             try:
+                received = await asyncio.wait_for(asyncio.to_thread(self._receiver.receive, message), timeout_s)
+                steps = {"receive_seconds": received.seconds, "transport": message.transport}
+                paths, left = list(received.paths), max(0.001, timeout_s - received.seconds)
                 if mode == "standby":
-                    steps = await self._install_standby(int(version), list(paths), timeout_s)
+                    steps.update(await self._install_standby(int(version), paths, left))
                 else:
-                    steps = await self._install_in_place(int(version), list(paths), mode, timeout_s)
+                    steps.update(await self._install_in_place(int(version), paths, mode, left))
+                keep = {self._active.version, self._spare.version if self._spare else None}
+                await asyncio.to_thread(self._receiver.release, keep)
                 return self._status(True, previous, t0, **steps)
             except Exception as e:
                 error = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
@@ -331,7 +362,7 @@ class ReverieLLMServer(LLMServer):
         """Close the gate, drain (wait) or pause (keep/abort), reload, reopen.  On failure the previous
         weights are reloaded before the error is raised."""
         slot = self._active
-        previous_weights = slot.weights
+        previous_weights, previous_checksum = slot.weights, slot.checksum
         slot.gate.open.clear()
         touched = False
         steps: dict[str, float] = {}
@@ -354,7 +385,7 @@ class ReverieLLMServer(LLMServer):
             if not result["ok"]:
                 raise RuntimeError(result["error"])
             steps["load_seconds"] = time.perf_counter() - t
-            slot.version, slot.weights = version, paths
+            slot.set(version, paths, result["checksum"])
             self._broken = None  # whatever failed before, this engine now holds a registered version
             return steps
         except Exception as e:
@@ -363,11 +394,13 @@ class ReverieLLMServer(LLMServer):
                     restored = await self._load(slot.engine, previous_weights, max(timeout_s, 60.0))
                     if not restored["ok"]:
                         raise RuntimeError(restored["error"])
+                    if restored["checksum"] != previous_checksum:
+                        raise RuntimeError("the previous version's files changed since they were loaded")
                 except Exception as e2:
                     # The engine holds weights of no known version: this replica stops serving for good.
                     self._broken = f"swap to version {version} failed and restoring version {slot.version} " \
                                    f"failed too: {e2}"
-                    slot.version = slot.weights = None
+                    slot.set(None)
                     logger.error("replica %s: %s; it refuses requests until Serve replaces it", self._replica,
                                  self._broken)
                     raise RuntimeError(f"{e}; restoring the previous version also failed: {e2}") from e
@@ -391,8 +424,8 @@ class ReverieLLMServer(LLMServer):
         t = time.perf_counter()
         await asyncio.wait_for(spare.gate.idle.wait(), timeout=left())
         steps["drain_seconds"] = time.perf_counter() - t
-        if not spare.holds(version, paths):  # a rollback to the version it still holds needs no reload
-            spare.version = spare.weights = None  # unknown until the reload succeeds
+        if spare.version != version:  # a rollback to the version it still holds needs no reload
+            spare.set(None)  # unknown until the reload succeeds
             t = time.perf_counter()
             try:
                 # No request runs here; pausing clears its prefix cache, computed with the old weights.
@@ -403,14 +436,15 @@ class ReverieLLMServer(LLMServer):
             finally:
                 await asyncio.wait_for(spare.engine.resume(), timeout=max(timeout_s, 60.0))
             steps["load_seconds"] = time.perf_counter() - t
-            spare.version, spare.weights = version, paths
+            spare.set(version, paths, result["checksum"])
         # The switch: from here new requests run on the new version; running ones finish where they are.
         self._active, self._spare = spare, self._active
         self.engine = spare.engine  # LLMServer's own routes (health, models) follow the active engine
         return steps
 
     async def reverie_status(self) -> dict:
-        return {"replica": self._replica, "actor": self._actor_name, "version": self._active.version,
+        return {"replica": self._replica, "actor": self._actor_name, "node": node_id(),
+                "version": self._active.version, "checksum": self._active.checksum,
                 "standby_version": self._spare.version if self._spare else None,
                 "inflight": self._active.gate.inflight + (self._spare.gate.inflight if self._spare else 0),
                 "swapping": self._swap_lock.locked()}

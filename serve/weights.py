@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -124,15 +124,6 @@ def load_state_files(files: list[str]) -> dict[str, torch.Tensor]:
     return state
 
 
-def iter_buckets(paths: list[str]) -> Iterator[tuple[str, torch.Tensor]]:
-    from safetensors import safe_open
-
-    for path in paths:
-        with safe_open(path, framework="pt") as f:
-            for k in f.keys():
-                yield k, f.get_tensor(k)
-
-
 class WeightSwapExtension:
     """Mixed into every vLLM worker (``worker_extension_cls``); called through ``collective_rpc``.
 
@@ -140,23 +131,32 @@ class WeightSwapExtension:
     """
 
     def reverie_load_weights(self, paths: list[str]) -> dict:
+        """Reload the engine's weights from safetensors ``paths``; the result carries the checksum of what the
+        engine was given (``reverie.weight_sync``: per file, combined in order), which the sender compares with
+        the version's own."""
+        from reverie.weight_sync import Digesting, combine, tensors_of
+
         t0 = time.perf_counter()
         try:
             for p in paths:
                 if not isinstance(p, str) or not p.endswith(".safetensors") or not os.path.isfile(p):
                     raise FileNotFoundError(f"not a safetensors file: {p!r}")
+            checksums: list[str] = []
             count = 0
 
             def counted():
                 nonlocal count
-                for item in iter_buckets(paths):
-                    count += 1
-                    yield item
+                for p in paths:
+                    d = Digesting(tensors_of([p]))
+                    yield from d
+                    count += d.count
+                    checksums.append(d.hexdigest())
 
             if hasattr(self, "reload_weights"):
                 self.reload_weights(weights_iterator=counted(), is_checkpoint_format=True)
             else:  # older vLLM
                 self.model_runner.model.load_weights(counted())
-            return {"ok": True, "tensors": count, "seconds": time.perf_counter() - t0}
+            checksum = combine(checksums) if len(checksums) == len(paths) else "incomplete"
+            return {"ok": True, "tensors": count, "checksum": checksum, "seconds": time.perf_counter() - t0}
         except Exception as e:  # reported to the replica, which fails the swap loudly
             return {"ok": False, "error": f"{type(e).__name__}: {e}", "seconds": time.perf_counter() - t0}

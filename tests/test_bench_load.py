@@ -11,8 +11,10 @@ from reverie.cli import main
 
 def test_bench_load_loses_nothing_duplicates_nothing_mixes_nothing_and_writes_its_result(tmp_path, capsys):
     out = tmp_path / "load.json"
-    assert main(["bench", "load", "--concurrency", "8", "--seconds", "20", "--swap-every", "6", "--json",
-                 "--out", str(out)]) == 0
+    # --swaps: on a slow machine a swap takes longer than the pause between swaps; the load goes on until two
+    # swaps are done (with "--seconds 20 --swap-every 6" alone, a CI machine once got one swap in).
+    assert main(["bench", "load", "--concurrency", "8", "--seconds", "8", "--swap-every", "3", "--swaps", "2",
+                 "--json", "--out", str(out)]) == 0
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert json.loads(out.read_text()) == report
     for key in ("requests", "failed", "p50_ms", "p99_ms", "swaps", "acknowledged", "recorded", "lost_records",
@@ -30,3 +32,4 @@ def test_bench_load_loses_nothing_duplicates_nothing_mixes_nothing_and_writes_it
 def test_bench_load_refuses_bad_numbers_with_one_line(refused):
     refused(["bench", "load", "--concurrency", "0"], "--concurrency")
     refused(["bench", "load", "--seconds", "soon"], "--seconds")
+    refused(["bench", "load", "--swaps", "-1"], "--swaps")

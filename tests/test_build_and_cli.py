@@ -69,26 +69,22 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
         (["tinyworld", "build", "--seed", "-3"], "seed must be a whole number"),
     ],
 )
-def test_bad_input_exits_non_zero_with_one_line_and_no_traceback(args, message, tmp_path):
+def test_bad_input_exits_non_zero_with_one_line_and_no_traceback(args, message, tmp_path, refused):
     out = tmp_path / "never"
     if args[1] == "build":
         args = [*args, "--out", str(out)]
-    res = _cli(*args)
-    assert res.returncode == 2
-    assert message in res.stderr
-    assert "Traceback" not in res.stderr
-    assert len(res.stderr.strip().splitlines()) == 1
+    refused(args, message)  # in this process: exit status 2, one stderr line, nothing on stdout
     assert not out.exists()
 
 
-def test_build_refuses_an_output_path_that_is_a_file(tmp_path):
+def test_build_refuses_an_output_path_that_is_a_file(tmp_path, refused):
     f = tmp_path / "file"
     f.write_text("keep me")
-    res = _cli("tinyworld", "build", "--out", str(f), "--steps", "1")
-    assert res.returncode == 2 and "not a directory" in res.stderr
+    refused(["tinyworld", "build", "--out", str(f), "--steps", "1"], "not a directory")
     assert f.read_text() == "keep me"
 
 
 def test_help_lists_the_commands():
+    """As a user runs it: a process of its own."""
     res = _cli("tinyworld", "--help")
     assert res.returncode == 0 and "build" in res.stdout and "eval" in res.stdout

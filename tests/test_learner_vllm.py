@@ -86,3 +86,37 @@ def test_the_ray_learner_steps_with_scorer_actors_and_resumes_after_a_restart(sh
         assert saved["version"] == 2 and saved["path"].endswith("step-00000003")
     finally:
         ray.shutdown()
+
+
+def test_new_teacher_weights_reach_every_scorer_actor_and_its_scores_follow_them(base, tokenizer, shipped_model,
+                                                                                   tmp_path):
+    """A lagged or EMA teacher moves: the pool sends its new weights through the weight-sync interface, each
+    scorer's engine reports the checksum of what it loaded, and the scores are the new teacher's to 1e-4."""
+    import ray
+
+    from actors.teacher_scorer import ScorerPool
+    from reverie.ray_start import start_ray
+
+    enc = ChatEncoder(tokenizer)
+    batch = _batch(4)
+    completions = [enc.tok.encode(" " + l.reference, add_special_tokens=False) + [enc.end_id] for l in batch]
+    teacher = copy.deepcopy(base)
+    start_ray(num_cpus=4)
+    try:
+        pool = ScorerPool(teacher, shipped_model, tmp_path, n=1, topk=20)
+        try:
+            with torch.no_grad():
+                for p in teacher.parameters():
+                    p.add_(0.02 * torch.randn_like(p))
+            pool.sync(teacher)
+            got = pool.score([l.teacher for l in batch], completions)
+        finally:
+            pool.close()
+    finally:
+        ray.shutdown()
+    ref = TorchScorer(teacher, enc).score([l.teacher for l in batch], completions)
+    before = TorchScorer(base, enc).score([l.teacher for l in batch], completions)
+    for i, comp in enumerate(completions):
+        n = len(comp)
+        assert torch.allclose(got.sampled[i, :n], ref.sampled[i, :n], atol=1e-4)
+    assert (got.sampled - before.sampled).abs().max() > 1e-3  # the new weights were really installed

@@ -1,8 +1,8 @@
 """Hostile input through the real HTTP API: every case is a 4xx whose message names the problem, the server
 answers normally afterwards, and no rejected request changes the store.
 
-One application (one replica of the tiny-world model, the loop off, feedback text redacted) is shared by the
-module.  Bodies are
+One application (two replicas of the tiny-world model, the loop off, feedback text redacted: ``conftest.py``
+beside this file) is shared with the other modules of this folder.  Bodies are
 sent as raw bytes, so that what a client library would refuse to produce (invalid UTF-8, ``NaN`` literals,
 deep nesting, oversized bodies) reaches the server as an attacker would send it."""
 from __future__ import annotations
@@ -12,12 +12,7 @@ import json
 import httpx
 import pytest
 
-from serving import ADMIN_KEY, API_KEY, start_app
-
-
-@pytest.fixture(scope="module")
-def app(tmp_path_factory):
-    yield from start_app(tmp_path_factory, replicas=1, redact_feedback=True)
+from serving import ADMIN_KEY, API_KEY
 
 
 def chat(**fields) -> bytes:

