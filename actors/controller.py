@@ -599,8 +599,8 @@ class Controller:
     def _broadcaster(self):
         from ray import serve
 
-        from actors.broadcaster import WeightBroadcaster
-        from serve.app import LLM_DEPLOYMENT
+        from serve.broadcaster import WeightBroadcaster
+        from serve.door import LLM_DEPLOYMENT
 
         return WeightBroadcaster(serve.get_deployment_handle(LLM_DEPLOYMENT, app_name=self.app_name), self.registry,
                                  mode=self.cfg.swap_mode, timeout_s=self.cfg.swap_timeout_s,

@@ -274,7 +274,8 @@ def run_demo(out_dir: str | Path = DEFAULT_OUT, quick: bool = False,
 
     from reverie.config import ServeConfig
     from reverie.ray_start import quiet_http_clients, start_ray
-    from serve.app import APP_NAME, Deployment
+    from serve.app import Deployment
+    from serve.door import APP_NAME
     from serve.auth import Keys
     from simulators.tinyworld.build import SHIPPED_MODEL
     from simulators.tinyworld.users import Api, Population, Tally, measure, population

@@ -65,8 +65,9 @@ def start_ray(address: str | None = None, *, num_cpus: int | None = None, cpu_pl
 
 def serve_replicas_on_loopback() -> None:
     """In a Serve replica's process of a private Ray: its inter-deployment gRPC server listens on loopback, not
-    on every interface.  Called when the replica's class is imported (``serve/replica.py``), before the replica
-    starts that server; does nothing on a cluster or when called again."""
+    on every interface.  Called when the replica's and the ingress's modules are imported (``serve/replica.py``,
+    ``serve/ingress.py``), before the replica starts that server; does nothing on a cluster or when called
+    again."""
     if os.environ.get(LOOPBACK_ENV) != "1":
         return
     from ray.serve._private import replica

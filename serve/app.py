@@ -9,10 +9,9 @@ from reverie.engine import engine_kwargs
 from reverie.ray_start import REPO_ROOT, placed
 from serve.guard import chat_roles
 
-APP_NAME = "reverie"
+from serve.door import APP_NAME, INGRESS_DEPLOYMENT, LLM_DEPLOYMENT  # noqa: F401 - APP_NAME: serve.app's too
+
 MODEL_ID = "reverie"
-LLM_DEPLOYMENT = "ReverieLLMServer"
-INGRESS_DEPLOYMENT = "ReverieIngress"
 
 def llm_config(cfg: ServeConfig):
     from ray.serve.llm import LLMConfig
@@ -36,9 +35,7 @@ def llm_config(cfg: ServeConfig):
 def build_application(cfg: ServeConfig, key_digests: dict):
     """The Serve application: ``ReverieIngress`` in front of ``cfg.replicas`` ``ReverieLLMServer`` replicas."""
     from ray import serve
-    from ray.llm._internal.serve.core.configs.openai_api_models import to_model_metadata
-    from ray.llm._internal.serve.core.ingress.ingress import make_fastapi_ingress
-    from ray.llm._internal.serve.core.server.builder import build_llm_deployment
+    from serve.ray_llm import build_llm_deployment, make_fastapi_ingress, to_model_metadata
 
     from actors.controller import CONTROLLER_NAME
     from serve.ingress import ENDPOINTS, ReverieIngress, make_app
@@ -110,7 +107,7 @@ class Deployment:
         return serve.get_deployment_handle(LLM_DEPLOYMENT, app_name=APP_NAME)
 
     def broadcaster(self, **kwargs):
-        from actors.broadcaster import WeightBroadcaster
+        from serve.broadcaster import WeightBroadcaster
 
         kwargs.setdefault("mode", self.cfg.swap_mode)
         kwargs.setdefault("timeout_s", self.cfg.swap_timeout_s)

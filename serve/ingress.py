@@ -26,22 +26,25 @@ from fastapi import HTTPException, Request
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from ray.llm._internal.serve.core.configs.openai_api_models import ErrorResponse, OpenAIHTTPException
-from ray.llm._internal.serve.core.ingress.ingress import (
-    DEFAULT_ENDPOINTS,
-    DEFAULT_LLM_ROUTER_HTTP_TIMEOUT,
-    OpenAiIngress,
-    init,
-    router_request_timeout,
-)
-
-from actors.broadcaster import SwapError, WeightBroadcaster
+from reverie.ray_start import serve_replicas_on_loopback
 from reverie.versions import PROMOTED, ROLLED_BACK, VersionError, VersionRegistry
 from reverie.versions import redact_feedback as redact_feedback_of
 from serve.auth import AuthMiddleware
+from serve.broadcaster import SwapError, WeightBroadcaster
+from serve.door import MARKER
 from serve.guard import OPENAI_ROLES, BodyGuard
-from serve.replica import MARKER
+from serve.ray_llm import (
+    DEFAULT_ENDPOINTS,
+    DEFAULT_LLM_ROUTER_HTTP_TIMEOUT,
+    ErrorResponse,
+    OpenAiIngress,
+    OpenAIHTTPException,
+    init,
+    router_request_timeout,
+)
 from serve.weights import WeightsMismatch
+
+serve_replicas_on_loopback()  # in the ingress replica's process, before it serves (reverie/ray_start.py)
 
 VERSION_HEADER = "x-reverie-version"
 REPLICA_DIED_RETRIES = 2  # a request whose replica died before it answered anything is sent again this often

@@ -40,11 +40,11 @@ from reverie.ray_start import serve_replicas_on_loopback
 from reverie.versions import SWAP_LOCK, VersionRegistry
 from reverie.weight_sync import SHM, WeightMessage, WeightReceiver, WeightSender, node_id
 from serve.capture import Capture
+from serve.door import MARKER
 
 logger = logging.getLogger("reverie.serve")
-serve_replicas_on_loopback()  # imported in every replica's process (the ingress imports it too), before it serves
+serve_replicas_on_loopback()  # in every LLM replica's process, before it serves (the ingress calls it too)
 
-MARKER = "__reverie__"
 STORE_WAIT_S = 2.0  # the longest an answer waits for the experience store
 
 
@@ -117,7 +117,7 @@ class ReverieLLMServer(LLMServer):
         await super().start()
         slots = [_Slot(self.engine)]
         if self._with_standby:
-            from ray.llm._internal.serve.constants import ENGINE_START_TIMEOUT_S
+            from serve.ray_llm import ENGINE_START_TIMEOUT_S
 
             spare = self._engine_cls(self._llm_config)
             await asyncio.wait_for(spare.start(), timeout=ENGINE_START_TIMEOUT_S)
@@ -247,7 +247,7 @@ class ReverieLLMServer(LLMServer):
         return self._batch_output_stream(stream) if getattr(request, "stream", False) else stream
 
     async def _serve(self, kind: str, request, raw_request_info):
-        from ray.llm._internal.serve.core.configs.openai_api_models import ErrorInfo, ErrorResponse
+        from serve.ray_llm import ErrorInfo, ErrorResponse
 
         slot = await self._enter()
         cap, recorded, ended = None, False, "cancelled"

@@ -84,7 +84,7 @@ def test_a_swap_reaches_both_serving_nodes_through_the_object_store_with_the_ver
 
 
 def test_shared_memory_is_not_read_across_nodes_the_swap_fails_and_nothing_changes(cluster_app):
-    from actors.broadcaster import SwapError
+    from serve.broadcaster import SwapError
 
     app = cluster_app
     before = app.dep.registry.promoted().version

@@ -92,7 +92,7 @@ def test_rollback_to_the_version_on_standby_is_a_switch_without_a_reload(app):
 
 
 def test_a_standby_swap_that_fails_keeps_the_active_version_and_the_next_one_works(app):
-    from actors.broadcaster import SwapError
+    from serve.broadcaster import SwapError
 
     before = _serving(app, seed=11)
     model = torch_model(perturbed_state(seed=11))

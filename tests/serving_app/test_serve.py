@@ -310,7 +310,7 @@ def test_a_replica_that_loaded_other_weights_than_the_version_fails_the_swap_and
     the swap fails with every replica back on the previous version."""
     import ray
 
-    from actors.broadcaster import SwapError
+    from serve.broadcaster import SwapError
     from reverie.weight_sync import OBJECT_STORE, WeightSender
 
     before = _serving(app, seed=1)
@@ -354,7 +354,7 @@ def test_publish_with_wrong_shapes_is_refused_and_nothing_changes(app):
 
 
 def test_swap_that_times_out_fails_loudly_and_replicas_keep_the_old_version(app):
-    from actors.broadcaster import SwapError
+    from serve.broadcaster import SwapError
 
     before = _serving(app, seed=1)
     with pytest.raises(SwapError, match=f"back on version {before}"):
@@ -368,7 +368,7 @@ def test_swap_that_times_out_fails_loudly_and_replicas_keep_the_old_version(app)
 
 
 def test_a_standby_swap_on_replicas_started_without_a_standby_engine_fails_and_changes_nothing(app):
-    from actors.broadcaster import SwapError
+    from serve.broadcaster import SwapError
 
     before = app.dep.registry.summary()["promoted"]
     with pytest.raises(SwapError, match="without a standby engine"):

@@ -40,6 +40,7 @@ from pathlib import Path
 from reverie.files import acquire
 from reverie.versions import APPROVED, SWAP_LOCK, Candidate, VersionError, VersionRegistry
 from reverie.weight_sync import AUTO, WeightSender
+from serve.door import APP_NAME, INSTALL, LLM_DEPLOYMENT, STATUS
 from serve.weights import (
     BUCKET_BYTES,
     WeightsMismatch,
@@ -73,22 +74,20 @@ class WeightBroadcaster:
         self._lock = asyncio.Lock()
 
     @classmethod
-    def for_app(cls, app_name: str = "reverie", versions_dir: str | Path = "./reverie-data/versions", **kwargs):
+    def for_app(cls, app_name: str = APP_NAME, versions_dir: str | Path = "./reverie-data/versions", **kwargs):
         """From any process attached to the Ray cluster that runs the app."""
         from ray import serve
-
-        from serve.app import LLM_DEPLOYMENT
 
         return cls(serve.get_deployment_handle(LLM_DEPLOYMENT, app_name=app_name), versions_dir, **kwargs)
 
     # ------------------------------------------------------------ replicas
     async def _broadcast(self, method: str, kwargs: dict, timeout_s: float) -> list:
-        from ray.llm._internal.serve.utils.broadcast import broadcast
+        from serve.ray_llm import broadcast
 
         return await asyncio.wait_for(asyncio.to_thread(broadcast, self.handle, method, kwargs=kwargs), timeout_s)
 
     async def replicas(self) -> list[dict]:
-        return await self._broadcast("reverie_status", {}, 30.0)
+        return await self._broadcast(STATUS, {}, 30.0)
 
     async def _install(self, version: int, paths: list[str], timeout_s: float) -> list[dict]:
         """Send ``version`` to every replica; their reports, where one whose checksum is not the version's
@@ -97,7 +96,7 @@ class WeightBroadcaster:
         message = await asyncio.to_thread(self.sender.send, version, [str(p) for p in paths],
                                           self.sender.resolve(nodes))
         results = await self._broadcast(
-            "reverie_install", {"version": version, "message": message, "mode": self.mode, "timeout_s": timeout_s},
+            INSTALL, {"version": version, "message": message, "mode": self.mode, "timeout_s": timeout_s},
             timeout_s + 10.0)
         if not results:
             raise SwapError("no running replicas to install into")
