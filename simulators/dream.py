@@ -340,8 +340,8 @@ class Dreamer:
         return score(eval_items(self.skill, "student", n), generate)
 
     def reload(self, model_dir: str | Path, version: int) -> None:
-        """The rollout engine restarts on the HF model directory ``model_dir``; later trajectories are
-        tagged ``version``."""
+        """The rollout engine installs the weights of the HF model directory ``model_dir`` in place; later
+        trajectories are tagged ``version``."""
         import ray
 
         served = ray.get(self.engine.reload.remote(str(model_dir), int(version)), timeout=RELOAD_TIMEOUT_S)

@@ -8,8 +8,10 @@ its own replies.
 
 Versions: the engine is started on one version of the weights and told its
 id (an id of the version registry, ``reverie/versions.py``); ``reload``
-restarts it on other weights (an HF model directory) with the id it is
-given.  It never counts versions itself: the id it reports is the one every
+installs other weights (an HF model directory of the same model) into the
+running engine through the weight-sync interface (``reverie/weight_sync.py``:
+the engine reports the checksum of what it loaded, checked against the
+files), with the id it is given: no restart.  It never counts versions itself: the id it reports is the one every
 trajectory played through it is tagged with.
 """
 from __future__ import annotations
@@ -72,10 +74,12 @@ class RolloutEngine:
             self._llm = None
 
     def reload(self, model_dir: str | Path, version: int) -> int:
-        """Restart on the weights in ``model_dir`` (waits for running calls) as ``version``; that version."""
+        """Install the weights in ``model_dir`` in place (waits for running calls) as ``version``; that version."""
+        from learner.vllm_backend import reload as install_weights
+
         with self._lock:
-            self._stop()
-            self._start(model_dir, version)
+            install_weights(self._llm, Path(model_dir), version=int(version))
+            self._model_dir, self._version = str(model_dir), int(version)
         return self._version
 
     def version(self) -> int:

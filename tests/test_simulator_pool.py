@@ -107,3 +107,38 @@ def test_pool_grows_and_shrinks_while_running(cluster, tmp_path):
     ids = [row["id"] for row in stored(store, tmp_path)]
     assert len(ids) == len(set(ids)) == sum(r["success"] for r in records)
     pool.shutdown()
+
+
+def test_the_rollout_engine_takes_new_weights_in_place_and_tags_them_with_their_version(cluster, version,
+                                                                                         shipped_model, tmp_path):
+    """``reload`` installs other weights into the running engine through the weight-sync interface: the same
+    engine (no restart), replies that follow the new weights, and the first replies again once it is back."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from simulators.rollout import Sampling
+
+    prompts = [[{"role": "user", "content": f"copy: {w} {w}"}] for w in "a b c d e f g h".split()]
+
+    def replies():
+        return ray.get(cluster.generate.remote(prompts, Sampling(temperature=0.0)), timeout=300)
+
+    def engine():
+        return ray.get(cluster.__ray_call__.remote(lambda self: id(self._llm)), timeout=60)
+
+    started, first = engine(), replies()
+    noisy = tmp_path / "noisy"
+    shutil.copytree(shipped_model, noisy)
+    g = torch.Generator().manual_seed(0)
+    state = load_file(noisy / "model.safetensors")
+    save_file({k: (v + 0.05 * torch.randn(v.shape, generator=g)).contiguous() for k, v in state.items()},
+              str(noisy / "model.safetensors"))
+    try:
+        assert ray.get(cluster.reload.remote(str(noisy), version + 100), timeout=300) == version + 100
+        changed = replies()
+    finally:
+        assert ray.get(cluster.reload.remote(str(shipped_model), version), timeout=300) == version
+    assert changed != first and replies() == first
+    assert engine() == started and ray.get(cluster.stats.remote())["version"] == version
