@@ -101,14 +101,10 @@ def shm_root(node: str | None = None) -> Path:
 # ------------------------------------------------------------------ checksums
 def digest(items: Iterable[tuple[str, object]]) -> str:
     """The checksum of named tensors, in the order given: name, dtype, shape and raw bytes of each."""
-    import torch
-
-    h = hashlib.sha256()
-    for name, t in items:
-        t = t.detach().contiguous().cpu()
-        h.update(f"{name}|{str(t.dtype).removeprefix('torch.')}|{tuple(t.shape)}|".encode())
-        h.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
-    return h.hexdigest()
+    d = Digesting(items)
+    for _ in d:
+        pass
+    return d.hexdigest()
 
 
 class Digesting:

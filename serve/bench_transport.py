@@ -78,20 +78,18 @@ def run_transport_bench(params: str = "tiny", swaps: int = 4, progress=print) ->
     import ray
     from ray import serve
     from ray.cluster_utils import Cluster
-    from safetensors.torch import load_file
 
     from reverie.ray_start import quiet_http_clients, start_ray
     from reverie.weight_sync import OBJECT_STORE, SHM, shm_root
     from serve.bench import _noisy, copy_seconds, model_for
+    from serve.weights import load_state_files
 
     quiet_http_clients()
     t_start = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="reverie-bench-transport-"))
     try:
         model_dir = model_for(params, work, progress)
-        state = {}
-        for f in sorted(model_dir.glob("*.safetensors")):
-            state.update(load_file(f))
+        state = load_state_files(sorted(str(f) for f in model_dir.glob("*.safetensors")))
         variants = [_noisy(state, 1), _noisy(state, 2)]
         n_bytes = sum(t.numel() * t.element_size() for t in state.values())
 
