@@ -142,10 +142,14 @@ class RolloutEngine:
 
 
 def engine_actor(model_dir: str | Path, version: int, seed: int = 0, num_cpus: float = 1.0):
-    """A ``RolloutEngine`` as a Ray actor that serves many workers at once, tagged ``version``."""
+    """A ``RolloutEngine`` as a Ray actor that serves many workers at once, tagged ``version``; on the
+    ``learner`` node where the cluster has one (beside the weights it is given; simulator nodes come and go)."""
     import ray
 
-    cls = ray.remote(RolloutEngine).options(num_cpus=num_cpus, max_concurrency=64, max_restarts=0)
+    from reverie.ray_start import placed
+
+    cls = ray.remote(RolloutEngine).options(num_cpus=num_cpus, max_concurrency=64, max_restarts=0,
+                                            **placed("learner"))
     return cls.remote(str(model_dir), version, seed)
 
 

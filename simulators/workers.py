@@ -7,12 +7,18 @@ environments with the replies, and when all are done tags each trajectory
 provenance), passes it through the success filter (which writes the kept ones
 to the experience store) and returns them all.
 
-The pool hands out batches to however many workers it is asked to keep
-(``resize`` may be called while it runs: new workers are started, surplus
-ones retire once idle).  A worker that dies mid-episode loses only its
-batch, which goes back in the queue; episode ids are fixed before dispatch,
-so a retried episode never yields a second stored trajectory (the store
-ignores a duplicate id, and the pool keeps one record per id).
+The pool hands out batches to its workers: ``size`` of them on every live
+node that offers the ``simulator`` resource (cluster.yaml's simulator node
+type), pinned there.  It follows the cluster while it runs: a simulator node
+that joins gets its workers at the next dispatch, and a node that leaves
+takes its workers with it (``resize`` changes the count per node, also while
+it runs: new workers are started, surplus ones retire once idle).  Where no
+node offers the resource yet, ``size`` workers ask for it and wait: that
+demand is what makes Ray's autoscaler add a simulator node.  A worker that
+dies mid-episode, or whose node leaves, loses only its batch, which goes
+back in the queue for the others; episode ids are fixed before dispatch, so
+a retried episode never yields a second stored trajectory (the store ignores
+a duplicate id, and the pool keeps one record per id).
 """
 from __future__ import annotations
 
@@ -46,6 +52,9 @@ class SimulatorWorker:
     """Runs episodes against the policy served by a rollout engine."""
 
     def __init__(self, engine, store, worker_id: str, env_options: dict[str, dict] | None = None):
+        import ray
+
+        self.node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
         self.engine = engine
         self.filter = SuccessFilter(store)
         self.worker_id = worker_id
@@ -117,22 +126,31 @@ class SimulatorWorker:
             "messages": messages,
             "started": started,
             "seconds": ended - started,
-            "provenance": json.dumps({"worker": self.worker_id, "origin": ep.origin, "max_turns": ep.max_turns,
+            "provenance": json.dumps({"worker": self.worker_id, "node": self.node, "origin": ep.origin, "max_turns": ep.max_turns,
                                       "temperature": ep.temperature, "family": ep.task.family,
                                       "simulator": getattr(env, "simulator", "") if env.simulated else None}),
             "task": ep.task.to_dict(),
         }
 
 
-def worker_actor_class():
+def worker_actor_class(**options):
+    """The worker as a Ray actor class asking for a ``simulator`` slot; ``options``: more Ray actor options."""
     import ray
 
     return ray.remote(SimulatorWorker).options(num_cpus=0, resources=WORKER_RESOURCES, max_concurrency=2,
-                                               max_restarts=0)
+                                               max_restarts=0, **options)
+
+
+def simulator_nodes() -> set[str]:
+    """The ids of the live nodes that offer the ``simulator`` resource."""
+    import ray
+
+    return {n["NodeID"] for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("simulator", 0) > 0}
 
 
 class SimulatorPool:
-    """An elastic pool of simulator workers fed from one queue of episodes."""
+    """An elastic pool of simulator workers fed from one queue of episodes: ``size`` workers per simulator
+    node, following the nodes that join and leave."""
 
     def __init__(self, engine, store, size: int, batch: int = 8, name: str = "sim",
                  env_options: dict[str, dict] | None = None):
@@ -142,9 +160,9 @@ class SimulatorPool:
         self._env_options = env_options or {}
         self._target = size
         self._lock = threading.Lock()
-        self._cls = worker_actor_class()
         self._next = 0
         self.workers: dict[str, object] = {}
+        self.node_of: dict[str, str] = {}  # worker id -> the node it is pinned to ("" while waiting for one)
         self.busy: dict[str, object] = {}  # worker id -> ObjectRef of its running batch
         self.retried = 0  # episodes re-queued because their worker died
         self.deaths = 0
@@ -155,32 +173,50 @@ class SimulatorPool:
         return len(self.workers)
 
     def resize(self, n: int) -> None:
-        """Grow now, shrink as workers become idle (safe to call while ``run`` runs)."""
+        """``n`` workers per simulator node: grow now, shrink as workers become idle (safe to call while
+        ``run`` runs)."""
         if n < 1:
             raise ValueError(f"a pool needs at least one simulator, got {n}")
         with self._lock:
             self._target = n
         self._reconcile()
 
-    def _reconcile(self) -> None:
+    def _start(self, node: str) -> None:
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        wid = f"{self.name}-{self._next}"
+        self._next += 1
+        cls = worker_actor_class(**({} if not node else {
+            "scheduling_strategy": NodeAffinitySchedulingStrategy(node, soft=False)}))
+        self.workers[wid] = cls.remote(self.engine, self.store, wid, self._env_options)
+        self.node_of[wid] = node
+
+    def _drop(self, wid: str) -> None:
         import ray
 
+        self.node_of.pop(wid, None)
+        worker = self.workers.pop(wid, None)
+        if worker is not None:
+            ray.kill(worker)
+
+    def _reconcile(self) -> None:
+        nodes = simulator_nodes()
         with self._lock:
-            while len(self.workers) < self._target:
-                wid = f"{self.name}-{self._next}"
-                self._next += 1
-                self.workers[wid] = self._cls.remote(self.engine, self.store, wid, self._env_options)
-            for wid in [w for w in self.workers if w not in self.busy][: max(0, len(self.workers) - self._target)]:
-                ray.kill(self.workers.pop(wid))
+            for wid in [w for w, node in self.node_of.items() if node not in nodes and w not in self.busy]:
+                self._drop(wid)  # its node left (or it waited for a node and now there are some: pin anew)
+            for node in sorted(nodes) or [""]:
+                mine = [w for w, n in self.node_of.items() if n == node]
+                for _ in range(self._target - len(mine)):
+                    self._start(node)
+                for wid in [w for w in mine if w not in self.busy][: max(0, len(mine) - self._target)]:
+                    self._drop(wid)
 
     def configure(self, env_options: dict[str, dict]) -> None:
         """Workers started from now on get ``env_options`` (a simulator's parts); idle ones are replaced."""
-        import ray
-
         with self._lock:
             self._env_options = dict(env_options)
             for wid in [w for w in self.workers if w not in self.busy]:
-                ray.kill(self.workers.pop(wid))
+                self._drop(wid)
         self._reconcile()
 
     def run(self, episodes: Sequence[Episode], on_done: Callable[[list[dict]], None] | None = None,
@@ -213,10 +249,8 @@ class SimulatorPool:
                 try:
                     records = ray.get(ref)
                 except (RayActorError, ActorDiedError, ActorUnavailableError):
-                    with self._lock:  # the worker is gone: its episodes go back in the queue
-                        gone = self.workers.pop(wid, None)
-                    if gone is not None:
-                        ray.kill(gone)  # an unreachable worker must not finish the batch late
+                    with self._lock:  # the worker is gone (or its node): its episodes go back in the queue
+                        self._drop(wid)  # an unreachable worker must not finish the batch late
                     self.deaths += 1
                     self.retried += len(chunk)
                     queue.appendleft(chunk)
@@ -235,4 +269,5 @@ class SimulatorPool:
             for worker in self.workers.values():
                 ray.kill(worker)
             self.workers.clear()
+            self.node_of.clear()
             self.busy.clear()

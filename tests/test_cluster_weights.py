@@ -3,15 +3,49 @@
 through Ray's object store, each node writes it into its own shared-memory root, and every replica reports the
 checksum of the version; the shared-memory transport is refused across nodes instead of reading the head's
 files.  Every node of the simulated cluster is a process tree on this machine: what differs between them is
-the Ray node id, which is all that scopes a shared-memory root (``reverie.weight_sync.shm_root``)."""
+the Ray node id, which is all that scopes a shared-memory root (``reverie.weight_sync.shm_root``).  The
+system is started as a user starts it on a cluster: ``reverie serve --address`` in its own process."""
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
 
 import pytest
 
 from serving import ADMIN_KEY, API_KEY, free_port, max_diff, perturbed_state, served, torch_logprobs, torch_model
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Joined:
+    """The system that ``reverie serve --address`` runs on the cluster, seen from this test, a second driver:
+    its version registry and a broadcaster into its replicas, as the serving process has them."""
+
+    def __init__(self, cfg):
+        from reverie.versions import VersionRegistry
+
+        self.cfg = cfg
+        self.registry = VersionRegistry(cfg.resolved_versions_dir())
+        self.base_url = f"http://{cfg.host}:{cfg.port}"
+
+    def broadcaster(self, **kwargs):
+        from ray import serve
+
+        from serve.broadcaster import WeightBroadcaster
+        from serve.door import APP_NAME, LLM_DEPLOYMENT
+
+        kwargs.setdefault("mode", self.cfg.swap_mode)
+        kwargs.setdefault("timeout_s", self.cfg.swap_timeout_s)
+        kwargs.setdefault("transport", self.cfg.weight_transport)
+        return WeightBroadcaster(serve.get_deployment_handle(LLM_DEPLOYMENT, app_name=APP_NAME), self.registry,
+                                 **kwargs)
 
 
 class ClusterApp:
@@ -25,38 +59,62 @@ class ClusterApp:
 
 @pytest.fixture(scope="module")
 def cluster_app(tmp_path_factory):
+    """``reverie serve --address`` joins a cluster of a head and two serving nodes, as a user runs it; the test
+    then joins the same cluster to look inside."""
     import ray
-    from ray import serve
     from ray.cluster_utils import Cluster
 
-    from reverie.config import LoopConfig, ServeConfig
+    from reverie.config_file import build_config, load_config
     from reverie.ray_start import start_ray
     from reverie.weight_sync import shm_root
-    from serve.app import Deployment
-    from serve.auth import Keys
+    from serve.auth import ADMIN_ENV, API_ENV
     from simulators.tinyworld.build import SHIPPED_MODEL
 
+    tmp = tmp_path_factory.mktemp("cluster")
+    config = tmp / "reverie.yaml"
+    config.write_text(f"model_dir: {SHIPPED_MODEL}\ndata_dir: {tmp / 'data'}\nreplicas: 2\nport: {free_port()}\n"
+                      "swap_timeout_s: 120\nstore_flush_seconds: 0.5\nloop:\n  learn: false\n")
+    cfg = build_config(load_config(config), {"pin_cpus": False}, source=config)
     c = Cluster(initialize_head=True, head_node_args={"num_cpus": 4})
     nodes = [c.add_node(num_cpus=2, resources={"serving": 1}) for _ in range(2)]
     c.wait_for_nodes()
-    start_ray(c.address)
-    cfg = ServeConfig(model_dir=SHIPPED_MODEL, data_dir=str(tmp_path_factory.mktemp("cluster-data")), replicas=2,
-                      port=free_port(), swap_timeout_s=120.0, store_flush_seconds=0.5, loop=LoopConfig(learn=False))
-    dep = Deployment(cfg, Keys(API_KEY, ADMIN_KEY, "test").digests())
+    log = open(tmp / "serve.log", "w+")
+    proc = subprocess.Popen([sys.executable, "-m", "reverie.cli", "serve", "--address", c.address, "--config",
+                             str(config)], cwd=ROOT, env={**os.environ, API_ENV: API_KEY, ADMIN_ENV: ADMIN_KEY},
+                            stdout=subprocess.PIPE, stderr=log, text=True)
     try:
-        dep.wait_until_running(timeout_s=600)
-        yield ClusterApp(dep, {n.node_id for n in nodes}, c.head_node.node_id)
+        out, watchdog = [], threading.Timer(600, proc.kill)  # a start that hangs fails the test, not the suite
+        watchdog.start()
+        while (line := proc.stdout.readline()) and "Ctrl-C" not in line:
+            out.append(line)
+        watchdog.cancel()
+        log.seek(0)
+        assert f"at http://127.0.0.1:{cfg.port}/v1" in "".join(out), "".join(out) + log.read()[-3000:]
+        start_ray(c.address)
+        yield ClusterApp(Joined(cfg), {n.node_id for n in nodes}, c.head_node.node_id)
     finally:
-        dep.shutdown()
-        serve.shutdown()
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.communicate(timeout=300)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
         ray.shutdown()
         c.shutdown()
+        log.close()
         for n in nodes:
             shutil.rmtree(shm_root(n.node_id), ignore_errors=True)
+    assert proc.returncode == 0  # ``reverie serve`` stopped cleanly on Ctrl-C
 
 
 def _replicas(app) -> list[dict]:
     return asyncio.run(app.dep.broadcaster().replicas())
+
+
+def test_reverie_serve_address_joins_the_cluster_and_answers_through_the_head(cluster_app):
+    r = cluster_app.client.chat.completions.create(model="reverie", messages=[{"role": "user", "content": "sort: b a"}],
+                                                   max_tokens=4, temperature=0)
+    assert r.system_fingerprint == f"reverie-v{cluster_app.dep.registry.promoted().version}"
 
 
 def test_each_serving_node_gets_one_replica_and_nothing_else_serves(cluster_app):

@@ -59,3 +59,70 @@ def test_without_the_node_types_nothing_is_asked_for(cluster):
     assert placed("serving") == {}  # this cluster has no serving node
     assert placed("learner") == {"resources": {"learner": 0.001}}
     assert placed("head") == {"resources": {"node:__internal_head__": 0.001}}
+
+
+def test_a_simulator_node_that_joins_mid_dream_grows_the_pool_and_one_that_leaves_loses_only_its_batch(
+        cluster, tmp_path):
+    """The pool keeps one worker per simulator node: a node added while episodes run gets a worker that takes
+    a batch; removing that node mid-batch loses only that batch, which the other node plays; every episode is
+    recorded once, and the rollout engine sits on the learner node, out of the way of nodes that come and go."""
+    import json
+    import random
+    import threading
+    import time
+
+    import ray
+
+    from actors.store import start_store
+    from reverie.versions import VersionRegistry
+    from simulators.dream import stop_engine
+    from simulators.rollout import engine_actor, wait_ready
+    from simulators.tinyworld.build import SHIPPED_MODEL
+    from simulators.tinyworld.skills import new_tools_task
+    from simulators.tinyworld.tools_env import to_task
+    from simulators.workers import Episode, SimulatorPool, simulator_nodes
+
+    c, learner_node, _ = cluster
+    version = VersionRegistry(tmp_path / "versions").ensure_base(SHIPPED_MODEL).version
+    engine = engine_actor(SHIPPED_MODEL, version=version)
+    wait_ready(engine)
+    assert _node_of(engine) == learner_node
+    store = start_store(str(tmp_path / "data"), name="pool-test-store")
+    (first,) = simulator_nodes()
+    pool = SimulatorPool(engine, store, size=1, batch=4, name="follow")
+    assert set(pool.node_of.values()) == {first}
+    rng = random.Random(3)
+    eps = [Episode(f"follow-{i}", to_task(new_tools_task(rng)), 6) for i in range(160)]
+    started = threading.Event()
+    out: dict = {}
+    runner = threading.Thread(target=lambda: out.setdefault("records", pool.run(eps, on_done=lambda r: started.set())))
+    runner.start()
+    try:
+        assert started.wait(300)
+        joined = c.add_node(num_cpus=1, resources={"simulator": 2})
+        c.wait_for_nodes()
+        lost, done_there = None, 0
+        deadline = time.monotonic() + 300
+        while lost is None and runner.is_alive() and time.monotonic() < deadline:
+            for wid, node in list(pool.node_of.items()):
+                if node == joined.node_id and wid in pool.busy:
+                    progress = ray.get(pool.workers[wid].progress.remote(), timeout=60)
+                    if progress["turns"] >= 1:
+                        lost, done_there = wid, progress["batches"]
+                        break
+            time.sleep(0.1)
+        assert lost is not None, "no worker on the joined node took a batch"
+        grown = pool.size
+        c.remove_node(joined)
+        runner.join(timeout=600)
+        assert not runner.is_alive()
+    finally:
+        stop_engine(engine)
+    records = out["records"]
+    assert grown == 2 and pool.size == 1 and set(pool.node_of.values()) == {first}
+    assert pool.deaths == 1 and pool.retried == 4  # only the batch in flight on the node that left
+    assert [r["id"] for r in records] == [e.id for e in eps]  # every episode, once
+    made = [json.loads(r["provenance"]) for r in records]
+    assert {m["node"] for m in made} <= {first, joined.node_id}
+    assert sum(m["worker"] == lost for m in made) == 4 * done_there  # its lost batch was played elsewhere
+    pool.shutdown()
