@@ -140,6 +140,12 @@ class Controller:
         self._judge = None  # the Gate, built on first use
         self._failed_at = 0.0
         self._suite = None
+        # What the idle look has read of the store (kept in memory: after a restart it reads from the start and
+        # drops what ``processed`` and ``dreamt`` say is done): per table the newest part read (the watermark),
+        # the feedback not yet processed, and the recorded asks not yet dreamt on.
+        self._marks: dict[str, str] = {}
+        self._feedback: dict[str, dict] = {}
+        self._candidates: dict[tuple[str, str], dict] = {}  # (interaction id, skill) -> the ask
 
     # ------------------------------------------------------------ durable state
     def _save(self) -> None:
@@ -188,39 +194,48 @@ class Controller:
         except Exception as e:  # noqa: BLE001 - the flushed part is still read; the rest waits for the next look
             logger.warning("could not flush the experience store: %s", e)
 
-    def _new_feedback(self) -> list[dict]:
-        from actors.store import read_table
+    def _read_new(self, table: str, columns=None) -> list[dict]:
+        """The rows flushed to ``table`` since the last look, read with Ray Data; the watermark moves on."""
+        from actors.store import read_new
 
-        rows = read_table(self.cfg.data_dir, "feedback").to_pylist()
+        rows, self._marks[table] = read_new(self.cfg.data_dir, table, self._marks.get(table, ""), columns)
+        return rows
+
+    def _new_feedback(self) -> list[dict]:
+        for r in self._read_new("feedback"):
+            if r["id"] not in self.processed:
+                self._feedback[r["id"]] = r
         with self._lock:
             claimed = set(self.current.feedback_ids) if self.current else set()
-            return [r for r in rows if r["id"] not in self.processed and r["id"] not in claimed]
+            return [r for r in self._feedback.values() if r["id"] not in self.processed and r["id"] not in claimed]
 
     def _new_asks(self) -> list[dict]:
         """Recorded conversations, not dreamt on yet, whose ask belongs to a family with a registered
-        environment: ``{"id", "ask", "skill"}``, one per distinct ask."""
+        environment: ``{"id", "ask", "skill", "new"}`` (``new``: the first of its ask)."""
         if not self.cfg.loop.dream:
             return []
-        from actors.store import read_table
         from simulators.dream import DREAM_SKILLS, task_source
         from simulators.variations import is_tinyworld_model
 
         if not is_tinyworld_model(self.cfg.model_dir):
             return []  # no environment is registered for another model's tasks (yet)
         sources = {skill: task_source(skill) for skill in DREAM_SKILLS}
-        rows = read_table(self.cfg.data_dir, "interactions", columns=["id", "messages"]).to_pylist()
-        with self._lock:
-            claimed = set(self.current.asks) if self.current else set()
-        out, seen = [], set()
         rng = random.Random(0)
-        for r in rows:
-            if r["id"] in self.dreamt or r["id"] in claimed or not r["messages"]:
+        for r in self._read_new("interactions", columns=["id", "messages"]):
+            if r["id"] in self.dreamt or not r["messages"]:
                 continue
             ask = next((m["content"] for m in r["messages"] if m["role"] == "user"), None)
             for skill, src in sources.items():
                 if ask is not None and src.parse(ask, rng) is not None:
-                    out.append({"id": r["id"], "ask": ask, "skill": skill, "new": ask not in seen})
-                    seen.add(ask)
+                    self._candidates[(r["id"], skill)] = {"id": r["id"], "ask": ask, "skill": skill}
+        with self._lock:
+            claimed = set(self.current.asks) if self.current else set()
+        out, seen = [], set()
+        for a in self._candidates.values():
+            if a["id"] in self.dreamt or a["id"] in claimed:
+                continue
+            out.append({**a, "new": a["ask"] not in seen})
+            seen.add(a["ask"])
         return out
 
     # ------------------------------------------------------------ the loop
@@ -280,6 +295,10 @@ class Controller:
             if c.state != "failed":  # a failed cycle's feedback is left for the next one
                 self.processed.update(c.feedback_ids)
                 self.dreamt.update(c.asks)
+                for i in c.feedback_ids:
+                    self._feedback.pop(i, None)
+                for key in [k for k in self._candidates if k[0] in self.dreamt]:
+                    del self._candidates[key]
             else:
                 self._failed_at = time.time()
             self.history.append(c.public())

@@ -171,6 +171,41 @@ def read_table(data_dir: str = DEFAULT_DATA_DIR, table: str = "interactions", id
     return data.to_table(filter=where, columns=columns)
 
 
+def parts(data_dir: str, table: str, after: str = "") -> list[str]:
+    """The paths of the table's Parquet parts flushed after the part named ``after`` (a watermark: part names
+    begin with their flush time in nanoseconds, so they sort in the order they were written), oldest first."""
+    _schema(table)
+    fs, base = _filesystem(data_dir)
+    path = f"{base}/{table}"
+    if fs.get_file_info(path).type != pafs.FileType.Directory:
+        return []
+    infos = fs.get_file_info(pafs.FileSelector(path))
+    names = sorted(i.base_name for i in infos if i.base_name.startswith("part-") and i.base_name.endswith(".parquet"))
+    return [f"{path}/{n}" for n in names if n > after]
+
+
+def read_new(data_dir: str, table: str, after: str = "", columns=None) -> tuple[list[dict], str]:
+    """The rows of every part of ``table`` flushed after the watermark ``after`` (a part's name, ``""``: from
+    the start), read with Ray Data (``ray.data.read_parquet``, streamed row by row, only ``columns`` when
+    given), and the new watermark: the newest part read.  Nothing new: no read at all, and the same watermark.
+    Needs Ray (a driver or an actor of the cluster); the data directory is a path or any ``pyarrow.fs`` URI."""
+    import ray
+    import ray.data
+
+    if not ray.is_initialized():  # Ray Data would start a Ray of its own here
+        raise RuntimeError("read_new reads with Ray Data: connect to Ray first (reverie.ray_start.start_ray)")
+    paths = parts(data_dir, table, after)
+    if not paths:
+        return [], after
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False  # a reader inside the controller: its log, not a terminal
+    fs, _ = _filesystem(data_dir)
+    data = ray.data.read_parquet(paths, filesystem=fs)
+    if columns is not None:
+        data = data.select_columns(list(columns))
+    return list(data.iter_rows()), paths[-1].rsplit("/", 1)[1]
+
+
 class ExperienceStoreCore:
     """The store's logic, without Ray (the actor below wraps it)."""
 

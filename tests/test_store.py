@@ -162,3 +162,34 @@ def test_checking_for_a_writer_claims_nothing(tmp_path):
     lock.write_text("12345")  # the last writer, another process
     check_no_writer(str(tmp_path))
     assert lock.read_text() == "12345"
+
+
+def test_ray_data_reads_only_the_parts_flushed_after_the_watermark(tmp_path):
+    """What the controller's look reads (``read_new``): every row flushed since its watermark, through Ray
+    Data on a ``pyarrow.fs`` URI, then nothing until the next flush, then only that flush's rows."""
+    import ray
+
+    from actors.store import read_new
+    from reverie.ray_start import start_ray
+
+    uri = f"file://{tmp_path}/data"
+    s = ExperienceStoreCore(uri, wal_dir=str(tmp_path / "wal"))
+    started = start_ray(num_cpus=2)
+    try:
+        s.append("interactions", [rec(1), rec(2)])
+        s.flush()
+        rows, mark = read_new(uri, "interactions")
+        assert sorted(r["id"] for r in rows) == ["r1", "r2"]
+        assert rows[0]["messages"] == [{"role": "user", "content": f"q{rows[0]['id'][1:]}"}]
+        assert read_new(uri, "interactions", mark) == ([], mark)  # nothing new: no read, the same watermark
+        s.append("interactions", [rec(3)])
+        s.append("interactions", [rec(4)])  # acknowledged, not flushed yet: not visible
+        s.flush()
+        s.append("interactions", [rec(5)])
+        rows, later = read_new(uri, "interactions", mark, columns=["id", "version"])
+        assert sorted(r["id"] for r in rows) == ["r3", "r4"] and later > mark
+        assert set(rows[0]) == {"id", "version"}
+    finally:
+        s.close()
+        if started:
+            ray.shutdown()
