@@ -1,10 +1,11 @@
-"""Weights across nodes, on a simulated multi-node cluster (``ray.cluster_utils.Cluster``): a head and two
-``serving`` nodes, as cluster.yaml declares them.  Each serving node gets one replica; a swap reaches both
+"""Weights across nodes, on a simulated multi-node cluster (``ray.cluster_utils.Cluster``): a head, two
+``serving`` nodes and a ``learner`` node, as cluster.yaml declares them.  Each serving node gets one replica; a swap reaches both
 through Ray's object store, each node writes it into its own shared-memory root, and every replica reports the
 checksum of the version; the shared-memory transport is refused across nodes instead of reading the head's
 files.  Every node of the simulated cluster is a process tree on this machine: what differs between them is
 the Ray node id, which is all that scopes a shared-memory root (``reverie.weight_sync.shm_root``).  The
-system is started as a user starts it on a cluster: ``reverie serve --address`` in its own process."""
+system is started as a user starts it on a cluster: ``reverie serve --address`` in its own process, the loop
+on; one loop cycle runs end to end on it."""
 from __future__ import annotations
 
 import asyncio
