@@ -37,7 +37,7 @@ noted; what is left out keeps its default, shown here)::
       dream: true                     # rehearse recorded asks of a family with an environment
       min_episodes: 4                 # new recorded asks of such a family that start a cycle
       dream_episodes: 128             # rehearsed per cycle
-      simulators: 1                   # simulator workers per dream
+      simulators: 1                   # simulator workers per dream, on each simulator node
       dream_env: real                 # or simulated: in a simulator built from the family's recorded episodes
       simulator: trained              # retrieval, trained or both (with dream_env: simulated)
       simulator_steps: 300            # fine-tuning steps of a trained simulator
@@ -56,7 +56,9 @@ noted; what is left out keeps its default, shown here)::
 Precedence: the dataclass defaults < the command's own defaults (``defaults=``) < the file < the flags
 given on the command line (a flag left out does not override the file).  Relative paths in the file
 (``model_dir``, ``versions_dir``, a local ``data_dir``, ``gate.retention_suite``) are relative to the
-file's directory, and ``~`` is expanded; on the command line they are relative to the current directory.
+file's directory, and ``~`` is expanded; given on the command line, or left at a default, they are resolved
+against the current directory before anything starts, so the store and the controller (Ray's processes, with
+working directories of their own) open the folder the user meant.
 
 The schema is built from the dataclasses' fields and the ``RULES`` below (one ``reverie.args.Rule`` per
 field), with pydantic in strict mode and ``extra="forbid"``: ``steps: "300"`` or ``learn: 1`` are refused,
@@ -332,7 +334,8 @@ def build_config(file_values: dict, flags: dict, *, source: str | Path | None = 
                  defaults: dict | None = None) -> ServeConfig:
     """The ``ServeConfig`` of: the dataclass defaults < ``defaults`` (the command's own, by dotted field)
     < ``file_values`` (from ``load_config(source)``) < ``flags`` ({dotted field: value} of the flags given;
-    text from argparse is read as the field's kind).  A ReverieError names the first bad field."""
+    text from argparse is read as the field's kind).  Relative paths: in the file, below the file's folder;
+    from a flag or a default, below the working directory.  A ReverieError names the first bad field."""
     from pydantic import ValidationError
 
     where = str(source) if source is not None else "config"
@@ -369,6 +372,9 @@ def build_config(file_values: dict, flags: dict, *, source: str | Path | None = 
             return f"{where}: {field}:", value
         return f"{field}:", value
 
+    # What is still relative (a flag, a default) names a folder below where the command was typed: Ray's
+    # processes that open it (the store, the controller, on a cluster) have another working directory.
+    merged = _with_paths_resolved(merged, Path.cwd())
     try:
         checked = schema().model_validate(merged)
     except ValidationError as e:

@@ -99,7 +99,8 @@ def test_the_documented_example_is_a_valid_config_of_the_defaults(tmp_path):
 
 def test_no_file_and_no_flags_give_the_dataclass_defaults_and_the_shipped_model():
     cfg = _serve_config()
-    assert cfg == ServeConfig(model_dir=Path(str(SHIPPED_MODEL)), pin_cpus=True)
+    assert cfg == ServeConfig(model_dir=Path(str(SHIPPED_MODEL)), pin_cpus=True,
+                              data_dir=str(Path.cwd() / "reverie-data"))  # the default, where the command runs
 
 
 def test_flags_given_override_the_file_and_flags_left_out_do_not(tmp_path):
@@ -211,3 +212,14 @@ def test_scientific_notation_reads_as_a_number_and_an_empty_section_as_defaults(
     path.write_text("loop:\n  lr: 2e-5\ngate:\n")
     cfg = build_config(load_config(path), {}, source=path, defaults={"model_dir": str(SHIPPED_MODEL)})
     assert cfg.loop.lr == 2e-5 and cfg.gate == GateConfig()
+
+
+def test_relative_paths_given_as_flags_or_defaults_are_resolved_where_the_command_was_typed(tmp_path, monkeypatch):
+    """The store and the controller run in Ray's processes, whose working directory (on a cluster, where
+    ``ray start`` ran) is not the user's: a relative ``--data-dir``, ``--versions-dir`` or default names the
+    folder below where the command was typed.  A URI stays as given."""
+    monkeypatch.chdir(tmp_path)
+    cfg = _serve_config("--data-dir", "data", "--versions-dir", "v")
+    assert cfg.data_dir == str(tmp_path / "data") and cfg.versions_dir == tmp_path / "v"
+    assert _serve_config().data_dir == str(tmp_path / "reverie-data")
+    assert _serve_config("--data-dir", "s3://bucket/reverie", "--versions-dir", "v").data_dir == "s3://bucket/reverie"
