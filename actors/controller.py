@@ -207,7 +207,7 @@ class Controller:
                 self._feedback[r["id"]] = r
         with self._lock:
             claimed = set(self.current.feedback_ids) if self.current else set()
-            return [r for r in self._feedback.values() if r["id"] not in self.processed and r["id"] not in claimed]
+            return [r for r in self._feedback.values() if r["id"] not in claimed]  # processed ones were dropped
 
     def _new_asks(self) -> list[dict]:
         """Recorded conversations, not dreamt on yet, whose ask belongs to a family with a registered
@@ -231,8 +231,8 @@ class Controller:
         with self._lock:
             claimed = set(self.current.asks) if self.current else set()
         out, seen = [], set()
-        for a in self._candidates.values():
-            if a["id"] in self.dreamt or a["id"] in claimed:
+        for a in self._candidates.values():  # the dreamt ones were dropped when their cycle ended
+            if a["id"] in claimed:
                 continue
             out.append({**a, "new": a["ask"] not in seen})
             seen.add(a["ask"])
