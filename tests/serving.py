@@ -18,6 +18,14 @@ ADMIN_KEY = "test-admin-key-0123456789"
 PROMPT = "<|user|> reverse: m o p i<|end|><|assistant|>"
 
 
+def ctrl_c_stops_it() -> None:
+    """``preexec_fn`` of a command that a test stops with Ctrl-C (SIGINT): a suite run in the background by a
+    non-interactive shell inherits SIGINT ignored, and a Python child started from it would ignore it too."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

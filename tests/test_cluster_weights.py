@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from serving import ADMIN_KEY, API_KEY, free_port, max_diff, perturbed_state, served, torch_logprobs, torch_model
+from serving import (ADMIN_KEY, API_KEY, ctrl_c_stops_it, free_port, max_diff, perturbed_state, served, torch_logprobs,
+                     torch_model)
 
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -85,7 +86,7 @@ def cluster_app(tmp_path_factory):
     log = open(tmp / "serve.log", "w+")
     proc = subprocess.Popen([sys.executable, "-m", "reverie.cli", "serve", "--address", c.address, "--config",
                              str(config)], cwd=ROOT, env={**os.environ, API_ENV: API_KEY, ADMIN_ENV: ADMIN_KEY},
-                            stdout=subprocess.PIPE, stderr=log, text=True)
+                            stdout=subprocess.PIPE, stderr=log, text=True, preexec_fn=ctrl_c_stops_it)
     try:
         out, watchdog = [], threading.Timer(600, proc.kill)  # a start that hangs fails the test, not the suite
         watchdog.start()

@@ -15,6 +15,7 @@ from pathlib import Path
 import openai
 import pytest
 
+from serving import ctrl_c_stops_it
 from simulators.tinyworld.build import SHIPPED_MODEL
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -81,7 +82,7 @@ def test_serve_prints_url_and_key_location_records_and_stops_cleanly_on_ctrl_c(t
     proc = subprocess.Popen(
         [sys.executable, "-m", "reverie.cli", "serve", "--model", str(SHIPPED_MODEL), "--port", str(port),
          "--data-dir", str(data), "--key-file", str(key_file)],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=ctrl_c_stops_it)
     try:
         lines = []
         deadline = time.time() + 400
