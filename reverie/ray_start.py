@@ -109,3 +109,93 @@ def quiet_http_clients() -> None:
 
     for name in HTTP_CLIENT_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
+
+
+# ------------------------------------------------------------------ what every node must see
+PROBE = ".reverie-shared-probe-"  # + a token: written into a directory every node must share, looked for on each
+
+
+def _sees(paths: dict, token: str) -> dict:
+    """On one node: for each name, what it finds at its path: ``shared``, whether the probe with ``token`` is
+    there (it is not in another directory); ``copied``, the names and sizes of its weights and JSON files; or
+    ``"missing"``, or ``"unreadable: ..."``."""
+    out = {}
+    for name, (path, how) in paths.items():
+        p = Path(path)
+        try:
+            if not p.is_dir():
+                out[name] = "missing"
+            elif how == "shared":
+                out[name] = (p / (PROBE + token)).is_file()
+            else:
+                out[name] = sorted([f.name, f.stat().st_size] for f in p.iterdir()
+                                   if f.suffix in (".safetensors", ".json") and f.is_file())
+        except OSError as e:
+            out[name] = f"unreadable: {e.strerror or e}"
+    return out
+
+
+def _label(node: dict) -> str:
+    res = node.get("Resources", {})
+    kinds = ["head"] * (res.get(HEAD_RESOURCE, 0) > 0) + [k for k in ("learner", "serving", "simulator")
+                                                           if res.get(k, 0) > 0]
+    return f"node {node['NodeManagerAddress']} {node['NodeID'][:8]} ({', '.join(kinds) or 'no node type'})"
+
+
+def unlike_here(paths: dict, token: str = "") -> list[str]:
+    """Each node of the cluster that does not see ``paths`` as this process does, one line per path and node.
+
+    ``paths``: ``{name: (directory, how)}``; ``how`` is ``"shared"`` (the very same directory, a shared file
+    system mounted at the same path: the caller has written the probe ``PROBE + token`` into it) or ``"copied"``
+    (the same weights and JSON files, by name and size, at the same path).  Every other live node looks in a
+    task of its own; on one machine there is none and nothing is run."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = ray.get_runtime_context().get_node_id()
+    others = [n for n in ray.nodes() if n.get("Alive") and n["NodeID"] != here]
+    if not others:
+        return []
+    expected = _sees(paths, token)
+    look = ray.remote(num_cpus=0)(_sees)
+    seen = ray.get([look.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
+                    .remote(paths, token) for n in others], timeout=300)
+    lines = []
+    for node, found in zip(others, seen):
+        for name, (path, how) in paths.items():
+            got = found[name]
+            if got == expected[name]:
+                continue
+            if got == "missing":
+                why = "does not exist"
+            elif isinstance(got, str):
+                why = f"is {got}"
+            elif how == "shared":
+                why = "is another directory (not the same shared file system)"
+            else:
+                why = "holds other files"
+            lines.append(f"{name} {path} {why} on {_label(node)}")
+    return lines
+
+
+def check_shared(versions_dir: str | Path, model_dir: str | Path) -> None:
+    """On a cluster, every node must reach the version registry (one shared directory: replicas, the learner,
+    the gate and the dreams load versions from it by path) and the model directory (the same files at the same
+    path); otherwise a ``ReverieError`` naming each node that does not, before anything starts there.  Nothing
+    is run on one machine."""
+    import secrets
+
+    from reverie.errors import ReverieError
+
+    token = secrets.token_hex(8)
+    probe = Path(versions_dir) / (PROBE + token)
+    probe.write_text(token)
+    try:
+        lines = unlike_here({"--versions-dir": (str(versions_dir), "shared"),
+                             "the model directory": (str(model_dir), "copied")}, token)
+    finally:
+        probe.unlink(missing_ok=True)
+    if lines:
+        raise ReverieError("on a cluster, --versions-dir must be one shared file system mounted at the same path "
+                           "on every node, and the model directory must be at the same path on every node: "
+                           + "; ".join(lines))

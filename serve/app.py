@@ -6,7 +6,7 @@ from pathlib import Path
 
 from reverie.config import ServeConfig
 from reverie.engine import engine_kwargs
-from reverie.ray_start import REPO_ROOT, placed
+from reverie.ray_start import REPO_ROOT, check_shared, placed
 from serve.guard import chat_roles
 
 from serve.door import APP_NAME, INGRESS_DEPLOYMENT, LLM_DEPLOYMENT  # noqa: F401 - APP_NAME: serve.app's too
@@ -77,6 +77,7 @@ class Deployment:
         self.cfg = cfg
         self.registry = VersionRegistry(cfg.resolved_versions_dir())
         self.registry.ensure_base(cfg.model_dir)
+        check_shared(self.registry.root, cfg.model_dir)  # on a cluster: every node reaches both (ReverieError)
         self.store = start_store(cfg.data_dir, name=cfg.store_name, flush_seconds=cfg.store_flush_seconds)
         # One HTTP proxy, on the head: the API's address is the head's (``HeadOnly``); on every node, simulated
         # nodes of one machine would all bind the same port.

@@ -126,3 +126,65 @@ def test_a_simulator_node_that_joins_mid_dream_grows_the_pool_and_one_that_leave
     assert {m["node"] for m in made} <= {first, joined.node_id}
     assert sum(m["worker"] == lost for m in made) == 4 * done_there  # its lost batch was played elsewhere
     pool.shutdown()
+
+
+def test_a_check_of_what_every_node_sees_passes_where_they_share_the_directories_and_leaves_no_probe(cluster,
+                                                                                                     tmp_path):
+    from reverie.ray_start import check_shared
+    from simulators.tinyworld.build import SHIPPED_MODEL
+
+    versions = tmp_path / "versions"
+    versions.mkdir()
+    check_shared(versions, SHIPPED_MODEL)  # every simulated node shares this machine's file system
+    assert list(versions.iterdir()) == []
+
+
+def _mount_namespace_refusal(tmp_path) -> str | None:
+    """Why this machine cannot give a process a file system view of its own (``unshare -m`` and a tmpfs), or
+    None when it can."""
+    import shutil
+    import subprocess
+
+    if shutil.which("unshare") is None:
+        return "no unshare command"
+    probe = tmp_path / "mount-probe"
+    probe.mkdir()
+    r = subprocess.run(["unshare", "-m", "--propagation", "private", "mount", "-t", "tmpfs", "none", str(probe)],
+                       capture_output=True, text=True)
+    return None if r.returncode == 0 else f"unshare -m cannot mount here: {r.stderr.strip()[:200]}"
+
+
+def test_reverie_serve_address_refuses_directories_the_other_nodes_do_not_see_naming_each_node_in_one_line(
+        cluster, tmp_path):
+    """``reverie serve`` runs in a mount namespace of its own, where its --versions-dir is a tmpfs and its model
+    directory a bind mount of the shipped model: at the same paths, the cluster's nodes find an empty directory
+    each.  It must refuse before anything starts, in one line naming the nodes, and exit 2."""
+    import os
+    import subprocess
+    import sys
+
+    from reverie.ray_start import REPO_ROOT
+    from serve.auth import ADMIN_ENV, API_ENV
+    from simulators.tinyworld.build import SHIPPED_MODEL
+
+    why = _mount_namespace_refusal(tmp_path)
+    if why:
+        pytest.skip(why)
+    c, learner_node, _ = cluster
+    versions, model = tmp_path / "versions", tmp_path / "model"
+    versions.mkdir()
+    model.mkdir()
+    serve = (f"mount -t tmpfs none {versions} && mount --bind {SHIPPED_MODEL} {model} && exec {sys.executable} "
+             f"-m reverie.cli serve --address {c.address} --model {model} --versions-dir {versions} "
+             f"--data-dir {tmp_path / 'data'}")
+    run = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", serve], cwd=REPO_ROOT,
+                         capture_output=True, text=True, timeout=300,
+                         env={**os.environ, API_ENV: "k" * 24, ADMIN_ENV: "a" * 24})
+    assert run.returncode == 2, run.stderr[-3000:]
+    (line,) = [x for x in run.stderr.splitlines() if x.startswith("reverie: error:")]
+    assert "Traceback" not in run.stderr
+    assert f"--versions-dir {versions} is another directory (not the same shared file system) on node" in line
+    assert f"the model directory {model} holds other files on node" in line
+    assert learner_node[:8] in line and line.count(" on node ") >= 4, line  # both paths, on each other node
+    assert not (tmp_path / "data").exists()  # refused before the experience store started
+    assert list(versions.iterdir()) == []  # what the nodes see was not written to
