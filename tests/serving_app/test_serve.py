@@ -508,7 +508,9 @@ def test_a_replica_killed_under_load_is_replaced_on_the_promoted_version_and_onl
         time.sleep(3)
         killed = time.time()
         os.kill(pid, signal.SIGKILL)
-        deadline, replicas = time.time() + 300, []
+        # A bound for a hang, not for speed: on 2026-12-02 this machine took 297 s to construct the replacement
+        # (Serve's controller log) while the clients kept the other replica busy, and 135 s for each first one.
+        deadline, replicas = time.time() + 600, []
         while time.time() < deadline:
             time.sleep(3)
             try:
@@ -518,7 +520,7 @@ def test_a_replica_killed_under_load_is_replaced_on_the_promoted_version_and_onl
             if len(replicas) == 2 and victim["replica"] not in {r["replica"] for r in replicas}:
                 break
         else:
-            pytest.fail("the killed replica was not replaced within 300 s")
+            pytest.fail("the killed replica was not replaced within 600 s")
         replaced = time.time()
         while time.time() < replaced + 120 and sum(e is None and s > replaced for s, _, _, e, _ in log) < 16:
             time.sleep(0.5)
