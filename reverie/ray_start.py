@@ -142,6 +142,14 @@ def _label(node: dict) -> str:
     return f"node {node['NodeManagerAddress']} {node['NodeID'][:8]} ({', '.join(kinds) or 'no node type'})"
 
 
+def _other_nodes() -> list[dict]:
+    """The live nodes of the cluster other than this process's (none on one machine)."""
+    import ray
+
+    here = ray.get_runtime_context().get_node_id()
+    return [n for n in ray.nodes() if n.get("Alive") and n["NodeID"] != here]
+
+
 def unlike_here(paths: dict, token: str = "") -> list[str]:
     """Each node of the cluster that does not see ``paths`` as this process does, one line per path and node.
 
@@ -152,8 +160,7 @@ def unlike_here(paths: dict, token: str = "") -> list[str]:
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    here = ray.get_runtime_context().get_node_id()
-    others = [n for n in ray.nodes() if n.get("Alive") and n["NodeID"] != here]
+    others = _other_nodes()
     if not others:
         return []
     expected = _sees(paths, token)
@@ -187,6 +194,8 @@ def check_shared(versions_dir: str | Path, model_dir: str | Path) -> None:
 
     from reverie.errors import ReverieError
 
+    if not _other_nodes():
+        return  # one machine: no probe written, no task run
     token = secrets.token_hex(8)
     probe = Path(versions_dir) / (PROBE + token)
     probe.write_text(token)
