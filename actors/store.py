@@ -200,8 +200,7 @@ def read_new(data_dir: str, table: str, after: str = "", columns=None) -> tuple[
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False  # a reader inside the controller: its log, not a terminal
     # Read tasks, not Ray 2.60's default DataSourceV2 path: that one provisions 32 footer-reader actors (new
-    # processes) for every read, measured at 23 s and 46 CPU-seconds for one row on 2 cores, against 0.15 s
-    # (tests/test_store.py::test_a_look_at_new_parts_starts_no_ray_actors).
+    # processes) for every read, however small (tests/test_store.py::test_a_look_at_new_parts_starts_no_ray_actors).
     context.use_datasource_v2 = False
     fs, _ = _filesystem(data_dir)
     data = ray.data.read_parquet(paths, filesystem=fs)
