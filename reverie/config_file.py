@@ -45,7 +45,7 @@ noted; what is left out keeps its default, shown here)::
       dream_fallback: real            # after a switch-off: real (dream in the real environment) or skip
       seed: 0
     gate:                             # what a candidate must show before it is served
-      min_gain: 0.2                   # held-out new-task accuracy gain over the parent, in [0, 1)
+      min_gain: 0.2                   # held-out new tasks: net share of the parent's failures fixed, in [0, 1)
       max_retention_loss: 0.01        # retention accuracy lost against the parent and the base, in [0, 1)
       retention_suite: null           # a JSONL file (null: the tiny world's base skills)
       retention_items: 100
