@@ -86,15 +86,17 @@ def settings(quick: bool = False) -> DemoSettings:
             max_seconds=540.0, facts=8, arrive_with_first_cycle=False, quick=True)
     # Measured on this 2-core machine (docs in the report): `reverie learn --skill facts --steps 150` forgot
     # recall 1.0 -> 0.925 with half of each batch replaying base skills, 0.985 with 0.7 (facts 1.0 both); lr
-    # 2e-4 forgot 0.01 in 100 steps.  The controller alternates feedback and dream lessons in each batch, so a
-    # cycle with any feedback gives the tools skill half the lessons: the first cycle is the tools users'
-    # alone (the users who teach arrive while it runs), the next ones mix their feedback with more dreams.
+    # 2e-4 forgot 0.01 in 100 steps.  The users who teach talk from the start, so the first cycle already
+    # learns facts and the rule besides the tools dreams (on 2026-12-03 with them: facts 0.70 after it; with
+    # the first cycle left to tools, facts 0.00, and the last cycles' gains came too late).  The copy user
+    # states the rule at most every 10 s (20 s gave 8-9 rule lessons a cycle and rule 0.87 after two).  A dream
+    # of 64 episodes (128 took 56-119 s of every cycle) leaves time for one more cycle.
     return DemoSettings(
         loop=LoopConfig(approval="required", min_feedback=16, min_episodes=8, poll_s=1.0, steps=150, retain=0.75,
-                        checkpoint_every=50, dream_episodes=128),
+                        checkpoint_every=50, dream_episodes=64),
         gate=GateConfig(min_gain=0.1, retention_items=100, heldout_items=48),
         fact_users=4, rule_users=1, base_users=2, tools_users=2, new_items=100, retention_items=100,
-        max_seconds=17 * 60.0)
+        max_seconds=17 * 60.0, rule_every_s=10.0, arrive_with_first_cycle=False)
 
 
 # --------------------------------------------------------------------------- output folder
