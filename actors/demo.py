@@ -66,6 +66,7 @@ class DemoSettings:
     concurrency: int = 8  # requests in flight during a measurement
     think_s: tuple[float, float] = (1.0, 2.5)  # a user's pause between asks (fewer requests: more CPU to learn)
     rule_every_s: float = 20.0  # the copy user states the rule at most this often
+    recorrect_s: float = 600.0  # a fact user corrects the same version's same wrong answer again after this long
     facts: int = 64  # how many of the new facts the fact users ask about
     # The users who teach (facts, rule) arrive once the loop's first cycle (a dream on the tools users' asks)
     # is under way, so that the first cycle's learner steps all go to the tools skill (see ``settings``).
@@ -86,17 +87,18 @@ def settings(quick: bool = False) -> DemoSettings:
             max_seconds=540.0, facts=8, arrive_with_first_cycle=False, quick=True)
     # Measured on this 2-core machine (docs in the report): `reverie learn --skill facts --steps 150` forgot
     # recall 1.0 -> 0.925 with half of each batch replaying base skills, 0.985 with 0.7 (facts 1.0 both); lr
-    # 2e-4 forgot 0.01 in 100 steps.  The users who teach talk from the start, so the first cycle already
-    # learns facts and the rule besides the tools dreams (on 2026-12-03 with them: facts 0.70 after it; with
-    # the first cycle left to tools, facts 0.00, and the last cycles' gains came too late).  The copy user
-    # states the rule at most every 10 s (20 s gave 8-9 rule lessons a cycle and rule 0.87 after two).  A dream
-    # of 64 episodes (128 took 56-119 s of every cycle) leaves time for one more cycle.
+    # 2e-4 forgot 0.01 in 100 steps.  The controller alternates feedback and dream lessons in each batch, so a
+    # cycle with any feedback gives the tools skill half the lessons: the first cycle is the tools users'
+    # alone (the users who teach arrive while it runs), the next ones mix their feedback with more dreams.
+    # The copy user states the rule at most every 10 s (every 20 s gave 8-9 rule lessons a cycle and rule 0.87
+    # after two cycles, 2026-12-03).  A fact user corrects a wrong answer again after 3 minutes: a cycle the
+    # gate rejects takes its corrections with it, and with 10 minutes the facts starved for the rest of the run.
     return DemoSettings(
         loop=LoopConfig(approval="required", min_feedback=16, min_episodes=8, poll_s=1.0, steps=150, retain=0.75,
-                        checkpoint_every=50, dream_episodes=64),
+                        checkpoint_every=50, dream_episodes=128),
         gate=GateConfig(min_gain=0.1, retention_items=100, heldout_items=48),
         fact_users=4, rule_users=1, base_users=2, tools_users=2, new_items=100, retention_items=100,
-        max_seconds=17 * 60.0, rule_every_s=10.0, arrive_with_first_cycle=False)
+        max_seconds=17 * 60.0, rule_every_s=10.0, recorrect_s=180.0)
 
 
 # --------------------------------------------------------------------------- output folder
@@ -324,7 +326,8 @@ def run_demo(out_dir: str | Path = DEFAULT_OUT, quick: bool = False,
         may_decide = threading.Lock()
         may_decide.acquire()
         tally = Tally()
-        pop = Population(api, tally, stop, think_s=demo.think_s, rule_every_s=demo.rule_every_s)
+        pop = Population(api, tally, stop, think_s=demo.think_s, rule_every_s=demo.rule_every_s,
+                         recorrect_s=demo.recorrect_s)
         from simulators.tinyworld import world as W
 
         users = population(pop, fact_users=demo.fact_users, rule_users=demo.rule_users,

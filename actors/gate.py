@@ -574,6 +574,6 @@ class Gate:
                 "passed": not failed, "reason": "; ".join(failed), "samples": samples, "seconds": 0.0}
 
 
-__all__ = ["COMPARES", "EnvTask", "Gate", "GateInputError", "HeldOutTask", "held_out_gain", "RetentionItem", "WeightsRejected",
-           "check_weights", "exceeds", "heldout_tasks", "load_retention_suite", "matches", "retention_suite",
-           "skill_losses", "tinyworld_retention_suite", "weight_files"]
+__all__ = ["COMPARES", "EnvTask", "Gate", "GateInputError", "HeldOutTask", "RetentionItem", "WeightsRejected",
+           "check_weights", "exceeds", "held_out_gain", "heldout_tasks", "load_retention_suite", "matches",
+           "retention_suite", "skill_losses", "tinyworld_retention_suite", "weight_files"]

@@ -52,7 +52,7 @@ class LoopConfig:
 @dataclass(frozen=True)
 class GateConfig:
     """What a candidate must show before it may be served."""
-    min_gain: float = 0.2  # held-out new tasks: share of the parent's failures the candidate fixes, net (actors/gate.py)
+    min_gain: float = 0.2  # held-out new tasks: net share of the parent's failures the candidate fixes (gate.py)
     max_retention_loss: float = 0.01  # retention suite accuracy, parent (and base) minus candidate (absolute)
     retention_suite: str | None = None  # a JSONL file (docs/design-notes.md); None: the tiny world's base skills
     retention_items: int = 100  # items per retention skill

@@ -11,8 +11,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from actors.gate import (Gate, GateInputError, HeldOutTask, RetentionItem, WeightsRejected, check_weights,
-                         exceeds, held_out_gain, heldout_tasks, load_retention_suite, matches, retention_suite, skill_losses,
-                         tinyworld_retention_suite, weight_files)
+                         exceeds, held_out_gain, heldout_tasks, load_retention_suite, matches, retention_suite,
+                         skill_losses, tinyworld_retention_suite, weight_files)
 from learner.templates import render
 from reverie.config import GateConfig
 from simulators.tinyworld import world as W
@@ -168,10 +168,10 @@ def test_a_skill_the_candidate_is_ahead_on_does_not_pay_for_forgetting_another()
 
 
 def test_the_held_out_gain_is_the_share_of_the_parents_failures_fixed_so_a_family_already_learnt_does_not_dilute_it():
-    """Measured in a demo run (2026-12-03, teaching users from the start; candidate v5): the parent already solved the copy
-    rule (47 of 48) and most tools tasks (43 of 48), and the candidate fixed 8 of the 14 facts it failed.  The
-    mean of the three differences is 0.056, which refused it; counted against what the parent failed, the
-    candidate fixed 6 more of the 20 tasks than it broke."""
+    """Measured in a demo run (``bench/results/demo-runs/2026-12-03-b-teachers-from-start.json``, v5): the
+    parent already solved the copy rule (47 of 48) and most tools tasks (43 of 48), and the candidate fixed 8 of
+    the 14 facts it failed.  The mean of the three differences is 0.056, which refused it; counted against what
+    the parent failed, the candidate fixed 6 more of the 20 tasks than it broke."""
     new = {"copy": {"parent": 47 / 48, "candidate": 48 / 48, "n": 48},
            "facts": {"parent": 24 / 38, "candidate": 32 / 38, "n": 38},
            "tools": {"parent": 43 / 48, "candidate": 40 / 48, "n": 48}}
@@ -179,7 +179,7 @@ def test_the_held_out_gain_is_the_share_of_the_parents_failures_fixed_so_a_famil
 
 
 def test_a_candidate_that_breaks_more_held_out_tasks_than_it_fixes_has_a_negative_gain():
-    # candidate v6 of the committed demo's run the same day: copy 44 -> 47 of 48, facts 42 -> 41, tools 40 -> 34
+    # v6 of bench/results/demo-runs/2026-12-03-a-committed.json: copy 44 -> 47 of 48, facts 42 -> 41, tools 40 -> 34
     new = {"copy": {"parent": 44 / 48, "candidate": 47 / 48, "n": 48},
            "facts": {"parent": 42 / 48, "candidate": 41 / 48, "n": 48},
            "tools": {"parent": 40 / 48, "candidate": 34 / 48, "n": 48}}
