@@ -90,9 +90,10 @@ def settings(quick: bool = False) -> DemoSettings:
     # 2e-4 forgot 0.01 in 100 steps.  The controller alternates feedback and dream lessons in each batch, so a
     # cycle with any feedback gives the tools skill half the lessons: the first cycle is the tools users'
     # alone (the users who teach arrive while it runs), the next ones mix their feedback with more dreams.
-    # The copy user states the rule at most every 10 s (every 20 s gave 8-9 rule lessons a cycle and rule 0.87
+    # The copy user states the rule at most every 10 s (every 20 s gave 5-9 rule lessons a cycle and rule 0.87
     # after two cycles, 2026-12-03).  A fact user corrects a wrong answer again after 3 minutes: a cycle the
-    # gate rejects takes its corrections with it, and with 10 minutes the facts starved for the rest of the run.
+    # gate rejects takes its corrections with it, and with 10 minutes the next two cycles of that run got 12
+    # and 3 corrections (bench/results/demo-runs/2026-12-03-c-teachers-from-start-dream64.json).
     return DemoSettings(
         loop=LoopConfig(approval="required", min_feedback=16, min_episodes=8, poll_s=1.0, steps=150, retain=0.75,
                         checkpoint_every=50, dream_episodes=128),
