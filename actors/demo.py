@@ -572,7 +572,11 @@ def _report(demo: DemoSettings, run: Run, status: dict, before: Measured, after:
         "settings": {"loop": asdict(demo.loop), "gate": asdict(demo.gate),
                      "users": {"facts": demo.fact_users, "rule": demo.rule_users, "base": demo.base_users,
                                "tools": demo.tools_users},
-                     "new_items": demo.new_items, "retention_items": demo.retention_items},
+                     "new_items": demo.new_items, "retention_items": demo.retention_items,
+                     "pace": {"think_s": list(demo.think_s), "rule_every_s": demo.rule_every_s,
+                              "recorrect_s": demo.recorrect_s, "facts": demo.facts,
+                              "arrive_with_first_cycle": demo.arrive_with_first_cycle,
+                              "max_seconds": demo.max_seconds, "concurrency": demo.concurrency}},
         "log": run.lines,
     }
 

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from actors.demo import settings
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -48,6 +50,12 @@ def test_the_quick_demo_learns_from_feedback_rejects_the_bad_candidate_and_repor
     assert report["recorded"]["feedback"]["correction"] > 0 and report["recorded"]["feedback"]["rule"] > 0
 
     assert json.loads((out / "report.json").read_text())["versions"] == report["versions"]
+    # every setting that shaped the run is in its report, the users' pace included
+    quick = settings(quick=True)
+    assert report["settings"]["pace"] == {
+        "think_s": list(quick.think_s), "rule_every_s": quick.rule_every_s, "recorrect_s": quick.recorrect_s,
+        "facts": quick.facts, "arrive_with_first_cycle": quick.arrive_with_first_cycle,
+        "max_seconds": quick.max_seconds, "concurrency": quick.concurrency}, report["settings"]
     from PIL import Image
 
     with Image.open(out / "report.png") as png:
