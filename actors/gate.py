@@ -335,11 +335,16 @@ def held_out_gain(new: Mapping[str, Mapping[str, float]]) -> float:
     because copy and tools were already learnt).  A parent that fails nothing leaves only the plain difference,
     which is never positive."""
     net = sum(f["n"] * (f["candidate"] - f["parent"]) for f in new.values())
-    failed = sum(f["n"] * (1.0 - f["parent"]) for f in new.values())
+    failed = parent_failures(new)
     total = sum(f["n"] for f in new.values())
-    if round(failed, 9) > 0:
+    if failed > 0:
         return net / failed
     return net / total if total else 0.0
+
+
+def parent_failures(new: Mapping[str, Mapping[str, float]]) -> float:
+    """How many held-out tasks the parent failed, over all families (rounded at 1e-9: a sum of fractions)."""
+    return round(sum(f["n"] * (1.0 - f["parent"]) for f in new.values()), 9)
 
 
 def skill_losses(scores: Mapping[str, tuple[float, float]]) -> dict[str, float]:
@@ -557,7 +562,7 @@ class Gate:
         if not gain >= cfg.min_gain:
             why = (" (no held-out tasks)" if not heldout and not env_tasks
                    else " (the parent already solves every held-out task)"
-                   if round(sum(f["n"] * (1.0 - f["parent"]) for f in new.values()), 9) == 0 else "")
+                   if parent_failures(new) == 0 else "")
             failed.append(f"held-out gain {gain:.3f} is below min_gain {cfg.min_gain:.3f}{why}")
         if exceeds(retention_loss, cfg.max_retention_loss):
             worst = max(losses, key=losses.get)
