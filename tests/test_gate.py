@@ -10,9 +10,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from actors.gate import (Gate, GateInputError, HeldOutTask, RetentionItem, WeightsRejected, check_weights,
-                         exceeds, held_out_gain, heldout_tasks, load_retention_suite, matches, retention_suite,
-                         skill_losses, tinyworld_retention_suite, weight_files)
+from actors.gate import (EnvTask, Gate, GateInputError, HeldOutTask, RetentionItem, WeightsRejected, check_weights,
+                         exceeds, held_out_gain, heldout_tasks, load_retention_suite, matches, refusals,
+                         retention_suite, skill_losses, task_from_record, task_record, tinyworld_retention_suite,
+                         weight_files)
 from learner.templates import render
 from reverie.config import GateConfig
 from simulators.tinyworld import world as W
@@ -195,6 +196,48 @@ def test_with_a_parent_that_fails_nothing_there_is_no_gain_to_show_only_a_loss()
 def test_from_a_parent_that_fails_everything_the_gain_is_the_candidates_accuracy():
     new = {"copy": {"parent": 0.0, "candidate": 0.75, "n": 48}, "facts": {"parent": 0.0, "candidate": 0.25, "n": 48}}
     assert held_out_gain(new) == pytest.approx(0.5)
+
+
+def _counts(**families: tuple[int, int, int]) -> dict:
+    return {f: {"parent": p / n, "candidate": c / n, "n": n} for f, (p, c, n) in families.items()}
+
+
+def test_a_family_that_loses_more_than_max_family_loss_is_refused_though_the_others_pay_for_it_in_the_gain():
+    """v5 of ``bench/results/demo.json``: held-out copy 37 -> 45 and facts 23 -> 38 of 48 paid, in the pooled
+    gain (13 of 47), for tools 37 -> 27; the candidate passed and was served (tools 0.76 -> 0.70 through the
+    API)."""
+    new = _counts(copy=(37, 45, 48), facts=(23, 38, 48), tools=(37, 27, 48))
+    cfg = GateConfig(min_gain=0.1, max_family_loss=0.05)
+    assert held_out_gain(new) == pytest.approx(13 / 47)
+    reasons = refusals(cfg, {"new": new})
+    assert reasons == ["held-out tasks lost more than max_family_loss 0.05: tools 0.77 -> 0.56 of 48"]
+
+
+def test_a_family_that_loses_a_task_within_max_family_loss_is_not_refused_for_it():
+    # v6 of bench/results/demo.json: facts 41 -> 40 of 48 (refused only for its gain, 0.087)
+    new = _counts(copy=(47, 48, 48), facts=(41, 40, 48), tools=(33, 35, 48))
+    assert refusals(GateConfig(min_gain=0.1), {"new": new}) == ["held-out gain 0.087 is below min_gain 0.100"]
+    assert refusals(GateConfig(min_gain=0.05), {"new": new}) == []
+
+
+def test_what_earlier_versions_learnt_is_held_per_family_and_a_gain_elsewhere_does_not_pay_for_forgetting_it():
+    new = _counts(copy=(41, 47, 48), facts=(2, 2, 4), tools=(36, 36, 48))  # v7 of bench/results/demo.json
+    cfg = GateConfig(min_gain=0.1, max_family_loss=0.05)
+    assert refusals(cfg, {"new": new}) == []  # what the gate saw: it passed, and facts fell 0.93 -> 0.70
+    learnt = _counts(facts=(90, 68, 96), copy=(95, 96, 96))
+    assert refusals(cfg, {"new": new, "learnt": learnt}) == [
+        "what earlier versions learnt lost more than max_family_loss 0.05: facts 0.94 -> 0.71 of 96"]
+    assert refusals(cfg, {"new": new, "learnt": _counts(facts=(90, 87, 96))}) == []
+
+
+def test_a_learnt_task_is_kept_as_json_and_read_back_as_the_same_task():
+    from simulators.tinyworld.tasks import ToolsTaskSource
+
+    text = HeldOutTask("facts", user("where is the home of tofu ?"), user("x"), "the home of tofu is loma .")
+    env = EnvTask("tools", "tinyworld-tools", ToolsTaskSource().seed(random.Random(0)), 3)
+    back = [task_from_record(json.loads(json.dumps(task_record(t)))) for t in (text, env)]
+    assert back[0].family == "facts" and back[0].student == text.student and back[0].reference == text.reference
+    assert back[1] == env and back[1].task.spec == env.task.spec
 
 
 def test_a_retention_loss_exactly_at_the_bound_passes_whatever_the_floating_point_sum_says():
@@ -422,3 +465,98 @@ def test_a_candidate_whose_only_evidence_is_simulated_is_refused_the_gate_plays_
     tools = report["new"]["tools"]
     assert tools["n"] == 16 and tools["candidate"] <= tools["parent"], tools
     assert report["gain"] <= 0 and not report["passed"] and "min_gain" in report["reason"], report["reason"]
+
+
+# --------------------------------------------------------------------------- what earlier versions learnt
+
+
+@pytest.fixture(scope="module")
+def fact_tasks() -> list[HeldOutTask]:
+    """Held-out asks of the tiny world's new facts: the student asks, the teacher state is told the fact."""
+    rng = random.Random("gate/facts")
+    sources = []
+    for fact in W.world().new_facts[:8]:
+        ask = user(W.QUESTION_TEMPLATES[0].format(attr=fact.attr, ent=fact.ent))
+        sources.append((ask, render("correction", f"the {fact.attr} of {fact.ent} is {fact.val} .")))
+    return heldout_tasks(sources, TinyWorldVariations(), 24, rng)
+
+
+@pytest.fixture(scope="module")
+def fact_taught(tmp_path_factory) -> str:
+    """The shipped model taught the new facts by OPSD (about 20 s on one thread)."""
+    import copy
+
+    from transformers import AutoModelForCausalLM
+
+    from learner.config import LearnConfig
+    from learner.loop import frozen_teacher, learn
+    from learner.tokenizer import ChatEncoder, load_tokenizer
+    from simulators.tinyworld.experiment import lessons
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        tok = load_tokenizer(SHIPPED_MODEL)
+        student = copy.deepcopy(AutoModelForCausalLM.from_pretrained(SHIPPED_MODEL, dtype=torch.float32))
+        learn(student, frozen_teacher(student, tok), ChatEncoder(tok), lessons("facts", 32, 0, 0.5),
+              LearnConfig(steps=60, batch_size=32, lr=3e-4, retain=0.5), progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    state = {k: v.detach().contiguous() for k, v in student.state_dict().items()}
+    return str(_model_dir(tmp_path_factory.mktemp("facts"), state))
+
+
+def test_a_candidate_that_forgets_the_facts_its_parent_learnt_is_refused_though_it_gains_on_its_own_lesson(
+        gate, copy_tasks, fact_tasks, fact_taught, taught):
+    """The parent learnt the new facts; the candidate (taught the copy rule from the base) never had them.  On
+    this cycle's held-out tasks (the copy rule) and the retention suite (the base skills) it gains and loses
+    nothing the gate can see; held to what its parent learnt, it is refused, naming the facts."""
+    first = gate.judge(SHIPPED_MODEL, fact_taught, fact_tasks, [])
+    assert first["new"]["facts"]["candidate"] >= 0.8 and first["learnt"] == {}
+    learnt = [task_from_record(r) for r in gate.learnt(SHIPPED_MODEL, fact_tasks)]
+    assert len(learnt) == len(fact_tasks) and all(t.reference.endswith(" .") for t in learnt)
+
+    blind = gate.judge(fact_taught, taught, copy_tasks, [RULE])
+    assert blind["gain"] >= 0.5 and blind["passed"]  # measured: 0 -> 0.94 on held-out copy, retention loss 0.004
+    held = gate.judge(fact_taught, taught, copy_tasks, [RULE], learnt=learnt)
+    facts = held["learnt"]["facts"]
+    assert facts["n"] == len(fact_tasks) and facts["parent"] >= 0.8 and facts["candidate"] <= 0.2
+    assert not held["passed"] and "what earlier versions learnt" in held["reason"] and "facts" in held["reason"]
+    assert any(s.get("family") == "facts (learnt before)" and s["before"] == s["reference"] != s["after"]
+               for s in held["samples"])
+    json.dumps(held)
+
+
+def test_a_learnt_task_without_its_reference_is_refused_in_one_line(gate, fact_tasks, fact_taught):
+    with pytest.raises(ValueError, match="no reference") as err:
+        gate.judge(fact_taught, fact_taught, [], [], learnt=fact_tasks[:2])
+    assert "\n" not in str(err.value)
+
+
+def test_the_controller_keeps_each_versions_held_out_tasks_and_holds_its_descendants_to_them(
+        tmp_path, copy_tasks, fact_tasks, fact_taught, taught):
+    """Through the controller and its version registry (no Ray needed to judge): v2 learns the facts and is
+    judged on held-out facts, which are kept; v3, a child of v2 that never had them, is judged on what v2 learnt
+    and rejected; a sibling of v2 (a child of the base) is not held to v2's facts."""
+    from actors.controller import Controller
+    from reverie.config import ServeConfig
+    from reverie.versions import REJECTED
+
+    cfg = ServeConfig(model_dir=SHIPPED_MODEL, data_dir=str(tmp_path / "data"),
+                      gate=GateConfig(retention_items=20, samples=2))
+    ctl = Controller(cfg)
+    base = ctl.registry.base().version
+    v2 = ctl.registry.register(fact_taught, source="test", parent=base).version
+    first = ctl.judge(v2, fact_tasks)
+    assert first["new"]["facts"]["candidate"] >= 0.8 and first["learnt"] == {}
+    assert len(ctl.registry.learnt(v2)) == len(fact_tasks)
+
+    v3 = ctl.registry.register(taught, source="test", parent=v2).version
+    second = ctl.judge(v3, copy_tasks)
+    assert second["learnt"]["facts"]["n"] == len(fact_tasks) and second["learnt"]["facts"]["candidate"] <= 0.2
+    cand = ctl.registry.get(v3)
+    assert cand.status == REJECTED and "facts" in cand.reason and cand.scores["learnt"]["facts"]["parent"] >= 0.8
+    assert {t.family for t in ctl.learnt(v3)} == {"facts", "copy"}  # v3's own held-out copy tasks were kept too
+
+    sibling = ctl.registry.register(taught, source="test", parent=base).version
+    assert ctl.judge(sibling, copy_tasks)["learnt"] == {}
