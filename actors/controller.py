@@ -35,8 +35,10 @@ is restarted by Ray and continues where it was):
 4. **gate**: weights that do not fit the served model (names, shapes,
    non-finite values) are rejected before any evaluation; then
    ``actors/gate.py`` scores held-out variations (against the teacher
-   state's answer) and the retention suite, against the parent.  A candidate
-   that fails is ``rejected`` with its scores and the reason.
+   state's answer), what the versions it descends from learnt (their own
+   held-out tasks, kept per version with their references, never lessons
+   or dreams later) and the retention suite, against the parent.  A
+   candidate that fails is ``rejected`` with its scores and the reason.
 5. **approve**: with ``approval: required`` a passing candidate waits as
    ``pending`` until a person approves or rejects it (``reverie approve``,
    the admin API); otherwise the gate's pass approves it.
@@ -366,12 +368,14 @@ class Controller:
 
     def _dream(self, c: Cycle) -> None:
         from actors.dreams import dream_step, simulated_dream
+        from actors.gate import EnvTask
 
         parent = self.registry.get(c.parent)
         report = dream_step(self.cfg.model_dir, parent.directory, parent.version, self.cfg.store_name,
                             self.cfg.data_dir, self._asks(c), self.cfg.loop.dream_episodes, c.seed,
                             simulators=self.cfg.loop.simulators, run_id=f"c{c.cycle:06d}",
-                            exclude=[t.task.prompt for t in self._env_heldout(c)],
+                            exclude=[t.task.prompt for t in (*self._env_heldout(c), *self.learnt(c.parent))
+                                     if isinstance(t, EnvTask)],
                             simulated=simulated_dream(self.cfg.loop))
         c.trajectories = list(report.pop("trajectory_ids"))
         c.dream = report
@@ -421,11 +425,13 @@ class Controller:
     def _batches(self, c: Cycle, lessons: list, heldout: list, varied: set) -> Iterator[list]:
         """Endless batches: asked conversations and their variations (never a held-out one), mixed with
         retention replay; the same sequence for the same cycle."""
+        from actors.gate import HeldOutTask
         from learner.distill import Lesson
         from learner.replay import mixed_batches
 
         rng = random.Random(f"lessons/{c.cycle}/{c.seed}")
         banned = {_prompt_key(t.student) for t in heldout}
+        banned |= {_prompt_key(t.student) for t in self.learnt(c.parent) if isinstance(t, HeldOutTask)}
         variations = self._variations()
 
         def new() -> Iterator[Lesson]:
@@ -570,21 +576,45 @@ class Controller:
             v = self.registry.get(v.parent)
         return v
 
+    def learnt(self, version: int) -> list:
+        """What ``version`` and the versions it descends from learnt: their judged held-out tasks
+        (``Gate.learnt``), newest version first, at most ``gate.learnt_items`` per family, each prompt once."""
+        from actors.gate import HeldOutTask, task_from_record
+
+        out, seen, per_family = [], set(), Counter()
+        v: Candidate | None = self.registry.get(version)
+        lineage: set[int] = set()
+        while v is not None and v.version not in lineage:
+            lineage.add(v.version)
+            for record in self.registry.learnt(v.version):
+                task = task_from_record(record)
+                key = _prompt_key(task.student) if isinstance(task, HeldOutTask) else task.task.prompt
+                if key not in seen and per_family[task.family] < self.cfg.gate.learnt_items:
+                    seen.add(key)
+                    per_family[task.family] += 1
+                    out.append(task)
+            v = self.registry.get(v.parent) if v.parent is not None else None
+        return out
+
     def judge(self, version: int, heldout: list, env_tasks: list = ()) -> dict:
-        """Gate ``version`` against its parent: rejected (with scores and reason) or passed."""
+        """Gate ``version`` against its parent (and what its lineage learnt): rejected (with scores and reason)
+        or passed.  Its held-out tasks, with their references, are kept for the versions that descend from it."""
         from actors.gate import WeightsRejected
 
         cand = self.registry.get(version)
         parent = self.registry.get(cand.parent)
+        gate = self._gate_for()
         try:
-            report = self._gate_for().judge(parent.directory, cand.directory, heldout, self._accepted_rules(cand),
-                                            env_tasks, base_dir=self._base(cand).directory)
+            report = gate.judge(parent.directory, cand.directory, heldout, self._accepted_rules(cand), env_tasks,
+                                base_dir=self._base(cand).directory, learnt=self.learnt(parent.version))
         except WeightsRejected as e:
             reason = f"weights rejected before evaluation: {e}"
             self.registry.set_status(version, REJECTED, reason=reason)
             return {"passed": False, "reason": reason}
+        self.registry.save_learnt(version, gate.learnt(parent.directory, heldout, env_tasks))
         self.registry.save_review(version, report)
-        scores = {k: report[k] for k in ("new", "retention", "gain", "retention_loss", "base_retention_loss", "passed")}
+        scores = {k: report[k] for k in ("new", "learnt", "retention", "gain", "retention_loss", "base_retention_loss",
+                                         "passed")}
         if not report["passed"]:
             self.registry.set_status(version, REJECTED, reason=report["reason"], scores=scores)
         else:

@@ -11,7 +11,7 @@ Routes (JSON; the admin key as ``Authorization: Bearer``)::
     POST /admin/cycle                        -> 202 {"cycle": n, "state": ...}
 
 A candidate is ``{"version", "parent", "status", "scores", "reason", "decisions", "lessons"}`` with
-``scores = {"new": {family: {"parent", "candidate", "n"}}, "retention": {skill: {...}}, "gain",
+``scores = {"new": {family: {"parent", "candidate", "n"}}, "learnt": {family: {...}}, "retention": {skill: {...}}, "gain",
 "retention_loss", "passed"}`` (None before the gate) and ``lessons = {"counts": {kind: n}, "examples":
 [...], "records": n}``.
 
@@ -260,6 +260,8 @@ def format_review(c: dict) -> str:
         lines.append("scores: not evaluated yet")
     else:
         lines += _score_rows("new tasks", s.get("new"))
+        if s.get("learnt"):
+            lines += _score_rows("learnt by earlier versions", s.get("learnt"))
         lines += _score_rows("retention", s.get("retention"))
         passed = s.get("passed")
         verdict = "passed" if passed else "failed" if passed is not None else "-"

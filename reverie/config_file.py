@@ -47,6 +47,8 @@ noted; what is left out keeps its default, shown here)::
     gate:                             # what a candidate must show before it is served
       min_gain: 0.2                   # held-out new tasks: net share of the parent's failures fixed, in [0, 1)
       max_retention_loss: 0.01        # retention accuracy lost against the parent and the base, in [0, 1)
+      max_family_loss: 0.05           # held-out and earlier learnt tasks: accuracy one family may lose, in [0, 1)
+      learnt_items: 144               # tasks per family that earlier versions learnt, held to (newest first)
       retention_suite: null           # a JSONL file (null: the tiny world's base skills)
       retention_items: 100
       heldout_items: 48
@@ -127,6 +129,8 @@ RULES: dict[str, a.Rule] = {
     "loop.seed": a.SEED,
     "gate.min_gain": a.FRACTION,
     "gate.max_retention_loss": a.FRACTION,
+    "gate.max_family_loss": a.FRACTION,
+    "gate.learnt_items": a.COUNT,
     "gate.retention_suite": a.optional(a.PATH),
     "gate.retention_items": a.POSITIVE,
     "gate.heldout_items": a.POSITIVE,

@@ -336,6 +336,15 @@ class VersionRegistry:
         self.get(version)  # VersionError when unknown
         return read_json(self.root / "reviews" / f"v{int(version):08d}.json", {}) or {}
 
+    def save_learnt(self, version: int, tasks: list[dict]) -> None:
+        """The held-out tasks ``version`` was judged on, with their references (``actors.gate.Gate.learnt``):
+        what the versions descending from it are held to."""
+        atomic_write_json(self.root / "learnt" / f"v{int(version):08d}.json", {"version": int(version), "tasks": tasks})
+
+    def learnt(self, version: int) -> list[dict]:
+        """What :meth:`save_learnt` kept for ``version`` (none for the base or a submitted version)."""
+        return list((read_json(self.root / "learnt" / f"v{int(version):08d}.json", {}) or {}).get("tasks", []))
+
     # ------------------------------------------------------------------ reading
     def get(self, version: int) -> Candidate:
         return self._get(self._read(), version)
