@@ -207,26 +207,30 @@ def test_a_family_that_loses_more_than_max_family_loss_is_refused_though_the_oth
     gain (13 of 47), for tools 37 -> 27; the candidate passed and was served (tools 0.76 -> 0.70 through the
     API)."""
     new = _counts(copy=(37, 45, 48), facts=(23, 38, 48), tools=(37, 27, 48))
-    cfg = GateConfig(min_gain=0.1, max_family_loss=0.05)
     assert held_out_gain(new) == pytest.approx(13 / 47)
-    reasons = refusals(cfg, {"new": new})
-    assert reasons == ["held-out tasks lost more than max_family_loss 0.05: tools 0.77 -> 0.56 of 48"]
+    reasons = refusals(GateConfig(min_gain=0.1), {"new": new})
+    assert reasons == ["held-out tasks lost more than max_family_loss 0.10: tools 0.77 -> 0.56 of 48"]
 
 
-def test_a_family_that_loses_a_task_within_max_family_loss_is_not_refused_for_it():
+def test_a_family_that_loses_a_few_tasks_within_max_family_loss_is_not_refused_for_it():
     # v6 of bench/results/demo.json: facts 41 -> 40 of 48 (refused only for its gain, 0.087)
     new = _counts(copy=(47, 48, 48), facts=(41, 40, 48), tools=(33, 35, 48))
     assert refusals(GateConfig(min_gain=0.1), {"new": new}) == ["held-out gain 0.087 is below min_gain 0.100"]
     assert refusals(GateConfig(min_gain=0.05), {"new": new}) == []
+    # v5 of bench/results/demo-runs/2026-12-03-f-family-and-learnt-0.05.json: refused under a bound of 0.05 for
+    # tools 41 -> 38 of 48, a move seen between candidates that taught tools nothing new (3 of 48 either way),
+    # and its 63 corrections (facts 30 -> 42 of 48) went with it
+    new = _counts(copy=(41, 42, 48), facts=(30, 42, 48), tools=(41, 38, 48))
+    assert refusals(GateConfig(min_gain=0.1), {"new": new}) == []
 
 
 def test_what_earlier_versions_learnt_is_held_per_family_and_a_gain_elsewhere_does_not_pay_for_forgetting_it():
     new = _counts(copy=(41, 47, 48), facts=(2, 2, 4), tools=(36, 36, 48))  # v7 of bench/results/demo.json
-    cfg = GateConfig(min_gain=0.1, max_family_loss=0.05)
+    cfg = GateConfig(min_gain=0.1)
     assert refusals(cfg, {"new": new}) == []  # what the gate saw: it passed, and facts fell 0.93 -> 0.70
     learnt = _counts(facts=(90, 68, 96), copy=(95, 96, 96))
     assert refusals(cfg, {"new": new, "learnt": learnt}) == [
-        "what earlier versions learnt lost more than max_family_loss 0.05: facts 0.94 -> 0.71 of 96"]
+        "what earlier versions learnt lost more than max_family_loss 0.10: facts 0.94 -> 0.71 of 96"]
     assert refusals(cfg, {"new": new, "learnt": _counts(facts=(90, 87, 96))}) == []
 
 
