@@ -95,7 +95,8 @@ def system(tmp_path_factory, taught):
     # through to the person, which is what the page is for.
     yield from start_app(tmp_path_factory, replicas=1,
                          loop=LoopConfig(approval="required", poll_s=0.5),
-                         gate=GateConfig(min_gain=0.0, max_retention_loss=1.0, retention_items=6, samples=3))
+                         gate=GateConfig(min_gain=0.0, max_retention_loss=1.0, max_family_loss=1.0, retention_items=6,
+                                         samples=3))
 
 
 @pytest.fixture(scope="module")
