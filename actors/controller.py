@@ -10,7 +10,9 @@ is restarted by Ray and continues where it was):
    conversation it was about, becomes a lesson (the teacher state sees the
    conversation with the rule/correction as privileged context); a rating or
    an approval alone teaches nothing and is counted as such.  The cycle
-   claims those feedback ids: they are learnt from by this cycle only.
+   claims those feedback ids: they are learnt from by this cycle only, or,
+   when the gate refuses its candidate, once more by the next cycle (a
+   refusal may be about another family than the feedback's).
 2. **dream**: when users asked tasks of a family with a registered
    environment (the tiny world's ``tools``), the simulators rehearse
    variations of those asks in the environment with the promoted policy
@@ -98,6 +100,7 @@ class Cycle:
     trajectories: list[str] = field(default_factory=list)  # kept dream trajectories (store ids)
     dream: dict = field(default_factory=dict)  # the dream step's report
     resumed: list[int] = field(default_factory=list)  # learner updates found at each start of the learn step
+    rejected_by: str = ""  # "gate" or "person" when the cycle ended rejected
 
     def public(self) -> dict:
         d = asdict(self)
@@ -134,6 +137,7 @@ class Controller:
         data = read_json(self.path, None) or {}
         self.processed: set[str] = set(data.get("processed", []))
         self.dreamt: set[str] = set(data.get("dreamt", []))  # interactions whose asks were dreamt on
+        self.retried: set[str] = set(data.get("retried", []))  # feedback left over once by a cycle the gate refused
         self.next_cycle: int = int(data.get("next_cycle", 1))
         self.current: Cycle | None = Cycle(**data["cycle"]) if data.get("cycle") else None
         self.history: list[dict] = list(data.get("history", []))
@@ -155,7 +159,8 @@ class Controller:
             if self.current is not None:
                 self.current.updated = time.time()
             atomic_write_json(self.path, {
-                "processed": sorted(self.processed), "dreamt": sorted(self.dreamt), "next_cycle": self.next_cycle,
+                "processed": sorted(self.processed), "dreamt": sorted(self.dreamt), "retried": sorted(self.retried),
+                "next_cycle": self.next_cycle,
                 "cycle": asdict(self.current) if self.current is not None else None,
                 "history": self.history[-50:], "requested": self.requested})
 
@@ -293,11 +298,21 @@ class Controller:
             self._save()
 
     def _end(self, c: Cycle) -> None:
+        """A failed cycle's feedback is left for the next one; a cycle the gate refused leaves its feedback
+        once more (the refusal may be about another family than the feedback's: measured, 63 corrections were
+        dropped with a candidate refused for tools); otherwise the feedback is done with."""
         with self._lock:
-            if c.state != "failed":  # a failed cycle's feedback is left for the next one
-                self.processed.update(c.feedback_ids)
+            again = ([i for i in c.feedback_ids if i not in self.retried]
+                     if c.state == "rejected" and c.rejected_by == "gate" else [])
+            if again:
+                self.retried.update(again)
+                logger.info("cycle %s: its %s feedback records are left for the next cycle, once", c.cycle,
+                            len(again))
+            if c.state != "failed":
+                done = [i for i in c.feedback_ids if i not in again]
+                self.processed.update(done)
                 self.dreamt.update(c.asks)
-                for i in c.feedback_ids:
+                for i in done:
                     self._feedback.pop(i, None)
                 for key in [k for k in self._candidates if k[0] in self.dreamt]:
                     del self._candidates[key]
@@ -625,7 +640,7 @@ class Controller:
         heldout = self._split(c, self._lessons(c)[0])[1] if c.feedback_ids else []
         report = self.judge(c.candidate, heldout, self._env_heldout(c))
         if not report["passed"]:
-            c.state, c.error = "rejected", report["reason"]
+            c.state, c.error, c.rejected_by = "rejected", report["reason"], "gate"
             return
         if self.cfg.loop.approval == "required":
             self.registry.set_status(c.candidate, PENDING)
@@ -641,7 +656,7 @@ class Controller:
         if status == APPROVED:
             c.state = "swap"
         elif status == REJECTED:
-            c.state, c.error = "rejected", self.registry.get(c.candidate).reason
+            c.state, c.error, c.rejected_by = "rejected", self.registry.get(c.candidate).reason, "person"
         # pending: wait for a person
 
     # ------------------------------------------------------------ 5. swap
