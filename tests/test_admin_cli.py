@@ -90,6 +90,7 @@ def _candidates() -> dict:
         5: {"version": 5, "parent": 3, "status": "pending", "reason": "",
             "scores": {"new": {"facts": {"parent": 0.125, "candidate": 0.875, "n": 48},
                                "rule": {"parent": 0.0, "candidate": 0.9, "n": 48}},
+                       "learnt": {"tools": {"parent": 0.75, "candidate": 0.8, "n": 96}},
                        "retention": {"sort": {"parent": 1.0, "candidate": 0.99, "n": 100},
                                      "copy": {"parent": 0.98, "candidate": 0.98, "n": 100}},
                        "gain": 0.825, "retention_loss": 0.005, "passed": True},
@@ -238,6 +239,7 @@ def test_protocol_review_shows_lessons_scores_against_the_parent_answers_and_dec
     assert "  - Paris is the capital of France, not Lyon." in out
     assert re.search(r"new tasks\s+parent -> candidate\s+n\n\s+facts\s+0\.125 ->\s+0\.875\s+48\s+\(\+0\.750\)", out)
     assert re.search(r"\n\s+rule\s+0\.000 ->\s+0\.900\s+48", out)
+    assert re.search(r"learnt by earlier versions\s+parent -> candidate\s+n\n\s+tools\s+0\.750 ->\s+0\.800\s+96", out)
     assert re.search(r"retention\s+parent -> candidate\s+n\n\s+sort\s+1\.000 ->\s+0\.990\s+100\s+\(-0\.010\)", out)
     assert "gain +0.825, retention loss 0.005: the gate passed" in out
     assert "  1. [facts]" in out and "  2. [sort]" in out
