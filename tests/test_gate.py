@@ -203,7 +203,7 @@ def _counts(**families: tuple[int, int, int]) -> dict:
 
 
 def test_a_family_that_loses_more_than_max_family_loss_is_refused_though_the_others_pay_for_it_in_the_gain():
-    """v5 of ``bench/results/demo.json``: held-out copy 37 -> 45 and facts 23 -> 38 of 48 paid, in the pooled
+    """v5 of ``bench/results/demo-runs/2026-12-03-d-committed-new-gain.json``: held-out copy 37 -> 45 and facts 23 -> 38 of 48 paid, in the pooled
     gain (13 of 47), for tools 37 -> 27; the candidate passed and was served (tools 0.76 -> 0.70 through the
     API)."""
     new = _counts(copy=(37, 45, 48), facts=(23, 38, 48), tools=(37, 27, 48))
@@ -213,7 +213,7 @@ def test_a_family_that_loses_more_than_max_family_loss_is_refused_though_the_oth
 
 
 def test_a_family_that_loses_a_few_tasks_within_max_family_loss_is_not_refused_for_it():
-    # v6 of bench/results/demo.json: facts 41 -> 40 of 48 (refused only for its gain, 0.087)
+    # v6 of demo-runs/2026-12-03-d-committed-new-gain.json: facts 41 -> 40 of 48 (refused only for its gain, 0.087)
     new = _counts(copy=(47, 48, 48), facts=(41, 40, 48), tools=(33, 35, 48))
     assert refusals(GateConfig(min_gain=0.1), {"new": new}) == ["held-out gain 0.087 is below min_gain 0.100"]
     assert refusals(GateConfig(min_gain=0.05), {"new": new}) == []
@@ -225,7 +225,7 @@ def test_a_family_that_loses_a_few_tasks_within_max_family_loss_is_not_refused_f
 
 
 def test_what_earlier_versions_learnt_is_held_per_family_and_a_gain_elsewhere_does_not_pay_for_forgetting_it():
-    new = _counts(copy=(41, 47, 48), facts=(2, 2, 4), tools=(36, 36, 48))  # v7 of bench/results/demo.json
+    new = _counts(copy=(41, 47, 48), facts=(2, 2, 4), tools=(36, 36, 48))  # v7 of demo-runs/2026-12-03-d-committed-new-gain.json
     cfg = GateConfig(min_gain=0.1)
     assert refusals(cfg, {"new": new}) == []  # what the gate saw: it passed, and facts fell 0.93 -> 0.70
     learnt = _counts(facts=(90, 68, 96), copy=(95, 96, 96))
@@ -359,9 +359,8 @@ def test_a_candidate_with_nan_weights_is_rejected_before_it_is_judged(gate, tmp_
         gate.judge(SHIPPED_MODEL, _model_dir(tmp_path, state), [], [])
 
 
-@pytest.fixture(scope="module")
-def taught(tmp_path_factory, shipped_state) -> str:
-    """The shipped model taught the copy rule by OPSD (60 steps, about 20 s on one thread)."""
+def _taught(skill: str, out_dir) -> str:
+    """The shipped model taught a tiny-world skill by OPSD (60 steps at lr 3e-4, about 20 s on one thread)."""
     import copy
 
     from transformers import AutoModelForCausalLM
@@ -376,12 +375,18 @@ def taught(tmp_path_factory, shipped_state) -> str:
     try:
         tok = load_tokenizer(SHIPPED_MODEL)
         student = copy.deepcopy(AutoModelForCausalLM.from_pretrained(SHIPPED_MODEL, dtype=torch.float32))
-        learn(student, frozen_teacher(student, tok), ChatEncoder(tok), lessons("rule", 32, 0, 0.5),
+        learn(student, frozen_teacher(student, tok), ChatEncoder(tok), lessons(skill, 32, 0, 0.5),
               LearnConfig(steps=60, batch_size=32, lr=3e-4, retain=0.5), progress=False)
     finally:
         torch.set_num_threads(threads)
     state = {k: v.detach().contiguous() for k, v in student.state_dict().items()}
-    return str(_model_dir(tmp_path_factory.mktemp("taught"), state))
+    return str(_model_dir(out_dir, state))
+
+
+@pytest.fixture(scope="module")
+def taught(tmp_path_factory) -> str:
+    """The shipped model taught the copy rule."""
+    return _taught("rule", tmp_path_factory.mktemp("taught"))
 
 
 def test_a_candidate_taught_the_copy_rule_gains_on_held_out_copy_asks_and_leads_on_copy_items(gate, copy_tasks,
@@ -487,27 +492,8 @@ def fact_tasks() -> list[HeldOutTask]:
 
 @pytest.fixture(scope="module")
 def fact_taught(tmp_path_factory) -> str:
-    """The shipped model taught the new facts by OPSD (about 20 s on one thread)."""
-    import copy
-
-    from transformers import AutoModelForCausalLM
-
-    from learner.config import LearnConfig
-    from learner.loop import frozen_teacher, learn
-    from learner.tokenizer import ChatEncoder, load_tokenizer
-    from simulators.tinyworld.experiment import lessons
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        tok = load_tokenizer(SHIPPED_MODEL)
-        student = copy.deepcopy(AutoModelForCausalLM.from_pretrained(SHIPPED_MODEL, dtype=torch.float32))
-        learn(student, frozen_teacher(student, tok), ChatEncoder(tok), lessons("facts", 32, 0, 0.5),
-              LearnConfig(steps=60, batch_size=32, lr=3e-4, retain=0.5), progress=False)
-    finally:
-        torch.set_num_threads(threads)
-    state = {k: v.detach().contiguous() for k, v in student.state_dict().items()}
-    return str(_model_dir(tmp_path_factory.mktemp("facts"), state))
+    """The shipped model taught the new facts."""
+    return _taught("facts", tmp_path_factory.mktemp("facts"))
 
 
 def test_a_candidate_that_forgets_the_facts_its_parent_learnt_is_refused_though_it_gains_on_its_own_lesson(
