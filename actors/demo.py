@@ -91,12 +91,13 @@ def settings(quick: bool = False) -> DemoSettings:
     # cycle with any feedback gives the tools skill half the lessons: the first cycle is the tools users'
     # alone (the users who teach arrive while it runs), the next ones mix their feedback with more dreams.
     # The copy user states the rule at most every 10 s (every 20 s gave 5-9 rule lessons a cycle and rule 0.87
-    # after two cycles, 2026-12-03).  A fact user corrects a wrong answer again after 3 minutes: before a refused
-    # cycle's feedback was taught once more, a refusal took its corrections with it, and with 10 minutes the
-    # next two cycles of that run got 12 and 3 corrections (bench/results/demo-runs/2026-12-03-c-teachers-from-start-dream64.json).  Dreams of 128
-    # episodes: with 256 (2026-12-03-h-dream256.json) three cycles in a row were refused for losing tools tasks
-    # (47 -> 42 of 48 held out; 0.91 -> 0.73 of what earlier versions learnt), though a dream step's time is
-    # mostly its rollout engine's start (54 s, of which 128 episodes took 2.4 s, in 2026-12-03-g-...).
+    # after two cycles, 2026-12-03).  A fact user corrects a wrong answer again after 3 minutes: before a
+    # refused cycle's feedback was taught once more, a refusal took its corrections with it, and with 10 minutes
+    # the next two cycles of that run got 12 and 3 corrections
+    # (bench/results/demo-runs/2026-12-03-c-teachers-from-start-dream64.json).  Dreams of 128 episodes: with
+    # 256 (2026-12-03-h-dream256.json) three cycles in a row were refused for losing tools tasks (47 -> 42 of 48
+    # held out; 0.91 -> 0.73 of what earlier versions learnt), though a dream step's time is mostly its
+    # rollout engine's start (54 s, of which 128 episodes took 2.4 s, in 2026-12-03-g-...).
     return DemoSettings(
         loop=LoopConfig(approval="required", min_feedback=16, min_episodes=8, poll_s=1.0, steps=150, retain=0.75,
                         checkpoint_every=50, dream_episodes=128),

@@ -11,8 +11,8 @@ Routes (JSON; the admin key as ``Authorization: Bearer``)::
     POST /admin/cycle                        -> 202 {"cycle": n, "state": ...}
 
 A candidate is ``{"version", "parent", "status", "scores", "reason", "decisions", "lessons"}`` with
-``scores = {"new": {family: {"parent", "candidate", "n"}}, "learnt": {family: {...}}, "retention": {skill: {...}}, "gain",
-"retention_loss", "passed"}`` (None before the gate) and ``lessons = {"counts": {kind: n}, "examples":
+``scores = {"new": {family: {"parent", "candidate", "n"}}, "learnt": {family: {...}}, "retention": {skill:
+{...}}, "gain", "retention_loss", "passed"}`` (None before the gate) and ``lessons = {"counts": {kind: n}, "examples":
 [...], "records": n}``.
 
 Every call has a timeout.  What can go wrong is a ``ReverieError`` (one line on the command line, exit 2):

@@ -203,9 +203,9 @@ def _counts(**families: tuple[int, int, int]) -> dict:
 
 
 def test_a_family_that_loses_more_than_max_family_loss_is_refused_though_the_others_pay_for_it_in_the_gain():
-    """v5 of ``bench/results/demo-runs/2026-12-03-d-committed-new-gain.json``: held-out copy 37 -> 45 and facts 23 -> 38 of 48 paid, in the pooled
-    gain (13 of 47), for tools 37 -> 27; the candidate passed and was served (tools 0.76 -> 0.70 through the
-    API)."""
+    """v5 of ``bench/results/demo-runs/2026-12-03-d-committed-new-gain.json``: held-out copy 37 -> 45 and
+    facts 23 -> 38 of 48 paid, in the pooled gain (13 of 47), for tools 37 -> 27; the candidate passed and was
+    served (tools 0.76 -> 0.70 through the API)."""
     new = _counts(copy=(37, 45, 48), facts=(23, 38, 48), tools=(37, 27, 48))
     assert held_out_gain(new) == pytest.approx(13 / 47)
     reasons = refusals(GateConfig(min_gain=0.1), {"new": new})
@@ -225,7 +225,8 @@ def test_a_family_that_loses_a_few_tasks_within_max_family_loss_is_not_refused_f
 
 
 def test_what_earlier_versions_learnt_is_held_per_family_and_a_gain_elsewhere_does_not_pay_for_forgetting_it():
-    new = _counts(copy=(41, 47, 48), facts=(2, 2, 4), tools=(36, 36, 48))  # v7 of demo-runs/2026-12-03-d-committed-new-gain.json
+    # v7 of demo-runs/2026-12-03-d-committed-new-gain.json
+    new = _counts(copy=(41, 47, 48), facts=(2, 2, 4), tools=(36, 36, 48))
     cfg = GateConfig(min_gain=0.1)
     assert refusals(cfg, {"new": new}) == []  # what the gate saw: it passed, and facts fell 0.93 -> 0.70
     learnt = _counts(facts=(90, 68, 96), copy=(95, 96, 96))

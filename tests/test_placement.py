@@ -124,7 +124,10 @@ def test_a_simulator_node_that_joins_mid_dream_grows_the_pool_and_one_that_leave
     assert [r["id"] for r in records] == [e.id for e in eps]  # every episode, once
     made = [json.loads(r["provenance"]) for r in records]
     assert {m["node"] for m in made} <= {first, joined.node_id}
-    assert sum(m["worker"] == lost for m in made) == 4 * done_there  # its lost batch was played elsewhere
+    # The worker on the node that left kept the batches it finished; ``done_there`` was read before the node was
+    # removed, and the worker may finish another in between (seen once in a full run: 4 recorded against 0 read).
+    kept_there = sum(m["worker"] == lost for m in made)
+    assert kept_there % 4 == 0 and kept_there >= 4 * done_there
     pool.shutdown()
 
 
