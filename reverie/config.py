@@ -55,8 +55,8 @@ class GateConfig:
     min_gain: float = 0.2  # held-out new tasks: net share of the parent's failures the candidate fixes (gate.py)
     max_retention_loss: float = 0.01  # retention suite accuracy, parent (and base) minus candidate (absolute)
     # Held-out tasks of one family, and what earlier versions learnt (per family): accuracy the candidate may lose
-    # against its parent (absolute).  Measured in the demo: a family traded away lost 10 of 48 (0.21); between
-    # candidates that taught it nothing new, tools moved by up to 3 of 48 (0.0625), which 0.05 refused.
+    # against its parent (absolute).  Measured in the demo runs of 2026-12-03 (d, e, f): a family traded away lost 10 of
+    # 48 (0.21); other candidates lost at most 5 of 48 on a family, and 0.05 refused one for 3 of 48 (0.0625).
     max_family_loss: float = 0.1
     learnt_items: int = 144  # tasks per family earlier versions learnt that a candidate is held to (newest first)
     retention_suite: str | None = None  # a JSONL file (docs/design-notes.md); None: the tiny world's base skills
