@@ -149,6 +149,7 @@ def task_from_record(record: Mapping) -> HeldOutTask | EnvTask:
     if "env" in record:
         return EnvTask(record["family"], record["env"], Task.from_dict(record["task"]), int(record["max_turns"]))
     student = tuple(dict(m) for m in record["student"])
+    # A learnt task is scored against its kept reference: the teacher prompt is not asked again.
     return HeldOutTask(record["family"], student, student, record["reference"])
 
 
@@ -306,6 +307,10 @@ def check_weights(candidate_files: list[str], reference_files: list[str]) -> Non
 
 def _key(messages: Sequence[dict]) -> str:
     return json.dumps([[m["role"], collapse(m["content"])] for m in messages])
+
+
+def _task_key(task: EnvTask) -> tuple:
+    return (task.env, task.task.id, task.max_turns)
 
 
 def heldout_tasks(lessons_meta: Iterable[tuple[Sequence[dict], str]], variations: Variations, n_per_family: int,
@@ -475,6 +480,7 @@ class Gate:
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.threads = threads if threads is not None else (1 if self.device == "cpu" else None)
         self._parent_answers: dict[tuple, dict[str, str]] = {}  # parent identity -> prompt key -> answer
+        self._parent_played: dict[tuple, dict[tuple, tuple]] = {}  # parent identity -> task key -> play's result
 
     # ----------------------------------------------------------------- answering
 
@@ -519,6 +525,17 @@ class Gate:
                 model = model or self._load(parent_dir)
                 cache.update(zip(map(_key, group), self._greedy(model, group)))
         return [[cache[_key(p)] for p in group] for group in groups]
+
+    def _parent_plays(self, parent_dir: str | Path, groups: list[list[EnvTask]]) -> list[list[tuple]]:
+        """The parent's plays of each group of environment tasks, from the cache where it has them (a parent
+        is judged again with each candidate of it, and plays what the versions before it learnt every time)."""
+        cache = self._parent_played.setdefault(self._parent_identity(parent_dir), {})
+        model = None
+        for group in groups:
+            if any(_task_key(t) not in cache for t in group):  # the whole group: the candidate's batches are the same
+                model = model or self._load(parent_dir)
+                cache.update(zip(map(_task_key, group), self.play(model, group)))
+        return [[cache[_task_key(t)] for t in group] for group in groups]
 
     # ----------------------------------------------------------------- references
 
@@ -604,12 +621,7 @@ class Gate:
             base_plain = self._parent(base_dir, [[it.prompt for it in self.suite]])[0]  # cached: the base never changes
         new_refs, parent_new, parent_kept = self._parent(
             parent_dir, [[t.teacher for t in heldout], students, [t.student for t in kept]])
-        if env_tasks or kept_env:
-            parent_model = self._load(parent_dir)
-            parent_env, parent_kept_env = self.play(parent_model, env_tasks), self.play(parent_model, kept_env)
-            del parent_model
-        else:
-            parent_env, parent_kept_env = [], []
+        parent_env, parent_kept_env = self._parent_plays(parent_dir, [list(env_tasks), kept_env])
         candidate = self._load(candidate_dir)
         cand_new = self._greedy(candidate, students) if students else []
         cand_plain = self._greedy(candidate, [it.prompt for it in self.suite])
