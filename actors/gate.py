@@ -516,26 +516,25 @@ class Gate:
         path = Path(parent_dir).resolve()
         return (str(path), *((p, Path(p).stat().st_size, Path(p).stat().st_mtime_ns) for p in weight_files(path)))
 
-    def _parent(self, parent_dir: str | Path, groups: list[list[tuple[dict, ...]]]) -> list[list[str]]:
-        """The parent's answers to each group of prompts, from the cache where it has them."""
-        cache = self._parent_answers.setdefault(self._parent_identity(parent_dir), {})
+    def _cached(self, store: dict, parent_dir: str | Path, groups: list[list], key, run) -> list[list]:
+        """``run(parent model, group)`` for each group, from the parent's cache in ``store`` where it has every
+        item of the group (the whole group or nothing: the candidate's batches are the same)."""
+        cache = store.setdefault(self._parent_identity(parent_dir), {})
         model = None
         for group in groups:
-            if any(_key(p) not in cache for p in group):  # the whole group: the candidate's batches are the same
+            if any(key(x) not in cache for x in group):
                 model = model or self._load(parent_dir)
-                cache.update(zip(map(_key, group), self._greedy(model, group)))
-        return [[cache[_key(p)] for p in group] for group in groups]
+                cache.update(zip(map(key, group), run(model, group)))
+        return [[cache[key(x)] for x in group] for group in groups]
+
+    def _parent(self, parent_dir: str | Path, groups: list[list[tuple[dict, ...]]]) -> list[list[str]]:
+        """The parent's answers to each group of prompts, from the cache where it has them."""
+        return self._cached(self._parent_answers, parent_dir, groups, _key, self._greedy)
 
     def _parent_plays(self, parent_dir: str | Path, groups: list[list[EnvTask]]) -> list[list[tuple]]:
         """The parent's plays of each group of environment tasks, from the cache where it has them (a parent
         is judged again with each candidate of it, and plays what the versions before it learnt every time)."""
-        cache = self._parent_played.setdefault(self._parent_identity(parent_dir), {})
-        model = None
-        for group in groups:
-            if any(_task_key(t) not in cache for t in group):  # the whole group: the candidate's batches are the same
-                model = model or self._load(parent_dir)
-                cache.update(zip(map(_task_key, group), self.play(model, group)))
-        return [[cache[_task_key(t)] for t in group] for group in groups]
+        return self._cached(self._parent_played, parent_dir, groups, _task_key, self.play)
 
     # ----------------------------------------------------------------- references
 
