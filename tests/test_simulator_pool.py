@@ -109,6 +109,25 @@ def test_pool_grows_and_shrinks_while_running(cluster, tmp_path):
     pool.shutdown()
 
 
+def test_an_episode_that_outgrows_the_models_context_ends_failed_and_the_batch_plays_on(cluster, tmp_path):
+    """A policy may write long replies until the transcript no longer fits the model's context (measured: a
+    dream's second round stopped on a 262-token prompt, over the tiny model's 256, and the whole dream with it).
+    Such an episode ends there, failed; the other episodes of the batch are played to their end as before."""
+    store = ExperienceStore.remote(str(tmp_path))
+    pool = SimulatorPool(cluster, store, size=1, batch=8)
+    eps = episodes("long", 6, seed=3)
+    long = Episode("long-x", eps[0].task, 6, prefix=("call " + " ".join(["help"] * 300),))
+    records = pool.run([*eps, long])
+    assert [r["id"] for r in records] == [*(e.id for e in eps), "long-x"]
+    assert records[-1]["success"] is False
+    assert [m["role"] for m in records[-1]["messages"]] == ["user", "assistant", "tool"]  # no reply was written
+    env = make("tinyworld-tools", max_turns=6)
+    for r, e in zip(records[:-1], eps):
+        assert len([m for m in r["messages"] if m["role"] == "assistant"]) >= 2  # played on, not cut short
+        assert r["success"] == env.verify(e.task, r["messages"])
+    pool.shutdown()
+
+
 def test_the_rollout_engine_takes_new_weights_in_place_and_tags_them_with_their_version(cluster, version,
                                                                                          shipped_model, tmp_path):
     """``reload`` installs other weights into the running engine through the weight-sync interface: the same
