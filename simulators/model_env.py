@@ -38,7 +38,7 @@ ENV_NAME = "model-simulated"
 JUDGES = ("family", "vote")  # what decides a simulated episode's success (``ModelSimulatedEnv.verify``)
 
 # conditioning messages -> the predicted next observation (text)
-Predictor = Callable[[list[dict]], str]
+Predictor = Callable[[list[dict]], "str | None"]  # None: the messages no longer fit the model's context
 
 
 @dataclass(frozen=True)
@@ -130,7 +130,7 @@ def engine_predictor(engine, temperature: float = 0.0) -> Predictor:
     ``RolloutEngine``) in the ``tool`` role."""
     from simulators.rollout import Sampling
 
-    def predict(messages: list[dict]) -> str:
+    def predict(messages: list[dict]) -> str | None:  # None: the messages no longer fit the model's context
         call = getattr(engine.generate, "remote", None)
         if call is None:
             return engine.generate([messages], Sampling(temperature=temperature), role="tool")[0]
@@ -191,7 +191,10 @@ class ModelSimulatedEnv:
         if self.predict is None:
             raise RuntimeError("a model-simulated environment needs a predictor for observations")
         conditioning = conditioning_messages(self._t, [t for _, t in near] if self.examples else [])
-        observation = " ".join(self.predict(conditioning).split())
+        observation = self.predict(conditioning)
+        if observation is None:  # the transcript outgrew the simulator model's context: the episode ends, failed
+            return Step(None, 0.0, True, info)
+        observation = " ".join(observation.split())
         self._t.append({"role": "tool", "content": observation})
         if self._turns >= self.max_turns:
             return Step(None, 0.0, True, info)

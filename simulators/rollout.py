@@ -92,10 +92,12 @@ class RolloutEngine:
         return {"calls": self.calls, "requests": self.requests, "version": self._version}
 
     def generate(self, prompts: Sequence[Sequence[dict]], sampling: Sampling = Sampling(),
-                 role: str = "assistant") -> list[str]:
+                 role: str = "assistant") -> list[str | None]:
         """The model's next message in ``role`` after each prompt (a list of chat
         messages): the policy's reply by default; a model-simulated environment
-        asks for the ``tool`` message instead."""
+        asks for the ``tool`` message instead.  ``None`` for a prompt that no
+        longer fits the model's context (an episode that has outgrown it ends
+        there); a reply is cut where the context ends."""
         if not prompts:
             return []
         fut: Future = Future()
@@ -115,22 +117,26 @@ class RolloutEngine:
                 jobs.append(self._queue.get_nowait())
             except queue.Empty:
                 break
-        token_prompts, params = [], []
+        limit = self._llm.model_config.max_model_len
+        token_prompts, params, fits = [], [], []
         for prompts, sampling, role, _ in jobs:
-            sp = SamplingParams(temperature=sampling.temperature, max_tokens=sampling.max_tokens, seed=sampling.seed)
             for p in prompts:
                 ids = self._encoder.encode(list(p))[0] + [self._encoder.role_ids[role]]
-                token_prompts.append(TokensPrompt(prompt_token_ids=ids))
-                params.append(sp)
+                fits.append(len(ids) < limit)
+                if fits[-1]:
+                    token_prompts.append(TokensPrompt(prompt_token_ids=ids))
+                    params.append(SamplingParams(temperature=sampling.temperature, seed=sampling.seed,
+                                                 max_tokens=min(sampling.max_tokens, limit - len(ids))))
         try:
-            outs = self._llm.generate(token_prompts, params, use_tqdm=False)
+            outs = self._llm.generate(token_prompts, params, use_tqdm=False) if token_prompts else []
         except BaseException as exc:  # every waiting caller sees the failure
             for *_, fut in jobs:
                 fut.set_exception(exc)
             raise
         self.calls += 1
         self.requests += len(jobs)
-        texts = [o.outputs[0].text for o in outs]
+        replies = iter(o.outputs[0].text for o in outs)
+        texts = [next(replies) if fit else None for fit in fits]
         at = 0
         for prompts, _, _, fut in jobs:
             fut.set_result(texts[at : at + len(prompts)])

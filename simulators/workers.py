@@ -89,6 +89,9 @@ class SimulatorWorker:
                     replies = ray.get(self.engine.generate.remote([envs[i].transcript for i in idx],
                                                                   Sampling(temperature=temp)))
                     actions.update(zip(idx, replies))
+            for i in [i for i, a in actions.items() if a is None]:  # the transcript outgrew the context: it ends
+                del actions[i]
+                ended[i] = time.time()
             if any(envs[i].simulated for i in actions):
                 # simulated environments step concurrently: each waits on its model, which batches what arrives
                 with ThreadPoolExecutor(max_workers=len(actions)) as pool:

@@ -40,6 +40,8 @@ def score(items: list[Item], generate: Generate, max_turns: int = EVAL_MAX_TURNS
         replies = generate([systems[i] + envs[i].transcript for i in active])
         still = []
         for i, reply in zip(active, replies):
+            if reply is None:  # the transcript no longer fits the model's context: failed
+                continue
             result = envs[i].step(reply)
             if result.done:
                 rewards[i] = result.reward
