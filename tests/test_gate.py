@@ -151,8 +151,8 @@ def test_a_model_that_is_not_the_tiny_world_needs_a_retention_suite_file(tmp_pat
     with pytest.raises(GateInputError, match="retention_suite"):
         retention_suite(GateConfig(), tmp_path)
     suite = retention_suite(GateConfig(retention_items=3), SHIPPED_MODEL)
-    assert {it.skill for it in suite} == {"add", "reverse", "sort", "lookup", "recall", "format", "copy"}
-    assert len(suite) == 21
+    assert {it.skill for it in suite} == {"add", "reverse", "sort", "lookup", "recall", "format", "tooluse", "copy"}
+    assert len(suite) == 24
 
 
 def test_answers_compare_exactly_normalised_or_by_containment():
@@ -475,6 +475,60 @@ def test_a_candidate_whose_only_evidence_is_simulated_is_refused_the_gate_plays_
     tools = report["new"]["tools"]
     assert tools["n"] == 16 and tools["candidate"] <= tools["parent"], tools
     assert report["gain"] <= 0 and not report["passed"] and "min_gain" in report["reason"], report["reason"]
+
+
+def _taught_the_new_tool(out_dir, retain: float) -> str:
+    """The shipped model taught the ``tools`` skill as a dream teaches it: OPSD on every state of verified
+    successes (the real environment's own solutions of 16 tasks), the teacher seeing another task's success,
+    ``retain`` of each batch replaying the base skills (about 20 s)."""
+    import copy
+
+    from transformers import AutoModelForCausalLM
+
+    from learner.config import LearnConfig
+    from learner.loop import frozen_teacher, learn
+    from learner.replay import mixed_batches
+    from learner.tokenizer import ChatEncoder, load_tokenizer
+    from simulators.success import lessons
+    from simulators.tinyworld.experiment import retention_lessons
+    from simulators.tinyworld.tasks import ToolsTaskSource
+    from simulators.tinyworld.tools_env import from_task, solve
+
+    rng = random.Random("gate/new-tool")
+    tasks = [ToolsTaskSource().seed(rng) for _ in range(16)]
+    kept = [{"id": f"dream-{i}", "task_id": t.id, "success": True, "simulated": False,
+             "messages": solve(from_task(t), ask_help=False)} for i, t in enumerate(tasks)]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        tok = load_tokenizer(SHIPPED_MODEL)
+        student = copy.deepcopy(AutoModelForCausalLM.from_pretrained(SHIPPED_MODEL, dtype=torch.float32))
+        batches = mixed_batches(lessons(kept, random.Random(0)), retention_lessons(0), 16, retain)
+        learn(student, frozen_teacher(student, tok), ChatEncoder(tok), batches,
+              LearnConfig(steps=60, batch_size=16, lr=3e-4, retain=retain), progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    state = {k: v.detach().contiguous() for k, v in student.state_dict().items()}
+    return str(_model_dir(out_dir, state, f"new-tool-{retain}"))
+
+
+def test_a_candidate_that_learns_the_new_tool_and_forgets_how_to_use_the_others_is_refused_for_retention(gate,
+                                                                                                        tmp_path):
+    """Learning that costs are looked up with the new tool must not cost what pretraining taught: use any other
+    tool by asking for help (or by following an example) and add what it returns.  Measured before the
+    retention suite held that skill: every demo version that learnt ``tools`` answered ``call help`` on 0 of 21
+    help states (the base: 21), and the gate, blind to it, passed them.  Taught with no replay, the candidate
+    gains on held-out tools tasks and is refused, naming the skill it forgot."""
+    from simulators.tinyworld.tasks import ToolsTaskSource
+
+    rng = random.Random("gate/new-tool-heldout")
+    real = [EnvTask("tools", "tinyworld-tools", ToolsTaskSource().seed(rng), 3) for _ in range(16)]
+    candidate = _taught_the_new_tool(tmp_path, retain=0.0)
+    report = gate.judge(SHIPPED_MODEL, candidate, [], [], env_tasks=real)
+    tools, used = report["new"]["tools"], report["retention"]["tooluse"]
+    assert tools["candidate"] > tools["parent"], tools
+    assert used["parent"] >= 0.95 and used["candidate"] <= used["parent"] - 0.2, used
+    assert not report["passed"] and "retention loss" in report["reason"] and "tooluse" in report["reason"], report
 
 
 # --------------------------------------------------------------------------- what earlier versions learnt

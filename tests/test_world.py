@@ -72,6 +72,30 @@ def test_new_skill_content_never_occurs_in_pretraining_data():
     assert not (seen_words & set(w.heldout_words))
 
 
+def test_tooluse_items_are_states_of_pretraining_tool_episodes_never_about_costs_with_the_experts_next_action():
+    """The base skill the new tool must not take away: any other tool is used as pretraining taught it."""
+    from simulators.tinyworld.text import undigits
+
+    rng = random.Random(6)
+    kinds = set()
+    for _ in range(300):
+        item = base_item("tooluse", rng)
+        assert W.NEW_TOOL_ATTRIBUTE not in item.asked.split()  # costs are what the new skill changes
+        demo = item.prompt[0]["role"] == "system"
+        said = [m["content"] for m in item.prompt if m["role"] == "tool"]
+        kind = "help" if item.answer == "call help" else item.answer.split()[0]
+        kinds.add((demo, kind))
+        if kind == "help":
+            assert [m["role"] for m in item.prompt] == ["user"]
+        elif kind == "call":  # the tool the example or the help reply named
+            tool = item.answer.split()[1]
+            assert (f"call {tool} " in item.prompt[0]["content"]) if demo else (said[0] == f"tools : {tool}")
+            assert item.answer.split()[2] in item.asked.split()
+        else:  # the sum of the two values the episode looked up
+            assert kind == "answer" and undigits(item.answer.split()[1:]) == sum(undigits(v.split()) for v in said[-2:])
+    assert kinds == {(False, "help"), (False, "call"), (False, "answer"), (True, "call"), (True, "answer")}
+
+
 def test_world_is_the_same_every_time():
     W.world.cache_clear()
     a = W.world()
