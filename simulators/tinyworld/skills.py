@@ -6,6 +6,8 @@ Base skills (the retention suite; the base model masters them):
   recall                  answer from the memorised encyclopedia (knowledge)
                           (fact answers are the whole fact: "the pet of mopi is sisu .")
   format                  follow a formatting rule given in the prompt
+  tooluse                 use a tool pretraining never named: ask for help (or follow an example),
+                          call it for both items, add the two values (never about costs)
 New skills (absent from pretraining; named exactly so everywhere):
   facts                   64 new facts about unseen entities
   rule                    a user's preference: when asked to copy, wrap the answer in brackets
@@ -26,7 +28,7 @@ from simulators.tinyworld import world as W
 from simulators.tinyworld.text import digits, normalize, spaced
 from simulators.tinyworld.tools_env import ToolsTask, make_task, render_demo, solve
 
-BASE_SKILLS = ("add", "reverse", "sort", "lookup", "recall", "format")
+BASE_SKILLS = ("add", "reverse", "sort", "lookup", "recall", "format", "tooluse")
 NEW_SKILLS = ("facts", "rule", "tools")
 VIEWS = ("student", "teacher")
 
@@ -37,6 +39,11 @@ class Item:
     prompt: tuple[dict, ...]
     answer: str | None = None  # expected assistant reply (single-turn skills)
     task: ToolsTask | None = None  # the episode (multi-step skills)
+
+    @property
+    def asked(self) -> str:
+        """The question: the last user message (a tool episode's state ends in the tool's reply)."""
+        return next(m["content"] for m in reversed(self.prompt) if m["role"] == "user")
 
     def conversation(self) -> list[dict]:
         """The prompt followed by the correct reply, for training."""
@@ -112,6 +119,8 @@ def base_item(skill: str, rng: random.Random) -> Item:
     if skill == "recall":
         fact = rng.choice(w.encyclopedia)
         return Item(skill, (_user(_question(rng, fact)),), fact.sentence())
+    if skill == "tooluse":
+        return tooluse_item(rng)
     if skill == "format":
         verb = rng.choice(W.TASK_VERBS)
         fmt = rng.choice(list(W.FORMATS))
@@ -163,14 +172,28 @@ def new_tools_task(rng: random.Random) -> ToolsTask:
     return make_task(rng, W.NEW_TOOL_TEMPLATE, w.new_tool, w.heldout_words)
 
 
-def pretrain_tools_conversation(rng: random.Random) -> list[dict]:
+def pretrain_tools_conversation(rng: random.Random, attributes: tuple[str, ...] = W.TOOL_ATTRIBUTES) -> list[dict]:
     """A pretraining tool episode: an unknown tool, learnt from a demonstration
     in the system message, or found by asking for help when there is none."""
     w = W.world()
-    template = rng.choice(W.TOOL_TEMPLATES).replace("{attr}", rng.choice(W.TOOL_ATTRIBUTES))
+    template = rng.choice(W.TOOL_TEMPLATES).replace("{attr}", rng.choice(attributes))
     tool = rng.choice(w.item_words)
     task = make_task(rng, template, tool, w.item_words)
     if rng.random() < 0.35:
         return solve(task, ask_help=True)
     demo = solve(make_task(rng, template, tool, w.item_words), ask_help=rng.random() < 0.5)
     return [_system(render_demo(demo)), *solve(task, ask_help=False)]
+
+
+# Costs are what the new ``tools`` skill changes (they are looked up with the held-out tool, unprompted); any other
+# attribute is still looked up with whatever tool ``call help`` or a demonstration names.
+OLD_TOOL_ATTRIBUTES = tuple(a for a in W.TOOL_ATTRIBUTES if a != W.NEW_TOOL_ATTRIBUTE)
+
+
+def tooluse_item(rng: random.Random) -> Item:
+    """The base skill of using an unknown tool as pretraining taught it: one state of a pretraining tool episode
+    (help asked, or a demonstration in the system message; never about costs) and the expert's next action there:
+    ``call help``, a call of the tool, or the sum of the two values the episode looked up."""
+    conv = pretrain_tools_conversation(rng, OLD_TOOL_ATTRIBUTES)
+    k = rng.choice([i for i, m in enumerate(conv) if m["role"] == "assistant"])
+    return Item("tooluse", tuple(conv[:k]), conv[k]["content"])

@@ -260,7 +260,7 @@ def _eval_prompts(skill: str) -> set[str]:
     view = "student" if skill in NEW_SKILLS else None
     out = set()
     for it in eval_items(skill, view, EVAL_ITEMS):
-        out.add(normalize(it.task.question if it.task is not None else it.prompt[-1]["content"]))
+        out.add(normalize(it.task.question if it.task is not None else it.asked))
     return out
 
 
@@ -281,7 +281,7 @@ def base_ask(skill: str, rng: random.Random):
     banned = held_out(skill) | (held_out("rule") if skill == "copy" else set())
     while True:
         item = base_item(skill, rng)
-        if normalize(item.prompt[-1]["content"]) not in banned:
+        if normalize(item.asked) not in banned:
             return item
 
 
