@@ -152,3 +152,44 @@ def test_student_and_teacher_views_of_a_pair_are_the_same_task(skill):
         assert student.prompt[-1] == teacher.prompt[-1]
         assert student.answer == teacher.answer and student.task == teacher.task
         assert teacher.prompt[0]["role"] == "system" and student.prompt[0]["role"] == "user"
+
+
+def test_forced_accuracy_of_a_tool_use_state_counts_its_own_reply_only_as_greedy_decoding_does(shipped_model):
+    """A ``tooluse`` item is one state and the next action: greedy decoding answers the state as given, so the
+    teacher-forced check must not also ask the model to have written the state's earlier moves (measured: a
+    dream reported ``tooluse`` 0.875 where greedy decoding of the same items gave 0.95)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from learner.tokenizer import ChatEncoder, load_tokenizer
+    from simulators.tinyworld.evaluate import forced_accuracy
+    from simulators.tinyworld.skills import Item
+    from simulators.tinyworld.tools_env import make_task, render_demo
+
+    tok = load_tokenizer(shipped_model)
+    enc = ChatEncoder(tok)
+    model = AutoModelForCausalLM.from_pretrained(shipped_model, dtype=torch.float32).eval()
+    # States where the example shows the tool, yet the episode asked for help first: the model, given the
+    # example, would have called the tool at once, so the help call is not its own move; the next one is.
+    w = W.world()
+    rng = random.Random(7)
+    odd = []
+    for _ in range(12):
+        tool = rng.choice(w.item_words)
+        template = W.TOOL_TEMPLATES[1].replace("{attr}", "weight")
+        demo = solve(make_task(rng, template, tool, w.item_words), ask_help=False)
+        conv = [{"role": "system", "content": render_demo(demo)},
+                *solve(make_task(rng, template, tool, w.item_words), ask_help=True)]
+        odd.append(Item("tooluse", tuple(conv[:-1]), conv[-1]["content"]))
+
+    def greedy(item) -> bool:
+        ids = enc.encode(list(item.prompt), add_generation_prompt=True)[0]
+        out = model.generate(torch.tensor([ids]), max_new_tokens=16, do_sample=False, eos_token_id=enc.end_id,
+                             pad_token_id=tok.pad_token_id)
+        return item.verify(tok.decode(out[0, len(ids):], skip_special_tokens=True))
+
+    for it in odd:
+        assert forced_accuracy(model, enc, [it]) == float(greedy(it)), it
+    assert sum(map(greedy, odd)) >= 6  # the check is not vacuous
+    helped = [Item("tooluse", it.prompt[:3], it.prompt[3]["content"]) for it in odd]  # the help call itself
+    assert not any(map(greedy, helped))  # not the model's own move
