@@ -98,7 +98,7 @@ def forced_accuracy(model, encoder, items: list[Item], batch: int = 100) -> floa
     device = next(model.parameters()).device
     solved = 0
     for i in range(0, len(items), batch):
-        encoded = [encoder.encode(reference_conversation(it)) for it in items[i : i + batch]]
+        encoded = [_own_reply(encoder, it) for it in items[i : i + batch]]
         padded = collate(encoded, encoder.tok.pad_token_id)
         ids, labels = padded["input_ids"].to(device), padded["labels"].to(device)
         with torch.no_grad():
@@ -106,6 +106,16 @@ def forced_accuracy(model, encoder, items: list[Item], batch: int = 100) -> floa
         right = (pred[:, :-1] == labels[:, 1:]) | (labels[:, 1:] == -100)
         solved += int(right.all(-1).sum())
     return solved / len(items)
+
+
+def _own_reply(encoder, item: Item) -> tuple[list[int], list[int]]:
+    """The item's reference conversation, trained only where the item is judged: every reply of a tools
+    episode; the one reply of any other item (a state's earlier moves are given, as in greedy decoding)."""
+    ids, mask = encoder.encode(reference_conversation(item))
+    if item.task is None:
+        given = len(encoder.encode(list(item.prompt), add_generation_prompt=True)[0])
+        mask = [0] * given + list(mask[given:])
+    return ids, mask
 
 
 def forced_report(model, encoder, n: int = EVAL_ITEMS) -> dict[str, float]:
