@@ -516,9 +516,9 @@ def test_a_candidate_that_learns_the_new_tool_and_forgets_how_to_use_the_others_
                                                                                                         tmp_path):
     """Learning that costs are looked up with the new tool must not cost what pretraining taught: use any other
     tool by asking for help (or by following an example) and add what it returns.  Measured before the
-    retention suite held that skill: every demo version that learnt ``tools`` answered ``call help`` on 0 of 21
-    help states (the base: 21), and the gate, blind to it, passed them.  Taught with no replay, the candidate
-    gains on held-out tools tasks and is refused, naming the skill it forgot."""
+    retention suite held that skill: four versions of two demo runs that learnt ``tools`` solved 0 of 150 tool
+    tasks by asking for help (the base: 150), and the gate, blind to it, had passed them.  Taught with no
+    replay, the candidate gains on held-out tools tasks and is refused, naming the skill it forgot."""
     from simulators.tinyworld.tasks import ToolsTaskSource
 
     rng = random.Random("gate/new-tool-heldout")
