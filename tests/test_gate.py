@@ -224,6 +224,16 @@ def test_a_family_that_loses_a_few_tasks_within_max_family_loss_is_not_refused_f
     assert refusals(GateConfig(min_gain=0.1), {"new": new}) == []
 
 
+def test_a_gain_exactly_at_min_gain_passes_whatever_the_floating_point_sum_says():
+    """v7 of ``bench/results/demo-runs/2026-12-03-k-tooluse-lr5e-5.json``: copy 46 -> 44 of 48, facts 15 -> 17 of
+    22, tools 47 -> 48 of 48 fix 3 of the parent's 10 failures and break 2: a gain of 0.1, summed to
+    0.09999999999999991, and the candidate was refused with "held-out gain 0.100 is below min_gain 0.100"."""
+    new = _counts(copy=(46, 44, 48), facts=(15, 17, 22), tools=(47, 48, 48))
+    assert held_out_gain(new) == pytest.approx(0.1)
+    assert refusals(GateConfig(min_gain=0.1), {"new": new}) == []
+    assert refusals(GateConfig(min_gain=0.11), {"new": new}) == ["held-out gain 0.100 is below min_gain 0.110"]
+
+
 def test_what_earlier_versions_learnt_is_held_per_family_and_a_gain_elsewhere_does_not_pay_for_forgetting_it():
     # v7 of demo-runs/2026-12-03-d-committed-new-gain.json
     new = _counts(copy=(41, 47, 48), facts=(2, 2, 4), tools=(36, 36, 48))
