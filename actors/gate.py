@@ -398,6 +398,12 @@ def exceeds(loss: float, bound: float) -> bool:
     return round(loss, 9) > bound
 
 
+def reaches(gain: float, bound: float) -> bool:
+    """``gain >= bound`` at 1e-9, as :func:`exceeds` compares losses: a gain of 3 fixed less 2 broken of 10
+    failures sums to 0.09999999999999991 and was refused at 0.1."""
+    return round(gain, 9) >= bound
+
+
 def _losses(scores: Mapping[str, Mapping[str, float]], before: str) -> dict[str, float]:
     return skill_losses({k: (r[before], r["candidate"]) for k, r in scores.items()})
 
@@ -422,7 +428,7 @@ def refusals(cfg: GateConfig, report: Mapping[str, Mapping]) -> list[str]:
     retention, base_retention = report.get("retention") or {}, report.get("base_retention") or {}
     failed = []
     gain = held_out_gain(new)
-    if not gain >= cfg.min_gain:
+    if not reaches(gain, cfg.min_gain):
         why = (" (no held-out tasks)" if not new else " (the parent already solves every held-out task)"
                if parent_failures(new) == 0 else "")
         failed.append(f"held-out gain {gain:.3f} is below min_gain {cfg.min_gain:.3f}{why}")
