@@ -97,10 +97,13 @@ def settings(quick: bool = False) -> DemoSettings:
     # (bench/results/demo-runs/2026-12-03-c-teachers-from-start-dream64.json).  Dreams of 128 episodes: with
     # 256 (2026-12-03-h-dream256.json) three cycles in a row were refused for losing tools tasks (47 -> 42 of 48
     # held out; 0.91 -> 0.73 of what earlier versions learnt), though a dream step's time is mostly its
-    # rollout engine's start (54 s, of which 128 episodes took 2.4 s, in 2026-12-03-g-...).
+    # rollout engine's start (54 s, of which 128 episodes took 2.4 s, in 2026-12-03-g-...).  A learning rate of
+    # 5e-5: once the retention suite held ``tooluse``, at 1e-4 the gate refused four of five candidates for
+    # retention and the run ended at facts 0.48, rule 0.84, tools 0.26 (2026-12-03-j-tooluse-in-retention.json);
+    # at 5e-5, facts 0.88, rule 0.91, tools 0.97, retention 0.999 -> 0.991 (2026-12-03-k-tooluse-lr5e-5.json).
     return DemoSettings(
         loop=LoopConfig(approval="required", min_feedback=16, min_episodes=8, poll_s=1.0, steps=150, retain=0.75,
-                        checkpoint_every=50, dream_episodes=128),
+                        lr=5e-5, checkpoint_every=50, dream_episodes=128),
         gate=GateConfig(min_gain=0.1, retention_items=100, heldout_items=48),
         fact_users=4, rule_users=1, base_users=2, tools_users=2, new_items=100, retention_items=100,
         max_seconds=17 * 60.0, rule_every_s=10.0, recorrect_s=180.0)
