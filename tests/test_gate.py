@@ -410,9 +410,15 @@ def test_a_candidate_taught_the_copy_rule_gains_on_held_out_copy_asks_and_leads_
 
 def test_a_candidate_that_forgets_a_rule_its_parent_learnt_loses_retention_on_it(gate, taught):
     refs = gate.retention_references(taught, [RULE])
-    assert all(ref == f"[ {it.answer} ]" for it, ref in zip(gate.suite, refs) if it.skill == "copy")
+    copy = [(it, ref) for it, ref in zip(gate.suite, refs) if it.skill == "copy"]
+    # the taught model's answers with the rule in front: bracketed where it follows the rule (the suite's own
+    # answer where it does not: 1 of 40 since the replay holds tooluse)
+    assert all(ref in (f"[ {it.answer} ]", it.answer) for it, ref in copy)
+    followed = sum(ref != it.answer for it, ref in copy) / len(copy)
+    assert followed >= 0.9
     report = gate.judge(taught, SHIPPED_MODEL, [], [RULE])  # the base model: the rule forgotten
-    assert report["retention"]["copy"]["candidate"] == 0.0 and report["retention"]["copy"]["parent"] >= 0.9
+    assert report["retention"]["copy"]["candidate"] == pytest.approx(1 - followed)
+    assert report["retention"]["copy"]["parent"] >= 0.9
     assert not report["passed"] and "worst skill copy" in report["reason"]
 
 
