@@ -234,6 +234,13 @@ def test_a_gain_exactly_at_min_gain_passes_whatever_the_floating_point_sum_says(
     assert refusals(GateConfig(min_gain=0.11), {"new": new}) == ["held-out gain 0.100 is below min_gain 0.110"]
 
 
+def test_a_gain_of_nothing_is_said_as_zero_not_minus_zero():
+    """v7 of ``bench/results/demo-runs/2026-12-03-m-committed-lr5e-5-repeat.json``: facts 22 -> 23 of 28 and tools
+    45 -> 44 of 48 sum to -2.2e-16, and the refusal said "held-out gain -0.000"."""
+    new = _counts(copy=(47, 47, 48), facts=(22, 23, 28), tools=(45, 44, 48))
+    assert refusals(GateConfig(min_gain=0.1), {"new": new}) == ["held-out gain 0.000 is below min_gain 0.100"]
+
+
 def test_what_earlier_versions_learnt_is_held_per_family_and_a_gain_elsewhere_does_not_pay_for_forgetting_it():
     # v7 of demo-runs/2026-12-03-d-committed-new-gain.json
     new = _counts(copy=(41, 47, 48), facts=(2, 2, 4), tools=(36, 36, 48))
