@@ -375,9 +375,8 @@ def held_out_gain(new: Mapping[str, Mapping[str, float]]) -> float:
     net = sum(f["n"] * (f["candidate"] - f["parent"]) for f in new.values())
     failed = parent_failures(new)
     total = sum(f["n"] for f in new.values())
-    if failed > 0:
-        return net / failed
-    return net / total if total else 0.0
+    gain = net / failed if failed > 0 else net / total if total else 0.0
+    return round(gain, 9) + 0.0  # a sum of fractions: -2.2e-16 is no gain (and is shown as 0.000, not -0.000)
 
 
 def parent_failures(new: Mapping[str, Mapping[str, float]]) -> float:
