@@ -205,7 +205,7 @@ class Reviewer:
             self.stop.wait(1.0)
 
     def review(self, version: int) -> None:
-        from actors.gate import exceeds, reaches
+        from actors.gate import exceeds
 
         cand = self.admin.get(f"/admin/candidates/{version}")
         if cand is None or cand.get("status") != "pending":
@@ -214,7 +214,7 @@ class Reviewer:
         samples = (cand.get("review") or {}).get("samples") or []
         gain, loss = scores.get("gain"), scores.get("retention_loss")
         new = ", ".join(f"{f} {v['parent']:.2f}->{v['candidate']:.2f}" for f, v in (scores.get("new") or {}).items())
-        good = (scores.get("passed") is True and isinstance(gain, (int, float)) and reaches(gain, self.gate.min_gain)
+        good = (scores.get("passed") is True and isinstance(gain, (int, float)) and gain >= self.gate.min_gain
                 and isinstance(loss, (int, float)) and not exceeds(loss, self.gate.max_retention_loss))
         with self.may_decide:
             if good:

@@ -376,7 +376,9 @@ def held_out_gain(new: Mapping[str, Mapping[str, float]]) -> float:
     failed = parent_failures(new)
     total = sum(f["n"] for f in new.values())
     gain = net / failed if failed > 0 else net / total if total else 0.0
-    return round(gain, 9) + 0.0  # a sum of fractions: -2.2e-16 is no gain (and is shown as 0.000, not -0.000)
+    # A sum of fractions, rounded at 1e-9 as losses are compared (exceeds): 3 fixed less 2 broken of 10 failures
+    # summed to 0.09999999999999991 and was refused at min_gain 0.1; -2.2e-16 is no gain, shown as 0.000.
+    return round(gain, 9) + 0.0
 
 
 def parent_failures(new: Mapping[str, Mapping[str, float]]) -> float:
@@ -395,12 +397,6 @@ def exceeds(loss: float, bound: float) -> bool:
     """``loss > bound`` for losses that are means of accuracies: compared at 1e-9, so a loss exactly at the bound
     (0.07 lost over 7 skills against 0.01) is not refused for the last bit of a floating-point sum."""
     return round(loss, 9) > bound
-
-
-def reaches(gain: float, bound: float) -> bool:
-    """``gain >= bound`` at 1e-9, as :func:`exceeds` compares losses: a gain of 3 fixed less 2 broken of 10
-    failures sums to 0.09999999999999991 and was refused at 0.1."""
-    return round(gain, 9) >= bound
 
 
 def _losses(scores: Mapping[str, Mapping[str, float]], before: str) -> dict[str, float]:
@@ -427,7 +423,7 @@ def refusals(cfg: GateConfig, report: Mapping[str, Mapping]) -> list[str]:
     retention, base_retention = report.get("retention") or {}, report.get("base_retention") or {}
     failed = []
     gain = held_out_gain(new)
-    if not reaches(gain, cfg.min_gain):
+    if not gain >= cfg.min_gain:
         why = (" (no held-out tasks)" if not new else " (the parent already solves every held-out task)"
                if parent_failures(new) == 0 else "")
         failed.append(f"held-out gain {gain:.3f} is below min_gain {cfg.min_gain:.3f}{why}")
