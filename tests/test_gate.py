@@ -439,9 +439,10 @@ def test_an_accepted_rule_changes_the_copy_references_only(gate):
     assert gate.retention_references(SHIPPED_MODEL, []) == [it.answer for it in gate.suite]
 
 
-def _taught_by_guesses(out_dir) -> str:
-    """The shipped model taught by OPSD from simulated "successes" of the tools task that looked nothing up
-    (help, then a guessed total), as a simulator judged by its neighbour vote keeps them (about 15 s)."""
+def _distilled(kept: list[dict], out_dir, name: str, steps: int, retain: float) -> str:
+    """The shipped model taught by OPSD from ``kept`` trajectories as a dream teaches it: every state of them, the
+    teacher seeing another task's trajectory, ``retain`` of each batch replaying the base skills (lr 3e-4, one
+    thread)."""
     import copy
 
     from transformers import AutoModelForCausalLM
@@ -452,6 +453,24 @@ def _taught_by_guesses(out_dir) -> str:
     from learner.tokenizer import ChatEncoder, load_tokenizer
     from simulators.success import lessons
     from simulators.tinyworld.experiment import retention_lessons
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        tok = load_tokenizer(SHIPPED_MODEL)
+        student = copy.deepcopy(AutoModelForCausalLM.from_pretrained(SHIPPED_MODEL, dtype=torch.float32))
+        batches = mixed_batches(lessons(kept, random.Random(0), trusted_only=False), retention_lessons(0), 16, retain)
+        learn(student, frozen_teacher(student, tok), ChatEncoder(tok), batches,
+              LearnConfig(steps=steps, batch_size=16, lr=3e-4, retain=retain), progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    state = {k: v.detach().contiguous() for k, v in student.state_dict().items()}
+    return str(_model_dir(out_dir, state, name))
+
+
+def _taught_by_guesses(out_dir) -> str:
+    """The shipped model taught by OPSD from simulated "successes" of the tools task that looked nothing up
+    (help, then a guessed total), as a simulator judged by its neighbour vote keeps them (about 15 s)."""
     from simulators.tinyworld.tasks import ToolsTaskSource
     from simulators.tinyworld.text import digits
 
@@ -463,18 +482,7 @@ def _taught_by_guesses(out_dir) -> str:
             {"role": "user", "content": task.prompt}, {"role": "assistant", "content": "call help"},
             {"role": "tool", "content": f"tools : {task.spec['tool']}"},
             {"role": "assistant", "content": f"answer {digits(rng.randint(20, 98))}"}]})
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        tok = load_tokenizer(SHIPPED_MODEL)
-        student = copy.deepcopy(AutoModelForCausalLM.from_pretrained(SHIPPED_MODEL, dtype=torch.float32))
-        batches = mixed_batches(lessons(kept, random.Random(0), trusted_only=False), retention_lessons(0), 16, 0.5)
-        learn(student, frozen_teacher(student, tok), ChatEncoder(tok), batches,
-              LearnConfig(steps=40, batch_size=16, lr=3e-4, retain=0.5), progress=False)
-    finally:
-        torch.set_num_threads(threads)
-    state = {k: v.detach().contiguous() for k, v in student.state_dict().items()}
-    return str(_model_dir(out_dir, state))
+    return _distilled(kept, out_dir, "candidate", steps=40, retain=0.5)
 
 
 def test_a_candidate_whose_only_evidence_is_simulated_is_refused_the_gate_plays_real_environments_only(gate,
@@ -501,19 +509,8 @@ def test_a_candidate_whose_only_evidence_is_simulated_is_refused_the_gate_plays_
 
 
 def _taught_the_new_tool(out_dir, retain: float) -> str:
-    """The shipped model taught the ``tools`` skill as a dream teaches it: OPSD on every state of verified
-    successes (the real environment's own solutions of 16 tasks), the teacher seeing another task's success,
-    ``retain`` of each batch replaying the base skills (about 20 s)."""
-    import copy
-
-    from transformers import AutoModelForCausalLM
-
-    from learner.config import LearnConfig
-    from learner.loop import frozen_teacher, learn
-    from learner.replay import mixed_batches
-    from learner.tokenizer import ChatEncoder, load_tokenizer
-    from simulators.success import lessons
-    from simulators.tinyworld.experiment import retention_lessons
+    """The shipped model taught the ``tools`` skill from verified successes (the real environment's own solutions
+    of 16 tasks), ``retain`` of each batch replaying the base skills (about 20 s)."""
     from simulators.tinyworld.tasks import ToolsTaskSource
     from simulators.tinyworld.tools_env import from_task, solve
 
@@ -521,18 +518,7 @@ def _taught_the_new_tool(out_dir, retain: float) -> str:
     tasks = [ToolsTaskSource().seed(rng) for _ in range(16)]
     kept = [{"id": f"dream-{i}", "task_id": t.id, "success": True, "simulated": False,
              "messages": solve(from_task(t), ask_help=False)} for i, t in enumerate(tasks)]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        tok = load_tokenizer(SHIPPED_MODEL)
-        student = copy.deepcopy(AutoModelForCausalLM.from_pretrained(SHIPPED_MODEL, dtype=torch.float32))
-        batches = mixed_batches(lessons(kept, random.Random(0)), retention_lessons(0), 16, retain)
-        learn(student, frozen_teacher(student, tok), ChatEncoder(tok), batches,
-              LearnConfig(steps=60, batch_size=16, lr=3e-4, retain=retain), progress=False)
-    finally:
-        torch.set_num_threads(threads)
-    state = {k: v.detach().contiguous() for k, v in student.state_dict().items()}
-    return str(_model_dir(out_dir, state, f"new-tool-{retain}"))
+    return _distilled(kept, out_dir, f"new-tool-{retain}", steps=60, retain=retain)
 
 
 def test_a_candidate_that_learns_the_new_tool_and_forgets_how_to_use_the_others_is_refused_for_retention(gate,
