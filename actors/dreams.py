@@ -29,7 +29,8 @@ given weights tagged with the given version, the proposer seeded with what
 users asked, ``episodes`` episodes once (in a simulator built from the
 store's recorded episodes when ``simulated`` says so, checked the same way),
 the kept trajectories in the named store actor's ``trajectories`` table,
-everything it started stopped again.
+everything it started stopped again (the controller lends it the rollout
+engine it keeps across cycles: reloaded, never restarted).
 """
 from __future__ import annotations
 
@@ -305,7 +306,7 @@ def simulated_dream(loop) -> dict | None:
 def dream_step(model_dir: str | Path, weights_dir_or_model_dir: str | Path, version: int, store_name: str,
                data_dir: str | Path, asks: Sequence[str], episodes: int, seed: int, simulators: int = 1, *,
                skill: str = "tools", run_id: str | None = None, exclude: Sequence[str] = (),
-               simulated: dict | None = None) -> dict:
+               simulated: dict | None = None, engine=None) -> dict:
     """One rehearsal on the weights of ``version``, for the controller (Ray must be initialised).
 
     ``weights_dir_or_model_dir``: an HF model directory of those weights (a learner checkpoint, a registry
@@ -314,7 +315,9 @@ def dream_step(model_dir: str | Path, weights_dir_or_model_dir: str | Path, vers
     seeded with ``asks`` (what users asked) and never proposes a prompt of ``exclude`` (what the gate will
     score) nor a tiny-world evaluation task.  Kept trajectories go to the store actor ``store_name``
     (namespace ``reverie``), tagged ``version``, and are flushed to its ``trajectories`` table before this
-    returns; the engine and the pool are stopped whatever happens.  ``run_id`` names the episodes
+    returns; the engine and the pool are stopped whatever happens, unless ``engine`` (a running rollout engine
+    actor, kept by the caller across steps) was lent: it is reloaded on these weights and left running.
+    ``run_id`` names the episodes
     (``dream-{run_id}-r1-{i}``): give a stable one (the cycle's) and a retried step stores nothing twice.
 
     ``simulated`` (``{"kind", "steps", "min_agreement", "fallback"}``, optionally ``"judge"`` and
@@ -336,7 +339,7 @@ def dream_step(model_dir: str | Path, weights_dir_or_model_dir: str | Path, vers
     weights = _model_directory(Path(model_dir), Path(weights_dir_or_model_dir),
                                Path(data_dir) / "dreams" / run_id / "model")
     dreamer = Dreamer.start(weights, version, store, skill=skill, simulators=simulators, seed=seed,
-                            name=f"dream-{run_id}", exclude=exclude)
+                            name=f"dream-{run_id}", exclude=exclude, engine=engine)
     simulator, built, agreement, switched_off = None, {}, {"agreement": None, "replayed": 0}, None
     try:
         dreamer.add_experience(asks)

@@ -201,7 +201,7 @@ def test_a_dream_step_on_a_lent_engine_reloads_it_on_the_versions_weights_and_le
 
     start_ray(num_cpus=4)
     try:
-        start_store(str(tmp_path / "data"), name="test-lent-engine-store")
+        store = start_store(str(tmp_path / "data"), name="test-lent-engine-store")  # held: it lives while held
         engine = engine_actor(shipped_model, version=base)
         assert wait_ready(engine) == base
         out = dream_step(shipped_model, registry.version_dir(version), version, "test-lent-engine-store",
