@@ -52,3 +52,62 @@ def test_the_feedback_of_a_candidate_a_person_rejected_or_a_cycle_that_ended_is_
     _end(ctl, 1, ["fb-1"], "rejected", "person")
     _end(ctl, 2, ["fb-2"], "done")
     assert {"fb-1", "fb-2"} <= ctl.processed and not ctl._feedback and not ctl.retried
+
+
+def _judged(ctl: Controller, cycle: int, state: str, *, learnt: int = 150, forgot: bool = False) -> None:
+    """A cycle that ended ``state`` after ``learnt`` learner updates (0: a submitted candidate)."""
+    c = Cycle(cycle=cycle, state=state, parent=1, feedback_ids=[], seed=cycle, started=0.0, done=learnt,
+              total=learnt, rejected_by="gate" if state == "rejected" else "", forgot=forgot,
+              retain=ctl._retain())
+    ctl.current = c
+    ctl._end(c)
+
+
+def test_after_refusals_for_forgetting_the_next_cycles_replay_more_until_a_candidate_passes(tmp_path):
+    """Measured in demo run n (``demo-runs/2026-12-03-n-kept-dream-engine.json``): the gate refused three of five
+    learnt candidates for retention since the base (0.011 to 0.013 against 0.010), and each retry learnt by the
+    same recipe.  After such a refusal the next cycle halves the new lessons' share of each batch (twice at most);
+    a cycle that learnt nothing (the injected candidate, a failed step) is passed over; any other ends the run."""
+    from reverie.config import LoopConfig
+
+    def controller() -> Controller:
+        return Controller(ServeConfig(model_dir=SHIPPED_MODEL, data_dir=str(tmp_path / "data"),
+                                      loop=LoopConfig(retain=0.75)))
+
+    ctl = controller()
+    assert ctl._retain() == 0.75
+    _judged(ctl, 1, "rejected", learnt=0, forgot=True)  # a submitted candidate: nothing was learnt
+    assert ctl._retain() == 0.75
+    _judged(ctl, 2, "rejected", forgot=True)
+    assert ctl._retain() == 0.875
+    _judged(ctl, 3, "failed", learnt=40)
+    assert ctl._retain() == 0.875
+    _judged(ctl, 4, "rejected", forgot=True)
+    _judged(ctl, 5, "rejected", forgot=True)
+    assert ctl._retain() == 0.9375 and controller()._retain() == 0.9375  # at most twice; durable
+    assert [h["retain"] for h in ctl.history] == [0.75, 0.75, 0.875, 0.875, 0.9375]
+    _judged(ctl, 6, "rejected")  # refused for something else (no gain)
+    assert ctl._retain() == 0.75
+    _judged(ctl, 7, "rejected", forgot=True)
+    _judged(ctl, 8, "done")
+    assert ctl._retain() == 0.75
+
+
+def test_the_gate_step_tells_a_refusal_for_forgetting_from_one_for_no_gain(tmp_path):
+    """``Cycle.forgot`` is set when either retention loss (against the parent, or since the base) is over the
+    gate's bound, compared as the gate compares it; a refusal for no gain or for a held-out family is not."""
+    ctl = _controller(tmp_path)
+    bound = ctl.cfg.gate.max_retention_loss
+    for losses, forgot in [((0.0, 0.011), True), ((0.0125, 0.0), True), ((0.01, 0.01), False), ((0.0, 0.0), False)]:
+        report = {"passed": False, "reason": "held-out gain 0.000 is below min_gain 0.100",
+                  "retention_loss": losses[0], "base_retention_loss": losses[1]}
+        ctl.judge = lambda version, heldout, env_tasks=(), r=report: r  # the gate's verdict, as judge returns it
+        ctl._env_heldout = lambda c: []
+        c = Cycle(cycle=1, state="gate", parent=1, feedback_ids=[], seed=1, started=0.0, candidate=2)
+        ctl._gate(c)
+        assert c.state == "rejected" and c.forgot is forgot, (losses, bound)
+    weights = {"passed": False, "reason": "weights rejected before evaluation: bad shapes"}
+    ctl.judge = lambda version, heldout, env_tasks=(): weights
+    c = Cycle(cycle=1, state="gate", parent=1, feedback_ids=[], seed=1, started=0.0, candidate=2)
+    ctl._gate(c)
+    assert c.state == "rejected" and not c.forgot
