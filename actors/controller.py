@@ -33,7 +33,9 @@ is restarted by Ray and continues where it was):
    restarted cycle resumes from the newest checkpoint, skipping the batches
    already learnt (batches are drawn from the cycle's seed).  The result is
    registered as a candidate: a new id from the one version registry, its
-   files written once.
+   files written once.  After a cycle whose candidate the gate refused for
+   retention, the next one (taught that feedback once more) halves the new
+   lessons' share of each batch, twice at most (``Controller._retain``).
 4. **gate**: weights that do not fit the served model (names, shapes,
    non-finite values) are rejected before any evaluation; then
    ``actors/gate.py`` scores held-out variations (against the teacher
@@ -77,6 +79,7 @@ CONTROLLER_NAME = "reverie-controller"
 STEPS = ("collect", "dream", "learn", "gate", "approve", "swap")
 ENDED = ("done", "rejected", "failed")
 FAILED_BACKOFF_S = 60.0  # after a failed cycle, the next starts on request or after this long
+MAX_RETAIN_HALVINGS = 2  # the new lessons' share is halved at most this often after refusals for forgetting
 
 
 @dataclass
@@ -101,6 +104,8 @@ class Cycle:
     dream: dict = field(default_factory=dict)  # the dream step's report
     resumed: list[int] = field(default_factory=list)  # learner updates found at each start of the learn step
     rejected_by: str = ""  # "gate" or "person" when the cycle ended rejected
+    retain: float | None = None  # share of each batch replaying base skills (``Controller._retain``; None: the loop's)
+    forgot: bool = False  # the gate refused the candidate for retention (against its parent or the base)
 
     def public(self) -> dict:
         d = asdict(self)
@@ -116,6 +121,11 @@ class Cycle:
 
 def _teaches(fb: dict) -> bool:
     return any(isinstance(fb.get(k), str) and fb[k].strip() for k in ("rule", "correction"))
+
+
+def _retained(c: Cycle, loop) -> float:
+    """The cycle's replay share (one from before ``Cycle.retain`` existed: the loop's)."""
+    return loop.retain if c.retain is None else c.retain
 
 
 def _prompt_key(messages) -> str:
@@ -275,12 +285,28 @@ class Controller:
                 return
             self.current = Cycle(cycle=self.next_cycle, state="collect", parent=self.registry.promoted().version,
                                  feedback_ids=sorted(r["id"] for r in new), seed=self.cfg.loop.seed + self.next_cycle,
-                                 started=time.time(), forced=forced, asks=sorted(a["id"] for a in asks))
+                                 started=time.time(), forced=forced, asks=sorted(a["id"] for a in asks),
+                                 retain=self._retain())
             self.next_cycle += 1
             self._last_cycle_at = time.time()
             self._save()
         logger.info("cycle %s: %s feedback records (%s teach), %s recorded asks to dream on", self.current.cycle,
                     len(new), len(teaching), distinct)
+
+    def _retain(self) -> float:
+        """The replay share of a new cycle's batches: the loop's ``retain``, with the new lessons' share halved
+        for each cycle in a row, just before, whose candidate the gate refused for retention (at most
+        ``MAX_RETAIN_HALVINGS`` times): the refused cycle's feedback is taught once more, and not by the recipe
+        that made the candidate forget.  Cycles that learnt nothing (a submitted candidate, a failed step) are
+        passed over; any other ends the run of refusals."""
+        refusals = 0
+        for h in reversed(self.history):
+            if not h.get("progress", {}).get("done") or h.get("state") == "failed":
+                continue
+            if not (h.get("state") == "rejected" and h.get("forgot")):
+                break
+            refusals += 1
+        return 1.0 - (1.0 - self.cfg.loop.retain) / 2 ** min(refusals, MAX_RETAIN_HALVINGS)
 
     def _advance(self) -> None:
         c = self.current
@@ -507,7 +533,7 @@ class Controller:
                 for stream in streams:
                     yield next(stream)
 
-        return mixed_batches(experience(), self._replay(c), self.cfg.loop.batch_size, self.cfg.loop.retain)
+        return mixed_batches(experience(), self._replay(c), self.cfg.loop.batch_size, _retained(c, self.cfg.loop))
 
     def _dreamt(self, c: Cycle) -> Iterator:
         """Lessons from the cycle's kept dream trajectories, read back from the store: each state the policy
@@ -560,7 +586,7 @@ class Controller:
         batches = self._batches(c, lessons, heldout, varied)
         loop = self.cfg.loop
         learn_cfg = LearnConfig(method=loop.method, steps=loop.steps, batch_size=loop.batch_size, lr=loop.lr,
-                                retain=loop.retain, checkpoint_every=loop.checkpoint_every, seed=c.seed)
+                                retain=_retained(c, loop), checkpoint_every=loop.checkpoint_every, seed=c.seed)
         work = self.dir / "cycles" / f"c{c.cycle:06d}"
         parent = self.registry.get(c.parent)
         learner = LearnerActor.options(**learner_options()).remote(
@@ -673,10 +699,14 @@ class Controller:
         return report
 
     def _gate(self, c: Cycle) -> None:
+        from actors.gate import exceeds
+
         heldout = self._split(c, self._lessons(c)[0])[1] if c.feedback_ids else []
         report = self.judge(c.candidate, heldout, self._env_heldout(c))
         if not report["passed"]:
             c.state, c.error, c.rejected_by = "rejected", report["reason"], "gate"
+            bound = self.cfg.gate.max_retention_loss
+            c.forgot = any(exceeds(report.get(k, 0.0), bound) for k in ("retention_loss", "base_retention_loss"))
             return
         if self.cfg.loop.approval == "required":
             self.registry.set_status(c.candidate, PENDING)

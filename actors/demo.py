@@ -478,8 +478,10 @@ def _report_cycles(status: dict, seen: set, run: Run, say) -> None:
         secs = ", ".join(f"{k} {v:.0f}s" for k, v in (c.get("seconds") or {}).items())
         counts = (c.get("lessons") or {}).get("counts") or {}
         what = ", ".join(f"{n} {k}" for k, n in counts.items()) or "nothing"
+        replay = f", replay {c['retain']:.3f}" if c.get("retain") is not None and (c.get("progress") or {}).get("done") \
+            else ""
         say(f"cycle {c.get('cycle')} ended {c.get('state')}: candidate v{c.get('candidate')}, learnt from {what} "
-            f"({secs}){' - ' + c['error'] if c.get('error') else ''}")
+            f"({secs}{replay}){' - ' + c['error'] if c.get('error') else ''}")
     for c in status.get("candidates") or []:
         key = ("rejected", c["version"])
         if c["status"] == "rejected" and key not in seen:
@@ -574,7 +576,7 @@ def _report(demo: DemoSettings, run: Run, status: dict, before: Measured, after:
         "tools_episodes": dict(pop.episodes),
         "recorded": recorded,
         "cycles": [{k: c.get(k) for k in ("cycle", "state", "candidate", "parent", "seconds", "lessons", "dream",
-                                          "error")} for c in status.get("cycles") or []],
+                                          "retain", "error")} for c in status.get("cycles") or []],
         "measurements": [asdict(m) for m in run.measured.values()],
         "targets": TARGETS,
         "quick": demo.quick,
