@@ -175,70 +175,45 @@ def test_a_dream_step_whose_simulator_disagrees_with_reality_switches_it_off_and
         assert ToolsEnvironment(max_turns=budget).verify(task, r["messages"])  # re-checked by the real verifier
 
 
-def test_a_dream_step_on_a_lent_engine_reloads_it_on_the_versions_weights_and_leaves_it_running(
+def test_the_controllers_dream_engine_is_lent_to_each_dream_step_replaced_when_dead_and_stopped_when_closed(
         shipped_model, tmp_path):
     """The controller keeps one rollout engine across cycles (a start cost 40 to 60 s of every cycle beside
-    serving, the rehearsal itself 2.4 s) and lends it to each dream step: the step reloads it on the weights
-    of the version it dreams with, tags what it keeps with that version, and leaves the engine running and
-    answering for the next step."""
-    ray = pytest.importorskip("ray")
-
-    from actors.dreams import dream_step
-    from actors.store import read_table, start_store
-    from reverie.ray_start import start_ray
-    from reverie.versions import VersionRegistry
-    from simulators.dream import stop_engine
-    from simulators.rollout import engine_actor, wait_ready
-    from simulators.tinyworld import world as W
-
-    registry = VersionRegistry(tmp_path / "versions")
-    base = registry.ensure_base(shipped_model).version
-    weights = tmp_path / "weights"
-    weights.mkdir()
-    (weights / "model.safetensors").symlink_to(shipped_model / "model.safetensors")
-    version = registry.register(weights, source="test", parent=base).version
-    words = W.world().heldout_words
-    asks = [W.NEW_TOOL_TEMPLATE.format(a=words[i], b=words[i + 1]) for i in range(4)]
-
-    start_ray(num_cpus=4)
-    try:
-        store = start_store(str(tmp_path / "data"), name="test-lent-engine-store")  # held: it lives while held
-        engine = engine_actor(shipped_model, version=base)
-        assert wait_ready(engine) == base
-        out = dream_step(shipped_model, registry.version_dir(version), version, "test-lent-engine-store",
-                         tmp_path / "data", asks, episodes=24, seed=0, simulators=1, engine=engine)
-        served = ray.get(engine.version.remote(), timeout=60)
-        reply = ray.get(engine.generate.remote([[{"role": "user", "content": "reverse a b c"}]]), timeout=60)
-        stop_engine(engine)
-    finally:
-        ray.shutdown()
-    assert served == version and reply and reply[0]
-    assert out["env"] == "real" and out["episodes"] == 24 and out["kept"] == len(out["trajectory_ids"]) > 0
-    rows = read_table(str(tmp_path / "data"), "trajectories").to_pylist()
-    assert sorted(r["id"] for r in rows) == sorted(out["trajectory_ids"])
-    assert {r["policy_version"] for r in rows} == {version}
-
-
-def test_the_controller_keeps_one_dream_engine_replaces_one_that_died_and_stops_it_when_closed(tmp_path):
-    """The engine the controller lends its dream steps is started once and kept; one that no longer answers
-    (its process killed) is replaced by a running one on the next ask; ``close`` (the controller actor's
-    ``stop``) ends it."""
+    serving, the rehearsal itself 2.4 s) and lends it to each dream step: the step reloads it on the weights of
+    the version it dreams with, tags what it keeps with that version, and leaves the engine running and
+    answering; the controller hands out the same engine again, replaces one that no longer answers (its process
+    killed) with a running one, and ``close`` (the controller actor's ``stop``) ends it."""
     ray = pytest.importorskip("ray")
 
     from actors.controller import Controller
+    from actors.dreams import dream_step
+    from actors.store import read_table, start_store
     from reverie.config import ServeConfig
     from reverie.ray_start import start_ray
-    from simulators.tinyworld.build import SHIPPED_MODEL
+    from simulators.tinyworld import world as W
 
+    data = tmp_path / "data"
     start_ray(num_cpus=4)
     try:
-        ctl = Controller(ServeConfig(model_dir=SHIPPED_MODEL, data_dir=str(tmp_path / "data")))
-        first = ctl._dream_engine()
-        assert ctl._dream_engine() is first
-        ray.kill(first)
+        ctl = Controller(ServeConfig(model_dir=shipped_model, data_dir=str(data)))
+        base = ctl.registry.base().version
+        weights = tmp_path / "weights"
+        weights.mkdir()
+        (weights / "model.safetensors").symlink_to(shipped_model / "model.safetensors")
+        version = ctl.registry.register(weights, source="test", parent=base).version  # an id not the base's
+        words = W.world().heldout_words
+        asks = [W.NEW_TOOL_TEMPLATE.format(a=words[i], b=words[i + 1]) for i in range(4)]
+        store = start_store(str(data), name="test-lent-engine-store")  # held: it lives while held
+        engine = ctl._dream_engine()
+        assert ray.get(engine.version.remote(), timeout=60) == base
+        out = dream_step(shipped_model, ctl.registry.version_dir(version), version, "test-lent-engine-store", data,
+                         asks, episodes=24, seed=0, simulators=1, engine=engine)
+        served = ray.get(engine.version.remote(), timeout=60)
+        reply = ray.get(engine.generate.remote([[{"role": "user", "content": "reverse a b c"}]]), timeout=60)
+        assert ctl._dream_engine() is engine
+
+        ray.kill(engine)
         second = ctl._dream_engine()
-        assert second is not first
-        assert ray.get(second.version.remote(), timeout=60) == ctl.registry.base().version
+        assert second is not engine and ray.get(second.version.remote(), timeout=60) == base
         ctl.close()
         deadline = time.monotonic() + 60  # ray.kill is asynchronous: a call just after it may still be answered
         while True:
@@ -250,6 +225,11 @@ def test_the_controller_keeps_one_dream_engine_replaces_one_that_died_and_stops_
             time.sleep(0.5)
     finally:
         ray.shutdown()
+    assert served == version and reply and reply[0]
+    assert out["env"] == "real" and out["episodes"] == 24 and out["kept"] == len(out["trajectory_ids"]) > 0
+    rows = read_table(str(data), "trajectories").to_pylist()
+    assert sorted(r["id"] for r in rows) == sorted(out["trajectory_ids"])
+    assert {r["policy_version"] for r in rows} == {version}
 
 
 def test_dream_on_a_data_directory_another_store_writes_is_refused_with_one_line(tmp_path, refused):
