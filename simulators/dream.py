@@ -149,8 +149,6 @@ class Dreamer:
         pool = None
         try:
             wait_ready(engine, timeout=ready_timeout)
-            if not owns:  # a borrowed engine gets these weights, whatever it served before
-                ray.get(engine.reload.remote(str(model_dir), int(version)), timeout=RELOAD_TIMEOUT_S)
             pool = SimulatorPool(engine, store, size=simulators, batch=worker_batch, name=name)
             try:  # workers need the ``simulator`` resource: a cluster without it must not hang the caller
                 ray.get([w.progress.remote() for w in pool.workers.values()], timeout=ready_timeout)
@@ -164,8 +162,15 @@ class Dreamer:
             if owns:
                 stop_engine(engine)
             raise
-        return cls(engine, store, proposer, pool, version=version, skill=skill, name=name,
-                   heldout_items=eval_items, owns_engine=owns)
+        dreamer = cls(engine, store, proposer, pool, version=version, skill=skill, name=name,
+                      heldout_items=eval_items, owns_engine=owns)
+        if not owns:  # a borrowed engine gets these weights, whatever it served before
+            try:
+                dreamer.reload(model_dir, version)
+            except BaseException:
+                dreamer.shutdown()
+                raise
+        return dreamer
 
     @property
     def version(self) -> int:
