@@ -31,6 +31,7 @@ and every replica is put back on the previous version.
 from __future__ import annotations
 
 import asyncio
+import logging
 import shutil
 import tempfile
 import time
@@ -49,6 +50,8 @@ from serve.weights import (
     pack_buckets,
     reference_shapes,
 )
+
+logger = logging.getLogger("reverie.serve")
 
 DEFAULT_TIMEOUT_S = 120.0
 
@@ -109,6 +112,7 @@ class WeightBroadcaster:
             results = await self._install(version, paths, self.timeout_s)
             failed = [r for r in results if not r.get("ok")]
         except (asyncio.TimeoutError, Exception) as e:  # noqa: BLE001 - reported below
+            logger.warning("swap to version %s: the install did not reach the replicas", version, exc_info=True)
             results, failed = [], [{"replica": "?", "error": f"{type(e).__name__}: {e}"}]
         if failed:
             try:
