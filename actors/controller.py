@@ -82,6 +82,10 @@ FAILED_BACKOFF_S = 60.0  # after a failed cycle, the next starts on request or a
 MAX_RETAIN_HALVINGS = 2  # the new lessons' share is halved at most this often after refusals for forgetting
 
 
+class Stopping(Exception):
+    """The controller is stopping: the running step ends where a restarted controller resumes it."""
+
+
 @dataclass
 class Cycle:
     """One cycle's durable state."""
@@ -162,6 +166,7 @@ class Controller:
         self._marks: dict[str, str] = {}
         self._feedback: dict[str, dict] = {}
         self._candidates: dict[tuple[str, str], dict] = {}  # (interaction id, skill) -> the ask
+        self.stopping = threading.Event()  # set by the actor's stop: a learn step ends at its next update
         self._engine = None  # the rollout engine dreams play through, kept across cycles (``_dream_engine``)
 
     # ------------------------------------------------------------ durable state
@@ -259,7 +264,7 @@ class Controller:
     # ------------------------------------------------------------ the loop
     def tick(self) -> None:
         """Start a cycle when a trigger fires, or advance the running one by one step."""
-        if not self.cfg.loop.learn:
+        if not self.cfg.loop.learn or self.stopping.is_set():
             return
         if self.current is None:
             self._maybe_start()
@@ -314,6 +319,8 @@ class Controller:
         t0 = time.perf_counter()
         try:
             getattr(self, f"_{step}")(c)
+        except Stopping as e:  # the step resumes when a controller runs again (from the learner's checkpoint)
+            logger.info("cycle %s: %s in %s", c.cycle, e, step)
         except Exception as e:  # noqa: BLE001 - a failed cycle is reported, never a dead controller
             logger.error("cycle %s failed in %s: %s", c.cycle, step, traceback.format_exc())
             c.error = f"{step}: {type(e).__name__}: {e}"
@@ -599,6 +606,8 @@ class Controller:
                 next(batches)  # learnt before a restart: never repeated, never skipped
             self._save()
             while c.done < c.total:
+                if self.stopping.is_set():
+                    raise Stopping(f"stopped after {c.done} of {c.total} updates")
                 ray.get(learner.step.remote(next(batches)), timeout=600)
                 c.done += 1
                 if c.done % 10 == 0:
@@ -795,6 +804,7 @@ def _actor_class():
 
         def stop(self) -> None:
             self._stop.set()
+            self.core.stopping.set()
             self._thread.join(timeout=60)
             self.core.close()
 
