@@ -780,18 +780,17 @@ def _actor_class():
         def __init__(self, cfg: ServeConfig, app_name: str = "reverie"):
             logging.basicConfig(level=logging.INFO)
             self.core = Controller(cfg, app_name)
-            self._stop = threading.Event()
             self._thread = threading.Thread(target=self._run, name="reverie-controller", daemon=True)
             self._thread.start()
 
         def _run(self):
-            while not self._stop.is_set():
+            while not self.core.stopping.is_set():
                 try:
                     self.core.tick()
                 except Exception:  # noqa: BLE001 - logged; the loop goes on
                     logger.error("controller tick failed: %s", traceback.format_exc())
                 if self.core.current is None or self.core.current.state == "approve":
-                    self._stop.wait(self.core.cfg.loop.poll_s)
+                    self.core.stopping.wait(self.core.cfg.loop.poll_s)
 
         def status(self) -> dict:
             return self.core.status()
@@ -803,7 +802,6 @@ def _actor_class():
             return self.core.submit(directory, note)
 
         def stop(self) -> None:
-            self._stop.set()
             self.core.stopping.set()
             self._thread.join(timeout=60)
             self.core.close()
