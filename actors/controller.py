@@ -80,6 +80,7 @@ STEPS = ("collect", "dream", "learn", "gate", "approve", "swap")
 ENDED = ("done", "rejected", "failed")
 FAILED_BACKOFF_S = 60.0  # after a failed cycle, the next starts on request or after this long
 MAX_RETAIN_HALVINGS = 2  # the new lessons' share is halved at most this often after refusals for forgetting
+REPLAY_SAMPLE = 64  # lessons per stream compared with the replay's prompts (``Controller._replay``)
 
 
 class Stopping(Exception):
@@ -540,7 +541,8 @@ class Controller:
                 for stream in streams:
                     yield next(stream)
 
-        return mixed_batches(experience(), self._replay(c), self.cfg.loop.batch_size, _retained(c, self.cfg.loop))
+        return mixed_batches(experience(), self._replay(c, lessons), self.cfg.loop.batch_size,
+                             _retained(c, self.cfg.loop))
 
     def _dreamt(self, c: Cycle) -> Iterator:
         """Lessons from the cycle's kept dream trajectories, read back from the store: each state the policy
@@ -554,16 +556,26 @@ class Controller:
         # simulator's dreamed successes replayed for real (its agreement check); the gate then wants a real gain.
         return lessons(kept, random.Random(f"dream-lessons/{c.cycle}/{c.seed}"), trusted_only=False)
 
-    def _replay(self, c: Cycle) -> Iterator:
-        """Retention replay: the tiny world's base skills for its model; for any other model, what users asked
-        before (the frozen parent is the teacher, with no privileged context: the loss holds old behaviour)."""
+    def _replay(self, c: Cycle, lessons: list) -> Iterator:
+        """Retention replay: the tiny world's base skills for its model, each skill's share focused on the ones
+        whose prompts look most like the cycle's lessons (``loop.replay_focus``, ``learner.replay.focus_weights``;
+        the shares are kept in ``c.lessons["replay"]``); for any other model, what users asked before, evenly (the
+        frozen parent is the teacher, with no privileged context: the loss holds old behaviour)."""
         from learner.distill import Lesson
         from simulators.variations import TinyWorldVariations
 
         if isinstance(self._variations(), TinyWorldVariations):
-            from simulators.tinyworld.experiment import retention_lessons
+            from itertools import islice
 
-            return retention_lessons(c.seed)
+            from learner.replay import focus_weights
+            from simulators.tinyworld.experiment import retention_lessons, retention_samples
+
+            new = [[l.student for l in lessons[:: max(1, len(lessons) // REPLAY_SAMPLE)]]]
+            if c.trajectories:
+                new.append([l.student for l in islice(self._dreamt(c), REPLAY_SAMPLE)])
+            weights = focus_weights(new, retention_samples(), self.cfg.loop.replay_focus)
+            c.lessons["replay"] = {k: round(v, 3) for k, v in weights.items()}
+            return retention_lessons(c.seed, weights)
         from actors.store import read_table
 
         asked = [tuple(m) for m in read_table(self.cfg.data_dir, "interactions", columns=["messages"])

@@ -35,6 +35,9 @@ class LoopConfig:
     batch_size: int = 32
     lr: float = 1e-4  # measured on the tiny world: 3e-4 forgets 0.04 even with replay (docs/design-notes.md)
     retain: float = 0.5  # share of each batch replaying what the model could do before
+    # Share of the replay that goes to the old skills whose prompts look most like the new lessons (the rest evenly):
+    # learner/replay.py::focus_weights (docs/design-notes.md, "Replay where the interference is").
+    replay_focus: float = 0.5
     checkpoint_every: int = 50  # a killed controller resumes its cycle's learning from the newest of these
     variations: float = 0.75  # share of new-experience lessons that are proposer variations of the asked task
     dream: bool = True  # rehearse recorded asks of a family with a registered environment (the tiny world's tools)

@@ -32,6 +32,7 @@ noted; what is left out keeps its default, shown here)::
       batch_size: 32
       lr: 1e-4
       retain: 0.5                     # share of each batch replaying base skills, in [0, 1)
+      replay_focus: 0.5               # share of the replay on the old skills most like the new lessons, in [0, 1)
       checkpoint_every: 50
       variations: 0.75                # in [0, 1)
       dream: true                     # rehearse recorded asks of a family with an environment
@@ -115,6 +116,7 @@ RULES: dict[str, a.Rule] = {
     "loop.batch_size": a.POSITIVE,
     "loop.lr": a.LEARNING_RATE,
     "loop.retain": a.FRACTION,
+    "loop.replay_focus": a.FRACTION,
     "loop.checkpoint_every": a.COUNT,
     "loop.variations": a.FRACTION,
     "loop.dream": a.FLAG,

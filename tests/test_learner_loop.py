@@ -4,16 +4,20 @@ never reused, and `reverie learn` refuses bad options."""
 from __future__ import annotations
 
 import copy
+import itertools
+import random
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
 from learner.checkpoint import latest_checkpoint
 from learner.loop import LearnConfig, learn
-from learner.replay import mixed_batches, retention_count
+from learner.replay import focus_weights, mixed_batches, retention_count
 from learner.teacher_state import TeacherConfig, TeacherState
 from learner.tokenizer import ChatEncoder, train_tokenizer
-from simulators.tinyworld.experiment import lessons
+from simulators.tinyworld import world as W
+from simulators.tinyworld.experiment import lessons, retention_lessons, retention_samples
+from simulators.tinyworld.skills import BASE_SKILLS, new_pair
 
 
 class Crash(Exception):
@@ -175,3 +179,35 @@ def test_a_learner_killed_while_writing_a_checkpoint_resumes_from_the_last_compl
         assert not os.path.exists(half.path)  # the next save swept the half-written directory away
     finally:
         ray.shutdown()
+
+
+def _student_prompts(skill: str, n: int, seed: int = 5) -> list:
+    rng = random.Random(seed)
+    return [new_pair(skill, rng)[0].prompt for _ in range(n)]
+
+
+@pytest.mark.parametrize("skill, focused", [("facts", {"recall"}), ("rule", {"reverse", "sort"})])
+def test_replay_focuses_on_the_base_skills_whose_prompts_look_like_the_new_lessons(skill, focused):
+    groups = retention_samples()
+    weights = focus_weights([_student_prompts(skill, 48)], groups, 0.5)
+    assert abs(sum(weights.values()) - 1.0) < 1e-9
+    assert max(weights, key=weights.get) in focused
+    assert all(weights[s] > 1.5 / len(groups) for s in focused)  # well above an even share
+    assert min(weights.values()) >= 0.5 / len(groups) - 1e-9  # every skill keeps half its even share
+
+
+def test_replay_focus_zero_is_even_and_out_of_range_is_refused():
+    groups = retention_samples()
+    assert set(focus_weights([_student_prompts("facts", 8)], groups, 0.0).values()) == {1 / len(groups)}
+    assert set(focus_weights([[]], groups, 0.5).values()) == {1 / len(groups)}  # nothing new: even
+    with pytest.raises(ValueError, match="replay focus"):
+        focus_weights([_student_prompts("facts", 8)], groups, 1.5)
+
+
+def test_retention_replay_draws_only_the_skills_given_a_share():
+    sentences = {f.sentence() for f in W.world().encyclopedia}
+    only_recall = {s: float(s == "recall") for s in BASE_SKILLS}
+    drawn = list(itertools.islice(retention_lessons(0, only_recall), 200))
+    assert all(l.reference in sentences and l.student == l.teacher for l in drawn)
+    even = list(itertools.islice(retention_lessons(0), 200))
+    assert 10 < sum(l.reference in sentences for l in even) < 60  # about one in seven

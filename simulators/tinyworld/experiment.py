@@ -33,13 +33,21 @@ def new_lessons(skill: str, seed: int) -> Iterator[Lesson]:
         yield Lesson(s.prompt, t.prompt, s.answer)
 
 
-def retention_lessons(seed: int) -> Iterator[Lesson]:
+def retention_lessons(seed: int, weights: dict[str, float] | None = None) -> Iterator[Lesson]:
     """Endless lessons on the base skills, each seen the same way by student
-    and teacher (no privileged context), from a seed evaluation never uses."""
+    and teacher (no privileged context), from a seed evaluation never uses;
+    ``weights``: each skill's share (``learner.replay.focus_weights``), else even."""
     rng = random.Random(f"tinyworld-learn/retention/{seed}")
+    shares = [weights.get(s, 0.0) for s in BASE_SKILLS] if weights else None
     while True:
-        item = base_item(rng.choice(BASE_SKILLS), rng)
+        item = base_item(rng.choices(BASE_SKILLS, shares)[0] if shares else rng.choice(BASE_SKILLS), rng)
         yield Lesson(item.prompt, item.prompt, item.answer)
+
+
+def retention_samples(n: int = 32, seed: int = 0) -> dict[str, list[tuple[dict, ...]]]:
+    """``n`` prompts of each base skill (what ``focus_weights`` compares new lessons with), from their own seed."""
+    rng = random.Random(f"tinyworld-learn/retention-samples/{seed}")
+    return {s: [base_item(s, rng).prompt for _ in range(n)] for s in BASE_SKILLS}
 
 
 def lessons(skill: str, batch_size: int, seed: int, retain: float = 0.0) -> Iterator[list[Lesson]]:
