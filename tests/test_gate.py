@@ -273,6 +273,24 @@ def test_a_retention_loss_exactly_at_the_bound_passes_whatever_the_floating_poin
     assert exceeds(0.0101, 0.01)
 
 
+def test_since_the_base_a_skill_whose_every_reference_a_rule_rewrote_is_not_counted_as_kept():
+    """Measured in demo run u (``demo-runs/2026-12-03-u-replay-focus-repeat.json``, v7): the copy rule rewrote all
+    100 copy references, which the base never gave (0.00); copy could lose nothing since the base, and counting it
+    as an eighth skill made 0.08 lost on the seven base skills a mean of 0.010, at the bound: the gate passed v6
+    and v7, and the API measured retention 0.9986 -> 0.9871, a drop of 0.011 on those seven skills."""
+    base = {"add": (1.0, 1.0), "copy": (0.0, 0.94), "format": (0.99, 0.96), "lookup": (1.0, 1.0),
+            "recall": (1.0, 1.0), "reverse": (1.0, 0.99), "sort": (1.0, 0.98), "tooluse": (1.0, 0.98)}
+    report = {"new": _counts(facts=(0, 40, 48)),
+              "retention": {k: {"parent": c, "candidate": c, "n": 100, "changed_by_rules": 100 * (k == "copy")}
+                            for k, (_, c) in base.items()},
+              "base_retention": {k: {"base": b, "candidate": c, "n": 100, "changed_by_rules": 100 * (k == "copy")}
+                                 for k, (b, c) in base.items()}}
+    assert refusals(GateConfig(min_gain=0.1), report) == [
+        "retention loss since the base 0.011 exceeds max_retention_loss 0.010 (worst skill format: 0.99 -> 0.96)"]
+    report["base_retention"]["copy"]["changed_by_rules"] = 40  # some copy answers are the base's own: it counts
+    assert refusals(GateConfig(min_gain=0.1), report) == []
+
+
 # --------------------------------------------------------------------------- weights
 
 
