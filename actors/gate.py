@@ -42,7 +42,11 @@ answering the same prompts in the same batches:
   difference of means was -0.14 (copy 0 -> 0.98) and would have passed it.
 
 - ``base_retention_loss``: the same, against the base version the lineage
-  started from (``base_dir``), on the same references.  Forgetting adds up:
+  started from (``base_dir``), on the same references, over the skills
+  whose references are not all rewritten by the accepted rules (``copy``
+  under the tiny world's rule: the base never gave those answers, and a
+  skill that cannot lose diluted the mean, so the bound held 0.08 lost on
+  seven skills as 0.010; measured in demo run u).  Forgetting adds up:
   each version may lose a little against its parent and still pass, so
   without this bound a chain of candidates drifts as far as it likes
   (measured in the demo: retention 0.998 -> 0.985 over three versions each
@@ -403,6 +407,12 @@ def _losses(scores: Mapping[str, Mapping[str, float]], before: str) -> dict[str,
     return skill_losses({k: (r[before], r["candidate"]) for k, r in scores.items()})
 
 
+def _kept_since_base(base_retention: Mapping[str, Mapping]) -> dict[str, Mapping]:
+    """The skills the base's own answers can be held to: not one whose every reference an accepted rule rewrote
+    (the base never gave those answers, so it has nothing there to lose; counted, it would dilute the mean)."""
+    return {k: r for k, r in base_retention.items() if r.get("changed_by_rules", 0) < r["n"]}
+
+
 def _lost(scores: Mapping[str, Mapping[str, float]], bound: float) -> str:
     """The families that lost more than ``bound`` against the parent, as "tools 0.77 -> 0.56" (or "")."""
     over = [(k, r) for k, r in scores.items() if exceeds(max(0.0, r["parent"] - r["candidate"]), bound)]
@@ -434,7 +444,8 @@ def refusals(cfg: GateConfig, report: Mapping[str, Mapping]) -> list[str]:
     if lost:
         failed.append(f"what earlier versions learnt lost more than max_family_loss {cfg.max_family_loss:.2f}: "
                       f"{lost}")
-    for scores, before, since in ((retention, "parent", ""), (base_retention, "base", " since the base")):
+    for scores, before, since in ((retention, "parent", ""),
+                                  (_kept_since_base(base_retention), "base", " since the base")):
         losses = _losses(scores, before)
         loss = _mean(list(losses.values()))
         if exceeds(loss, cfg.max_retention_loss):
@@ -672,7 +683,8 @@ class Gate:
             retention[skill] = {"parent": p, "candidate": c, "n": len(idx),
                                 "changed_by_rules": sum(changed[i] for i in idx)}
             b = _mean([float(self.suite[i].check(base_plain[i], refs[i])) for i in idx])
-            base_retention[skill] = {"base": b, "candidate": c, "n": len(idx)}
+            base_retention[skill] = {"base": b, "candidate": c, "n": len(idx),
+                                     "changed_by_rules": sum(changed[i] for i in idx)}
             worse_first = sorted(idx, key=lambda i: self.suite[i].check(cand_plain[i], refs[i]))
             differing[skill] = [i for i in worse_first if not matches(parent_plain[i], cand_plain[i])]
         picked: list[int] = []
@@ -686,7 +698,7 @@ class Gate:
         report = {"new": new, "learnt": learnt_scores, "retention": retention, "base_retention": base_retention}
         failed = refusals(self.cfg, report)
         report.update(gain=held_out_gain(new), retention_loss=_mean(list(_losses(retention, "parent").values())),
-                      base_retention_loss=_mean(list(_losses(base_retention, "base").values())),
+                      base_retention_loss=_mean(list(_losses(_kept_since_base(base_retention), "base").values())),
                       passed=not failed, reason="; ".join(failed), samples=samples, seconds=0.0)
         return report
 
