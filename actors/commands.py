@@ -101,6 +101,35 @@ def cmd_bench_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_rerun(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from actors.rerun import parse_settings, rerun
+    from reverie import args as check
+
+    settings = parse_settings(args.set or [])
+    cycle = check.positive(args.cycle, "--cycle")
+    out = Path(args.out) if args.out else None
+    if out is not None and out.is_dir():
+        from reverie.errors import ReverieError
+
+        raise ReverieError(f"--out {str(out)!r} is a directory; give a file name")
+    result = rerun(args.run, cycle, settings, progress=lambda m: print(f"reverie: {m}", file=sys.stderr, flush=True))
+    if out is not None:
+        from reverie.results import write_result
+
+        result = write_result(result, out)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for side in ("recorded", "rerun"):
+            o = result[side]
+            print(f"{side:>8}: {'passed' if o['passed'] else 'refused'}; gain {o['gain']:.3f}, retention loss "
+                  f"{o['retention_loss']:.4f} (since the base {o['base_retention_loss']:.4f})"
+                  + (f" - {o['reason']}" if o["reason"] else ""))
+    return 0
+
+
 def register_bench(bench_subparsers) -> None:
     """Add ``bench trl`` (and ``bench all``, ``bench report``) to ``reverie bench``."""
     from actors.trl_bench import DEFAULT_METHODS
@@ -137,6 +166,22 @@ def register_bench(bench_subparsers) -> None:
     a.add_argument("--only", default=None, help="comma-separated benchmark names (default: all)")
     a.add_argument("--json", action="store_true", help="print the run's summary as one JSON object")
     a.set_defaults(func=cmd_bench_all)
+    rr = bench_subparsers.add_parser(
+        "rerun", help="learn and gate one cycle of a demo run again with other loop or gate settings",
+        description="What a setting would have changed, on the very lessons a run learnt from: the cycle's recorded "
+                    "feedback and kept dream trajectories are learnt again from the same parent with the same seed, "
+                    "on a copy of the run's data directory (the run's folder is not written), and the gate judges "
+                    "the new candidate as it judged the recorded one.  The run's own settings come from its "
+                    "report.json; settings it does not name (a run older than them) take today's defaults.  The "
+                    "dream is not rehearsed again: its kept trajectories are reused.")
+    rr.add_argument("run", metavar="DIR", help="the output folder of a `reverie demo` run (report.json, experience/)")
+    rr.add_argument("--cycle", required=True, help="the cycle to rerun (one that learnt: see report.json's cycles)")
+    rr.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
+                    help="a loop or gate setting for the rerun, checked as in a config file (loop.retain sets the "
+                         "cycle's replay share); repeatable")
+    rr.add_argument("--out", default=None, metavar="FILE", help="also write the result there (JSON, stamped)")
+    rr.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    rr.set_defaults(func=cmd_bench_rerun)
     r = bench_subparsers.add_parser("report", help="regenerate the report from the result files (runs nothing)")
     r.add_argument("--results", default="bench/results", help="result folder (default %(default)s)")
     r.add_argument("--out", default=None, help="the page (default docs/benchmarks.md for bench/results, else "

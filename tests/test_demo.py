@@ -61,9 +61,47 @@ def test_the_quick_demo_learns_from_feedback_rejects_the_bad_candidate_and_repor
     with Image.open(out / "report.png") as png:
         assert png.format == "PNG" and png.size[0] > 300 and png.size[1] > 200
 
+    # The learnt cycle, learnt and gated again with an even replay (``reverie bench rerun``), on a copy of the data.
+    cycle = next(c["cycle"] for c in report["cycles"] if c["candidate"] == learnt[0]["version"])
+    registry = (out / "experience" / "versions" / "registry.json").read_bytes()
+    result_file = tmp_path / "rerun.json"
+    rerun = subprocess.run([sys.executable, "-m", "reverie.cli", "bench", "rerun", str(out), "--cycle", str(cycle),
+                            "--set", "loop.replay_focus=0", "--set", "loop.steps=10", "--json",
+                            "--out", str(result_file)], capture_output=True, text=True, timeout=900, cwd=REPO)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    result = json.loads(rerun.stdout.strip().splitlines()[-1])
+    assert result["settings"] == {"loop": {"replay_focus": 0.0, "steps": 10}, "gate": {}}
+    assert len(set(result["replay"].values())) == 1  # an even replay
+    assert result["recorded"]["passed"] and result["steps"] == 10
+    assert set(result["rerun"]["since_base"]) == set(result["recorded"]["since_base"]) and result["rerun"]["new"]
+    assert json.loads(result_file.read_text())["rerun"] == result["rerun"]
+    assert (out / "experience" / "versions" / "registry.json").read_bytes() == registry  # the run's folder untouched
+
 
 def test_an_unusable_out_is_one_line_and_exit_2(tmp_path, refused):
     blocker = tmp_path / "file"
     blocker.write_text("")
     refused(["demo", "--quick", "--out", str(blocker)], "is not a directory")
     refused(["demo", "--quick", "--out", str(blocker / "below")], "not writable")
+
+
+def test_bench_rerun_refuses_what_it_cannot_rerun_with_one_line_and_exit_2(tmp_path, refused):
+    from simulators.tinyworld.build import SHIPPED_MODEL
+
+    refused(["bench", "rerun", str(tmp_path), "--cycle", "3"], "is not the output folder of a `reverie demo` run")
+    (tmp_path / "experience" / "versions").mkdir(parents=True)
+    (tmp_path / "experience" / "controller").mkdir()
+    (tmp_path / "report.json").write_text("{}")
+    (tmp_path / "experience" / "versions" / "registry.json").write_text(json.dumps({"model": str(SHIPPED_MODEL)}))
+    (tmp_path / "experience" / "controller" / "state.json").write_text(json.dumps(
+        {"history": [{"cycle": 1, "done": 0, "candidate": 2}, {"cycle": 2, "done": 150, "candidate": 3}]}))
+    refused(["bench", "rerun", str(tmp_path), "--cycle", "1"], "cycle 1 of that run learnt nothing to rerun; "
+                                                               "cycles that learnt: 2")
+    refused(["bench", "rerun", str(tmp_path), "--cycle", "x"], "--cycle must be a positive whole number")
+    refused(["bench", "rerun", str(tmp_path), "--cycle", "2", "--set", "loop.replay_focus=2"],
+            "--set loop.replay_focus must be in [0, 1)")
+    refused(["bench", "rerun", str(tmp_path), "--cycle", "2", "--set", "loop.replay_focus"], "--set wants")
+    refused(["bench", "rerun", str(tmp_path), "--cycle", "2", "--set", "serve.port=1"], "--set wants")
+    refused(["bench", "rerun", str(tmp_path), "--cycle", "2", "--out", str(tmp_path)], "is a directory")
+    (tmp_path / "experience" / "versions" / "registry.json").write_text(json.dumps({"model": str(tmp_path / "gone")}))
+    refused(["bench", "rerun", str(tmp_path), "--cycle", "2"], "model directory")
