@@ -680,11 +680,10 @@ class Gate:
             idx = [i for i, it in enumerate(self.suite) if it.skill == skill]
             p = _mean([float(self.suite[i].check(parent_plain[i], refs[i])) for i in idx])
             c = _mean([float(self.suite[i].check(cand_plain[i], refs[i])) for i in idx])
-            retention[skill] = {"parent": p, "candidate": c, "n": len(idx),
-                                "changed_by_rules": sum(changed[i] for i in idx)}
+            rewritten = sum(changed[i] for i in idx)
+            retention[skill] = {"parent": p, "candidate": c, "n": len(idx), "changed_by_rules": rewritten}
             b = _mean([float(self.suite[i].check(base_plain[i], refs[i])) for i in idx])
-            base_retention[skill] = {"base": b, "candidate": c, "n": len(idx),
-                                     "changed_by_rules": sum(changed[i] for i in idx)}
+            base_retention[skill] = {"base": b, "candidate": c, "n": len(idx), "changed_by_rules": rewritten}
             worse_first = sorted(idx, key=lambda i: self.suite[i].check(cand_plain[i], refs[i]))
             differing[skill] = [i for i in worse_first if not matches(parent_plain[i], cand_plain[i])]
         picked: list[int] = []

@@ -79,8 +79,9 @@ def rerun(run_dir: str | Path, cycle: int, settings: dict[str, dict] | None = No
                            f"{', '.join(map(str, learnt)) or 'none'}")
     settings = settings or {"loop": {}, "gate": {}}
     loop, gate = _demo_settings(report)
-    retain = settings["loop"].pop("retain", None)
-    loop = dataclasses.replace(loop, **settings["loop"])
+    loop_set = dict(settings["loop"])  # the caller's settings stay as given
+    retain = loop_set.pop("retain", None)  # the cycle's replay share, not the loop's
+    loop = dataclasses.replace(loop, **loop_set)
     gate = dataclasses.replace(gate, **settings["gate"])
 
     work = Path(tempfile.mkdtemp(prefix="reverie-rerun-"))
@@ -116,8 +117,7 @@ def rerun(run_dir: str | Path, cycle: int, settings: dict[str, dict] | None = No
         shutil.rmtree(work, ignore_errors=True)
     old = json.loads((data / "versions" / "reviews" / f"v{recorded['candidate']:08d}.json").read_text())
     return {"run": str(run_dir), "cycle": cycle, "parent": recorded["parent"], "seed": recorded["seed"],
-            "settings": {"loop": {**settings["loop"], **({"retain": retain} if retain is not None else {})},
-                         "gate": settings["gate"]},
+            "settings": {"loop": settings["loop"], "gate": settings["gate"]},
             "retain": c.retain, "replay": c.lessons.get("replay"), "steps": c.total, "learn_seconds": learnt_s,
             "rerun": _outcome(review), "recorded": _outcome(old)}
 
