@@ -38,6 +38,9 @@ class LoopConfig:
     # Share of the replay that goes to the old skills whose prompts look most like the new lessons (the rest evenly):
     # learner/replay.py::focus_weights (docs/design-notes.md, "Replay where the interference is").
     replay_focus: float = 0.5
+    # Share of the feedback lessons, at most, that teach again what the served version's lineage was taught
+    # (Controller._earlier; docs/design-notes.md, "Relearning what the lineage was taught"); 0: never.
+    relearn: float = 0.5
     checkpoint_every: int = 50  # a killed controller resumes its cycle's learning from the newest of these
     variations: float = 0.75  # share of new-experience lessons that are proposer variations of the asked task
     dream: bool = True  # rehearse recorded asks of a family with a registered environment (the tiny world's tools)

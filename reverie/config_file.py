@@ -33,6 +33,7 @@ noted; what is left out keeps its default, shown here)::
       lr: 1e-4
       retain: 0.5                     # share of each batch replaying base skills, in [0, 1)
       replay_focus: 0.5               # share of the replay on the old skills most like the new lessons, in [0, 1)
+      relearn: 0.5                    # share of the feedback lessons, at most, re-teaching earlier cycles', in [0, 1)
       checkpoint_every: 50
       variations: 0.75                # in [0, 1)
       dream: true                     # rehearse recorded asks of a family with an environment
@@ -117,6 +118,7 @@ RULES: dict[str, a.Rule] = {
     "loop.lr": a.LEARNING_RATE,
     "loop.retain": a.FRACTION,
     "loop.replay_focus": a.FRACTION,
+    "loop.relearn": a.FRACTION,
     "loop.checkpoint_every": a.COUNT,
     "loop.variations": a.FRACTION,
     "loop.dream": a.FLAG,

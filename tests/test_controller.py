@@ -136,3 +136,66 @@ def test_a_cycle_of_fact_corrections_replays_the_recall_skill_most_and_records_t
     assert len(replayed) == 480 and all(l.student == l.teacher for l in replayed)
     recall = sum(l.reference in sentences for l in replayed) / len(replayed)
     assert abs(recall - shares["recall"]) < 0.06  # an even replay gives it 1/7
+
+
+def _told(store, n: int, question: str, sentence: str, t: float) -> str:
+    """A recorded ask and the correction a user gave of its answer; the feedback id."""
+    import msgpack
+
+    store.append("interactions", [msgpack.packb({"id": f"r-{n}", "created": t, "kind": "chat", "version": 1,
+                                                 "messages": [{"role": "user", "content": question}]})])
+    store.append("feedback", [msgpack.packb({"id": f"fb-{n}", "response_id": f"r-{n}", "created": t,
+                                             "correction": sentence})])
+    return f"fb-{n}"
+
+
+def test_a_cycle_teaches_again_what_its_lineage_was_taught_newest_first_never_a_held_out_ask(tmp_path):
+    """Measured in demo run v: users correct a fact only while the served version gets it wrong in their own
+    words, so its last cycle had 11 corrections while facts asked in other words stayed at 0.83; what earlier
+    cycles were taught was never taught again.  A cycle now relearns its lineage's lessons (the newest feedback
+    on an ask, never one a gate held out) with up to ``loop.relearn`` of the feedback lessons."""
+    import itertools
+    from collections import Counter
+
+    from actors.store import ExperienceStoreCore
+    from reverie.config import LoopConfig
+    from simulators.tinyworld import world as W
+    from simulators.tinyworld.users import fact_question
+
+    facts = W.world().new_facts[:12]
+    store = ExperienceStoreCore(str(tmp_path / "data"))
+    first = [_told(store, i, fact_question(f), f.sentence(), 100.0 + i) for i, f in enumerate(facts[:10])]
+    again = _told(store, 10, fact_question(facts[0]), facts[0].sentence(), 200.0)  # the same ask, told again
+    now = [again, *(_told(store, 11 + i, fact_question(f), f.sentence(), 300.0 + i) for i, f in enumerate(facts[10:]))]
+    store.close()
+
+    def controller(relearn: float) -> Controller:
+        return Controller(ServeConfig(model_dir=SHIPPED_MODEL, data_dir=str(tmp_path / "data"),
+                                      versions_dir=str(tmp_path / "versions"), loop=LoopConfig(relearn=relearn)))
+
+    ctl = controller(0.5)
+    v2 = ctl.registry.register(SHIPPED_MODEL, source="learner", parent=1, lessons={"ids": first}).version
+    held = {"family": "facts", "student": [{"role": "user", "content": fact_question(facts[1])}],
+            "reference": facts[1].sentence()}  # the gate judged v2 on this ask: never a lesson after
+    ctl.registry.save_learnt(v2, [held])
+    c = Cycle(cycle=2, state="learn", parent=v2, feedback_ids=sorted(now), seed=2, started=0.0)
+    lessons, heldout, varied = ctl._split(c, ctl._lessons(c)[0])
+    old, old_varied = ctl._earlier(c, lessons, heldout)
+    asked = {l.student[-1]["content"] for l in old}
+    assert asked == {fact_question(f) for f in facts[2:10]}  # facts[0] is this cycle's, facts[1] held out
+    assert old_varied == set(range(len(old)))  # a correction of a fact may be asked in other words
+    assert all(l.teacher[0]["content"].endswith(l.reference) for l in old)
+
+    def taught(batches) -> Counter:
+        """Where the feedback lessons of the first 50 batches came from (asked or varied): now, or earlier."""
+        now_asked = {(f.attr, f.ent) for f in (facts[0], *facts[10:])}
+        fact_of = {t.format(attr=f.attr, ent=f.ent): (f.attr, f.ent) for t in W.QUESTION_TEMPLATES for f in facts}
+        return Counter("now" if fact_of[l.student[-1]["content"]] in now_asked else "earlier"
+                       for b in itertools.islice(batches, 50) for l in b if l.teacher != l.student)
+
+    count = taught(ctl._batches(c, lessons, heldout, varied, (old, old_varied)))
+    share = count["earlier"] / sum(count.values())
+    assert abs(share - 0.5) < 0.06, count  # 8 earlier lessons, 3 new ones: capped at relearn 0.5
+    off = controller(0.0)
+    assert off._earlier(c, lessons, heldout) == ([], set())
+    assert taught(off._batches(c, lessons, heldout, varied)) == Counter({"now": sum(count.values())})
