@@ -199,3 +199,31 @@ def test_a_cycle_teaches_again_what_its_lineage_was_taught_newest_first_never_a_
     off = controller(0.0)
     assert off._earlier(c, lessons, heldout) == ([], set())
     assert taught(off._batches(c, lessons, heldout, varied)) == Counter({"now": sum(count.values())})
+
+
+def test_a_candidate_submitted_while_the_loop_looks_for_new_experience_is_judged_not_dropped(tmp_path):
+    """Measured in demo run y: the demo submitted its damaged candidate (v2, cycle 1) while the loop's own look
+    for new experience was reading the store; that look then started cycle 2 over it, and v2 was never judged
+    (left as a ``candidate``, no cycle 1 in the history).  A look that finds a cycle running starts none, and its
+    feedback waits for the next."""
+    ctl = _controller(tmp_path)
+    ctl._read_new = lambda table, columns=None: []  # nothing new in the store: the records below were read before
+    _feedback(ctl, "fb-1", "fb-2")
+    look, submitted = ctl._new_feedback, []
+
+    def look_while_a_candidate_is_submitted():
+        found = look()
+        submitted.append(ctl.submit(str(SHIPPED_MODEL), "an operator's fine-tune"))
+        return found
+
+    ctl._new_feedback = look_while_a_candidate_is_submitted
+    ctl._maybe_start()
+    assert ctl.current is not None and ctl.current.cycle == submitted[0]["cycle"]
+    assert ctl.current.state == "gate" and ctl.current.candidate == submitted[0]["version"]
+    assert ctl.next_cycle == submitted[0]["cycle"] + 1
+
+    ctl._new_feedback = look
+    ctl.current.state = "done"
+    ctl._end(ctl.current)
+    ctl._maybe_start()
+    assert ctl.current.cycle == submitted[0]["cycle"] + 1 and ctl.current.feedback_ids == ["fb-1", "fb-2"]
