@@ -298,6 +298,8 @@ class Controller:
             self._flush()  # so the next look sees what arrived meanwhile
             return
         with self._lock:
+            if self.current is not None:  # a candidate was submitted while this look read the store
+                return  # what it found waits for the next look
             forced, self.requested = self.requested, False
             if not teaching and not asks:
                 self._save()
