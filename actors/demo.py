@@ -599,7 +599,8 @@ def _all_met(r: dict) -> bool:
     new, base = r["api_after"]["new_skills"], r["api_before"]["retention_avg"]
     return (new["facts"] >= TARGETS["facts"] and new["rule"] >= TARGETS["rule"] and new["tools"] >= TARGETS["tools"]
             and base - r["api_after"]["retention_avg"] <= TARGETS["retention_drop"] + EPS
-            and r["failed_requests"] <= TARGETS["failed_requests"] and r["seconds"] <= TARGETS["seconds"])
+            and r["failed_requests"] <= TARGETS["failed_requests"] and r["seconds"] <= TARGETS["seconds"]
+            and r["bad_candidate"]["status"] == "rejected" and not r["bad_candidate"]["served"])
 
 
 # --------------------------------------------------------------------------- the report
