@@ -28,7 +28,11 @@ is restarted by Ray and continues where it was):
    one) distils the lessons into the parent version by on-policy
    self-distillation, mixed with retention replay; lessons are the asked
    conversations and proposer variations of them (``simulators/variations``),
-   never the held-out variations the gate scores.  The learner checkpoints
+   never the held-out variations the gate scores.  Up to ``loop.relearn`` of
+   the feedback lessons teach again what the parent's lineage was taught
+   (``Controller._earlier``): users stop correcting a fact once the served
+   version answers their own words, so without it what one cycle taught was
+   never taught again.  The learner checkpoints
    every ``checkpoint_every`` updates into the cycle's work directory and a
    restarted cycle resumes from the newest checkpoint, skipping the batches
    already learnt (batches are drawn from the cycle's seed).  The result is
