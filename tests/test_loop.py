@@ -258,7 +258,9 @@ def test_a_controller_killed_mid_cycle_continues_and_learns_every_lesson_in_it_e
     assert len(ended["resumed"]) == 2 and ended["resumed"][0] == 0 and ended["resumed"][1] >= CHECKPOINT, ended
     v = ended["candidate"]
     c = candidate(s, v)
-    assert c["lessons"]["counts"] == {"correction": 2} and c["lessons"]["records"] == 2
+    counts = dict(c["lessons"]["counts"])
+    counts.pop("relearnt", None)  # what the versions it descends from were taught (loop.relearn), no new record
+    assert counts == {"correction": 2} and c["lessons"]["records"] == 2
     learnt_from = app.dep.registry.get(v).lessons["ids"]
     assert sorted(learnt_from) == sorted(given)
     taught_by = [v]
