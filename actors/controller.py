@@ -542,16 +542,12 @@ class Controller:
             return [], set()
         banned = {_prompt_key(l.student) for l in lessons} | {_prompt_key(t.student) for t in heldout}
         ids: list[str] = []
-        v: Candidate | None = self.registry.get(c.parent)
-        lineage: set[int] = set()
-        while v is not None and v.version not in lineage:
-            lineage.add(v.version)
+        for v in self._lineage(self.registry.get(c.parent)):
             ids += v.lessons.get("ids", [])
             for record in self.registry.learnt(v.version):
                 task = task_from_record(record)
                 if isinstance(task, HeldOutTask):
                     banned.add(_prompt_key(task.student))
-            v = self.registry.get(v.parent) if v.parent is not None else None
         ids = sorted(set(ids) - set(c.feedback_ids))
         if not ids:
             return [], set()
@@ -726,22 +722,23 @@ class Controller:
             self._judge = Gate(self.cfg.gate, retention_suite(self.cfg.gate, self.cfg.model_dir), self.cfg.model_dir)
         return self._judge
 
-    def _accepted_rules(self, candidate: Candidate) -> list[str]:
-        """The rules this candidate learnt and the ones its promoted ancestors did."""
-        rules, seen, v = [], set(), candidate
+    def _lineage(self, candidate: Candidate) -> Iterator[Candidate]:
+        """The candidate, then its parent, and so on to the version its chain started from (each once)."""
+        seen: set[int] = set()
+        v: Candidate | None = candidate
         while v is not None and v.version not in seen:
             seen.add(v.version)
-            rules += v.lessons.get("rules", [])
+            yield v
             v = self.registry.get(v.parent) if v.parent is not None else None
-        return sorted(set(rules))
+
+    def _accepted_rules(self, candidate: Candidate) -> list[str]:
+        """The rules this candidate learnt and the ones its promoted ancestors did."""
+        return sorted({r for v in self._lineage(candidate) for r in v.lessons.get("rules", [])})
 
     def _base(self, candidate: Candidate) -> Candidate:
         """The version the candidate's lineage started from (the base model, unless the chain is cut)."""
-        v, seen = candidate, set()
-        while v.parent is not None and v.parent not in seen:
-            seen.add(v.version)
-            v = self.registry.get(v.parent)
-        return v
+        *_, first = self._lineage(candidate)
+        return first
 
     def learnt(self, version: int) -> list:
         """What ``version`` and the versions it descends from learnt: their judged held-out tasks
@@ -749,10 +746,7 @@ class Controller:
         from actors.gate import HeldOutTask, task_from_record
 
         out, seen, per_family = [], set(), Counter()
-        v: Candidate | None = self.registry.get(version)
-        lineage: set[int] = set()
-        while v is not None and v.version not in lineage:
-            lineage.add(v.version)
+        for v in self._lineage(self.registry.get(version)):
             for record in self.registry.learnt(v.version):
                 task = task_from_record(record)
                 key = _prompt_key(task.student) if isinstance(task, HeldOutTask) else task.task.prompt
@@ -760,7 +754,6 @@ class Controller:
                     seen.add(key)
                     per_family[task.family] += 1
                     out.append(task)
-            v = self.registry.get(v.parent) if v.parent is not None else None
         return out
 
     def judge(self, version: int, heldout: list, env_tasks: list = ()) -> dict:
