@@ -1,0 +1,69 @@
+"""A vLLM general plugin (entry point ``vllm.general_plugins``): a CPU engine stops spinning between requests.
+
+vLLM's engine process and its model worker wait for each other's messages on a
+shared-memory queue.  After every message a reader spins on ``sched_yield`` for
+``busy_loop_s`` (1 s, fixed in vLLM 0.32) before it sleeps on a socket, so an
+engine that gets a request more often than once a second never sleeps: it
+holds a core whether it has work or not (vLLM issues 19036 and 28836; open
+pull requests 52814 and 51950 make the window a setting).  A GPU server has
+cores to spare; a CPU machine that also trains does not: in ``reverie demo``
+the worker's spinning took the core the learner steps on.  On this 2-core
+machine an idle engine's processes use 1.00 of a core in the 0.8 s after an
+answer with vLLM's window and under 0.25 with this one
+(tests/test_vllm_plugin.py).
+
+vLLM loads this plugin in every process it starts (engine core, workers).
+On CPU the window becomes ``REVERIE_VLLM_BUSY_LOOP_S`` seconds (default
+0.002: a decode step's gap under load is shorter, so a busy engine still
+spins; between requests it sleeps).  On a GPU vLLM's own window stays unless
+the variable is set.  ``REVERIE_VLLM_BUSY_LOOP_S=vllm`` leaves it alone
+everywhere.
+"""
+from __future__ import annotations
+
+import math
+import os
+
+ENV = "REVERIE_VLLM_BUSY_LOOP_S"
+CPU_DEFAULT_S = 0.002
+
+
+def window(on_cpu: bool, value: str | None = None) -> float | None:
+    """The reader's busy window in seconds, or None to keep vLLM's (``value``: the environment's setting)."""
+    value = os.environ.get(ENV) if value is None else value
+    if value is None or value.strip() == "":
+        return CPU_DEFAULT_S if on_cpu else None
+    if value.strip().lower() == "vllm":
+        return None
+    try:
+        s = float(value)
+    except ValueError:
+        s = math.nan
+    if not math.isfinite(s) or s < 0:
+        raise ValueError(f"{ENV} must be a number of seconds >= 0 or 'vllm', got {value!r}")
+    return s
+
+
+def apply(seconds: float) -> None:
+    """Every shared-memory queue reader in this process spins at most ``seconds`` after a message."""
+    from vllm.distributed.device_communicators.shm_broadcast import SpinCondition
+
+    wait = getattr(SpinCondition.wait, "__wrapped__", SpinCondition.wait)
+
+    def short_wait(self, timeout_ms=None):
+        if self.is_reader and self.busy_loop_s > seconds:
+            self.busy_loop_s = seconds  # readers made before this plugin loaded too
+        return wait(self, timeout_ms)
+
+    short_wait.__wrapped__ = wait
+    short_wait.reverie_busy_loop_s = seconds
+    SpinCondition.wait = short_wait
+
+
+def register() -> None:
+    """vLLM's entry point: runs once in each process vLLM starts."""
+    from vllm.platforms import current_platform
+
+    seconds = window(current_platform.is_cpu())
+    if seconds is not None:
+        apply(seconds)

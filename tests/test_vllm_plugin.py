@@ -1,0 +1,54 @@
+"""The vLLM plugin (reverie/vllm_plugin.py): a CPU engine sleeps between requests instead of spinning."""
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from reverie.vllm_plugin import CPU_DEFAULT_S, ENV, window
+
+
+def test_the_busy_window_is_short_on_cpu_vllms_own_on_gpu_and_a_bad_setting_says_what_was_wrong():
+    assert window(on_cpu=True, value="") == CPU_DEFAULT_S
+    assert window(on_cpu=False, value="") is None  # a GPU server keeps vLLM's own
+    assert window(on_cpu=False, value="0.01") == 0.01
+    assert window(on_cpu=True, value="0") == 0.0
+    assert window(on_cpu=True, value="vllm") is None
+    for bad in ("-1", "soon", "nan", "inf"):
+        with pytest.raises(ValueError, match=f"^{ENV} must be a number of seconds >= 0 or 'vllm', got '{bad}'$"):
+            window(on_cpu=True, value=bad)
+
+
+def _cpu_seconds(pids: list[int]) -> float:
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def _descendants(pid: int) -> list[int]:
+    import psutil
+
+    return [p.pid for p in psutil.Process(pid).children(recursive=True)]
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads process CPU times from /proc")
+def test_a_cpu_engine_sleeps_between_requests_instead_of_spinning(llm):
+    """vLLM 0.32's worker spins on sched_yield for 1 s after each message (so under a request a second it
+    never sleeps); with the plugin it sleeps 2 ms after the answer."""
+    from vllm import SamplingParams
+
+    engine = _descendants(os.getpid())
+    assert engine, "the engine runs in processes of its own (vLLM's multiprocessing executor)"
+    llm.generate(["<|user|> copy: a b c<|end|><|assistant|>"], SamplingParams(max_tokens=4), use_tqdm=False)
+    time.sleep(0.05)
+    before, start = _cpu_seconds(engine), time.perf_counter()
+    time.sleep(0.8)
+    used = _cpu_seconds(engine) - before
+    share = used / (time.perf_counter() - start)
+    assert share < 0.25, f"the idle engine's processes used {share:.2f} of a core in the 0.8 s after an answer"
