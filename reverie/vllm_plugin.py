@@ -55,8 +55,7 @@ def apply(seconds: float) -> None:
             self.busy_loop_s = seconds  # readers made before this plugin loaded too
         return wait(self, timeout_ms)
 
-    short_wait.__wrapped__ = wait
-    short_wait.reverie_busy_loop_s = seconds
+    short_wait.__wrapped__ = wait  # applied twice, it still wraps vLLM's own once
     SpinCondition.wait = short_wait
 
 
