@@ -19,6 +19,9 @@ METHODS = ("opsd", "sft")  # on-policy self-distillation, and the SFT baseline
 DREAM_ENVS = ("real", "simulated")  # where dreams play: the task's environment, or a simulator built from records
 SIMULATORS = ("retrieval", "trained", "both")  # the model that writes a simulator's observations (world_model.py)
 WEIGHT_TRANSPORTS = ("auto", "shm", "object_store")  # reverie/weight_sync.py (its nccl slot is not built)
+# How a cycle's feedback lessons and dream lessons share the new-lesson slots of each batch: taking turns, or in
+# proportion to their records (the feedback lessons, relearnt ones included, against the kept trajectories).
+MIXES = ("turns", "records")
 DREAM_FALLBACKS = ("real", "skip")  # after a simulator is switched off: rehearse for real, or not at all
 
 
@@ -43,6 +46,7 @@ class LoopConfig:
     relearn: float = 0.5
     checkpoint_every: int = 50  # a killed controller resumes its cycle's learning from the newest of these
     variations: float = 0.75  # share of new-experience lessons that are proposer variations of the asked task
+    mix: str = "records"  # feedback and dream lessons: "records" (in proportion to their records) or "turns" (half each)
     dream: bool = True  # rehearse recorded asks of a family with a registered environment (the tiny world's tools)
     min_episodes: int = 4  # new recorded asks of such a family that start a cycle
     dream_episodes: int = 128  # rehearsed per cycle

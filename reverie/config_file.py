@@ -36,6 +36,7 @@ noted; what is left out keeps its default, shown here)::
       relearn: 0.5                    # share of the feedback lessons, at most, re-teaching earlier cycles', in [0, 1)
       checkpoint_every: 50
       variations: 0.75                # in [0, 1)
+      mix: records                    # feedback and dream lessons: records (in proportion to them) or turns (half each)
       dream: true                     # rehearse recorded asks of a family with an environment
       min_episodes: 4                 # new recorded asks of such a family that start a cycle
       dream_episodes: 128             # rehearsed per cycle
@@ -85,7 +86,7 @@ from pathlib import Path
 from typing import Any
 
 from reverie import args as a
-from reverie.config import (APPROVAL_MODES, DREAM_ENVS, DREAM_FALLBACKS, METHODS, SIMULATORS, SWAP_MODES,
+from reverie.config import (APPROVAL_MODES, DREAM_ENVS, DREAM_FALLBACKS, METHODS, MIXES, SIMULATORS, SWAP_MODES,
                             WEIGHT_TRANSPORTS, GateConfig, LoopConfig, ServeConfig)
 from reverie.errors import ReverieError, check_model_dir
 
@@ -121,6 +122,7 @@ RULES: dict[str, a.Rule] = {
     "loop.relearn": a.FRACTION,
     "loop.checkpoint_every": a.COUNT,
     "loop.variations": a.FRACTION,
+    "loop.mix": a.one_of(*MIXES),
     "loop.dream": a.FLAG,
     "loop.min_episodes": a.POSITIVE,
     "loop.dream_episodes": a.POSITIVE,

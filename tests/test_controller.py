@@ -138,6 +138,39 @@ def test_a_cycle_of_fact_corrections_replays_the_recall_skill_most_and_records_t
     assert abs(recall - shares["recall"]) < 0.06  # an even replay gives it 1/7
 
 
+def test_a_cycle_gives_its_feedback_and_its_dreams_batch_slots_in_proportion_to_their_records(tmp_path):
+    """Measured with `reverie bench rerun` on demo run ab's cycle 3 (102 corrections and 19 rules against 24 kept
+    dream trajectories): feedback and dreams taking turns, its held-out facts went 0.00 -> 0.17 and copy ->
+    0.56; in proportion to their records, facts -> 0.33 and copy -> 0.79, tools 0.75 -> 0.73, retention the
+    same (docs/design-notes.md).  ``loop.mix: turns`` keeps the halves."""
+    import dataclasses
+    import itertools
+    import random
+
+    from learner.distill import Lesson
+    from simulators.tinyworld.skills import new_pair
+
+    rng = random.Random(0)
+    lessons = [Lesson(s.prompt, t.prompt, None) for s, t in (new_pair("facts", rng) for _ in range(30))]
+    dream = Lesson(({"role": "user", "content": "a dreamt state"},),
+                   ({"role": "system", "content": "a verified trajectory"}, {"role": "user", "content": "a dreamt state"}),
+                   None)
+
+    def share(mix: str) -> tuple[float, float]:
+        ctl = _controller(tmp_path / mix)
+        ctl.cfg = dataclasses.replace(ctl.cfg, loop=dataclasses.replace(ctl.cfg.loop, mix=mix))
+        ctl._dreamt = lambda c: itertools.repeat(dream)  # the kept trajectories' lessons, as read from the store
+        c = Cycle(cycle=1, state="learn", parent=1, feedback_ids=[], seed=1, started=0.0, retain=0.75,
+                  trajectories=[f"t-{i}" for i in range(10)])
+        new = [l for b in itertools.islice(ctl._batches(c, lessons, [], set()), 100) for l in b[:8]]
+        return sum(l is not dream for l in new) / len(new), c.lessons["feedback_share"]
+
+    seen, recorded = share("records")
+    assert recorded == 0.75 and abs(seen - 0.75) < 0.04  # 30 feedback lessons against 10 trajectories
+    seen, recorded = share("turns")
+    assert recorded == 0.5 and seen == 0.5
+
+
 def _told(store, n: int, question: str, sentence: str, t: float) -> str:
     """A recorded ask and the correction a user gave of its answer; the feedback id."""
     import msgpack
