@@ -87,9 +87,10 @@ def settings(quick: bool = False) -> DemoSettings:
             max_seconds=540.0, facts=8, arrive_with_first_cycle=False, quick=True)
     # Measured on this 2-core machine (docs in the report): `reverie learn --skill facts --steps 150` forgot
     # recall 1.0 -> 0.925 with half of each batch replaying base skills, 0.985 with 0.7 (facts 1.0 both); lr
-    # 2e-4 forgot 0.01 in 100 steps.  The controller alternates feedback and dream lessons in each batch, so a
-    # cycle with any feedback gives the tools skill half the lessons: the first cycle is the tools users'
-    # alone (the users who teach arrive while it runs), the next ones mix their feedback with more dreams.
+    # 2e-4 forgot 0.01 in 100 steps.  The controller shares each batch's new lessons between feedback and dreams in
+    # proportion to their records (loop.mix), so a cycle with much feedback gives the tools skill few of them: the
+    # first cycle is the tools users' alone (the users who teach arrive while it runs), the next ones mix their
+    # feedback with more dreams.
     # The copy user states the rule at most every 10 s (every 20 s gave 5-9 rule lessons a cycle and rule 0.87
     # after two cycles, 2026-12-03).  A fact user corrects a wrong answer again after 3 minutes: before a
     # refused cycle's feedback was taught once more, a refusal took its corrections with it, and with 10 minutes

@@ -46,7 +46,7 @@ class LoopConfig:
     relearn: float = 0.5
     checkpoint_every: int = 50  # a killed controller resumes its cycle's learning from the newest of these
     variations: float = 0.75  # share of new-experience lessons that are proposer variations of the asked task
-    mix: str = "records"  # feedback and dream lessons: "records" (in proportion to their records) or "turns" (half each)
+    mix: str = "records"  # feedback and dream lessons: "records" (in proportion to their records), "turns" (half each)
     dream: bool = True  # rehearse recorded asks of a family with a registered environment (the tiny world's tools)
     min_episodes: int = 4  # new recorded asks of such a family that start a cycle
     dream_episodes: int = 128  # rehearsed per cycle

@@ -152,9 +152,8 @@ def test_a_cycle_gives_its_feedback_and_its_dreams_batch_slots_in_proportion_to_
 
     rng = random.Random(0)
     lessons = [Lesson(s.prompt, t.prompt, None) for s, t in (new_pair("facts", rng) for _ in range(30))]
-    dream = Lesson(({"role": "user", "content": "a dreamt state"},),
-                   ({"role": "system", "content": "a verified trajectory"}, {"role": "user", "content": "a dreamt state"}),
-                   None)
+    state = {"role": "user", "content": "a dreamt state"}
+    dream = Lesson((state,), ({"role": "system", "content": "a verified trajectory"}, state), None)
 
     def share(mix: str) -> tuple[float, float]:
         ctl = _controller(tmp_path / mix)
