@@ -172,7 +172,8 @@ def register_bench(bench_subparsers) -> None:
                     "feedback and kept dream trajectories are learnt again from the same parent with the same seed, "
                     "on a copy of the run's data directory (the run's folder is not written), and the gate judges "
                     "the new candidate as it judged the recorded one.  The run's own settings come from its "
-                    "report.json; settings it does not name (a run older than them) take today's defaults.  The "
+                    "report.json; settings it does not name (a run older than them) take today's defaults, except "
+                    "loop.mix: such a run's feedback and dreams took turns.  The "
                     "dream is not rehearsed again: its kept trajectories are reused.")
     rr.add_argument("run", metavar="DIR", help="the output folder of a `reverie demo` run (report.json, experience/)")
     rr.add_argument("--cycle", required=True, help="the cycle to rerun (one that learnt: see report.json's cycles)")

@@ -599,14 +599,15 @@ class Controller:
         streams = ([new()] if lessons else []) + ([self._dreamt(c)] if c.trajectories else [])
         records = len(lessons) + len(old), len(c.trajectories)
         by_records = self.cfg.loop.mix == "records" and len(streams) == 2
+        feedback_share = round(records[0] / sum(records), 3) if by_records else 0.5
         if len(streams) == 2:
-            c.lessons["feedback_share"] = round(records[0] / sum(records), 3) if by_records else 0.5
+            c.lessons["feedback_share"] = feedback_share
         pick = random.Random(f"mix/{c.cycle}/{c.seed}")
 
         def experience() -> Iterator[Lesson]:  # feedback and dream lessons: in turn, or in proportion to records
             while True:
                 if by_records:
-                    yield next(streams[0] if pick.random() < c.lessons["feedback_share"] else streams[1])
+                    yield next(streams[0] if pick.random() < feedback_share else streams[1])
                     continue
                 for stream in streams:
                     yield next(stream)

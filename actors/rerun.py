@@ -47,7 +47,10 @@ def _demo_settings(report: dict):
     from reverie.config import GateConfig, LoopConfig
 
     settings = report.get("settings") or {}
-    return LoopConfig(**settings.get("loop", {})), GateConfig(**settings.get("gate", {}))
+    loop = settings.get("loop", {})
+    if loop and "mix" not in loop:
+        loop = {**loop, "mix": "turns"}  # a run from before loop.mix: its feedback and dreams took turns
+    return LoopConfig(**loop), GateConfig(**settings.get("gate", {}))
 
 
 def rerun(run_dir: str | Path, cycle: int, settings: dict[str, dict] | None = None,
@@ -118,7 +121,8 @@ def rerun(run_dir: str | Path, cycle: int, settings: dict[str, dict] | None = No
     old = json.loads((data / "versions" / "reviews" / f"v{recorded['candidate']:08d}.json").read_text())
     return {"run": str(run_dir), "cycle": cycle, "parent": recorded["parent"], "seed": recorded["seed"],
             "settings": {"loop": settings["loop"], "gate": settings["gate"]},
-            "retain": c.retain, "replay": c.lessons.get("replay"), "steps": c.total, "learn_seconds": learnt_s,
+            "retain": c.retain, "replay": c.lessons.get("replay"), "feedback_share": c.lessons.get("feedback_share"),
+            "steps": c.total, "learn_seconds": learnt_s,
             "rerun": _outcome(review), "recorded": _outcome(old)}
 
 

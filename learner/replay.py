@@ -55,8 +55,8 @@ def likeness(new: list[frozenset[str]], group: list[frozenset[str]]) -> float:
 
 def focus_weights(new: list[list[Prompt]], groups: dict[str, list[Prompt]], focus: float) -> dict[str, float]:
     """Each replay group's share of the replay: ``1 - focus`` of it spread evenly, ``focus`` in proportion to how
-    much the new lessons look like the group's prompts.  ``new`` holds the new lessons' prompts per stream (the
-    streams take equal turns in a batch, so each counts equally); the shares sum to 1."""
+    much the new lessons look like the group's prompts.  ``new`` holds the new lessons' prompts per stream, each
+    stream counting equally whatever its share of a batch's slots (``loop.mix``); the shares sum to 1."""
     if not 0.0 <= focus <= 1.0:
         raise ValueError(f"the replay focus must be in [0, 1], got {focus}")
     words = {g: [prompt_words(p) for p in ps] for g, ps in groups.items()}
