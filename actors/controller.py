@@ -604,11 +604,10 @@ class Controller:
             c.lessons["feedback_share"] = feedback_share
         pick = random.Random(f"mix/{c.cycle}/{c.seed}")
 
-        def experience() -> Iterator[Lesson]:  # feedback and dream lessons: in turn, or in proportion to records
+        def experience() -> Iterator[Lesson]:  # feedback and dream lessons: in proportion to records, or in turn
+            while by_records:
+                yield next(streams[0] if pick.random() < feedback_share else streams[1])
             while True:
-                if by_records:
-                    yield next(streams[0] if pick.random() < feedback_share else streams[1])
-                    continue
                 for stream in streams:
                     yield next(stream)
 
