@@ -48,8 +48,8 @@ def register(subparsers) -> None:
 
 
 def cmd_bench_trl(args: argparse.Namespace) -> int:
-    from actors.experiments import LEARNABLE
-    from actors.trl_bench import METHODS, compare
+    from bench.experiments import LEARNABLE
+    from bench.trl_sdft import METHODS, compare
     from reverie import args as check
     from reverie.errors import check_model_dir, parse_seed
 
@@ -64,14 +64,14 @@ def cmd_bench_trl(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summary))
     else:
-        from actors.bench_report import trl_table
+        from bench.report import trl_table
 
         print(trl_table(summary))
     return 0
 
 
 def cmd_bench_all(args: argparse.Namespace) -> int:
-    from actors.bench_all import benches, run_all
+    from bench.all import benches, run_all
     from reverie import args as check
 
     out = check.out_folder(args.out or ("bench/results-quick" if args.quick else "bench/results"))
@@ -87,7 +87,7 @@ def cmd_bench_all(args: argparse.Namespace) -> int:
 def cmd_bench_report(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from actors import bench_report
+    from bench import report as bench_report
     from reverie.errors import ReverieError
 
     results = Path(args.results)
@@ -104,7 +104,7 @@ def cmd_bench_report(args: argparse.Namespace) -> int:
 def cmd_bench_rerun(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from actors.rerun import parse_settings, rerun
+    from bench.rerun import parse_settings, rerun
     from reverie import args as check
 
     settings = parse_settings(args.set or [])
@@ -132,7 +132,7 @@ def cmd_bench_rerun(args: argparse.Namespace) -> int:
 
 def register_bench(bench_subparsers) -> None:
     """Add ``bench trl`` (and ``bench all``, ``bench report``) to ``reverie bench``."""
-    from actors.trl_bench import DEFAULT_METHODS
+    from bench.trl_sdft import DEFAULT_METHODS
     from simulators.tinyworld.build import SHIPPED_MODEL
 
     t = bench_subparsers.add_parser(
@@ -140,7 +140,7 @@ def register_bench(bench_subparsers) -> None:
         description="Each run starts from the same model and learns the same tiny-world lessons (no replay) for the "
                     "same steps, batch size and learning rate, in a fresh process; it reports new-skill accuracy, "
                     "retention, forgetting, seconds per optimiser step and peak memory.  One file per run in --out "
-                    "(a rerun skips those done) and summary.json.  See actors/trl_bench.py for what each method is.")
+                    "(a rerun skips those done) and summary.json.  See bench/trl_sdft.py for what each method is.")
     t.add_argument("--methods", default=",".join(DEFAULT_METHODS), help="comma-separated (default %(default)s)")
     t.add_argument("--skills", default="facts,rule", help="comma-separated (default %(default)s)")
     t.add_argument("--lrs", default="1e-3", help="comma-separated learning rates (default %(default)s)")

@@ -52,7 +52,7 @@ def cmd_learn(args: argparse.Namespace) -> int:
     from learner.distill import LOSSES
     from learner.config import METHODS, LearnConfig
     from learner.teacher_state import TEACHER_KINDS, TeacherConfig
-    from actors.experiments import BACKENDS, LEARNABLE, run
+    from bench.experiments import BACKENDS, LEARNABLE, run
 
     model = check_model_dir(args.model)
     if args.method not in METHODS:
@@ -102,8 +102,8 @@ def cmd_learn(args: argparse.Namespace) -> int:
 
 
 def _sweep(args: argparse.Namespace, model: Path, cfg) -> int:
-    from actors.experiments import LEARNABLE
-    from actors.sweep import VARIANTS, sweep
+    from bench.experiments import LEARNABLE
+    from bench.sweep import VARIANTS, sweep
 
     out = check.out_folder(args.out)
     listed = check.listed
@@ -303,7 +303,7 @@ def parser() -> argparse.ArgumentParser:
                                         "learning rate and seed, one result file per run (a rerun skips those done)")
     sw.add_argument("--sweep", action="store_true", help="run the grid instead of one run")
     sw.add_argument("--variants", default="sft,opsd,opsd-fkl-full",
-                    help="comma-separated variants (default %(default)s; all: see actors/sweep.py)")
+                    help="comma-separated variants (default %(default)s; all: see bench/sweep.py)")
     sw.add_argument("--skills", default="facts,rule", help="comma-separated skills (default %(default)s)")
     sw.add_argument("--lrs", default="3e-4,1e-3", help="comma-separated learning rates (default %(default)s)")
     sw.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default %(default)s)")

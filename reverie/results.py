@@ -3,7 +3,7 @@
 A figure in the README or the docs is quoted from a file a command wrote (``bench/results/``), and a
 figure means little without the machine, the library versions and the code it came from.
 :func:`write_result` stamps a report with :func:`environment` under ``"machine"`` and writes it
-atomically; ``docs/benchmarks.md`` (``actors/bench_report.py``) shows the stamp beside each table.
+atomically; ``docs/benchmarks.md`` (``bench/report.py``) shows the stamp beside each table.
 """
 from __future__ import annotations
 

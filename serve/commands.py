@@ -79,7 +79,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_swap(args: argparse.Namespace) -> int:
-    from serve.bench import PARAMS, run_bench
+    from bench.swap import PARAMS, run_bench
 
     check.choice(args.params, "--params", PARAMS)
     check.choice(args.swap_mode, "--swap-mode", (*SWAP_MODES, "restart"))
@@ -88,7 +88,7 @@ def cmd_bench_swap(args: argparse.Namespace) -> int:
     # Ray prints shutdown notices on stdout; they go to stderr so stdout is one JSON object.
     with contextlib.redirect_stdout(sys.stderr):
         if args.swap_mode == "restart":  # the baseline: no hot swap, the server restarted on the new weights
-            from serve.bench_restart import run_restart_bench
+            from bench.restart import run_restart_bench
 
             report = run_restart_bench(
                 params=args.params, concurrency=check.int_in(args.concurrency, "--concurrency", 1, 1024),
@@ -112,7 +112,7 @@ def cmd_bench_load(args: argparse.Namespace) -> int:
     import contextlib
 
     from reverie.results import write_result
-    from serve.bench_load import run_load
+    from bench.load import run_load
 
     kwargs = dict(concurrency=check.int_in(args.concurrency, "--concurrency", 1, 1024),
                   seconds=check.seconds(args.seconds, "--seconds"),
@@ -131,7 +131,7 @@ def cmd_bench_load(args: argparse.Namespace) -> int:
 def cmd_bench_cycle(args: argparse.Namespace) -> int:
     import contextlib
 
-    from actors.bench_cycle import run_bench
+    from bench.cycle import run_bench
     from reverie.results import write_result
 
     steps = check.positive(args.steps, "--steps")
@@ -149,8 +149,8 @@ def cmd_bench_transport(args: argparse.Namespace) -> int:
     import contextlib
 
     from reverie.results import write_result
-    from serve.bench import PARAMS
-    from serve.bench_transport import run_transport_bench
+    from bench.swap import PARAMS
+    from bench.transport import run_transport_bench
 
     params = check.choice(args.params, "--params", PARAMS)
     swaps = check.int_in(args.swaps, "--swaps", 1, 100)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from actors import bench_report
-from actors.trl_bench import summarise
+from bench import report as bench_report
+from bench.trl_sdft import summarise
 from reverie.results import environment, write_result
 
 

@@ -7,7 +7,7 @@ import math
 
 
 def test_bench_swap_reports_every_field_with_no_failed_or_mixed_response():
-    from serve.bench import run_bench
+    from bench.swap import run_bench
 
     report = run_bench(params="tiny", replicas=1, concurrency=4, swaps=2, max_tokens=8, steady_seconds=3.0,
                        swap_interval=0.5, progress=lambda m: None)

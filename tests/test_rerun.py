@@ -1,10 +1,10 @@
-"""``reverie bench rerun`` reads a run's own settings (actors/rerun.py); the rerun end to end is in test_demo.py."""
+"""``reverie bench rerun`` reads a run's own settings (bench/rerun.py); the rerun end to end is in test_demo.py."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from actors.rerun import _demo_settings
+from bench.rerun import _demo_settings
 
 RUNS = Path(__file__).resolve().parents[1] / "bench" / "results" / "demo-runs"
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from actors.sweep import summarise, sweep
+from bench.sweep import summarise, sweep
 
 
 def test_a_sweep_writes_a_file_per_run_a_summary_and_a_plot_and_a_rerun_repeats_nothing(shipped_model, tmp_path):

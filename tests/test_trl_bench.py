@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from actors.trl_bench import TEACHER_TEMPLATE, run_one, trl_missing, trl_prompts
+from bench.trl_sdft import TEACHER_TEMPLATE, run_one, trl_missing, trl_prompts
 from learner.tokenizer import ChatEncoder
 from simulators.tinyworld.experiment import lessons
 

@@ -5,7 +5,7 @@ base skills (retention replay), and the measurement every method is judged by
 
 Lessons come from training seeds that evaluation never uses.  This module
 learns nothing: the runs that compose the learner with these lessons are in
-``actors/experiments.py``.
+``bench/experiments.py``.
 """
 from __future__ import annotations
 

@@ -81,7 +81,7 @@ def run_transport_bench(params: str = "tiny", swaps: int = 4, progress=print) ->
 
     from reverie.ray_start import quiet_http_clients, start_ray
     from reverie.weight_sync import OBJECT_STORE, SHM, shm_root
-    from serve.bench import _noisy, copy_seconds, model_for
+    from bench.swap import _noisy, copy_seconds, model_for
     from serve.weights import load_state_files
 
     quiet_http_clients()

@@ -118,7 +118,7 @@ def section_trl(results: Path) -> list[str] | None:
 def forgetting_plot(results: Path) -> Path | None:
     """Every sweep run (a colour per variant) and every TRL-bench run (TRL's in their own colours), new-skill
     accuracy against retention, a panel per skill and learning rate; None when there are no runs."""
-    from actors.sweep import plot
+    from bench.sweep import plot
 
     runs = [r for p in sorted((results / "forgetting").glob("*-seed*.json")) if (r := _load(p))]
     for p in sorted((results / "trl").glob("*-seed*.json")):

@@ -100,7 +100,7 @@ class _Clients:
                 self.completions.append((version, list(prompt_ids), ids, lps))
 
     async def run(self, stop: asyncio.Event) -> None:
-        from serve.bench import run_clients
+        from bench.swap import run_clients
 
         await run_clients(self._one, self.concurrency, stop)
 

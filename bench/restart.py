@@ -99,7 +99,7 @@ def _weights_dirs(model_dir: Path, work: Path, n: int) -> tuple[list[Path], list
     weights once in memory, the weights' bytes and their parameter count."""
     from safetensors.torch import load_file, save_file
 
-    from serve.bench import _noisy, copy_seconds
+    from bench.swap import _noisy, copy_seconds
 
     state = {}
     for f in sorted(model_dir.glob("*.safetensors")):
@@ -119,7 +119,7 @@ def _weights_dirs(model_dir: Path, work: Path, n: int) -> tuple[list[Path], list
 def run_restart_bench(params: str = "tiny", concurrency: int = 32, restarts: int = 3, max_tokens: int = 32,
                       interval: float = 5.0, progress=print) -> dict:
     """Serve, load, and restart the server on new weights ``restarts`` times; the report."""
-    from serve.bench import _Load, model_for, run_clients
+    from bench.swap import _Load, model_for, run_clients
 
     work = Path(tempfile.mkdtemp(prefix="reverie-bench-restart-"))
     try:

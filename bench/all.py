@@ -4,7 +4,7 @@ Each benchmark is its own ``reverie`` command run as a child process (its own Ra
 memory given back when it ends), so one that fails is reported and the others still run.  Each writes its
 result file(s) under the output folder, stamped with the machine, the library versions and the commit
 (``reverie/results.py``); commands that only print their JSON have it written for them.  Then the plots
-are drawn and the report is generated from those files (``actors/bench_report.py``): into
+are drawn and the report is generated from those files (``bench/report.py``): into
 ``docs/benchmarks.md`` when the output folder is the project's ``bench/results``, else into
 ``<out>/benchmarks.md``, so a quick run never replaces the committed full results.  ``--only`` reruns some
 benchmarks: their entries in ``all.json`` are replaced and named under ``reruns``, and the rest (and the
@@ -87,7 +87,7 @@ def _last_json(text: str) -> dict | None:
 def run_all(out: Path, quick: bool = False, only: list[str] | None = None,
             progress: Callable[[str], None] = print) -> dict:
     """Run the benchmarks (``only``: those named), write their results under ``out``, then the report."""
-    from actors import bench_report
+    from bench import report as bench_report
 
     out.mkdir(parents=True, exist_ok=True)
     from reverie.results import gpus

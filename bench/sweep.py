@@ -3,7 +3,7 @@
 Every variant (a method and its options) learns every skill at every learning
 rate from every seed, without replay, from the same shipped model with the
 same lessons, steps and batch size; each run is one ``reverie learn`` report
-(``actors/experiments.py``) written to its own file, so a sweep that stops
+(``bench/experiments.py``) written to its own file, so a sweep that stops
 resumes where it was.  At the end, ``summary.json`` holds the mean and the
 spread per cell and ``forgetting.png`` plots new-skill accuracy against
 retention, one point per run, a colour per variant.
@@ -56,7 +56,7 @@ def sweep(model_dir: Path, out: Path, *, variants: Sequence[str] = DEFAULT_VARIA
           lrs: Sequence[float] = LEARNING_RATES, seeds: Sequence[int] = SEEDS, steps: int = 300,
           batch_size: int = 32, progress: Callable[[str], None] = print, run=None) -> dict:
     """Run every (variant, skill, lr, seed) not already in ``out``; return and write the summary."""
-    from actors.experiments import run as learn_run
+    from bench.experiments import run as learn_run
 
     run = run or learn_run
     unknown = [v for v in variants if v not in VARIANTS]

@@ -113,7 +113,7 @@ def run_one(method: str, skill: str, lr: float, seed: int, steps: int, batch_siz
     cfg = replace(LearnConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed, retain=0.0),
                   **(settings if framework == "reverie" else {"method": "opsd"}))
     if framework == "reverie":
-        from actors.experiments import run
+        from bench.experiments import run
 
         r = run(Path(model_dir), cfg, skill, progress=False)
         report = {k: r[k] for k in ("new_skill_acc_before", "new_skill_acc", "retention", "retention_avg",
