@@ -1,14 +1,11 @@
-"""The ``reverie serve`` and ``reverie bench swap`` commands (wired into ``reverie.cli`` by ``register``)."""
+"""The ``reverie serve`` command (gathered into ``reverie.cli`` by ``register``)."""
 from __future__ import annotations
 
 import argparse
-import json
 import signal
 import sys
 import time
 
-from reverie import args as check
-from reverie.config import SWAP_MODES
 from reverie.errors import ReverieError
 
 
@@ -78,93 +75,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_bench_swap(args: argparse.Namespace) -> int:
-    from bench.swap import PARAMS, run_bench
-
-    check.choice(args.params, "--params", PARAMS)
-    check.choice(args.swap_mode, "--swap-mode", (*SWAP_MODES, "restart"))
-    import contextlib
-
-    # Ray prints shutdown notices on stdout; they go to stderr so stdout is one JSON object.
-    with contextlib.redirect_stdout(sys.stderr):
-        if args.swap_mode == "restart":  # the baseline: no hot swap, the server restarted on the new weights
-            from bench.restart import run_restart_bench
-
-            report = run_restart_bench(
-                params=args.params, concurrency=check.int_in(args.concurrency, "--concurrency", 1, 1024),
-                restarts=check.int_in(args.swaps, "--swaps", 1, 1000),
-                max_tokens=check.int_in(args.max_tokens, "--max-tokens", 1, 200),
-                progress=lambda m: print(f"reverie: {m}", file=sys.stderr, flush=True))
-        else:
-            report = run_bench(swap_mode=args.swap_mode, pin_cpus=not args.no_cpu_pinning,
-                swap_interval=check.seconds(args.swap_interval, "--swap-interval"),
-                params=args.params, replicas=check.int_in(args.replicas, "--replicas", 1, 16),
-                concurrency=check.int_in(args.concurrency, "--concurrency", 1, 1024),
-                swaps=check.int_in(args.swaps, "--swaps", 1, 1000),
-                max_tokens=check.int_in(args.max_tokens, "--max-tokens", 1, 200),
-                progress=lambda m: print(f"reverie: {m}", file=sys.stderr, flush=True),
-            )
-    print(json.dumps(report) if args.json else "\n".join(f"{k:32} {v}" for k, v in report.items()))
-    return 0
-
-
-def cmd_bench_load(args: argparse.Namespace) -> int:
-    import contextlib
-
-    from reverie.results import write_result
-    from bench.load import run_load
-
-    kwargs = dict(concurrency=check.int_in(args.concurrency, "--concurrency", 1, 1024),
-                  seconds=check.seconds(args.seconds, "--seconds"),
-                  swap_every=check.seconds(args.swap_every, "--swap-every"),
-                  min_swaps=check.int_in(args.swaps, "--swaps", 0, 1000),
-                  max_tokens=check.int_in(args.max_tokens, "--max-tokens", 1, 200),
-                  replicas=check.int_in(args.replicas, "--replicas", 1, 16))
-    with contextlib.redirect_stdout(sys.stderr):  # Ray's notices; stdout stays one JSON object
-        report = run_load(**kwargs, progress=lambda m: print(f"reverie: {m}", file=sys.stderr, flush=True))
-    report = write_result(report, args.out)
-    print(json.dumps(report) if args.json else "\n".join(f"{k:28} {v}" for k, v in report.items()))
-    print(f"reverie: wrote {args.out}", file=sys.stderr)
-    return 0
-
-
-def cmd_bench_cycle(args: argparse.Namespace) -> int:
-    import contextlib
-
-    from bench.cycle import run_bench
-    from reverie.results import write_result
-
-    steps = check.positive(args.steps, "--steps")
-    timeout = check.seconds(args.timeout, "--timeout")
-    with contextlib.redirect_stdout(sys.stderr):  # Ray's notices; stdout stays one JSON object
-        report = run_bench(steps=steps, timeout_s=timeout, pin_cpus=not args.no_cpu_pinning, dream=args.dream,
-                           progress=lambda m: print(f"reverie: {m}", file=sys.stderr, flush=True))
-    report = write_result(report, args.out)
-    print(json.dumps(report) if args.json else "\n".join(f"{k:28} {v}" for k, v in report.items()))
-    print(f"reverie: wrote {args.out}", file=sys.stderr)
-    return 0
-
-
-def cmd_bench_transport(args: argparse.Namespace) -> int:
-    import contextlib
-
-    from reverie.results import write_result
-    from bench.swap import PARAMS
-    from bench.transport import run_transport_bench
-
-    params = check.choice(args.params, "--params", PARAMS)
-    swaps = check.int_in(args.swaps, "--swaps", 1, 100)
-    with contextlib.redirect_stdout(sys.stderr):  # Ray's notices; stdout stays one JSON object
-        report = run_transport_bench(params=params, swaps=swaps,
-                                     progress=lambda m: print(f"reverie: {m}", file=sys.stderr, flush=True))
-    report = write_result(report, args.out)
-    print(json.dumps(report) if args.json else json.dumps(report, indent=1))
-    print(f"reverie: wrote {args.out}", file=sys.stderr)
-    return 0
-
-
 def register(subparsers) -> None:
-    """Add ``serve`` and ``bench`` to ``reverie``'s subcommands."""
+    """Add ``serve`` to ``reverie``'s subcommands."""
     from simulators.tinyworld.build import SHIPPED_MODEL
 
     from reverie.config_file import SERVE_FLAGS, default, flag_dest
@@ -211,52 +123,3 @@ def register(subparsers) -> None:
          f"(default {default('loop.min_feedback')})", metavar="N")
     flag("loop.steps", f"learner updates per cycle (default {default('loop.steps')})", metavar="N")
     s.set_defaults(func=cmd_serve)
-
-    b = subparsers.add_parser("bench", help="benchmarks")
-    bs = b.add_subparsers(dest="bench", required=True)
-    w = bs.add_parser("swap", help="hot-swap latency and serving throughput under streaming load")
-    w.add_argument("--params", default="100M", help="100M (a random ~100M-parameter Llama, default), 25M, or tiny (the shipped model)")
-    w.add_argument("--replicas", default="1", help="replicas (default %(default)s)")
-    w.add_argument("--concurrency", default="32", help="concurrent streaming clients (default %(default)s)")
-    w.add_argument("--swaps", default="10", help="swaps to perform (default %(default)s)")
-    w.add_argument("--max-tokens", default="32", help="tokens per request (default %(default)s)")
-    w.add_argument("--swap-mode", default="wait", help="wait (default), keep, abort or standby: see reverie serve --help; "
-                   "restart: the baseline without hot swap, vLLM's own server restarted on each new version")
-    w.add_argument("--swap-interval", default="1", help="seconds between one swap's end and the next one's start "
-                   "(default %(default)s)")
-    w.add_argument("--no-cpu-pinning", action="store_true", help="leave every process free to run on every core "
-                   "(default: on a CPU-only machine the engine's worker keeps its cores to itself, raw and served alike)")
-    w.add_argument("--json", action="store_true", help="print one JSON object")
-    w.set_defaults(func=cmd_bench_swap)
-    ld = bs.add_parser("load", help="many clients through the API while versions are swapped; then the store is "
-                                     "checked against what was answered (lost, duplicated, mixed-version answers)")
-    ld.add_argument("--concurrency", default="64", help="concurrent clients (default %(default)s)")
-    ld.add_argument("--seconds", default="60", help="how long the load runs (default %(default)s)")
-    ld.add_argument("--swap-every", default="10", help="seconds between swaps (default %(default)s)")
-    ld.add_argument("--swaps", default="0", help="the fewest swaps tried: the load goes on past --seconds until this "
-                    "many were tried (a slow machine's swaps take longer; default %(default)s)")
-    ld.add_argument("--max-tokens", default="16", help="tokens per request (default %(default)s)")
-    ld.add_argument("--replicas", default="1", help="serving replicas (default %(default)s)")
-    ld.add_argument("--out", default="bench/results/load.json", help="result file (default %(default)s)")
-    ld.add_argument("--json", action="store_true", help="print one JSON object")
-    ld.set_defaults(func=cmd_bench_load)
-    c = bs.add_parser("cycle", help="from a rule given as feedback to the first answer served by a promoted "
-                                    "version that follows it (the whole loop, auto-approval, tiny world)")
-    c.add_argument("--steps", default="120", help="learner updates in the cycle (default %(default)s)")
-    c.add_argument("--timeout", default="1200", help="seconds to wait for the new version (default %(default)s)")
-    c.add_argument("--out", default="bench/results/cycle.json", help="result file (default %(default)s)")
-    c.add_argument("--no-cpu-pinning", action="store_true", help="leave every process free to run on every core")
-    c.add_argument("--dream", action="store_true", help="users also play tool episodes first, so the cycle dreams "
-                   "on them (a rollout engine and a simulator in the measured memory)")
-    c.add_argument("--json", action="store_true", help="print one JSON object")
-    c.set_defaults(func=cmd_bench_cycle)
-    t = bs.add_parser("transport", help="swap time by weight transport in one run: shm and object_store on one node, "
-                                        "object_store across two simulated serving nodes")
-    t.add_argument("--params", default="tiny", help="tiny (the shipped model, default), 25M or 100M (random Llamas)")
-    t.add_argument("--swaps", default="4", help="swaps per transport and setting (default %(default)s)")
-    t.add_argument("--out", default="bench/results/transport.json", help="result file (default %(default)s)")
-    t.add_argument("--json", action="store_true", help="print one JSON object")
-    t.set_defaults(func=cmd_bench_transport)
-    from actors.commands import register_bench
-
-    register_bench(bs)

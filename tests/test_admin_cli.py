@@ -311,7 +311,7 @@ def test_protocol_bad_input_sends_nothing_to_the_server(server, admin_env, refus
 
 
 def test_a_server_that_never_answers_is_given_up_on_after_the_timeout():
-    from reverie.admin import AdminClient
+    from serve.admin import AdminClient
     from reverie.errors import ReverieError
 
     with socket.socket() as silent:  # accepts connections (the backlog) and never says a word
@@ -324,7 +324,7 @@ def test_a_server_that_never_answers_is_given_up_on_after_the_timeout():
 
 
 def test_cycle_and_status_views_read_the_controllers_own_shapes():
-    from reverie.admin import format_cycle, format_status
+    from serve.admin import format_cycle, format_status
 
     assert format_cycle({"cycle": 8, "state": "collect"}) == "cycle 8 requested (the controller is collect)"
     assert format_cycle({"requested": True, "cycle": None}).startswith("cycle requested: the controller starts it")

@@ -1,5 +1,6 @@
 """The admin side of the command line: a client of a running ``reverie serve``'s ``/admin`` routes, the
-admin key's discovery, and the terminal views of ``reverie status`` and ``reverie review``.
+admin key's discovery, the terminal views of ``reverie status`` and ``reverie review``, and the admin commands
+(``register``, gathered into ``reverie.cli``).
 
 Routes (JSON; the admin key as ``Authorization: Bearer``)::
 
@@ -23,12 +24,14 @@ generated here, and never printed.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from reverie import args as check
 from reverie.errors import ReverieError
 
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -293,3 +296,87 @@ def format_candidate(c: dict) -> str:
 
 def one_line(obj) -> str:
     return json.dumps(obj, separators=(", ", ": "))
+
+
+# ------------------------------------------------------------------ the commands
+def _client(args: argparse.Namespace):
+    url = check_url(args.url)  # every check of what was typed comes before the key and the network
+    return AdminClient(url, admin_key(args.key_file))
+
+
+def _version(args: argparse.Namespace) -> int:
+    return check.version(args.version, "the version")
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    with _client(args) as admin:
+        status = admin.status()
+    print(one_line(status) if args.json else format_status(status))
+    return 0
+
+
+def cmd_review(args: argparse.Namespace) -> int:
+    version = _version(args)
+    with _client(args) as admin:
+        candidate = admin.candidate(version)
+    print(one_line(candidate) if args.json else format_review(candidate))
+    return 0
+
+
+def cmd_approve(args: argparse.Namespace) -> int:
+    version = _version(args)
+    with _client(args) as admin:
+        candidate = admin.approve(version, args.note or "")
+    print(one_line(candidate) if args.json else format_candidate(candidate))
+    return 0
+
+
+def cmd_reject(args: argparse.Namespace) -> int:
+    version = _version(args)
+    if args.reason is None or not args.reason.strip():
+        raise ReverieError("reject needs --reason TEXT: say why the candidate should not be served")
+    with _client(args) as admin:
+        candidate = admin.reject(version, args.reason.strip())
+    print(one_line(candidate) if args.json else format_candidate(candidate))
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    version = _version(args)
+    with _client(args) as admin:
+        result = admin.rollback(version)
+    print(one_line(result) if args.json else f"rolled back: every replica now serves version {version}")
+    return 0
+
+
+def cmd_cycle(args: argparse.Namespace) -> int:
+    with _client(args) as admin:
+        result = admin.start_cycle()
+    print(one_line(result) if args.json else format_cycle(result))
+    return 0
+
+
+def register(sub) -> None:
+    """Add the admin commands (status, review, approve, reject, rollback, cycle) to ``reverie``'s subcommands."""
+    def command(name: str, help: str, func, *, version: bool = False, json_flag: bool = True):
+        c = sub.add_parser(name, help=help)
+        if version:
+            c.add_argument("version", metavar="V", help="the candidate's version id")
+        c.add_argument("--url", default=DEFAULT_URL, help="the running reverie serve (default %(default)s)")
+        c.add_argument("--key-file", default=None, help="JSON key file with the admin key (default "
+                       "~/.config/reverie/keys.json; REVERIE_ADMIN_KEY takes precedence)")
+        if json_flag:
+            c.add_argument("--json", action="store_true", help="print the server's JSON answer as one line")
+        c.set_defaults(func=func)
+        return c
+
+    command("status", "the promoted version, the learning cycle and every candidate", cmd_status)
+    command("review", "review a candidate: what it learnt from, its scores against its parent, answers before "
+            "and after, decisions", cmd_review, version=True)
+    a = command("approve", "approve a pending candidate (it is then promoted and swapped in)", cmd_approve,
+                version=True)
+    a.add_argument("--note", default="", help="why (kept with the decision)")
+    r = command("reject", "reject a pending candidate", cmd_reject, version=True)
+    r.add_argument("--reason", default=None, help="why it should not be served (required)")
+    command("rollback", "serve an earlier promoted version again", cmd_rollback, version=True)
+    command("cycle", "start a learning cycle now", cmd_cycle)
