@@ -17,6 +17,7 @@ from reverie.errors import ReverieError
 # (module, its register function), in the order of ``reverie --help``.
 ROOMS = (
     ("simulators.tinyworld.commands", "register"),  # tinyworld build | eval
+    ("learner.commands", "register"),                # model pull | list
     ("bench.commands", "register_learn"),            # learn
     ("serve.commands", "register"),                  # serve
     ("bench.commands", "register"),                  # bench swap | load | cycle | transport | trl | all | rerun | report

@@ -9,19 +9,11 @@ class ReverieError(Exception):
 
 
 def check_model_dir(path: str | Path) -> Path:
-    """A local Hugging Face causal-LM directory, or a ReverieError saying why not."""
-    p = Path(path)
-    if not p.exists():
-        raise ReverieError(f"model directory {str(p)!r} does not exist")
-    if not p.is_dir():
-        raise ReverieError(f"model path {str(p)!r} is not a directory")
-    if not (p / "config.json").is_file():
-        raise ReverieError(f"{str(p)!r} is not a model directory: it has no config.json")
-    if not any(p.glob("*.safetensors")):
-        raise ReverieError(f"{str(p)!r} is not a model directory: it has no *.safetensors weights")
-    if not (p / "tokenizer.json").is_file() and not (p / "tokenizer_config.json").is_file():
-        raise ReverieError(f"{str(p)!r} has no tokenizer (tokenizer.json)")
-    return p
+    """The model a ``--model`` flag names: a pulled catalogue model or a local Hugging Face causal-LM directory,
+    or a ReverieError saying why not (``reverie.models.resolve``)."""
+    from reverie.models import resolve  # it imports this module
+
+    return resolve(path)
 
 
 def parse_seed(text: str) -> int:
