@@ -21,8 +21,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip uninstall -y -q torchvision torchaudio torchcodec triton || true
 	touch $(STAMP)
 
+# The 15 slowest tests close the run, so the next person sees the bill.
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 demo: setup
 	$(BIN)/reverie demo
