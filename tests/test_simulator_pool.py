@@ -161,3 +161,18 @@ def test_the_rollout_engine_takes_new_weights_in_place_and_tags_them_with_their_
         assert ray.get(cluster.reload.remote(str(shipped_model), version), timeout=300) == version
     assert changed != first and replies() == first
     assert engine() == started and ray.get(cluster.stats.remote())["version"] == version
+
+
+def test_the_rollout_engine_runs_its_engine_core_in_the_actors_own_process(cluster):
+    """An offline engine in an actor runs in-process (it starts in about a quarter of the time: reverie/engine.py):
+    the actor's process starts no engine process of its own, and still answers."""
+    from simulators.rollout import Sampling
+
+    def own_children(self):
+        import psutil
+
+        return [p.name() for p in psutil.Process().children(recursive=True)]
+
+    assert ray.get(cluster.__ray_call__.remote(own_children), timeout=60) == []
+    assert ray.get(cluster.generate.remote([[{"role": "user", "content": "copy: a b"}]], Sampling(temperature=0.0)),
+                   timeout=300)[0]
