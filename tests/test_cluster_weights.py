@@ -76,7 +76,7 @@ def cluster_app(tmp_path_factory):
     config = tmp / "reverie.yaml"
     config.write_text(f"model_dir: {SHIPPED_MODEL}\ndata_dir: {tmp / 'data'}\nreplicas: 2\nport: {free_port()}\n"
                       "swap_timeout_s: 120\nstore_flush_seconds: 0.5\n"
-                      "loop: {min_feedback: 2, poll_s: 1.0, steps: 100, checkpoint_every: 50}\n"
+                      "loop: {min_feedback: 2, poll_s: 1.0, steps: 40, checkpoint_every: 20}\n"
                       "gate: {retention_items: 60, heldout_items: 32}\n")
     cfg = build_config(load_config(config), {"pin_cpus": False}, source=config)
     c = Cluster(initialize_head=True, head_node_args={"num_cpus": 4})
