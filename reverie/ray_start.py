@@ -59,8 +59,8 @@ def start_ray(address: str | None = None, *, num_cpus: int | None = None, cpu_pl
     # address="local": a new Ray, never the one whose address `ray start` (or a cluster since shut down) left
     # in Ray's temporary directory, which ray.init() with no address would join.
     with host_only(cpu_plan), _loopback_kept():
-        ray.init(address="local", num_cpus=num_cpus or max(8, os.cpu_count() or 2), include_dashboard=False, runtime_env=env,
-                 namespace=namespace, log_to_driver=False, resources={"simulator": SIMULATOR_SLOTS},
+        ray.init(address="local", num_cpus=num_cpus or max(8, os.cpu_count() or 2), include_dashboard=False,
+                 runtime_env=env, namespace=namespace, log_to_driver=False, resources={"simulator": SIMULATOR_SLOTS},
                  _node_ip_address=LOOPBACK)
     return True
 
