@@ -2,9 +2,55 @@
 (an engine takes 30-60 s to start on CPU)."""
 from __future__ import annotations
 
+import xml.etree.ElementTree as ET
+from collections import Counter
+from pathlib import Path
+
 import pytest
 
 from simulators.tinyworld.build import SHIPPED_MODEL
+
+TESTS = Path(__file__).resolve().parent
+# Where the suite's time went in a recorded run (pytest's JUnit file): ``make test`` runs the suite on two
+# workers (pytest-xdist), and the modules that took longest there are handed out first, so that no long module
+# starts last while the other worker sits idle.
+RECORDED_RUN = TESTS.parent / "bench" / "results" / "suite-time" / "2026-12-05-forward-155f789.junit.xml"
+
+
+def group_of(nodeid: str) -> str:
+    """The unit one worker runs whole: a module (its module fixtures start once), or a folder of modules that
+    share a package fixture (``serving_app/``: one served application)."""
+    module = nodeid.split("::", 1)[0]
+    folder = module.rpartition("/")[0]
+    return folder if folder not in ("", "tests") else module
+
+
+def _recorded_seconds() -> Counter:
+    seconds: Counter = Counter()
+    if RECORDED_RUN.exists():
+        for case in ET.parse(RECORDED_RUN).iter("testcase"):
+            module = "/".join(case.get("classname", "").split(".")) + ".py"
+            seconds[group_of(module)] += float(case.get("time") or 0)
+    return seconds
+
+
+def pytest_collection_modifyitems(config, items):
+    """The groups go longest first by the recorded run (unrecorded ones last, in collection order)."""
+    seconds = _recorded_seconds()
+    items.sort(key=lambda item: -seconds.get(group_of(item.nodeid), 0.0))  # stable: a group keeps its order
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """Whole groups (``group_of``) to a worker, in collection order.  (xdist's own ``loadgroup`` marks groups by
+    rewriting an item's node id, which pytest 9.2 ignores: it split modules across workers.)"""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class GroupScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return group_of(nodeid)
+
+    config.option.loadscopereorder = False
+    return GroupScheduling(config, log)
 
 
 @pytest.fixture(scope="session")
