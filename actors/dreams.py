@@ -111,7 +111,7 @@ def _run(cfg: DreamConfig, progress: Callable[[str, int], None] | None) -> dict:
     from actors.store import ExperienceStore
     from learner.loop import LearnConfig, frozen_teacher, learn
     from learner.replay import mixed_batches
-    from learner.tokenizer import ChatEncoder, load_tokenizer
+    from learner.tokenizer import chat_encoder, load_tokenizer
     from reverie.ray_start import start_ray
     from reverie.versions import VersionRegistry
     from simulators.dream import Dreamer, recorded_asks
@@ -140,7 +140,7 @@ def _run(cfg: DreamConfig, progress: Callable[[str, int], None] | None) -> dict:
 
         torch.manual_seed(cfg.seed)
         tokenizer = load_tokenizer(Path(cfg.model_dir))
-        encoder = ChatEncoder(tokenizer)
+        encoder = chat_encoder(tokenizer)
         student = AutoModelForCausalLM.from_pretrained(cfg.model_dir, dtype=torch.float32).eval()
         base = measure(student, encoder, cfg.skill)
         success_before = dreamer.heldout_success(cfg.eval_items)

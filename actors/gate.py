@@ -482,13 +482,13 @@ class Gate:
                  device: str | None = None, threads: int | None = None):
         import torch
 
-        from learner.tokenizer import ChatEncoder, load_tokenizer
+        from learner.tokenizer import chat_encoder, load_tokenizer
 
         if not suite:
             raise GateInputError("the retention suite is empty: the gate cannot tell what a candidate forgot")
         self.cfg, self.suite = cfg, list(suite)
         self.base_dir = Path(tokenizer_dir)
-        self.encoder = ChatEncoder(load_tokenizer(tokenizer_dir))
+        self.encoder = chat_encoder(load_tokenizer(tokenizer_dir))
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.threads = threads if threads is not None else (1 if self.device == "cpu" else None)
         self._parent_answers: dict[tuple, dict[str, str]] = {}  # parent identity -> prompt key -> answer

@@ -21,7 +21,7 @@ from learner.checkpoint import VersionCounter
 from learner.distill import Lesson
 from learner.loop import VERSIONS_FILE, LearnConfig, Learner
 from learner.teacher_state import TeacherConfig, TeacherState
-from learner.tokenizer import ChatEncoder, load_tokenizer
+from learner.tokenizer import chat_encoder, load_tokenizer
 
 
 class LearnerService:
@@ -38,7 +38,7 @@ class LearnerService:
         self.model_dir, self.cfg, self.root = Path(model_dir), cfg, Path(checkpoints)
         device = "cuda" if torch.cuda.is_available() else "cpu"
         tokenizer = load_tokenizer(model_dir)
-        self.encoder = ChatEncoder(tokenizer)
+        self.encoder = chat_encoder(tokenizer)
         self.student = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
         if weights:
             from serve.weights import load_state_files

@@ -17,7 +17,7 @@ import numpy as np
 import ray
 
 from learner.scoring import TeacherScores
-from learner.tokenizer import ChatEncoder, load_tokenizer
+from learner.tokenizer import chat_encoder, load_tokenizer
 from learner.vllm_backend import DEFAULT_TOPK, VllmScorer, install, scores_from_arrays, write_weights
 from reverie.weight_sync import AUTO, TransportError, WeightReceiver, WeightSender, node_id
 
@@ -27,7 +27,7 @@ class TeacherScorerActor:
     def __init__(self, model_dir: str, topk: int = DEFAULT_TOPK):
         import os
 
-        self.scorer = VllmScorer(Path(model_dir), ChatEncoder(load_tokenizer(model_dir)), topk)
+        self.scorer = VllmScorer(Path(model_dir), chat_encoder(load_tokenizer(model_dir)), topk)
         self.receiver = WeightReceiver(name=f"scorer-{os.getpid()}")
 
     def node(self) -> str:

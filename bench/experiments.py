@@ -16,7 +16,7 @@ import torch
 
 from learner.loop import LearnConfig, learn
 from learner.teacher_state import TeacherConfig, TeacherState
-from learner.tokenizer import ChatEncoder, load_tokenizer
+from learner.tokenizer import chat_encoder, load_tokenizer
 from simulators.tinyworld.experiment import LEARNABLE, lessons, measure
 
 __all__ = ["BACKENDS", "LEARNABLE", "run"]
@@ -39,7 +39,7 @@ def run(model_dir: Path, cfg: LearnConfig, skill: str, progress: bool = True,
         raise ValueError(f"unknown backend {backend!r}; backends are: {', '.join(BACKENDS)}")
     torch.manual_seed(cfg.seed)
     tokenizer = load_tokenizer(model_dir)
-    encoder = ChatEncoder(tokenizer)
+    encoder = chat_encoder(tokenizer)
     device = "cuda" if torch.cuda.is_available() else "cpu"  # the learner's GPU path where there is one
     student = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device)
     before = measure(student.eval(), encoder, skill)

@@ -99,16 +99,16 @@ def signal(model_dir: Path, skills: Sequence[str] = SKILLS, n: int = 64, seed: i
     from transformers import AutoModelForCausalLM
 
     from learner.distill import completion_logits, sample
-    from learner.tokenizer import ChatEncoder, load_tokenizer
+    from learner.tokenizer import chat_encoder, load_tokenizer
     from simulators.tinyworld.experiment import lessons
 
-    encoder = ChatEncoder(load_tokenizer(model_dir))
+    encoder = chat_encoder(load_tokenizer(model_dir))
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     out: dict = {"model": str(model_dir), "lessons": n, "seed": seed}
     for skill in skills:
         batch = next(lessons(skill, n, seed=seed))
         torch.manual_seed(seed)
-        completions = {"reference": [encoder.text_ids(" " + l.reference) + [encoder.end_id] for l in batch],
+        completions = {"reference": [encoder.reply_ids(l.reference) for l in batch],
                        "sampled": sample(model, encoder, [l.student for l in batch])}
         out[skill] = {}
         for name, comps in completions.items():

@@ -135,12 +135,12 @@ def _run_trl(settings: dict, cfg, skill: str, model_dir: Path) -> tuple[dict, fl
     from transformers import AutoModelForCausalLM
     from trl.experimental.sdft import SDFTConfig, SDFTTrainer
 
-    from learner.tokenizer import ChatEncoder, load_tokenizer
+    from learner.tokenizer import chat_encoder, load_tokenizer
     from simulators.tinyworld.experiment import lessons, measure
 
     torch.manual_seed(cfg.seed)
     tokenizer = load_tokenizer(model_dir)
-    encoder = ChatEncoder(tokenizer)
+    encoder = chat_encoder(tokenizer)
     batches = lessons(skill, cfg.batch_size, cfg.seed, cfg.retain)
     rows = [trl_prompts(encoder, lesson) for _ in range(cfg.steps) for lesson in next(batches)]
     gpu = torch.cuda.is_available()

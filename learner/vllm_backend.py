@@ -23,7 +23,7 @@ import torch
 from safetensors.torch import save_file
 
 from learner.scoring import TeacherScores
-from learner.tokenizer import ChatEncoder
+from learner.tokenizer import Encoder
 
 Prompt = tuple[dict, ...]
 DEFAULT_TOPK = 20
@@ -78,7 +78,7 @@ def reload(llm, directory: Path, version: int = 0) -> str:
     return message.checksum
 
 
-def _token_prompts(encoder: ChatEncoder, prompts: list[Prompt], completions=None):
+def _token_prompts(encoder: Encoder, prompts: list[Prompt], completions=None):
     from vllm.inputs import TokensPrompt
 
     heads = [encoder.encode(list(p), add_generation_prompt=True)[0] for p in prompts]
@@ -90,7 +90,7 @@ def _token_prompts(encoder: ChatEncoder, prompts: list[Prompt], completions=None
 class VllmSampler:
     """On-policy samples from a vLLM engine that follows the student's weights."""
 
-    def __init__(self, student, encoder: ChatEncoder, workdir: Path, tokenizer_dir: Path,
+    def __init__(self, student, encoder: Encoder, workdir: Path, tokenizer_dir: Path,
                  max_new_tokens: int = 32):
         from reverie.engine import offline_llm
 
@@ -127,7 +127,7 @@ class VllmSampler:
 class VllmScorer:
     """Teacher log-probs (sampled token and top-k) through ``prompt_logprobs``."""
 
-    def __init__(self, model_dir: Path | None, encoder: ChatEncoder, topk: int = DEFAULT_TOPK, llm=None):
+    def __init__(self, model_dir: Path | None, encoder: Encoder, topk: int = DEFAULT_TOPK, llm=None):
         if topk < 1:
             raise ValueError(f"topk must be at least 1, got {topk}")
         self.encoder, self.topk = encoder, topk

@@ -1,4 +1,5 @@
-"""The one filesystem helper: atomic writes, directory fsync and an advisory lock.
+"""The one filesystem helper: atomic writes, the modes of what is renamed into place, directory fsync and an
+advisory lock.
 
 Durable state (the version registry, the controller's state) is rewritten
 whole: written to a hidden temporary file in the same directory, fsynced,
@@ -6,6 +7,10 @@ renamed over the old file, and the directory fsynced, so a crash leaves the
 old file or the new one, never half of either.  Writers on one directory are
 serialised with an ``fcntl`` lock, which the kernel releases when the process
 holding it dies (a crashed writer leaves no lock held).
+
+A file or directory put in place by a rename gets the mode the process's umask gives any new one
+(``settle_modes``; ``mkstemp`` makes 0600 files, ``mkdtemp`` 0700 directories, safetensors 0600 files, and a rename
+keeps them): what reverie writes is as readable as what any other program writes there.
 """
 from __future__ import annotations
 
@@ -31,11 +36,32 @@ def fsync_dir(path: str | Path) -> None:
         os.close(fd)
 
 
+def current_umask() -> int:
+    """This process's umask, read from ``/proc`` (setting it to read it back would race with other threads)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    return 0o022
+
+
+def settle_modes(root: str | Path) -> None:
+    """Give the directory ``root`` and everything in it the modes a new directory and file get under the umask,
+    before the rename that puts it in place: ``mkdtemp`` made it 0700, and writers such as safetensors make their
+    files 0600, which a rename keeps."""
+    umask = current_umask()
+    root = Path(root)
+    for p in (root, *root.rglob("*")):
+        if not p.is_symlink():
+            p.chmod((0o777 if p.is_dir() else 0o666) & ~umask)
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()

@@ -37,7 +37,7 @@ import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from reverie.files import atomic_write_json, fsync_dir, locked, read_json
+from reverie.files import atomic_write_json, fsync_dir, locked, read_json, settle_modes
 
 CANDIDATE, REJECTED, PENDING, APPROVED, PROMOTED, ROLLED_BACK = (
     "candidate", "rejected", "pending", "approved", "promoted", "rolled-back")
@@ -245,6 +245,7 @@ class VersionRegistry:
         if final.exists():
             raise VersionError(f"version {version} is already registered")
         if move and directory.resolve().parent.stat().st_dev == self.root.stat().st_dev:
+            settle_modes(directory)
             os.rename(directory, final)
         else:
             tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=self.root))
@@ -255,6 +256,7 @@ class VersionRegistry:
                 for f in tmp.iterdir():
                     with open(f, "rb") as fh:
                         os.fsync(fh.fileno())
+                settle_modes(tmp)
                 os.rename(tmp, final)
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)

@@ -49,23 +49,23 @@ class RolloutEngine:
     def from_llm(cls, llm, model_dir: str | Path, version: int = 0) -> "RolloutEngine":
         """Wrap an engine already started on ``model_dir`` (tests share one; a model-simulated environment
         stores no trajectory of its own, hence the default version)."""
-        from learner.tokenizer import ChatEncoder, load_tokenizer
+        from learner.tokenizer import chat_encoder, load_tokenizer
 
         self = cls.__new__(cls)
         self._queue, self._lock, self._seed = queue.Queue(), threading.Lock(), 0
         self.calls = self.requests = 0
         self._model_dir, self._version = str(model_dir), int(version)
-        self._encoder = ChatEncoder(load_tokenizer(Path(model_dir)))
+        self._encoder = chat_encoder(load_tokenizer(Path(model_dir)))
         self._llm = llm
         return self
 
     def _start(self, model_dir: str | Path, version: int) -> None:
-        from learner.tokenizer import ChatEncoder, load_tokenizer
+        from learner.tokenizer import chat_encoder, load_tokenizer
         from reverie.engine import offline_llm
 
         self._model_dir = str(model_dir)
         self._version = int(version)
-        self._encoder = ChatEncoder(load_tokenizer(Path(model_dir)))
+        self._encoder = chat_encoder(load_tokenizer(Path(model_dir)))
         self._llm = offline_llm(model_dir, seed=self._seed)
 
     def _stop(self) -> None:
@@ -121,7 +121,7 @@ class RolloutEngine:
         token_prompts, params, fits = [], [], []
         for prompts, sampling, role, _ in jobs:
             for p in prompts:
-                ids = self._encoder.encode(list(p))[0] + [self._encoder.role_ids[role]]
+                ids = self._encoder.prompt_ids(list(p), role)
                 fits.append(len(ids) < limit)
                 if fits[-1]:
                     token_prompts.append(TokensPrompt(prompt_token_ids=ids))

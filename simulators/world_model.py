@@ -86,7 +86,7 @@ def train_simulator(model_dir: str | Path, transitions: Sequence[Transition], ou
     from transformers import AutoModelForCausalLM
 
     from learner.checkpoint import export_model
-    from learner.tokenizer import ChatEncoder, load_tokenizer
+    from learner.tokenizer import chat_encoder, load_tokenizer
 
     episodes = sorted({t.id.split("#")[0] for t in transitions})
     held = set(episodes[::5]) if len(episodes) >= 5 else set()
@@ -97,15 +97,16 @@ def train_simulator(model_dir: str | Path, transitions: Sequence[Transition], ou
         raise ValueError("no recorded transition with an observation to train a simulator on")
     t0 = time.perf_counter()
     torch.manual_seed(cfg.seed)
-    encoder = ChatEncoder(load_tokenizer(Path(model_dir)))
+    encoder = chat_encoder(load_tokenizer(Path(model_dir)))
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
 
     def rows_of(conversations: list[list[dict]]) -> list[tuple[list[int], list[int]]]:
         rows = []
         for conv in conversations:
-            ids, _ = encoder.encode(conv)
-            last = len(encoder.text_ids(" " + conv[-1]["content"])) + 1  # the observation's body and end tag
-            rows.append((ids, [0] * (len(ids) - last) + [1] * last))
+            # what the simulator writes when it plays the environment: the observation's body and end
+            prompt = encoder.prompt_ids(conv[:-1], conv[-1]["role"])
+            target = encoder.reply_ids(conv[-1]["content"])
+            rows.append((prompt + target, [0] * len(prompt) + [1] * len(target)))
         return rows
 
     rows = rows_of(convs)

@@ -20,6 +20,7 @@ import torch
 from learner.model import ModelShape, build_model
 from learner.pretrain import PretrainConfig, pretrain
 from learner.tokenizer import ChatEncoder, train_tokenizer
+from reverie.files import settle_modes
 from simulators.tinyworld import corpus
 from simulators.tinyworld.evaluate import forced_report
 
@@ -67,9 +68,7 @@ def build(out: Path, seed: int = 0, steps: int = DEFAULT_STEPS, shape: ModelShap
         model.save_pretrained(tmp)  # safetensors: the only format transformers 5 writes
         tokenizer.save_pretrained(tmp)
         (tmp / "reverie_build.json").write_text(json.dumps(report, indent=1) + "\n")
-        tmp.chmod(0o755)
-        for f in tmp.iterdir():
-            f.chmod(0o644)
+        settle_modes(tmp)
         if out.exists():
             old = out.with_name(f".{out.name}.old")
             shutil.rmtree(old, ignore_errors=True)

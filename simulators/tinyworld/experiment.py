@@ -19,7 +19,7 @@ from simulators.tinyworld.evaluate import eval_items, forced_accuracy, reference
 from simulators.tinyworld.skills import BASE_SKILLS, base_item, new_pair
 
 if TYPE_CHECKING:
-    from learner.tokenizer import ChatEncoder
+    from learner.tokenizer import Encoder
 
 LEARNABLE = ("facts", "rule")  # single-turn new skills; `tools` is rehearsed by dreams
 
@@ -55,7 +55,7 @@ def lessons(skill: str, batch_size: int, seed: int, retain: float = 0.0) -> Iter
     return mixed_batches(new_lessons(skill, seed), retention_lessons(seed), batch_size, retain)
 
 
-def measure(model, encoder: "ChatEncoder", skill: str, base=None) -> dict:
+def measure(model, encoder: "Encoder", skill: str, base=None) -> dict:
     """Forced-choice accuracy of a torch ``model`` on ``skill`` (student view) and on every base skill;
     with ``base`` (the model learning started from), also the KL from it on the retention suite."""
     retention = {s: forced_accuracy(model, encoder, eval_items(s, None)) for s in BASE_SKILLS}
@@ -69,7 +69,7 @@ def measure(model, encoder: "ChatEncoder", skill: str, base=None) -> dict:
     return out
 
 
-def retention_kl(base, model, encoder: "ChatEncoder", n: int = 100) -> float:
+def retention_kl(base, model, encoder: "Encoder", n: int = 100) -> float:
     """Mean forward KL(base || model) in nats per reply token, teacher-forced on
     the correct replies of ``n`` held-out items of every base skill: how far the
     model's distribution moved where it should not have, continuous where
