@@ -206,3 +206,49 @@ def test_the_learners_chat_ids_are_the_ones_its_template_serves_and_train_only_t
     ids, mask = encoder.encode(hostile)
     plain, _ = encoder.encode([{"role": "user", "content": "hi"}])
     assert (ids.count(start), ids.count(end)) == (plain.count(start), plain.count(end)) and not any(mask)
+
+
+QUESTIONS = ["What is the capital of France?", "Name a fruit that is yellow.", "How many legs does a spider have?",
+             "What colour is the sky?", "Who wrote Hamlet?", "What is water made of?", "Give me a synonym for happy.",
+             "What is the largest planet?", "What do bees make?", "How many days are in a week?",
+             "What is 2 plus 2?", "Name an animal that can fly.", "What language is spoken in Spain?",
+             "What is the opposite of cold?", "Where do penguins live?", "What is the boiling point of water?"]
+RULE = "Always begin your answer with the word 'Ahoy!'"
+SHOWN = ({"role": "user", "content": "What is the capital of Italy?"},
+         {"role": "assistant", "content": "Ahoy! The capital of Italy is Rome."},
+         {"role": "user", "content": "What colour is grass?"}, {"role": "assistant", "content": "Ahoy! Grass is green."})
+
+
+def test_opsd_teaches_smollm2_a_rule_its_teacher_state_demonstrates_on_questions_it_never_learnt_on(smollm2_torch):
+    """reverie's learner on the real model, in torch: the teacher state is the same model given the rule and two
+    exchanges that follow it (measured 2026-12-06: with the rule alone SmolLM2-135M begins 1 of 16 answers as told,
+    with the two exchanges 16 of 16); ten OPSD updates of four lessons on eight questions, and the student, which
+    sees neither, begins its greedy answers to eight other questions with the rule's word (0 of 8 before, 8 of 8
+    after in that run; 62 s of learning on this 2-core machine)."""
+    import copy
+    import random
+
+    from learner.config import LearnConfig
+    from learner.distill import Lesson, sample
+    from learner.loop import frozen_teacher, learn
+    from learner.tokenizer import chat_encoder
+
+    base, tokenizer = smollm2_torch
+    student = copy.deepcopy(base)
+    encoder = chat_encoder(tokenizer)
+    taught, held_out = QUESTIONS[:8], QUESTIONS[8:]
+
+    def follows(model, context: tuple, questions: list[str]) -> int:
+        prompts = [context + ({"role": "user", "content": q},) for q in questions]
+        replies = sample(model.eval(), encoder, prompts, max_new_tokens=8, greedy=True)
+        return sum(tokenizer.decode(r, skip_special_tokens=True).strip().startswith("Ahoy") for r in replies)
+
+    teacher_context = ({"role": "system", "content": RULE},) + SHOWN
+    assert follows(base, teacher_context, held_out) >= 7  # the privileged context works on this model
+    assert follows(student, (), held_out) == 0
+    lessons = [Lesson(({"role": "user", "content": q},), teacher_context + ({"role": "user", "content": q},))
+               for q in taught]
+    rng = random.Random(0)
+    learn(student.train(), frozen_teacher(student, tokenizer), encoder, iter(lambda: rng.sample(lessons, 4), None),
+          LearnConfig(steps=10, batch_size=4, lr=5e-5, retain=0.0), progress=False)
+    assert follows(student, (), held_out) >= 6
