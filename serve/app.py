@@ -24,6 +24,7 @@ def llm_config(cfg: ServeConfig):
         model_loading_config={"model_id": cfg.model_id, "model_source": str(Path(cfg.model_dir).resolve())},
         accelerator_config={"kind": "cpu"},
         engine_kwargs=kw,
+        callback_config={"callback_class": "serve.ray_llm.LocalModelFiles"},
         # On a cluster with serving nodes, a replica takes one node's ``serving`` slot (cluster.yaml).
         deployment_config={"num_replicas": cfg.replicas, "health_check_period_s": 10,
                            "graceful_shutdown_timeout_s": 30, "ray_actor_options": placed("serving", units=1)},

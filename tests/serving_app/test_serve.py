@@ -38,6 +38,18 @@ def test_models_route_lists_the_served_model(app):
     assert [m.id for m in app.client.models.list().data] == ["reverie"]
 
 
+def test_replicas_start_their_engines_without_ray_llms_model_download_task(app):
+    """Ray LLM runs a task per node that imports vLLM to fetch the model before each engine starts (13 s of CPU
+    and 600 MB here, per engine); reverie's model is a directory every node already sees, so none runs.  Ray
+    names each task a worker ran at the top of that worker's log."""
+    from pathlib import Path
+
+    from ray._private.worker import global_worker
+
+    logs = Path(global_worker.node.get_logs_dir_path())
+    ran = [f.name for f in logs.glob("worker-*.out") if ":task_name:initialize_remote_node" in f.read_text()]
+    assert len(list(logs.glob("worker-*.out"))) > 2 and ran == [], ran  # the replicas' own logs are there
+
 def test_chat_response_carries_the_version_in_header_and_system_fingerprint(app):
     raw = app.client.chat.completions.with_raw_response.create(
         model="reverie", messages=[{"role": "user", "content": "reverse: m o p i"}], max_tokens=8, temperature=0)
