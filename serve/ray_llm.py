@@ -10,6 +10,7 @@ file alone.  Tested with Ray 2.60.0 (``ray[serve,llm]``); each name below is not
   OpenAI-compatible front door that ``serve/ingress.py`` extends, and the errors a replica yields.
 - ``ENGINE_START_TIMEOUT_S``: the bound on an engine's start, for a replica's standby engine.
 - ``CallbackBase``: ``LocalModelFiles``, the engine-start hook that skips Ray LLM's node initialisation.
+- ``LLMServer._start_engine``: overridden in ``serve/replica.py`` without Ray LLM's usage-telemetry actor.
 """
 from __future__ import annotations
 

@@ -50,6 +50,16 @@ def test_replicas_start_their_engines_without_ray_llms_model_download_task(app):
     ran = [f.name for f in logs.glob("worker-*.out") if ":task_name:initialize_remote_node" in f.read_text()]
     assert len(list(logs.glob("worker-*.out"))) > 2 and ran == [], ran  # the replicas' own logs are there
 
+
+def test_replicas_start_no_usage_telemetry_actor(app):
+    """Ray LLM starts a detached actor on the head node when an engine starts, to count deployments for its
+    usage report (5-6 s of CPU and 380 MB here); reverie reports nothing, and starts none."""
+    import ray
+
+    assert app.client.models.list().data  # the replicas are up
+    with pytest.raises(ValueError):
+        ray.get_actor("llm_serve_telemetry", namespace="llm_serve_telemetry")
+
 def test_chat_response_carries_the_version_in_header_and_system_fingerprint(app):
     raw = app.client.chat.completions.with_raw_response.create(
         model="reverie", messages=[{"role": "user", "content": "reverse: m o p i"}], max_tokens=8, temperature=0)
