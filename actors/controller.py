@@ -70,6 +70,7 @@ import time
 import traceback
 from collections import Counter
 from collections.abc import Iterator
+from itertools import islice
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -176,6 +177,7 @@ class Controller:
         self.requested = bool(data.get("requested", False))
         self._last_cycle_at = time.time()
         self._judge = None  # the Gate, built on first use
+        self._world = None  # the world the loop is taught in, loaded on first use (``world``)
         self._failed_at = 0.0
         self._suite = None
         # What the idle look has read of the store (kept in memory: after a restart it reads from the start and
@@ -255,12 +257,9 @@ class Controller:
         environment: ``{"id", "ask", "skill", "new"}`` (``new``: the first of its ask)."""
         if not self.cfg.loop.dream:
             return []
-        from simulators.dream import DREAM_SKILLS, task_source
-        from simulators.variations import is_tinyworld_model
-
-        if not is_tinyworld_model(self.cfg.model_dir):
-            return []  # no environment is registered for another model's tasks (yet)
-        sources = {skill: task_source(skill) for skill in DREAM_SKILLS}
+        sources = {skill: f.source for skill, f in self.world.dream_families.items()}
+        if not sources:
+            return []  # the world has no family with an environment
         rng = random.Random(0)
         for r in self._read_new("interactions", columns=["id", "messages"]):
             if r["id"] in self.dreamt or not r["messages"]:
@@ -418,15 +417,13 @@ class Controller:
         """Held-out tasks of the dreamt families: variations of the recorded asks, played in the real
         environment by the gate; the dream never rehearses them."""
         from actors.gate import EnvTask
-        from simulators.dream import DREAM_SKILLS, task_source
-        from simulators.tinyworld.tools_env import EVAL_MAX_TURNS
 
         if not c.asks:
             return []
         rng = random.Random(f"env-heldout/{c.cycle}/{c.seed}")
         asks, out = self._asks(c), []
-        for skill in DREAM_SKILLS:
-            src = task_source(skill)
+        for skill, family in self.world.dream_families.items():
+            src = family.source
             tasks = [t for t in (src.parse(a, rng) for a in asks) if t is not None]
             seen = {t.prompt for t in tasks}
             for i in range(self.cfg.gate.heldout_items * 4):
@@ -435,7 +432,7 @@ class Controller:
                 t = src.vary(tasks[i % len(tasks)], rng)
                 if t.prompt not in seen:
                     seen.add(t.prompt)
-                    out.append(EnvTask(skill, src.env, t, EVAL_MAX_TURNS))
+                    out.append(EnvTask(skill, src.env, t, family.eval_max_turns))
         return out
 
     def _dream(self, c: Cycle) -> None:
@@ -443,14 +440,16 @@ class Controller:
         from actors.gate import EnvTask
 
         parent = self.registry.get(c.parent)
+        asks = self._asks(c)
+        family = self._dream_family(asks)
         report = dream_step(self.cfg.model_dir, parent.directory, parent.version, self.cfg.store_name,
-                            self.cfg.data_dir, self._asks(c), self.cfg.loop.dream_episodes, c.seed,
+                            self.cfg.data_dir, asks, self.cfg.loop.dream_episodes, c.seed, family=family,
                             simulators=self.cfg.loop.simulators, run_id=f"c{c.cycle:06d}",
                             exclude=[t.task.prompt for t in (*self._env_heldout(c), *self.learnt(c.parent))
                                      if isinstance(t, EnvTask)],
                             simulated=simulated_dream(self.cfg.loop), engine=self._dream_engine())
         c.trajectories = list(report.pop("trajectory_ids"))
-        c.dream = report
+        c.dream = {**report, "skill": family.skill}
         kinds = c.lessons.setdefault("counts", {})
         if c.trajectories:
             kinds["trajectory"] = len(c.trajectories)
@@ -458,6 +457,12 @@ class Controller:
             c.state, c.error = "done", f"nothing to learn: no dream of {report['episodes']} episodes succeeded"
             return
         c.state = "learn"
+
+    def _dream_family(self, asks: list[str]):
+        """The world's dream family that most of the cycle's recorded asks belong to (a cycle dreams one)."""
+        rng = random.Random(0)
+        families = list(self.world.dream_families.values())
+        return max(families, key=lambda f: sum(f.source.parse(a, rng) is not None for a in asks))
 
     def _dream_engine(self):
         """The rollout engine the dream steps borrow: started once and reloaded on each cycle's parent, since a
@@ -495,10 +500,17 @@ class Controller:
             stop_engine(engine)
 
     # ------------------------------------------------------------ 2. learn
-    def _variations(self):
-        from simulators.variations import variations_for
+    @property
+    def world(self):
+        """The world the loop is taught in (``simulators/world.py``; the ``world:`` setting, else the model's)."""
+        if self._world is None:
+            from simulators.world import load_world
 
-        return variations_for(self.cfg.model_dir)
+            self._world = load_world(self.cfg.world_name())
+        return self._world
+
+    def _variations(self):
+        return self.world.variations
 
     def _split(self, c: Cycle, found) -> tuple[list, list, set]:
         """(lessons, held-out tasks, indices of lessons that may be varied).
@@ -627,25 +639,20 @@ class Controller:
         return lessons(kept, random.Random(f"dream-lessons/{c.cycle}/{c.seed}"), trusted_only=False)
 
     def _replay(self, c: Cycle, lessons: list) -> Iterator:
-        """Retention replay: the tiny world's base skills for its model, each skill's share focused on the ones
-        whose prompts look most like the cycle's lessons (``loop.replay_focus``, ``learner.replay.focus_weights``;
-        the shares are kept in ``c.lessons["replay"]``); for any other model, what users asked before, evenly (the
+        """Retention replay: the world's own (``World.replay``: for the tiny world, its base skills, each skill's
+        share focused on the ones whose prompts look most like the cycle's lessons, ``loop.replay_focus``; the
+        shares are kept in ``c.lessons["replay"]``); for a world with none, what users asked before, evenly (the
         frozen parent is the teacher, with no privileged context: the loss holds old behaviour)."""
         from learner.distill import Lesson
-        from simulators.variations import TinyWorldVariations
 
-        if isinstance(self._variations(), TinyWorldVariations):
-            from itertools import islice
-
-            from learner.replay import focus_weights
-            from simulators.tinyworld.experiment import retention_lessons, retention_samples
-
-            new = [[l.student for l in lessons[:: max(1, len(lessons) // REPLAY_SAMPLE)]]]
-            if c.trajectories:
-                new.append([l.student for l in islice(self._dreamt(c), REPLAY_SAMPLE)])
-            weights = focus_weights(new, retention_samples(), self.cfg.loop.replay_focus)
+        new = [[l.student for l in lessons[:: max(1, len(lessons) // REPLAY_SAMPLE)]]]
+        if c.trajectories:
+            new.append([l.student for l in islice(self._dreamt(c), REPLAY_SAMPLE)])
+        own = self.world.replay(c.seed, new, self.cfg.loop.replay_focus)
+        if own is not None:
+            replay, weights = own
             c.lessons["replay"] = {k: round(v, 3) for k, v in weights.items()}
-            return retention_lessons(c.seed, weights)
+            return replay
         from actors.store import read_table
 
         asked = [tuple(m) for m in read_table(self.cfg.data_dir, "interactions", columns=["messages"])
@@ -727,7 +734,7 @@ class Controller:
         from actors.gate import Gate, retention_suite
 
         if self._judge is None:
-            self._judge = Gate(self.cfg.gate, retention_suite(self.cfg.gate, self.cfg.model_dir), self.cfg.model_dir)
+            self._judge = Gate(self.cfg.gate, retention_suite(self.cfg.gate, self.world), self.cfg.model_dir)
         return self._judge
 
     def _lineage(self, candidate: Candidate) -> Iterator[Candidate]:

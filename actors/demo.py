@@ -519,12 +519,12 @@ def _done(demo: DemoSettings, run: Run, before: Measured, status: dict, pop) -> 
 def _recorded(data_dir: str) -> dict:
     """What the store holds: interactions, feedback by kind, and the recorded tools episodes' asks."""
     from actors.store import read_table
-    from simulators.dream import task_source
+    from simulators.tinyworld.tasks import ToolsTaskSource
 
     import random
 
     rows = read_table(data_dir, "interactions", columns=["id", "messages"]).to_pylist()
-    src, rng = task_source("tools"), random.Random(0)
+    src, rng = ToolsTaskSource(), random.Random(0)
     tools = [r for r in rows if r["messages"] and src.parse(r["messages"][0]["content"], rng) is not None]
     fb = read_table(data_dir, "feedback").to_pylist()
     kinds = {k: sum(1 for f in fb if f.get(k) is not None) for k in ("correction", "rule", "rating")}

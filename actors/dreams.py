@@ -43,14 +43,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from simulators.dream import BUDGETS, EVAL_ITEMS, WORKER_BATCH, stop_engine, task_source
+from simulators.dream import BUDGETS, EVAL_ITEMS, WORKER_BATCH, stop_engine
+from simulators.world import dream_family
 
 
 @dataclass(frozen=True)
 class DreamConfig:
     """``reverie dream``'s settings (the command line's defaults come from here)."""
     model_dir: Path
-    skill: str = "tools"
+    skill: str = "tools"  # a dream family of the world
+    world: str | None = None  # the world the skill is a family of (None: the model's own, reverie.models)
     simulators: int = 2
     episodes: int = 128  # rehearsed per round
     rounds: int = 4
@@ -89,6 +91,14 @@ class RoundReport:
     replayed: int = 0
 
 
+def cfg_world(cfg: DreamConfig):
+    """The world of ``reverie dream``'s settings: ``cfg.world``, else the model's own."""
+    from reverie.models import default_world
+    from simulators.world import load_world
+
+    return load_world(cfg.world or default_world(cfg.model_dir))
+
+
 def run(cfg: DreamConfig, progress: Callable[[str, int], None] | None = None) -> dict:
     """Run the dream rounds; the report the ``dream`` command prints.  A Ray this
     call started (none was running) is shut down when it returns or fails.
@@ -116,8 +126,9 @@ def _run(cfg: DreamConfig, progress: Callable[[str, int], None] | None) -> dict:
     from reverie.versions import VersionRegistry
     from simulators.dream import Dreamer, recorded_asks
     from simulators.success import lessons
-    from simulators.tinyworld.experiment import measure, retention_lessons
 
+    world = cfg_world(cfg)
+    family = dream_family(world, cfg.skill)
     tell = progress or (lambda phase, n: None)
     start = time.perf_counter()
     run_id = uuid.uuid4().hex[:8]
@@ -130,7 +141,7 @@ def _run(cfg: DreamConfig, progress: Callable[[str, int], None] | None) -> dict:
     # One version space: the base model and every round's weights get their ids from the registry.
     registry = VersionRegistry(data_dir / "versions")
     version = registry.ensure_base(cfg.model_dir).version
-    dreamer = Dreamer.start(cfg.model_dir, version, store, skill=cfg.skill, budgets=cfg.budgets,
+    dreamer = Dreamer.start(cfg.model_dir, version, store, family=family, budgets=cfg.budgets,
                             simulators=cfg.simulators, worker_batch=cfg.worker_batch, eval_items=cfg.eval_items,
                             seed=cfg.seed, name=f"dream-{run_id}")
     simulator, built = None, {}
@@ -142,7 +153,7 @@ def _run(cfg: DreamConfig, progress: Callable[[str, int], None] | None) -> dict:
         tokenizer = load_tokenizer(Path(cfg.model_dir))
         encoder = chat_encoder(tokenizer)
         student = AutoModelForCausalLM.from_pretrained(cfg.model_dir, dtype=torch.float32).eval()
-        base = measure(student, encoder, cfg.skill)
+        base = family.measure(student, encoder)
         success_before = dreamer.heldout_success(cfg.eval_items)
         teacher = frozen_teacher(student, tokenizer)  # the base state, never updated
         if cfg.env == "simulated":  # 0. experience, then a simulator built from it alone
@@ -181,7 +192,8 @@ def _run(cfg: DreamConfig, progress: Callable[[str, int], None] | None) -> dict:
             #    agreement check passed.)
             learn_cfg = LearnConfig(method="opsd", loss="fkl", steps=cfg.steps * k, batch_size=cfg.batch_size,
                                     lr=cfg.lr, retain=cfg.retain, seed=cfg.seed)
-            batches = mixed_batches(lessons(kept, rng, trusted_only=False), retention_lessons(cfg.seed * 1000 + k),
+            replay = world.replay(cfg.seed * 1000 + k)
+            batches = mixed_batches(lessons(kept, rng, trusted_only=False), replay[0] if replay else iter(()),
                                     cfg.batch_size, cfg.retain)
             saved: list[tuple[Path, int]] = []
             stats = learn(student, teacher, encoder, batches, learn_cfg, progress=False,
@@ -202,7 +214,7 @@ def _run(cfg: DreamConfig, progress: Callable[[str, int], None] | None) -> dict:
         dreamer.shutdown()
         if simulator is not None:
             stop_engine(simulator.engine)
-    after = measure(student, encoder, cfg.skill)
+    after = family.measure(student, encoder)
     replays = [(r.agreement, r.replayed) for r in rounds if r.agreement is not None]
     return {
         "skill": cfg.skill,
@@ -242,7 +254,7 @@ def _simulator(cfg: DreamConfig, dreamer, data_dir: Path, work: Path, tell) -> t
     t0 = time.perf_counter()
     records = dreamer.record(cfg.recorded)
     tell("record", len(records))
-    simulator, built = build_simulator(cfg.model_dir, data_dir, cfg.skill, cfg.simulator, work / "simulator",
+    simulator, built = build_simulator(cfg.model_dir, data_dir, dreamer.family, cfg.simulator, work / "simulator",
                                        steps=cfg.simulator_steps, seed=cfg.seed, judge=cfg.judge)
     dreamer.simulate(simulator)
     built.update(recorded=len(records), recorded_success=sum(r["success"] for r in records) / len(records),
@@ -254,9 +266,9 @@ class NoExperience(ValueError):
     """The store holds no recorded conversation of the skill to build a simulator from."""
 
 
-def build_simulator(model_dir: str | Path, data_dir: str | Path, skill: str, kind: str, out: Path, *,
+def build_simulator(model_dir: str | Path, data_dir: str | Path, family, kind: str, out: Path, *,
                     steps: int, seed: int, judge: str = "family") -> tuple:
-    """A simulator of ``skill`` built from the store's recorded conversations alone (``Ray`` initialised):
+    """A simulator of ``family`` (a ``simulators.world.DreamFamily``) built from the store's recorded conversations alone (``Ray`` initialised):
     they become transitions; a copy of the model is fine-tuned on them into ``out`` (``trained``, ``both``;
     a directory left there by an earlier try is replaced); an engine on the simulator's weights writes its
     observations.  ``(Simulator, what was built)``; stop its engine with ``stop_engine``."""
@@ -265,7 +277,7 @@ def build_simulator(model_dir: str | Path, data_dir: str | Path, skill: str, kin
     from simulators.rollout import engine_actor, wait_ready
     from simulators.world_model import SimulatorTraining, simulator_label, train_simulator
 
-    source = task_source(skill)
+    source = family.source
 
     def of_skill(messages: list[dict]) -> bool:
         first = next((m["content"] for m in messages if m["role"] == "user"), "")
@@ -273,7 +285,7 @@ def build_simulator(model_dir: str | Path, data_dir: str | Path, skill: str, kin
 
     transitions = transitions_from_store(str(data_dir), keep=of_skill)
     if not any(t.observation is not None for t in transitions):
-        raise NoExperience(f"no recorded {skill} episode with an observation to build a simulator from")
+        raise NoExperience(f"no recorded {family.skill} episode with an observation to build a simulator from")
     built: dict = {"transitions": len(transitions), "episodes": sum(t.done for t in transitions)}
     weights = Path(model_dir)
     if kind != "retrieval":
@@ -305,7 +317,7 @@ def simulated_dream(loop) -> dict | None:
 
 def dream_step(model_dir: str | Path, weights_dir_or_model_dir: str | Path, version: int, store_name: str,
                data_dir: str | Path, asks: Sequence[str], episodes: int, seed: int, simulators: int = 1, *,
-               skill: str = "tools", run_id: str | None = None, exclude: Sequence[str] = (),
+               family, run_id: str | None = None, exclude: Sequence[str] = (),
                simulated: dict | None = None, engine=None) -> dict:
     """One rehearsal on the weights of ``version``, for the controller (Ray must be initialised).
 
@@ -313,7 +325,7 @@ def dream_step(model_dir: str | Path, weights_dir_or_model_dir: str | Path, vers
     version directory, or the base ``model_dir`` itself); a directory of safetensors alone is completed with
     ``model_dir``'s config and tokenizer (links under ``<data_dir>/dreams/<run_id>/``).  The proposer is
     seeded with ``asks`` (what users asked) and never proposes a prompt of ``exclude`` (what the gate will
-    score) nor a tiny-world evaluation task.  Kept trajectories go to the store actor ``store_name``
+    score) nor one of the family's held-out tasks.  Kept trajectories go to the store actor ``store_name``
     (namespace ``reverie``), tagged ``version``, and are flushed to its ``trajectories`` table before this
     returns; the engine and the pool are stopped whatever happens, unless ``engine`` (a running rollout engine
     actor, kept by the caller across steps) was lent: it is reloaded on these weights and left running.
@@ -338,7 +350,7 @@ def dream_step(model_dir: str | Path, weights_dir_or_model_dir: str | Path, vers
     run_id = run_id or f"v{int(version)}-{uuid.uuid4().hex[:8]}"
     weights = _model_directory(Path(model_dir), Path(weights_dir_or_model_dir),
                                Path(data_dir) / "dreams" / run_id / "model")
-    dreamer = Dreamer.start(weights, version, store, skill=skill, simulators=simulators, seed=seed,
+    dreamer = Dreamer.start(weights, version, store, family=family, simulators=simulators, seed=seed,
                             name=f"dream-{run_id}", exclude=exclude, engine=engine)
     simulator, built, agreement, switched_off = None, {}, {"agreement": None, "replayed": 0}, None
     try:
@@ -346,7 +358,7 @@ def dream_step(model_dir: str | Path, weights_dir_or_model_dir: str | Path, vers
         if simulated is not None:
             ray.get(store.flush.remote(), timeout=120)  # the recorded episodes, on disk
             try:
-                simulator, built = build_simulator(model_dir, data_dir, skill, simulated["kind"],
+                simulator, built = build_simulator(model_dir, data_dir, family, simulated["kind"],
                                                    Path(data_dir) / "dreams" / run_id / "simulator",
                                                    steps=simulated.get("steps", 300), seed=seed,
                                                    judge=simulated.get("judge", "family"))

@@ -74,9 +74,9 @@ real environment only (:func:`check_real`): a dream's successes in a
 model-simulated one are never evidence, so a gain learnt from a simulator
 counts only once it shows on real held-out tasks.
 
-The retention suite is a JSONL file (:func:`load_retention_suite`) or, for
-the tiny-world model, its base skills plus ``copy``
-(:func:`tinyworld_retention_suite`).
+The retention suite is a JSONL file (:func:`load_retention_suite`) or the
+world's own (``World.retention_suite``, ``simulators/world.py``: for the tiny
+world, its base skills plus ``copy``).
 """
 from __future__ import annotations
 
@@ -91,7 +91,7 @@ from pathlib import Path
 
 from reverie.config import GateConfig
 from reverie.errors import ReverieError
-from simulators.variations import Variations, is_tinyworld_model, last_user_text
+from simulators.variations import Variations, last_user_text
 
 COMPARES = ("exact", "normalised", "contains")
 ROLES = ("system", "user", "assistant", "tool")
@@ -264,28 +264,17 @@ def load_retention_suite(path: str | Path) -> list[RetentionItem]:
     return items
 
 
-def tinyworld_retention_suite(n_per_skill: int) -> list[RetentionItem]:
-    """The tiny world's base skills and ``copy`` (which the base model masters
-    and which the tiny world's new rule changes), ``n_per_skill`` items each
-    from the fixed evaluation seeds (``evaluate.eval_items``) that training
-    never draws from."""
-    from simulators.tinyworld.evaluate import eval_items
-    from simulators.tinyworld.skills import BASE_SKILLS
-
-    return [RetentionItem(skill, it.prompt, it.answer) for skill in (*BASE_SKILLS, "copy")
-            for it in eval_items(skill, None, n_per_skill)]
-
-
-def retention_suite(cfg: GateConfig, model_dir: str | Path) -> list[RetentionItem]:
-    """``cfg.retention_suite`` when set (used whole), else the tiny world's
-    suite (``cfg.retention_items`` per skill) for a tiny-world model."""
+def retention_suite(cfg: GateConfig, world) -> list[RetentionItem]:
+    """``cfg.retention_suite`` when set (used whole), else the world's own suite (``cfg.retention_items`` per
+    family; ``world``: a ``simulators.world.World``)."""
     if cfg.retention_suite:
         return load_retention_suite(cfg.retention_suite)
-    if is_tinyworld_model(model_dir):
-        return tinyworld_retention_suite(cfg.retention_items)
-    raise GateInputError(
-        f"{model_dir} is not the tiny-world model: give a retention_suite JSONL file "
-        "(what the model must keep doing) to gate its candidates")
+    own = world.retention_suite(cfg.retention_items)
+    if own is None:
+        raise GateInputError(
+            f"the {world.name} world has no retention suite of its own: give a retention_suite JSONL file "
+            "(what the model must keep doing) to gate its candidates")
+    return [RetentionItem(c.family, tuple(c.prompt), c.answer) for c in own]
 
 
 # --------------------------------------------------------------------------- weights
@@ -705,4 +694,4 @@ class Gate:
 __all__ = ["COMPARES", "EnvTask", "Gate", "GateInputError", "HeldOutTask", "RetentionItem", "WeightsRejected",
            "check_weights", "exceeds", "held_out_gain", "heldout_tasks", "load_retention_suite", "matches",
            "refusals", "retention_suite", "skill_losses", "task_from_record", "task_record",
-           "tinyworld_retention_suite", "weight_files"]
+           "weight_files"]

@@ -18,6 +18,9 @@ APPROVAL_MODES = ("auto", "required")
 METHODS = ("opsd", "sft")  # on-policy self-distillation, and the SFT baseline
 DREAM_ENVS = ("real", "simulated")  # where dreams play: the task's environment, or a simulator built from records
 SIMULATORS = ("retrieval", "trained", "both")  # the model that writes a simulator's observations (world_model.py)
+# The worlds the loop can be taught in (``simulators/world.py`` loads them): the tiny world of the model reverie
+# ships with, and ``none`` (a model reverie knows nothing about); a plug-in of the user's is ``package.module:Class``.
+WORLDS = ("tiny", "none")
 WEIGHT_TRANSPORTS = ("auto", "shm", "object_store")  # reverie/weight_sync.py (its nccl slot is not built)
 # How a cycle's feedback lessons and dream lessons share the new-lesson slots of each batch: taking turns, or in
 # proportion to their records (the feedback lessons, relearnt ones included, against the kept trajectories).
@@ -79,6 +82,9 @@ class GateConfig:
 @dataclass(frozen=True)
 class ServeConfig:
     model_dir: Path
+    # The world the loop is taught in (WORLDS, or package.module:Class); None: the model's own
+    # (``reverie.models.default_world``: tiny for the shipped tiny-world model, none for any other).
+    world: str | None = None
     data_dir: str = "./reverie-data"
     versions_dir: Path | None = None  # default: <data_dir>/versions (must be a local path)
     replicas: int = 1
@@ -101,6 +107,11 @@ class ServeConfig:
     extra_engine_kwargs: dict = field(default_factory=dict)
     loop: LoopConfig = field(default_factory=LoopConfig)
     gate: GateConfig = field(default_factory=GateConfig)
+
+    def world_name(self) -> str:
+        from reverie.models import default_world
+
+        return self.world or default_world(self.model_dir)
 
     def cpu_plan(self):
         from reverie import cpus

@@ -6,6 +6,7 @@ noted; what is left out keeps its default, shown here)::
     # reverie.yaml
     model_dir: ./simulators/tinyworld/model   # a local Hugging Face causal-LM directory
                                               # (the command's default: the shipped tiny-world model)
+    world: null                       # tiny, none, or package.module:Class (null: tiny for the shipped model, none for others)
     data_dir: ./reverie-data          # the experience store: a path or a pyarrow.fs URI (s3://...)
     versions_dir: null                # policy versions, a local path (null: DATA_DIR/versions)
     replicas: 1                       # vLLM engine replicas, 1 to 64
@@ -87,12 +88,13 @@ from typing import Any
 
 from reverie import args as a
 from reverie.config import (APPROVAL_MODES, DREAM_ENVS, DREAM_FALLBACKS, METHODS, MIXES, SIMULATORS, SWAP_MODES,
-                            WEIGHT_TRANSPORTS, GateConfig, LoopConfig, ServeConfig)
+                            WEIGHT_TRANSPORTS, WORLDS, GateConfig, LoopConfig, ServeConfig)
 from reverie.errors import ReverieError, check_model_dir
 
 # One rule per field of ServeConfig, LoopConfig (loop.*) and GateConfig (gate.*).
 RULES: dict[str, a.Rule] = {
     "model_dir": a.PATH,
+    "world": a.optional(a.TEXT),
     "data_dir": a.PATH,
     "versions_dir": a.optional(a.PATH),
     "replicas": a.whole(1, 64),
@@ -144,6 +146,7 @@ RULES: dict[str, a.Rule] = {
     "gate.max_tokens": a.POSITIVE,
 }
 SECTIONS = {"loop": LoopConfig, "gate": GateConfig}
+PLUGIN = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")  # a world of the user's: package.module:Class
 # Fields that hold a local path: relative ones in the file are taken relative to the file's directory.
 PATHS = ("model_dir", "versions_dir", "data_dir", "gate.retention_suite")
 
@@ -151,6 +154,7 @@ PATHS = ("model_dir", "versions_dir", "data_dir", "gate.retention_suite")
 # not configuration).  The flag's argparse ``dest`` is ``flag_dest(field)``; a flag left out is None.
 SERVE_FLAGS: dict[str, str] = {
     "model_dir": "--model",
+    "world": "--world",
     "replicas": "--replicas",
     "host": "--host",
     "port": "--port",
@@ -412,6 +416,10 @@ def build_config(file_values: dict, flags: dict, *, source: str | Path | None = 
         model = check_model_dir(values["model_dir"])
     except ReverieError as e:
         raise ReverieError(str(e) if model_what.startswith("--") else f"{model_what} {e}") from None
+    world = values["world"]
+    if world is not None and world not in WORLDS and not PLUGIN.fullmatch(world):
+        raise ReverieError(f"{name('world', world)[0]} must be one of {', '.join(WORLDS)}, or a plug-in as "
+                           f"package.module:Class, got {world!r}")
     suite = values["gate"]["retention_suite"]
     if suite is not None and not Path(suite).is_file():
         raise ReverieError(f"{name('gate.retention_suite', suite)[0]} no such file {suite!r}")

@@ -63,6 +63,17 @@ CATALOGUE: dict[str, CatalogueModel] = {m.name: m for m in (
 )}
 
 
+# The model reverie ships with its tiny world (simulators/tinyworld/build.py writes it there).
+TINY_WORLD_MODEL = Path(__file__).resolve().parent.parent / "simulators" / "tinyworld" / "model"
+
+
+def default_world(model_dir: str | Path) -> str:
+    """The world a model is taught in when the ``world:`` setting is left out: ``tiny`` for the model reverie
+    ships with its tiny world, ``none`` for any other (a rebuild or a checkpoint of the tiny model says
+    ``world: tiny``).  Settled by which model it is, never by what its files look like."""
+    return "tiny" if Path(model_dir).resolve() == TINY_WORLD_MODEL else "none"
+
+
 def cache_dir() -> Path:
     """Where pulled models live: ``$REVERIE_MODEL_CACHE``, else ``~/.cache/reverie/models``."""
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "reverie" / "models")

@@ -75,7 +75,11 @@ class Deployment:
         from actors.store import start_store
         from reverie.versions import VersionRegistry
 
+        from simulators.world import load_world
+
         self.cfg = cfg
+        if cfg.loop.learn:
+            load_world(cfg.world_name())  # a world that cannot load is refused before anything starts
         self.registry = VersionRegistry(cfg.resolved_versions_dir())
         self.registry.ensure_base(cfg.model_dir)
         check_shared(self.registry.root, cfg.model_dir)  # on a cluster: every node reaches both (ReverieError)

@@ -30,6 +30,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from serve.auth import ADMIN_ENV, API_ENV, load_keys
 
     cfg = serve_config(args)  # every refusal of the flags or the config file comes before Ray starts
+    if cfg.loop.learn:
+        from simulators.world import load_world
+
+        load_world(cfg.world_name())  # a plug-in that does not load is refused before Ray starts too
     model, replicas = cfg.model_dir, cfg.replicas
     keys, generated = load_keys(args.key_file)
 
@@ -94,6 +98,10 @@ def register(subparsers) -> None:
     s.add_argument("--config", default=None, metavar="FILE", help="a YAML config file (reverie/config_file.py); "
                    "flags given override it")
     flag("model_dir", f"model directory (default: the shipped tiny-world model, {SHIPPED_MODEL})", metavar="DIR")
+    flag("world", "the world the loop is taught in: tiny (the tiny world's families, retention suite and dreams), "
+         "none (any model: feedback alone, a retention suite file for the gate), or a plug-in as "
+         "package.module:Class (default: tiny for the shipped tiny-world model, none for any other)",
+         metavar="WORLD")
     flag("replicas", f"vLLM engine replicas (default {default('replicas')})", metavar="N")
     flag("host", f"address to bind (default {default('host')})")
     flag("port", f"HTTP port (default {default('port')})")

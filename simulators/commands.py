@@ -27,13 +27,16 @@ def _positive(text: str, what: str) -> int:
 
 def cmd_dream(args: argparse.Namespace) -> int:
     from actors.dreams import DreamConfig
-    from simulators.dream import DREAM_SKILLS
+    from reverie.models import default_world
     from simulators.model_env import JUDGES
+    from simulators.world import load_world
     from simulators.world_model import SIMULATORS
 
-    if args.skill not in DREAM_SKILLS:
-        raise ReverieError(f"unknown skill {args.skill!r} for dream; skills are: {', '.join(DREAM_SKILLS)}")
     model = check_model_dir(args.model)
+    world = load_world(args.world or default_world(model))
+    if args.skill not in world.dream_families:
+        raise ReverieError(f"unknown skill {args.skill!r} for dream in the {world.name} world; skills are: "
+                           f"{', '.join(world.dream_families) or 'none (the world has no environment)'}")
     data_dir = None
     if args.data_dir is not None:
         data_dir = Path(args.data_dir)
@@ -72,7 +75,8 @@ def cmd_dream(args: argparse.Namespace) -> int:
     if args.fallback not in ("real", "skip"):
         raise ReverieError(f"--fallback must be real or skip, got {args.fallback!r}")
     cfg = DreamConfig(
-        model_dir=model, skill=args.skill, simulators=_positive(args.simulators, "--simulators"),
+        model_dir=model, skill=args.skill, world=args.world or default_world(model),
+        simulators=_positive(args.simulators, "--simulators"),
         episodes=_positive(args.episodes, "--episodes"), rounds=_positive(args.rounds, "--rounds"),
         steps=_positive(args.steps, "--steps"), lr=lr, retain=retain, eval_items=_positive(args.items, "--items"),
         seed=parse_seed(args.seed), data_dir=data_dir, env=args.env, simulator=args.simulator,
@@ -170,6 +174,9 @@ def register(subparsers) -> argparse.ArgumentParser:
                    help="fine-tuning steps of a trained simulator (default %(default)s)")
     p.add_argument("--seed", default=str(d.seed), help="random seed (default %(default)s)")
     p.add_argument("--model", default=str(SHIPPED_MODEL), help="base model directory (default: the shipped one)")
+    p.add_argument("--world", default=None,
+                   help="the world whose family --skill is: tiny, or a plug-in as package.module:Class (default: "
+                        "the model's own: tiny for the shipped model)")
     p.add_argument("--data-dir", default=None,
                    help="experience store directory: recorded asks seed the proposer, kept trajectories are written "
                         "there (default: a new temporary directory); not one a running store writes to (such as "

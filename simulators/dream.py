@@ -3,7 +3,9 @@ the environment's verifier accepts.
 
 Contract (the door ``actors/`` composes through):
 
-- A :class:`Dreamer` holds a rollout engine (``simulators/rollout.py``) on
+- A :class:`Dreamer` dreams one family of its world
+  (``simulators.world.DreamFamily``: its task source, held-out tasks and
+  verifier).  It holds a rollout engine (``simulators/rollout.py``) on
   one version of the weights, an experience store handle, the task proposer
   (``simulators/proposer.py``: a task source, its curriculum, the held-out
   exclusions) and a :class:`simulators.workers.SimulatorPool`.
@@ -44,29 +46,12 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-DREAM_SKILLS = ("tools",)
 BUDGETS = (3, 4, 6)  # dream turn budgets (the levels of the curriculum)
 WORKER_BATCH = 16  # episodes a worker plays in lock step
 EVAL_ITEMS = 200  # held-out tasks measured (and never rehearsed)
 READY_TIMEOUT_S = 300.0  # an engine start or a worker placement that takes longer fails loudly
 RELOAD_TIMEOUT_S = 600.0
 AGREEMENT_TRIES = 4  # the policy's tries at the last step of a dreamed success replayed for real
-
-
-def task_source(skill: str):
-    """The ``simulators.proposer.TaskSource`` of a dream skill."""
-    if skill == "tools":
-        from simulators.tinyworld.tasks import ToolsTaskSource
-
-        return ToolsTaskSource()
-    raise ValueError(f"unknown dream skill {skill!r}; skills are: {', '.join(DREAM_SKILLS)}")
-
-
-def heldout_prompts(skill: str, n: int) -> list[str]:
-    """Every prompt evaluation uses for ``skill`` (both views): never rehearsed."""
-    from simulators.tinyworld.evaluate import eval_items
-
-    return [it.task.question for view in ("student", "teacher") for it in eval_items(skill, view, n)]
 
 
 def recorded_asks(data_dir: str | Path) -> list[str]:
@@ -109,11 +94,12 @@ class Dreamer:
     unless the engine was lent to it (``owns_engine=False``), the engine: ``shutdown`` stops what it owns.
     Not thread-safe: one rehearsal at a time."""
 
-    def __init__(self, engine, store, proposer, pool, *, version: int, skill: str = "tools",
+    def __init__(self, engine, store, proposer, pool, *, version: int, family,
                  name: str | None = None, heldout_items: int = EVAL_ITEMS, owns_engine: bool = True):
         self.engine, self.store, self.proposer, self.pool = engine, store, proposer, pool
         self.owns_engine = owns_engine
-        self.skill = skill
+        self.family = family  # a simulators.world.DreamFamily
+        self.skill = family.skill
         self.name = name or f"dream-{uuid.uuid4().hex[:8]}"
         self.heldout_items = heldout_items  # held-out tasks the proposer excludes
         self.simulators = pool.size  # the pool's size outside a scaling measurement
@@ -123,12 +109,12 @@ class Dreamer:
         self.simulator: Simulator | None = None
 
     @classmethod
-    def start(cls, model_dir: str | Path, version: int, store, *, skill: str = "tools",
+    def start(cls, model_dir: str | Path, version: int, store, *, family,
               budgets: Sequence[int] = BUDGETS, simulators: int = 1, worker_batch: int = WORKER_BATCH,
               eval_items: int = EVAL_ITEMS, seed: int = 0, name: str | None = None, exclude: Iterable[str] = (),
               ready_timeout: float = READY_TIMEOUT_S, engine=None) -> "Dreamer":
         """A rollout engine on the HF model directory ``model_dir`` tagged ``version``, a proposer of
-        ``skill`` tasks (never the first ``eval_items`` held-out tasks, nor a prompt of ``exclude``: what a
+        ``family``'s tasks (a ``simulators.world.DreamFamily``; never the first ``eval_items`` held-out tasks, nor a prompt of ``exclude``: what a
         gate will score) and a pool of ``simulators`` workers writing to ``store``.  Needs Ray initialised,
         with ``simulator`` resources for the workers.
 
@@ -141,8 +127,8 @@ class Dreamer:
         from simulators.rollout import engine_actor, wait_ready
         from simulators.workers import SimulatorPool
 
-        source = task_source(skill)  # an unknown skill fails before anything starts
-        proposer = TaskProposer(source, budgets, seed=seed, exclude=[*heldout_prompts(skill, eval_items), *exclude])
+        proposer = TaskProposer(family.source, budgets, seed=seed,
+                                exclude=[*family.heldout_prompts(eval_items), *exclude])
         name = name or f"dream-{uuid.uuid4().hex[:8]}"
         owns = engine is None
         engine = engine_actor(model_dir, version=version, seed=seed) if owns else engine
@@ -162,7 +148,7 @@ class Dreamer:
             if owns:
                 stop_engine(engine)
             raise
-        dreamer = cls(engine, store, proposer, pool, version=version, skill=skill, name=name,
+        dreamer = cls(engine, store, proposer, pool, version=version, family=family, name=name,
                       heldout_items=eval_items, owns_engine=owns)
         if not owns:  # a borrowed engine gets these weights, whatever it served before
             try:
@@ -296,7 +282,7 @@ class Dreamer:
         sample = _random.Random(f"agreement/{seed}").sample(dreamed, min(n, len(dreamed)))
         if not sample:
             return {"agreement": None, "replayed": 0}
-        real_env = task_source(self.skill).env
+        real_env = self.family.source.env
         eps = []
         for r in sample:
             t = Task.from_dict(r["task"])
@@ -316,20 +302,17 @@ class Dreamer:
         if agreement["agreement"] is None or agreement["agreement"] >= min_agreement:
             return agreement, None
         self.use_real()
-        return agreement, {"family": task_source(self.skill).family, "agreement": agreement["agreement"],
+        return agreement, {"family": self.family.source.family, "agreement": agreement["agreement"],
                            "min_agreement": min_agreement}
 
     def verifier_check(self, n: int = EVAL_ITEMS, max_turns: int = max(BUDGETS)) -> dict:
         """The family's verifier against the real one on ``n`` held-out tasks the policy plays in the real
         environment at temperature 1 (nothing kept): ``{"accepts_right", "rejects_wrong", "right", "wrong"}``
         (a share is None when there was no such episode)."""
-        from simulators.tinyworld.evaluate import eval_items
-        from simulators.tinyworld.tools_env import to_task
         from simulators.workers import Episode
 
-        source = task_source(self.skill)
-        eps = [Episode(f"{self.name}-check-{i}", to_task(it.task, source.family), max_turns, 1.0, "held-out")
-               for i, it in enumerate(eval_items(self.skill, "student", n))]
+        eps = [Episode(f"{self.name}-check-{i}", task, max_turns, 1.0, "held-out")
+               for i, task in enumerate(self.family.heldout_tasks(n))]
         records = [r for r in self.pool.run(eps, keep=False) if r["family_verdict"] is not None]
         right = [r["family_verdict"] for r in records if r["success"]]
         wrong = [not r["family_verdict"] for r in records if not r["success"]]
@@ -343,7 +326,6 @@ class Dreamer:
         import ray
 
         from simulators.rollout import Sampling
-        from simulators.tinyworld.evaluate import eval_items, score
 
         if n > self.heldout_items:
             raise ValueError(f"only the first {self.heldout_items} held-out tasks are kept out of rehearsal, "
@@ -352,7 +334,7 @@ class Dreamer:
         def generate(prompts):
             return ray.get(self.engine.generate.remote([list(p) for p in prompts], Sampling(temperature=0.0)))
 
-        return score(eval_items(self.skill, "student", n), generate)
+        return self.family.success(n, generate)
 
     def reload(self, model_dir: str | Path, version: int) -> None:
         """The rollout engine installs the weights of the HF model directory ``model_dir`` in place; later

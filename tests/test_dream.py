@@ -8,6 +8,8 @@ dream) stores verified trajectories tagged with the version it is given, on
 the rollout engine the controller keeps across cycles."""
 from __future__ import annotations
 
+from simulators.tinyworld.plugin import TinyWorld
+
 import json
 import time
 
@@ -17,7 +19,9 @@ from reverie.cli import main
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--skill", "facts"], "unknown skill 'facts' for dream"),
+    (["--skill", "facts"], "unknown skill 'facts' for dream in the tiny world; skills are: tools"),
+    (["--world", "none"], "unknown skill 'tools' for dream in the none world; skills are: none (the world has no"),
+    (["--world", "chat"], "unknown world 'chat'"),
     (["--simulators", "0"], "--simulators must be a positive whole number"),
     (["--episodes", "many"], "--episodes must be a positive whole number"),
     (["--retain", "1.5"], "--retain must be at least 0 and below 1"),
@@ -152,7 +156,8 @@ def test_a_dream_step_whose_simulator_disagrees_with_reality_switches_it_off_and
         store = start_store(str(tmp_path / "data"), name="test-dream-step-store")
         ray.get(store.append.remote("interactions", _recorded_requests(12)))
         out = dream_step(shipped_model, registry.version_dir(version), version, "test-dream-step-store",
-                         tmp_path / "data", asks, episodes=48, seed=0, simulators=1, simulated=simulated)
+                         tmp_path / "data", asks, episodes=48, seed=0, simulators=1, simulated=simulated,
+                         family=TinyWorld().dream_families["tools"])
     finally:
         ray.shutdown()
     assert {"episodes", "kept", "success_rate", "seconds", "trajectory_ids", "env", "agreement"} <= set(out)
@@ -206,7 +211,8 @@ def test_the_controllers_dream_engine_is_lent_to_each_dream_step_replaced_when_d
         engine = ctl._dream_engine()
         assert ray.get(engine.version.remote(), timeout=60) == base
         out = dream_step(shipped_model, ctl.registry.version_dir(version), version, "test-lent-engine-store", data,
-                         asks, episodes=24, seed=0, simulators=1, engine=engine)
+                         asks, episodes=24, seed=0, simulators=1, engine=engine,
+                         family=TinyWorld().dream_families["tools"])
         served = ray.get(engine.version.remote(), timeout=60)
         reply = ray.get(engine.generate.remote([[{"role": "user", "content": "reverse a b c"}]]), timeout=60)
         assert ctl._dream_engine() is engine

@@ -12,13 +12,16 @@ from safetensors.torch import load_file, save_file
 
 from actors.gate import (EnvTask, Gate, GateInputError, HeldOutTask, RetentionItem, WeightsRejected, check_weights,
                          exceeds, held_out_gain, heldout_tasks, load_retention_suite, matches, refusals,
-                         retention_suite, skill_losses, task_from_record, task_record, tinyworld_retention_suite,
+                         retention_suite, skill_losses, task_from_record, task_record,
                          weight_files)
 from learner.templates import render
 from reverie.config import GateConfig
 from simulators.tinyworld import world as W
 from simulators.tinyworld.build import SHIPPED_MODEL
-from simulators.variations import PromptVariations, TinyWorldVariations, variations_for
+from simulators.tinyworld.plugin import TinyWorld
+from simulators.tinyworld.variations import TinyWorldVariations
+from simulators.variations import PromptVariations
+from simulators.world import NoWorld, load_world
 
 RULE = W.rule_text(*W.NEW_RULE)
 FACT = W.world().new_facts[0]
@@ -71,16 +74,30 @@ def test_an_unknown_ask_has_no_tiny_world_family_and_the_fallback_calls_it_feedb
     assert PromptVariations().vary(user(ASKS["copy"]), random.Random(0)) is None
 
 
-def test_variations_for_the_tiny_world_model_and_its_checkpoints_only(tmp_path):
-    assert isinstance(variations_for(SHIPPED_MODEL), TinyWorldVariations)
-    other = tmp_path / "other"
-    other.mkdir()
-    (other / "config.json").write_text("{}")
-    assert isinstance(variations_for(other), PromptVariations)
-    learnt = tmp_path / "learnt"
+def test_the_world_comes_from_the_setting_else_the_model_it_is_never_sniffed_from_files(tmp_path):
+    from reverie.config import ServeConfig
+
+    assert isinstance(load_world(ServeConfig(model_dir=SHIPPED_MODEL).world_name()).variations, TinyWorldVariations)
+    learnt = tmp_path / "learnt"  # a checkpoint of the tiny model, with the tiny world's build marker in it
     learnt.mkdir()
     shutil.copy(SHIPPED_MODEL / "reverie_build.json", learnt)
-    assert isinstance(variations_for(learnt), TinyWorldVariations)
+    assert ServeConfig(model_dir=learnt).world_name() == "none"  # its files do not choose its world
+    assert isinstance(load_world(ServeConfig(model_dir=learnt).world_name()).variations, PromptVariations)
+    assert isinstance(load_world(ServeConfig(model_dir=learnt, world="tiny").world_name()), TinyWorld)
+    assert ServeConfig(model_dir=SHIPPED_MODEL, world="none").world_name() == "none"
+    # a plug-in of the user's, by where it lives
+    assert isinstance(load_world("simulators.tinyworld.plugin:TinyWorld"), TinyWorld)
+
+
+def test_a_world_that_cannot_load_is_one_line_naming_the_worlds():
+    from reverie.config import WORLDS
+    from simulators.world import WORLDS as LOADED, UnknownWorld
+
+    assert set(LOADED) == set(WORLDS)  # the setting's names are the ones the registry loads
+    with pytest.raises(UnknownWorld, match="unknown world 'chat': worlds are none, tiny, or package.module:Class"):
+        load_world("chat")
+    with pytest.raises(UnknownWorld, match="cannot load no.such:World"):
+        load_world("no.such:World")
 
 
 def test_heldout_tasks_are_new_variations_never_lessons_never_repeated():
@@ -112,7 +129,7 @@ def test_the_retention_suite_file_gives_items_from_prompts_and_messages(tmp_path
     assert items == [RetentionItem("greet", user("say hi"), "hi"),
                      RetentionItem("capital", ({"role": "system", "content": "be brief"}, *user("capital of france ?")),
                                    "Paris", "contains")]
-    assert retention_suite(GateConfig(retention_suite=str(path)), tmp_path) == items
+    assert retention_suite(GateConfig(retention_suite=str(path)), TinyWorld()) == items
 
 
 GOOD = {"skill": "s", "prompt": "p", "answer": "a"}
@@ -147,10 +164,10 @@ def test_an_empty_or_missing_retention_suite_file_is_refused(tmp_path):
         load_retention_suite(tmp_path / "missing.jsonl")
 
 
-def test_a_model_that_is_not_the_tiny_world_needs_a_retention_suite_file(tmp_path):
-    with pytest.raises(GateInputError, match="retention_suite"):
-        retention_suite(GateConfig(), tmp_path)
-    suite = retention_suite(GateConfig(retention_items=3), SHIPPED_MODEL)
+def test_a_world_with_no_retention_suite_of_its_own_needs_a_retention_suite_file(tmp_path):
+    with pytest.raises(GateInputError, match="the none world has no retention suite of its own: give a retention_suite"):
+        retention_suite(GateConfig(), NoWorld())
+    suite = retention_suite(GateConfig(retention_items=3), TinyWorld())
     assert {it.skill for it in suite} == {"add", "reverse", "sort", "lookup", "recall", "format", "tooluse", "copy"}
     assert len(suite) == 24
 
@@ -336,7 +353,7 @@ def test_check_weights_refuses_nan_wrong_shape_and_missing_names(tmp_path, shipp
 
 @pytest.fixture(scope="module")
 def gate() -> Gate:
-    return Gate(GateConfig(samples=3), tinyworld_retention_suite(40), SHIPPED_MODEL)
+    return Gate(GateConfig(samples=3), retention_suite(GateConfig(retention_items=40), TinyWorld()), SHIPPED_MODEL)
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,125 @@
+"""The door between the loop and a world: what a world gives the controller, the gate and the dreams.
+
+A *world* is what reverie knows about the tasks a deployed model is taught: which family an ask belongs to and
+how to ask the same kind of thing in other words, what a candidate must keep doing, what retention replays, and,
+for the families that have one, an environment to dream in with its verifier.  The loop names no world: the
+``world:`` setting (``ServeConfig.world``) picks one from :data:`WORLDS`, or a plug-in of the user's given as
+``package.module:Class``; left unset, the model's own (``reverie.models.default_world``: the tiny world for the
+model it ships with, ``none`` for any other).
+
+Contract of a :class:`World` (every method is deterministic in its arguments):
+
+- ``name``: how the setting names it.
+- ``variations``: a :class:`simulators.variations.Variations`, the families of asks and new asks of the same
+  kind (the gate's held-out new tasks, the learner's variations of what a user asked).
+- ``retention_suite(n)``: what a candidate must keep doing, ``n`` items per family, as
+  :class:`RetentionCheck` (family, prompt, answer checked by the gate's exact-match verifier); ``None`` when the
+  world has none of its own (the gate then wants ``gate.retention_suite``, a JSONL file).
+- ``replay(seed, new, focus)``: endless retention lessons (``learner.distill.Lesson``, student and teacher the
+  same prompt), each family's share leaning by ``focus`` towards those whose prompts look like ``new`` (lists of
+  the cycle's student prompts), and the shares; ``None`` when the world has none (the loop then replays what
+  users asked before, with the frozen parent as the teacher).
+- ``dream_families``: ``{skill: DreamFamily}`` for the families that can be rehearsed in an environment.
+
+Contract of a :class:`DreamFamily`:
+
+- ``skill``; ``source``: its ``simulators.proposer.TaskSource`` (seeds, variations, asks parsed into tasks; its
+  ``env`` names the registered environment, ``simulators/env.py``); ``eval_max_turns``: the turn budget of a
+  held-out task.
+- ``heldout_tasks(n)``: the first ``n`` held-out tasks as environment tasks (``simulators.env.Task``), never
+  rehearsed; ``heldout_prompts(n)``: every prompt among them (both views), which a proposer excludes.
+- ``success(n, generate)``: greedy success of ``generate`` (prompts to replies) on the first ``n`` held-out
+  tasks, played in the real environment and judged by its verifier.
+- ``measure(model, encoder, base=None)``: a torch model's forced-choice accuracy on the family and on the
+  world's retention skills (the dream experiment's before and after).
+"""
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from reverie.config import WORLDS as WORLD_NAMES
+from reverie.errors import ReverieError
+from simulators.variations import PromptVariations, Variations
+
+
+@dataclass(frozen=True)
+class RetentionCheck:
+    """One thing a candidate must keep doing: the reply to ``prompt`` (messages) must be ``answer``."""
+    family: str
+    prompt: tuple
+    answer: str
+
+
+class DreamFamily(Protocol):
+    skill: str
+    source: object  # simulators.proposer.TaskSource
+    eval_max_turns: int
+
+    def heldout_tasks(self, n: int) -> list: ...
+
+    def heldout_prompts(self, n: int) -> list[str]: ...
+
+    def success(self, n: int, generate: Callable[[list], list[str]]) -> float: ...
+
+    def measure(self, model, encoder, base=None) -> dict: ...
+
+
+class World(Protocol):
+    name: str
+    variations: Variations
+    dream_families: dict[str, DreamFamily]
+
+    def retention_suite(self, n_per_family: int) -> list[RetentionCheck] | None: ...
+
+    def replay(self, seed: int, new: Sequence[Sequence[tuple]] = (),
+               focus: float = 0.0) -> tuple[Iterator, dict[str, float]] | None: ...
+
+
+class NoWorld:
+    """A model reverie knows nothing about: every ask is one family (``feedback``) with no variations, no
+    retention suite of its own, no replay of its own, nothing to dream."""
+
+    name = "none"
+    variations = PromptVariations()
+    dream_families: dict = {}
+
+    def retention_suite(self, n_per_family: int) -> None:
+        return None
+
+    def replay(self, seed: int, new=(), focus: float = 0.0) -> None:
+        return None
+
+
+WORLDS = {
+    "none": "simulators.world:NoWorld",
+    "tiny": "simulators.tinyworld.plugin:TinyWorld",
+}
+
+
+class UnknownWorld(ReverieError):
+    """A ``world:`` setting that names no world reverie can load (one line, exit 2 at the command line)."""
+
+
+def load_world(name: str) -> World:
+    """The world ``name`` names: one of :data:`WORLDS`, or ``package.module:Class`` (a plug-in)."""
+    where = WORLDS.get(name, name)
+    if ":" not in where:
+        raise UnknownWorld(f"unknown world {name!r}: worlds are {', '.join(sorted(WORLDS))}, "
+                           "or package.module:Class")
+    module, cls = where.split(":", 1)
+    try:
+        world = getattr(importlib.import_module(module), cls)()
+    except (ImportError, AttributeError) as e:
+        raise UnknownWorld(f"world {name!r}: cannot load {where} ({e})") from None
+    return world
+
+
+def dream_family(world: World, skill: str) -> DreamFamily:
+    families = world.dream_families
+    if skill not in families:
+        raise ValueError(f"the {world.name} world has no dream family {skill!r}; it has: "
+                         f"{', '.join(families) or 'none'}")
+    return families[skill]
