@@ -217,18 +217,22 @@ def test_the_controllers_dream_engine_is_lent_to_each_dream_step_replaced_when_d
         reply = ray.get(engine.generate.remote([[{"role": "user", "content": "reverse a b c"}]]), timeout=60)
         assert ctl._dream_engine() is engine
 
+        def until_dead(actor, what: str) -> None:
+            deadline = time.monotonic() + 60  # ray.kill is asynchronous: a call just after it may still be answered
+            while True:
+                try:
+                    ray.get(actor.version.remote(), timeout=30)
+                except ray.exceptions.RayActorError:
+                    return
+                assert time.monotonic() < deadline, f"the dream engine still answers a minute after {what}"
+                time.sleep(0.5)
+
         ray.kill(engine)
+        until_dead(engine, "ray.kill")  # (once, on a loaded machine, the controller's look still got an answer)
         second = ctl._dream_engine()
         assert second is not engine and ray.get(second.version.remote(), timeout=60) == base
         ctl.close()
-        deadline = time.monotonic() + 60  # ray.kill is asynchronous: a call just after it may still be answered
-        while True:
-            try:
-                ray.get(second.version.remote(), timeout=30)
-            except ray.exceptions.RayActorError:
-                break
-            assert time.monotonic() < deadline, "the dream engine still answers a minute after close"
-            time.sleep(0.5)
+        until_dead(second, "close")
     finally:
         ray.shutdown()
     assert served == version and reply and reply[0]
