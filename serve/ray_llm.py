@@ -45,8 +45,9 @@ async def _request_router_built(router) -> bool:
 
 class LocalModelFiles(CallbackBase):
     """Each engine's start without Ray LLM's node initialisation: a task per node that imports vLLM to
-    "download" the model and the tokenizer, measured here at 13 s of CPU and 600 MB for each engine started
-    (a standby engine's too).  reverie's models are directories at the same path on every node, checked before
+    "download" the model and the tokenizer, for each engine started, a standby engine's too (a two-replica
+    application of the tiny model took 165.5 s of CPU to start with them, 131.8 s without:
+    ``bench/results/suite-time/2026-12-06-app-start-processes.txt``).  reverie's models are directories at the same path on every node, checked before
     anything starts (``reverie.ray_start.check_shared``), so there is nothing to download."""
 
     async def on_before_node_init(self) -> None:

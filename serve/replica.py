@@ -115,7 +115,8 @@ class ReverieLLMServer(LLMServer):
 
     async def _start_engine(self):
         """``LLMServer``'s, less its usage report: Ray LLM would start a detached actor on the head node to count
-        deployments (5-6 s of CPU and 380 MB, measured); reverie reports no usage anywhere."""
+        deployments (4.5 s of CPU and 382 MB, in ``bench/results/suite-time/2026-12-06-app-start-processes.txt``);
+        reverie reports no usage anywhere."""
         await self.engine.start()
 
     async def start(self):

@@ -39,8 +39,8 @@ def test_models_route_lists_the_served_model(app):
 
 
 def test_replicas_start_their_engines_without_ray_llms_model_download_task(app):
-    """Ray LLM runs a task per node that imports vLLM to fetch the model before each engine starts (13 s of CPU
-    and 600 MB here, per engine); reverie's model is a directory every node already sees, so none runs.  Ray
+    """Ray LLM runs a task per node that imports vLLM to fetch the model before each engine starts (about 17 s of
+    CPU per engine here); reverie's model is a directory every node already sees, so none runs.  Ray
     names each task a worker ran at the top of that worker's log."""
     from pathlib import Path
 
@@ -53,7 +53,7 @@ def test_replicas_start_their_engines_without_ray_llms_model_download_task(app):
 
 def test_replicas_start_no_usage_telemetry_actor(app):
     """Ray LLM starts a detached actor on the head node when an engine starts, to count deployments for its
-    usage report (5-6 s of CPU and 380 MB here); reverie reports nothing, and starts none."""
+    usage report (4.5 s of CPU and 382 MB here); reverie reports nothing, and starts none."""
     import ray
 
     assert app.client.models.list().data  # the replicas are up
