@@ -18,6 +18,7 @@ from reverie.errors import ReverieError
 ROOMS = (
     ("simulators.tinyworld.commands", "register"),  # tinyworld build | eval
     ("learner.commands", "register"),                # model pull | list
+    ("evals.commands", "register"),                  # eval
     ("bench.commands", "register_learn"),            # learn
     ("serve.commands", "register"),                  # serve
     ("bench.commands", "register"),                  # bench swap | load | cycle | transport | trl | all | rerun | report

@@ -64,8 +64,10 @@ def _in_actor() -> bool:
 
 
 def offline_llm(model_dir: str | Path, seed: int = 0, **kwargs):
+    """An offline engine on ``model_dir`` with :func:`engine_kwargs`; ``kwargs`` add to them or override them
+    (``max_model_len=1024`` for prompts longer than the default)."""
     if on_cpu() and _in_actor():
         os.environ[IN_PROCESS_ENV] = "0"  # read when the engine is made (vLLM then caches it for the process)
     from vllm import LLM
 
-    return LLM(**engine_kwargs(model_dir, seed), worker_extension_cls=WEIGHT_EXTENSION, **kwargs)
+    return LLM(**{**engine_kwargs(model_dir, seed), "worker_extension_cls": WEIGHT_EXTENSION, **kwargs})

