@@ -40,7 +40,6 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from reverie.config import WORLDS as WORLD_NAMES
 from reverie.errors import ReverieError
 from simulators.variations import PromptVariations, Variations
 
