@@ -41,6 +41,9 @@ def engine_kwargs(model_dir: str | Path, seed: int = 0, kv_cache_bytes: int | No
     )
     if kv_cache_bytes is not None:
         kw["kv_cache_memory_bytes"] = int(kv_cache_bytes)
+    if on_cpu():
+        # The model worker in the engine core's process (reverie/vllm_plugin.py keeps vLLM from overriding it).
+        kw["distributed_executor_backend"] = "uni"
     return kw
 
 

@@ -46,3 +46,11 @@ def test_a_cpu_engine_sleeps_between_requests_instead_of_spinning(llm):
     used = _cpu_seconds(engine) - before
     share = used / (time.perf_counter() - start)
     assert share < 0.25, f"the idle engine's processes used {share:.2f} of a core in the 0.8 s after an answer"
+
+
+def test_a_cpu_engine_runs_its_model_worker_in_the_engine_core_process(llm):
+    """One process per engine, not two (reverie/vllm_plugin.py ``keep_one_process_worker``): measured, the tiny
+    model's engine then starts in 14.9 s against 22.8 s and holds 827 MB less."""
+    assert llm.llm_engine.vllm_config.parallel_config.distributed_executor_backend == "uni"
+    names = [p.name() for p in psutil.Process().children(recursive=True)]
+    assert "VLLM::Worker" not in names and names.count("VLLM::EngineCore") >= 1, names
