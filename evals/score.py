@@ -102,6 +102,34 @@ def loglikelihoods(llm, reqs: Sequence[Request]) -> list[float]:
             for out, (ids, start) in zip(outs, prompts)]
 
 
+def torch_loglikelihoods(model, reqs: Sequence[Request], limit: int | None = None, batch: int = 16) -> list[float]:
+    """The same sums as :func:`loglikelihoods`, from a transformers causal LM in torch (the gate's models): each
+    request cut to its last ``limit`` tokens (default: one less than the model's ``max_position_embeddings``, as
+    an engine of that length cuts it), requests of similar length batched together, right-padded."""
+    import torch
+
+    limit = limit or int(model.config.max_position_embeddings) - 1
+    prompts = [prompt(r, limit) for r in reqs]
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i][0]))
+    device = next(model.parameters()).device
+    out = [0.0] * len(prompts)
+    for b in range(0, len(order), batch):
+        idx = order[b:b + batch]
+        width = max(len(prompts[i][0]) for i in idx)
+        ids = torch.zeros((len(idx), width), dtype=torch.long)
+        mask = torch.zeros((len(idx), width), dtype=torch.long)
+        for row, i in enumerate(idx):
+            ids[row, :len(prompts[i][0])] = torch.tensor(prompts[i][0])
+            mask[row, :len(prompts[i][0])] = 1
+        with torch.no_grad():
+            logp = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float().log_softmax(-1)
+        for row, i in enumerate(idx):
+            tokens, start = prompts[i]
+            at = torch.arange(start, len(tokens), device=device)
+            out[i] = logp[row, at - 1, torch.tensor(tokens[start:], dtype=torch.long, device=device)].sum().item()
+    return out
+
+
 def predictions(items: Sequence[Item], lls: Sequence[float]) -> tuple[list[int], list[int]]:
     """For each item, the choice with the highest log-likelihood, and the one with the highest per character."""
     if len(lls) != sum(len(item.choices) for item in items):

@@ -74,6 +74,9 @@ class GateConfig:
     learnt_items: int = 144  # tasks per family earlier versions learnt that a candidate is held to (newest first)
     retention_suite: str | None = None  # a JSONL file (docs/design-notes.md); None: the tiny world's base skills
     retention_items: int = 100  # items per retention skill
+    # Items per retention benchmark of a world that has them (``World.benchmarks``; the chat world's): each a
+    # fixed subset (``evals.data.subset``), scored by log-likelihood for parent, candidate and base.
+    benchmark_items: int = 100
     heldout_items: int = 48  # held-out new tasks per family
     samples: int = 6  # before/after answers kept per family for the review
     max_tokens: int = 32  # greedy reply length during evaluation

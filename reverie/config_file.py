@@ -55,6 +55,7 @@ noted; what is left out keeps its default, shown here)::
       learnt_items: 144               # tasks per family that earlier versions learnt, held to (newest first)
       retention_suite: null           # a JSONL file (null: the tiny world's base skills)
       retention_items: 100
+      benchmark_items: 100            # items per retention benchmark (a world with them: chat)
       heldout_items: 48
       samples: 6                      # before/after answers kept per family for the review
       max_tokens: 32
@@ -141,6 +142,7 @@ RULES: dict[str, a.Rule] = {
     "gate.learnt_items": a.COUNT,
     "gate.retention_suite": a.optional(a.PATH),
     "gate.retention_items": a.POSITIVE,
+    "gate.benchmark_items": a.POSITIVE,
     "gate.heldout_items": a.POSITIVE,
     "gate.samples": a.COUNT,
     "gate.max_tokens": a.POSITIVE,

@@ -21,6 +21,16 @@ Contract of a :class:`World` (every method is deterministic in its arguments):
   users asked before, with the frozen parent as the teacher).
 - ``dream_families``: ``{skill: DreamFamily}`` for the families that can be rehearsed in an environment.
 
+Optional, for a world whose replies are not judged word for word (a chat model's never are):
+
+- ``check(family, prompt, context)``: a program's check of a reply to the held-out ask ``prompt`` (messages) of
+  ``family``, given the privileged context of the feedback it varies (the teacher state's system message), as
+  JSON; or ``None``, and the gate then holds the reply to the teacher state's answer.
+- ``passes(check, reply)``: whether ``reply`` passes a check ``check`` made (code, no model).
+- ``benchmarks``: names of published benchmarks (``evals.data.BENCHMARKS``) that are the world's retention,
+  scored by log-likelihood for parent, candidate and base (``actors.gate.retention_benchmarks``); with them,
+  ``retention_suite`` may be ``None``.
+
 Contract of a :class:`DreamFamily`:
 
 - ``skill``; ``source``: its ``simulators.proposer.TaskSource`` (seeds, variations, asks parsed into tasks; its

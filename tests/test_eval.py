@@ -249,6 +249,43 @@ def test_the_scorers_log_likelihoods_equal_a_direct_transformers_computation_on_
     assert all(w < 0 for w in want)
 
 
+def test_the_torch_scorer_gives_the_engines_log_likelihoods_so_the_gate_scores_benchmarks_as_reverie_eval_does(
+        llm, base, tokenizer):
+    from evals.score import torch_loglikelihoods
+
+    reqs = requests(tokenizer, SCORED) + requests(tokenizer, SCORED[:2], chat_template=True)
+    assert any(len(r) > max_model_len(llm) - 1 for r in reqs)  # the long item's requests are cut the same way
+    got = torch_loglikelihoods(base, reqs, batch=3)  # batches of unequal lengths: padding must not count
+    want = loglikelihoods(llm, reqs)
+    assert max(abs(g - w) for g, w in zip(got, want)) < 1e-3, list(zip(got, want))
+
+
+def test_the_gate_holds_a_candidate_to_each_retention_benchmark_scored_as_reverie_eval_scores_it(llm, tokenizer,
+                                                                                                 fake_data):
+    from actors.gate import Gate, retention_benchmarks, retention_suite
+    from reverie.config import GateConfig
+
+    class Benchmarked:  # a world whose retention is published benchmarks only (as the chat world's)
+        name, benchmarks = "benchmarked", ("arc_easy", "piqa")
+
+        def retention_suite(self, n):
+            return None
+
+    cfg = GateConfig(benchmark_items=2)
+    world = Benchmarked()
+    benchmarks = retention_benchmarks(cfg, world, progress=lambda m: None)
+    assert [(name, len(items)) for name, items in benchmarks] == [("arc_easy", 2), ("piqa", 2)]
+    assert benchmarks[0][1] == load("arc_easy", 2, progress=lambda m: None)  # the fixed subset reverie eval scores
+    assert retention_suite(cfg, world) == []  # no suite of its own: the benchmarks are the retention
+    report = Gate(cfg, [], SHIPPED_MODEL, benchmarks=benchmarks, world=world).judge(
+        SHIPPED_MODEL, SHIPPED_MODEL, [], [], base_dir=SHIPPED_MODEL)
+    for name, items in benchmarks:
+        want = accuracy(items, loglikelihoods(llm, requests(tokenizer, items)))[1]
+        assert report["retention"][name] == {"parent": want, "candidate": want, "n": 2, "changed_by_rules": 0}
+        assert report["base_retention"][name]["base"] == want
+    assert report["retention_loss"] == 0.0 and "retention" not in report["reason"]
+
+
 class Lent:
     """The session's engine lent to a command that would start its own: its shutdown leaves it running."""
 

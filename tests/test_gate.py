@@ -277,6 +277,8 @@ def test_a_learnt_task_is_kept_as_json_and_read_back_as_the_same_task():
     back = [task_from_record(json.loads(json.dumps(task_record(t)))) for t in (text, env)]
     assert back[0].family == "facts" and back[0].student == text.student and back[0].reference == text.reference
     assert back[1] == env and back[1].task.spec == env.task.spec
+    checked = HeldOutTask("rule", user("name a colour"), user("x"), "red", {"kind": "ends_with", "text": "Bye."})
+    assert task_from_record(json.loads(json.dumps(task_record(checked)))).check == checked.check
 
 
 def test_a_retention_loss_exactly_at_the_bound_passes_whatever_the_floating_point_sum_says():
@@ -371,6 +373,40 @@ def test_the_base_model_judged_against_itself_gains_nothing_loses_nothing_and_do
     first = report["samples"][0]
     assert first["reference"] == f"[ {first['before']} ]" and first["before"] == first["after"]
     json.dumps(report)
+
+
+class Checks:
+    """A world's program checks (``World.check`` / ``World.passes``) of a world of the test's own: a reply
+    passes when it holds a given text."""
+
+    def __init__(self):
+        self.asked = []
+
+    def check(self, family, prompt, context):
+        self.asked.append((family, prompt, context))
+        return {"holds": prompt[-1]["content"].split(" : ")[1].split()[0]}  # the ask's first letter
+
+    def passes(self, spec, reply):
+        return spec["holds"] in reply.split()
+
+
+def test_a_held_out_task_with_a_worlds_check_is_judged_by_that_check_not_by_the_teachers_answer(copy_tasks):
+    world = Checks()
+    checked = heldout_tasks([(user(ASKS["copy"]), render("rule", RULE))], TinyWorldVariations(), 16,
+                            random.Random(0), check=world.check)
+    assert [t.student for t in checked] == [t.student for t in copy_tasks]  # the same variations, with checks
+    assert world.asked == [("copy", t.student, render("rule", RULE)) for t in checked]
+    gate = Gate(GateConfig(samples=3), retention_suite(GateConfig(retention_items=10), TinyWorld()), SHIPPED_MODEL,
+                world=world)
+    report = gate.judge(SHIPPED_MODEL, SHIPPED_MODEL, checked, [RULE])
+    # The base copies the letters (its first letter is in the reply) but never as the rule's teacher state does:
+    # the teacher's answer judges it 0 (test_the_base_model_judged_against_itself...), the check 1.
+    assert report["new"]["copy"] == {"parent": 1.0, "candidate": 1.0, "n": 16}
+    assert report["samples"][0]["check"] == checked[0].check
+    learnt = [task_from_record(r) for r in gate.learnt(SHIPPED_MODEL, checked)]
+    assert [t.check for t in learnt] == [t.check for t in checked]  # descendants are held to the same checks
+    with pytest.raises(ValueError, match="gave no world|given no world"):
+        Gate(GateConfig(), gate.suite, SHIPPED_MODEL).judge(SHIPPED_MODEL, SHIPPED_MODEL, checked, [RULE])
 
 
 def test_a_candidate_with_noisy_weights_loses_retention_and_fails_naming_retention(gate, copy_tasks, tmp_path,
