@@ -19,8 +19,9 @@ METHODS = ("opsd", "sft")  # on-policy self-distillation, and the SFT baseline
 DREAM_ENVS = ("real", "simulated")  # where dreams play: the task's environment, or a simulator built from records
 SIMULATORS = ("retrieval", "trained", "both")  # the model that writes a simulator's observations (world_model.py)
 # The worlds the loop can be taught in (``simulators/world.py`` loads them): the tiny world of the model reverie
-# ships with, and ``none`` (a model reverie knows nothing about); a plug-in of the user's is ``package.module:Class``.
-WORLDS = ("tiny", "none")
+# ships with, the chat world (instruct models), and ``none`` (a model reverie knows nothing about); a plug-in of the
+# user's is ``package.module:Class``.
+WORLDS = ("tiny", "chat", "none")
 WEIGHT_TRANSPORTS = ("auto", "shm", "object_store")  # reverie/weight_sync.py (its nccl slot is not built)
 # How a cycle's feedback lessons and dream lessons share the new-lesson slots of each batch: taking turns, or in
 # proportion to their records (the feedback lessons, relearnt ones included, against the kept trajectories).

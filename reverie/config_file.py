@@ -6,7 +6,7 @@ noted; what is left out keeps its default, shown here)::
     # reverie.yaml
     model_dir: ./simulators/tinyworld/model   # a local Hugging Face causal-LM directory
                                               # (the command's default: the shipped tiny-world model)
-    world: null                       # tiny, none, or package.module:Class (null: tiny for the shipped model, none for others)
+    world: null                       # tiny, chat, none, or package.module:Class (null: tiny for the shipped model, none for others)
     data_dir: ./reverie-data          # the experience store: a path or a pyarrow.fs URI (s3://...)
     versions_dir: null                # policy versions, a local path (null: DATA_DIR/versions)
     replicas: 1                       # vLLM engine replicas, 1 to 64

