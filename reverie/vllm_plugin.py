@@ -12,6 +12,11 @@ machine an idle engine's processes use 1.00 of a core in the 0.8 s after an
 answer with vLLM's window and under 0.25 with this one
 (tests/test_vllm_plugin.py).
 
+Since reverie's CPU engines run their one model worker in the engine core's
+process (``keep_one_process_worker`` below), that queue is left only where an
+engine has several workers or runs on a GPU; the window is still set wherever
+it exists.
+
 vLLM loads this plugin in every process it starts (engine core, workers).
 On CPU the window becomes ``REVERIE_VLLM_BUSY_LOOP_S`` seconds (default
 0.002: a decode step's gap under load is shorter, so a busy engine still
