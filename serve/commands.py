@@ -99,6 +99,7 @@ def register(subparsers) -> None:
                    "flags given override it")
     flag("model_dir", f"model directory (default: the shipped tiny-world model, {SHIPPED_MODEL})", metavar="DIR")
     flag("world", "the world the loop is taught in: tiny (the tiny world's families, retention suite and dreams), "
+         "chat (instruct models: facts, stated rules checked by code, published benchmarks as retention), "
          "none (any model: feedback alone, a retention suite file for the gate), or a plug-in as "
          "package.module:Class (default: tiny for the shipped tiny-world model, none for any other)",
          metavar="WORLD")

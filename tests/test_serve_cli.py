@@ -32,7 +32,7 @@ def _cli(*args, env=None, **kw):
     (["serve", "--port", "http"], "--port"),
     (["serve", "--swap-mode", "sometimes"], "--swap-mode"),
     (["serve", "--swap-timeout", "-1"], "--swap-timeout"),
-    (["serve", "--world", "chat"], "--world must be one of tiny, none, or a plug-in as package.module:Class"),
+    (["serve", "--world", "chatty"], "--world must be one of tiny, chat, none, or a plug-in as package.module:Class"),
     (["serve", "--world", "no.such:World"], "world 'no.such:World': cannot load no.such:World"),
     (["bench", "swap", "--params", "7B"], "--params"),
     (["bench", "swap", "--concurrency", "0"], "--concurrency"),
