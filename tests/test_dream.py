@@ -21,7 +21,7 @@ from reverie.cli import main
 @pytest.mark.parametrize("argv, message", [
     (["--skill", "facts"], "unknown skill 'facts' for dream in the tiny world; skills are: tools"),
     (["--world", "none"], "unknown skill 'tools' for dream in the none world; skills are: none (the world has no"),
-    (["--world", "chat"], "unknown world 'chat'"),
+    (["--world", "chatty"], "unknown world 'chatty': worlds are chat, none, tiny, or package.module:Class"),
     (["--simulators", "0"], "--simulators must be a positive whole number"),
     (["--episodes", "many"], "--episodes must be a positive whole number"),
     (["--retain", "1.5"], "--retain must be at least 0 and below 1"),

@@ -94,8 +94,8 @@ def test_a_world_that_cannot_load_is_one_line_naming_the_worlds():
     from simulators.world import WORLDS as LOADED, UnknownWorld
 
     assert set(LOADED) == set(WORLDS)  # the setting's names are the ones the registry loads
-    with pytest.raises(UnknownWorld, match="unknown world 'chat': worlds are none, tiny, or package.module:Class"):
-        load_world("chat")
+    with pytest.raises(UnknownWorld, match="unknown world 'chatty': worlds are chat, none, tiny, or package.module:Class"):
+        load_world("chatty")
     with pytest.raises(UnknownWorld, match="cannot load no.such:World"):
         load_world("no.such:World")
 
