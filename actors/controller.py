@@ -538,7 +538,7 @@ class Controller:
             if _may_vary(variations, l, src):
                 varied.add(len(lessons))
             lessons.append(l)
-        sources = [(lessons[i].student, lessons[i].teacher[0]["content"]) for i in sorted(varied)]
+        sources = [(lessons[i].student, lessons[i].context) for i in sorted(varied)]
         held += heldout_tasks(sources, variations, self.cfg.gate.heldout_items,
                               random.Random(f"heldout/{c.cycle}/{c.seed}"), [l.student for l in found.lessons],
                               check=check)
@@ -606,7 +606,7 @@ class Controller:
                     for _ in range(8):
                         v = variations.vary(lesson.student, rng)
                         if v is not None and _prompt_key(v) not in banned:
-                            yield Lesson(tuple(v), (lesson.teacher[0], *v), None)
+                            yield lesson.asking(v)
                             break
                     else:
                         yield lesson

@@ -323,7 +323,8 @@ def _task_key(task: EnvTask) -> tuple:
     return (task.env, task.task.id, task.max_turns)
 
 
-def heldout_tasks(lessons_meta: Iterable[tuple[Sequence[dict], str]], variations: Variations, n_per_family: int,
+def heldout_tasks(lessons_meta: Iterable[tuple[Sequence[dict], str | Sequence[dict]]], variations: Variations,
+                  n_per_family: int,
                   rng: random.Random, exclude: Iterable[Sequence[dict]] = (),
                   check: Callable[[str, tuple, str], dict | None] | None = None) -> list[HeldOutTask]:
     """Up to ``n_per_family`` held-out tasks per family from the conversations
@@ -331,7 +332,10 @@ def heldout_tasks(lessons_meta: Iterable[tuple[Sequence[dict], str]], variations
 
     Each source is ``(student messages, privileged context)``: the context is
     the content of the system message the lesson's teacher prompt has in
-    front (already rendered).  Variations come from ``variations.vary`` in
+    front (already rendered), or the whole privileged prefix
+    (``Lesson.context``: that system message and the exchanges that
+    demonstrate it), which each task's teacher prompt then keeps in front of
+    its variation.  Variations come from ``variations.vary`` in
     turn over a family's sources; none equals a prompt in ``exclude`` (the
     prompts used as lessons), a source itself, or another held-out task.
 
@@ -343,11 +347,12 @@ def heldout_tasks(lessons_meta: Iterable[tuple[Sequence[dict], str]], variations
 
     ``check`` (a world's ``check(family, prompt, context)``) gives each task
     its program check, where the world has one."""
-    sources: dict[str, list[tuple[tuple[dict, ...], str]]] = {}
+    sources: dict[str, list[tuple[tuple[dict, ...], tuple[dict, ...]]]] = {}
     for student, context in lessons_meta:
         family = variations.family(student)
         if family is not None:
-            sources.setdefault(family, []).append((tuple(student), context))
+            prefix = ({"role": "system", "content": context},) if isinstance(context, str) else tuple(context)
+            sources.setdefault(family, []).append((tuple(student), prefix))
     seen = {_key(p) for p in exclude} | {_key(s) for group in sources.values() for s, _ in group}
     tasks: list[HeldOutTask] = []
     for family, group in sources.items():
@@ -362,8 +367,9 @@ def heldout_tasks(lessons_meta: Iterable[tuple[Sequence[dict], str]], variations
             if _key(prompt) in seen:
                 continue
             seen.add(_key(prompt))
-            tasks.append(HeldOutTask(family, prompt, ({"role": "system", "content": context}, *prompt),
-                                     check=check(family, prompt, context) if check else None))
+            text = context[0]["content"] if context and context[0]["role"] == "system" else ""
+            tasks.append(HeldOutTask(family, prompt, (*context, *prompt),
+                                     check=check(family, prompt, text) if check else None))
             made += 1
     return tasks
 

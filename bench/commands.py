@@ -12,6 +12,8 @@ from reverie import args as check
 from reverie.config import SWAP_MODES
 from reverie.errors import ReverieError, check_model_dir, parse_seed
 
+CYCLE_OUT = "bench/results/cycle.json"
+
 
 def cmd_learn(args: argparse.Namespace) -> int:
     from learner.distill import LOSSES
@@ -154,6 +156,24 @@ def cmd_bench_cycle(args: argparse.Namespace) -> int:
 
     steps = check.positive(args.steps, "--steps")
     timeout = check.seconds(args.timeout, "--timeout")
+    if args.model is not None:  # a real instruct model, in the chat world
+        from bench.chat_cycle import run_chat_bench
+        from reverie.models import resolve
+
+        from simulators.chatworld.rules import RULES
+
+        resolve(args.model)  # an unknown name or a directory that is not a model: one line, before anything starts
+        if args.rule not in RULES:
+            raise ReverieError(f"--rule must be one of {', '.join(RULES)}, got {args.rule!r}")
+        with contextlib.redirect_stdout(sys.stderr):
+            report = run_chat_bench(args.model, rule=args.rule, facts=check.positive(args.facts, "--facts"),
+                                    steps=steps, timeout_s=timeout, pin_cpus=not args.no_cpu_pinning,
+                                    progress=lambda m: print(f"reverie: {m}", file=sys.stderr, flush=True))
+        out = args.out if args.out != CYCLE_OUT else f"bench/results/cycle-{Path(str(args.model)).name}.json"
+        report = write_result(report, out)
+        print(json.dumps(report) if args.json else "\n".join(f"{k:28} {v}" for k, v in report.items()))
+        print(f"reverie: wrote {out}", file=sys.stderr)
+        return 0
     with contextlib.redirect_stdout(sys.stderr):  # Ray's notices; stdout stays one JSON object
         report = run_bench(steps=steps, timeout_s=timeout, pin_cpus=not args.no_cpu_pinning, dream=args.dream,
                            progress=lambda m: print(f"reverie: {m}", file=sys.stderr, flush=True))
@@ -345,9 +365,17 @@ def register(subparsers) -> None:
     ld.set_defaults(func=cmd_bench_load)
     c = bs.add_parser("cycle", help="from a rule given as feedback to the first answer served by a promoted "
                                     "version that follows it (the whole loop, auto-approval, tiny world)")
-    c.add_argument("--steps", default="120", help="learner updates in the cycle (default %(default)s)")
+    c.add_argument("--steps", default="120", help="learner updates in the cycle (default %(default)s; 40 is "
+                   "the chat world's measured setting)")
+    c.add_argument("--model", default=None, help="a real instruct model (a catalogue name such as "
+                   "smollm2-135m-instruct, or a local HF directory): the cycle runs in the chat world, a rule and "
+                   "facts taught through the API (bench/chat_cycle.py)")
+    c.add_argument("--rule", default="starts_with", help="with --model: the kind of rule taught, one of the chat "
+                   "world's (simulators/chatworld/rules.py; default %(default)s)")
+    c.add_argument("--facts", default="8", help="with --model: facts corrected (default %(default)s)")
     c.add_argument("--timeout", default="1200", help="seconds to wait for the new version (default %(default)s)")
-    c.add_argument("--out", default="bench/results/cycle.json", help="result file (default %(default)s)")
+    c.add_argument("--out", default=CYCLE_OUT, help="result file (default %(default)s; with --model "
+                   "bench/results/cycle-MODEL.json)")
     c.add_argument("--no-cpu-pinning", action="store_true", help="leave every process free to run on every core")
     c.add_argument("--dream", action="store_true", help="users also play tool episodes first, so the cycle dreams "
                    "on them (a rollout engine and a simulator in the measured memory)")

@@ -43,8 +43,18 @@ def check_same_tokenizer(student_tok, teacher_tok) -> None:
 @dataclass(frozen=True)
 class Lesson:
     student: tuple[dict, ...]  # the prompt the student sees
-    teacher: tuple[dict, ...]  # the same prompt with privileged context
+    teacher: tuple[dict, ...]  # the same prompt with privileged context in front
     reference: str | None = None  # a correct reply, for the SFT baseline
+
+    @property
+    def context(self) -> tuple[dict, ...]:
+        """The privileged messages in front of the student's prompt in the teacher's: a system message, and the
+        exchanges that demonstrate it where there are some (learner/experience.py)."""
+        return self.teacher[: len(self.teacher) - len(self.student)]
+
+    def asking(self, student) -> "Lesson":
+        """The same privileged context in front of another prompt (a variation of the ask); no reference."""
+        return Lesson(tuple(student), (*self.context, *student), None)
 
 
 @torch.no_grad()

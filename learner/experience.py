@@ -6,7 +6,14 @@ about, becomes a lesson for the learner.
   ``messages``, without the reply the model gave).
 - The teacher state sees the same conversation with the rule and/or the
   correction in front, as one system message rendered by the templates
-  (``learner/templates.json``: kinds ``rule`` and ``correction``).
+  (``learner/templates.json``: kinds ``rule`` and ``correction``).  A rule
+  is also *demonstrated*: after the system message come up to
+  ``demonstrations`` exchanges from other feedback that stated the same rule
+  (the same text) with a correction: that feedback's conversation and the
+  correction as the assistant's reply, oldest first.  A small instruct model
+  ignores a rule it is only told (SmolLM2-135M-Instruct follows none of the
+  chat world's eight rule kinds from the rule alone) and follows one it is
+  shown (``bench/results/chatworld/``).
 - The reference reply for the SFT baseline is the correction when there is
   one; for rule-only feedback, :func:`with_teacher_answers` fills it with the
   teacher state's own greedy answer ("teacher-generated"), so SFT and OPSD
@@ -40,13 +47,36 @@ def _context(fb: dict, templates: dict[str, str] | None) -> str | None:
     return "\n".join(parts) or None
 
 
+def _text(fb: dict, kind: str) -> str:
+    value = fb.get(kind)
+    return value.strip() if isinstance(value, str) else ""
+
+
+def _shown(feedback: list[dict], by_id: dict) -> dict[str, list[tuple[str, tuple[dict, ...]]]]:
+    """rule text -> [(feedback id, the exchange that shows it: the conversation and the correction)], oldest
+    first: the feedback that states a rule and corrects the reply it is about."""
+    shown: dict[str, list[tuple[str, tuple[dict, ...]]]] = {}
+    for fb in feedback:
+        rule, correction = _text(fb, "rule"), _text(fb, "correction")
+        messages = (by_id.get(fb.get("response_id")) or {}).get("messages")
+        if rule and correction and messages:
+            exchange = (*({"role": m["role"], "content": m["content"]} for m in messages),
+                        {"role": "assistant", "content": correction})
+            shown.setdefault(rule, []).append((fb["id"], exchange))
+    return shown
+
+
 def feedback_lessons(interactions: Iterable[dict], feedback: Iterable[dict],
-                     templates: dict[str, str] | None = None) -> FeedbackLessons:
+                     templates: dict[str, str] | None = None, demonstrations: int = 2) -> FeedbackLessons:
     """One lesson per piece of feedback with a rule or a correction, in the
-    order the feedback was given."""
+    order the feedback was given; a rule's teacher prompt shows up to
+    ``demonstrations`` other corrected exchanges of the same rule (module
+    docstring)."""
     by_id = {row["id"]: row for row in interactions}
     out = FeedbackLessons([])
-    for fb in sorted(feedback, key=lambda r: (r.get("created") or 0.0, r["id"])):
+    feedback = sorted(feedback, key=lambda r: (r.get("created") or 0.0, r["id"]))
+    shown = _shown(feedback, by_id) if demonstrations > 0 else {}
+    for fb in feedback:
         context = _context(fb, templates)
         if context is None:
             out.skipped["no rule or correction"] += 1
@@ -60,7 +90,9 @@ def feedback_lessons(interactions: Iterable[dict], feedback: Iterable[dict],
             out.skipped["not a chat"] += 1
             continue
         student = tuple({"role": m["role"], "content": m["content"]} for m in messages)
-        teacher = ({"role": "system", "content": context}, *student)
+        others = [exchange for fid, exchange in shown.get(_text(fb, "rule"), []) if fid != fb["id"]]
+        demos = [m for exchange in others[:demonstrations] for m in exchange]
+        teacher = ({"role": "system", "content": context}, *demos, *student)
         correction = fb.get("correction")
         reference = correction.strip() if isinstance(correction, str) and correction.strip() else None
         out.lessons.append(Lesson(student, teacher, reference))

@@ -17,7 +17,7 @@ from reverie.errors import ReverieError
 from simulators.chatworld import prompts as P
 from simulators.chatworld.facts import ATTRIBUTES, FACTS, fact_question
 from simulators.chatworld.plugin import BENCHMARKS, CHAT_FAMILY, FACTS_FAMILY, ChatWorld, check, passes
-from simulators.chatworld.rules import RULES, parse_rules
+from simulators.chatworld.rules import RULES, comply, parse_rules, rule_correction
 from simulators.chatworld.teaching import TAUGHT_RULES, script
 from simulators.world import load_world
 
@@ -158,6 +158,25 @@ def test_every_rule_phrasing_is_parsed_and_its_checker_accepts_a_compliant_reply
         assert not passes(specs[0], bad), (phrasing, bad)
 
 
+@pytest.mark.parametrize("kind", RULES)
+def test_every_rule_rewrites_a_reply_that_breaks_it_into_one_that_keeps_it_and_leaves_a_kept_one_kept(kind):
+    good, bad = REPLIES[kind]
+    for phrasing in RULES[kind].phrasings:
+        spec = parse_rules(phrasing)[0]
+        assert passes(spec, comply(spec, bad)), (phrasing, comply(spec, bad))
+        assert passes(spec, comply(spec, good)), (phrasing, comply(spec, good))
+        assert rule_correction(phrasing, bad) == comply(spec, bad)
+
+
+def test_a_correction_keeps_every_rule_its_text_states_and_there_is_none_for_a_text_stating_none():
+    text = "Begin every reply with \"Short answer:\" and never use commas. Always call me Captain."
+    fixed = rule_correction(text, "Paris, of course, is the capital.")
+    assert all(passes(spec, fixed) for spec in parse_rules(text)), fixed
+    assert rule_correction("Be nice to me.", "Paris.") is None
+    with pytest.raises(ValueError, match="unknown rule kind 'rhymes'"):
+        comply({"kind": "rhymes"}, "moon")
+
+
 def test_rules_are_found_among_several_context_lines_in_order_each_once():
     context = "\n".join([render("rule", "Start every reply with 'Short answer:' and end it with \"Bye now\""),
                          render("correction", "No — Project Heron is led by Mara Lindqvist."),
@@ -207,6 +226,7 @@ def test_scripted_teaching_is_deterministic_teaches_known_rules_and_never_a_held
         assert t.kind == "correction" and t.text == fact.correction
         assert t.ask not in t.heldout and set(t.heldout) | {t.ask} == set(fact.questions)
     assert {t.rule for t in rules} == set(TAUGHT_RULES) and all(t.kind == "rule" for t in rules)
+    assert all(len({t.text for t in rules if t.rule == r}) == 1 for r in TAUGHT_RULES)  # one phrasing per rule
     for t in rules:
         assert t.ask in pools.taught and t.ask not in pools.heldout
         assert [s["kind"] for s in parse_rules(render("rule", t.text))] == [t.rule]

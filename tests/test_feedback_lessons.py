@@ -57,6 +57,33 @@ def test_rules_and_corrections_become_lessons_and_feedback_that_teaches_nothing_
     assert third.student == ({"role": "user", "content": "sort : c a"},)
 
 
+def test_a_rule_is_demonstrated_to_the_teacher_by_the_corrected_exchanges_of_other_feedback_stating_it(tmp_path):
+    rule = "Always start your answer with 'Short answer:'"
+    asks = ["Name a fruit.", "Name a colour.", "Name a river.", "Name a city."]
+    interactions = [_chat(f"r{i}", a) for i, a in enumerate(asks)] + [_chat("r9", "Name a tree.")]
+    feedback = [{"id": f"f{i}", "response_id": f"r{i}", "created": float(i), "rule": rule,
+                 "correction": f"Short answer: {i}."} for i in range(3)]
+    feedback += [{"id": "f3", "response_id": "r3", "created": 3.0, "rule": rule},  # stated, not shown
+                 {"id": "f4", "response_id": "r9", "created": 4.0, "rule": "be brief", "correction": "Oak."}]
+    _store(tmp_path, interactions, feedback)
+    lessons = lessons_from_store(str(tmp_path)).lessons
+
+    def shown(i):
+        return ({"role": "user", "content": asks[i]}, {"role": "assistant", "content": f"Short answer: {i}."})
+
+    system = {"role": "system", "content": render("rule", rule)}
+    # each lesson is shown the two oldest other corrected exchanges of its rule, never its own
+    assert lessons[0].context[1:] == (*shown(1), *shown(2))
+    assert lessons[1].context[1:] == (*shown(0), *shown(2))
+    assert lessons[3].teacher == (system, *shown(0), *shown(1), {"role": "user", "content": asks[3]})
+    assert lessons[4].context == ({"role": "system", "content": render("rule", "be brief") + "\n"
+                                   + render("correction", "Oak.")},)  # nothing else states that rule
+    # a variation of the ask keeps the whole context in front of the new prompt
+    other = ({"role": "user", "content": "Name a mountain."},)
+    assert lessons[3].asking(other) == type(lessons[3])(other, (system, *shown(0), *shown(1), *other), None)
+    assert lessons_from_store(str(tmp_path)).lessons[3].student == ({"role": "user", "content": asks[3]},)
+
+
 def test_teacher_generated_answers_follow_the_rule_the_user_gave(base, tokenizer, tmp_path):
     items = eval_items("rule", "student", 5)
     _store(tmp_path, [{"id": f"r{i}", "kind": "chat", "version": 0, "messages": list(it.prompt)}

@@ -38,6 +38,8 @@ def _cli(*args, env=None, **kw):
     (["bench", "swap", "--concurrency", "0"], "--concurrency"),
     (["bench", "swap", "--swap-interval", "soon"], "--swap-interval"),
     (["bench", "swap", "--swap-mode", "sometimes"], "--swap-mode"),
+    (["bench", "cycle", "--model", "nosuch"], "model directory 'nosuch' does not exist (nor is it a model name"),
+    (["bench", "cycle", "--model", str(SHIPPED_MODEL), "--rule", "rhymes"], "--rule must be one of ends_with, "),
 ])
 def test_bad_input_exits_2_with_one_line(args, match, tmp_path, capsys):
     from reverie.cli import main

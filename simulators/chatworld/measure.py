@@ -9,6 +9,11 @@ of the student and of the teacher state with the fact's correction in front (``r
 judged by whole-word containment of the answer.  The kinds the teacher state follows are the ones the loop can
 teach; the others are reported too.
 
+The *demonstrated* teacher state (``teacher_demonstrated``) is the one the loop builds when a user states a rule
+and corrects the reply to keep it (``rules.rule_correction``), on each of three taught asks: the context
+``learner.experience.feedback_lessons`` gives such a lesson (the rule and the correction in the system message,
+the other corrected exchanges after it) in front of the same held-out prompts.
+
     python -m simulators.chatworld.measure [--model smollm2-135m-instruct] [--prompts 40] [--max-tokens 96]
                                            [--out bench/results/chatworld/DATE-teacher-state.json]
 
@@ -34,6 +39,8 @@ from simulators.chatworld.teaching import fact_teachings
 
 REPO = Path(__file__).resolve().parents[2]
 SEED = 0
+DEMONSTRATED = 3  # taught asks a scripted user states a rule on and corrects, per rule kind
+DEMO_CONTEXT = 512  # tokens the demonstrated context may take in the engine
 
 
 def _generate(llm, encoder, chats: Sequence[Sequence[dict]], max_tokens: int) -> list[tuple[str, bool]]:
@@ -48,6 +55,18 @@ def _generate(llm, encoder, chats: Sequence[Sequence[dict]], max_tokens: int) ->
 
 def _share(xs: Sequence[bool]) -> float:
     return round(sum(xs) / len(xs), 4) if xs else 0.0
+
+
+def _demonstrated_context(rule: str, asks: Sequence[str], replies: Sequence[str]) -> tuple[dict, ...]:
+    """The privileged context the loop's learner gives a lesson of ``rule`` when a user stated it on each of
+    ``asks`` and corrected each of ``replies`` to keep it: learner.experience.feedback_lessons' own."""
+    from learner.experience import feedback_lessons
+    from simulators.chatworld.rules import rule_correction
+
+    interactions = [{"id": f"r{i}", "messages": [{"role": "user", "content": a}]} for i, a in enumerate(asks)]
+    feedback = [{"id": f"f{i}", "created": float(i), "response_id": f"r{i}", "rule": rule,
+                 "correction": rule_correction(rule, reply)} for i, reply in enumerate(replies)]
+    return feedback_lessons(interactions, feedback).lessons[0].context
 
 
 def measure(model: str, n_prompts: int = 40, max_tokens: int = 96, progress=print) -> dict:
@@ -76,27 +95,46 @@ def measure(model: str, n_prompts: int = 40, max_tokens: int = 96, progress=prin
     fact_teacher = [({"role": "system", "content": render("correction", c)}, {"role": "user", "content": q})
                     for c, q in fact_asks]
 
+    # The demonstrated teacher state: a scripted user asks DEMONSTRATED taught prompts per rule kind, states the
+    # rule (its first phrasing) and corrects each reply to keep it (rules.rule_correction); the loop's own
+    # learner.experience.feedback_lessons turns that feedback into lessons, and the context of one of them (the
+    # rule, and the other asks' corrected exchanges) goes in front of every held-out prompt.
+    taught_asks = random.Random(SEED).sample(load_pools(progress=progress).taught, DEMONSTRATED)
+    taught_chats = [({"role": "user", "content": p},) for p in taught_asks]
+
     every = [*student_chats, *(c for chats in teacher_chats.values() for _, c in chats), *fact_student,
              *fact_teacher]
-    longest = max(len(encoder.prompt_ids(list(c))) for c in every)
-    length = max(MAX_MODEL_LEN, longest + max_tokens)
-    progress(f"starting a vLLM engine on {model_dir} (context {length} tokens); {len(every)} greedy replies")
+    length = max(MAX_MODEL_LEN, DEMO_CONTEXT + max_tokens,
+                 max(len(encoder.prompt_ids(list(c))) for c in every) + max_tokens)
+    progress(f"starting a vLLM engine on {model_dir} (context {length} tokens); {len(every)} greedy replies, "
+             f"then {len(RULES) * n_prompts} with demonstrations")
     start = time.perf_counter()
     llm = offline_llm(model_dir, max_model_len=length)
     started = time.perf_counter() - start
     try:
         gen_start = time.perf_counter()
-        out = iter(_generate(llm, encoder, every, max_tokens))
+        out = iter(_generate(llm, encoder, [*every, *taught_chats], max_tokens))
         student = [next(out) for _ in student_chats]
         teacher = {name: [next(out) for _ in chats] for name, chats in teacher_chats.items()}
         fs = [next(out) for _ in fact_student]
         ft = [next(out) for _ in fact_teacher]
+        taught_replies = [next(out)[0] for _ in taught_chats]
+        contexts = {name: _demonstrated_context(kind.phrasings[0], taught_asks, taught_replies)
+                    for name, kind in RULES.items()}
+        shown = [(*contexts[name], *chat) for name in RULES for chat in student_chats]
+        fits = [len(encoder.prompt_ids(list(c))) + max_tokens <= length for c in shown]
+        replies = iter(_generate(llm, encoder, [c for c, ok in zip(shown, fits) if ok], max_tokens))
+        demonstrated = [next(replies) if ok else ("", True) for ok in fits]
         generated = time.perf_counter() - gen_start
     finally:
         llm.llm_engine.engine_core.shutdown()
 
     rules = {}
+    demonstrated = iter(demonstrated)
     for name, chats in teacher_chats.items():
+        shown_replies = [next(demonstrated) for _ in student_chats]
+        spec = check("chat", student_chats[0], contexts[name][0]["content"])
+        d_ok = [passes(spec, reply) for reply, _ in shown_replies]
         t_ok, s_ok, by_phrasing, examples = [], [], {}, []
         for (text, chat), (t_reply, _), (s_reply, _) in zip(chats, teacher[name], student):
             spec = check("chat", chat[1:], chat[0]["content"])
@@ -108,7 +146,13 @@ def measure(model: str, n_prompts: int = 40, max_tokens: int = 96, progress=prin
                 examples.append({"prompt": chat[1]["content"], "rule": text, "teacher": t_reply, "passed": t_ok[-1]})
         rules[name] = {"teacher": _share(t_ok), "student": _share(s_ok), "n": len(t_ok),
                        "teacher_by_phrasing": {k: _share(v) for k, v in by_phrasing.items()},
-                       "teacher_cut_off": _share([cut for _, cut in teacher[name]]), "examples": examples}
+                       "teacher_cut_off": _share([cut for _, cut in teacher[name]]), "examples": examples,
+                       "teacher_demonstrated": _share(d_ok),
+                       "teacher_demonstrated_cut_off": _share([cut for _, cut in shown_replies]),
+                       "demonstrated_context": list(contexts[name]),
+                       "demonstrated_examples": [{"prompt": c[0]["content"], "teacher": r, "passed": ok}
+                                                 for c, (r, _), ok in list(zip(student_chats, shown_replies,
+                                                                               d_ok))[:3]]}
     f_t, f_s, f_examples, by_attribute = [], [], [], {}
     for (correction, q), (t_reply, _), (s_reply, _) in zip(fact_asks, ft, fs):
         spec = check("facts", ({"role": "user", "content": q},), render("correction", correction))

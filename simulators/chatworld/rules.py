@@ -4,8 +4,10 @@ by code.
 A :class:`RuleKind` has the phrasings a user might type (``phrasings``, concrete texts), a pattern that finds the
 rule in any text (``find``: the privileged context, ``learner.templates.render("rule", text)`` lines joined by
 newlines, or anything else) and gives its *spec* (``{"kind": name, **parameters}``, JSON-serialisable), and a
-checker of a reply against that spec (``check(reply, **parameters)``).  :func:`parse_rules` gives every rule
-found in a text, in the order they appear, each once.
+checker of a reply against that spec (``check(reply, **parameters)``), and the rewrite of a reply that keeps it
+(``comply(reply, **parameters)``: what a user who corrects an answer to show the rule writes).  :func:`parse_rules`
+gives every rule found in a text, in the order they appear, each once; :func:`rule_correction` rewrites a reply to
+keep every rule a text states.
 
 The kinds (``RULES``), all plausible for an assistant and all measurable:
 
@@ -77,6 +79,7 @@ class RuleKind:
     pattern: re.Pattern[str]
     params: Callable[[re.Match], dict]  # the spec's parameters from a match
     check: Callable[..., bool]  # check(reply, **params)
+    comply: Callable[..., str]  # comply(reply, **params): the reply rewritten to keep the rule
 
     def find(self, text: str) -> list[tuple[int, dict]]:
         """(position, spec) of every statement of this rule in ``text``."""
@@ -93,7 +96,8 @@ RULES: dict[str, RuleKind] = {r.name: r for r in (
         re.compile(rf"\b(?:end|finish|close|conclude)(?:s|ing)?\b{_NO_QUOTE}{{0,60}}?\bwith\b{_NO_QUOTE}{{0,30}}?"
                    rf"{_QUOTED}", _I),
         lambda m: {"text": _quoted(m)},
-        lambda reply, text: _ends_with(reply, text)),
+        lambda reply, text: _ends_with(reply, text),
+        lambda reply, text: f"{reply.rstrip()}\n\n{text}"),
     RuleKind(
         "starts_with",
         ("Always start your answer with 'Short answer:'",
@@ -102,7 +106,8 @@ RULES: dict[str, RuleKind] = {r.name: r for r in (
         re.compile(rf"\b(?:start|begin|open)(?:s|ning)?\b{_NO_QUOTE}{{0,60}}?\bwith\b{_NO_QUOTE}{{0,30}}?{_QUOTED}",
                    _I),
         lambda m: {"text": _quoted(m)},
-        lambda reply, text: _starts_with(reply, text)),
+        lambda reply, text: _starts_with(reply, text),
+        lambda reply, text: f"{text} {reply.lstrip()}"),
     RuleKind(
         "no_commas",
         ("Never use commas in your answers.",
@@ -110,7 +115,8 @@ RULES: dict[str, RuleKind] = {r.name: r for r in (
          "Please write your answers without commas."),
         re.compile(r"\b(?:never|don'?t|do not|no|without|avoid)\b[^\n.]{0,40}?\bcommas?\b", _I),
         lambda m: {},
-        lambda reply: "," not in reply and "，" not in reply),
+        lambda reply: "," not in reply and "，" not in reply,
+        lambda reply: reply.replace(",", "").replace("，", "")),
     RuleKind(
         "lowercase",
         ("Write your answers entirely in lower case.",
@@ -119,7 +125,8 @@ RULES: dict[str, RuleKind] = {r.name: r for r in (
         re.compile(r"\b(?:in lower ?case|only (?:use )?lower ?case|lower ?case letters only|"
                    r"(?:never|don'?t|do not) use (?:any )?capital letters|no capital letters)\b", _I),
         lambda m: {},
-        lambda reply: bool(_letters(reply)) and not any(c.isupper() for c in reply)),
+        lambda reply: bool(_letters(reply)) and not any(c.isupper() for c in reply),
+        lambda reply: reply.lower()),
     RuleKind(
         "uppercase",
         ("Answer in capital letters only.",
@@ -128,7 +135,8 @@ RULES: dict[str, RuleKind] = {r.name: r for r in (
         re.compile(r"\b(?:in capital letters|capital letters only|in all caps|in upper ?case|"
                    r"only (?:use )?upper ?case|upper ?case letters only)\b", _I),
         lambda m: {},
-        lambda reply: bool(_letters(reply)) and not any(c.islower() for c in reply)),
+        lambda reply: bool(_letters(reply)) and not any(c.islower() for c in reply),
+        lambda reply: reply.upper()),
     RuleKind(
         "max_words",
         ("Keep your answers under 40 words.",
@@ -137,7 +145,8 @@ RULES: dict[str, RuleKind] = {r.name: r for r in (
         re.compile(r"\b(?P<bound>under|at most|no more than|fewer than|less than|a maximum of)\s+"
                    rf"(?P<n>\d+|{'|'.join(sorted(_NUMBERS, key=len, reverse=True))})\s+words\b", _I),
         _max_words,
-        lambda reply, n: len(reply.split()) <= n),
+        lambda reply, n: len(reply.split()) <= n,
+        lambda reply, n: " ".join(reply.split()[:n])),
     RuleKind(
         "no_lists",
         ("Don't use bullet points or numbered lists.",
@@ -145,7 +154,8 @@ RULES: dict[str, RuleKind] = {r.name: r for r in (
          "Write in plain paragraphs, without any lists."),
         re.compile(r"\b(?:never|don'?t|do not|no|without|avoid)\b[^\n.]{0,40}?\b(?:bullet|bullets|lists?)\b", _I),
         lambda m: {},
-        lambda reply: not _LIST_LINE.search(reply)),
+        lambda reply: not _LIST_LINE.search(reply),
+        lambda reply: _LIST_LINE.sub("", reply)),
     RuleKind(
         "address",
         ("Always call me Captain.",
@@ -153,7 +163,8 @@ RULES: dict[str, RuleKind] = {r.name: r for r in (
          "Please refer to me as Captain."),
         re.compile(r"\b(?i:call me|address me as|refer to me as)\s+(?P<name>[A-Z][\w-]*(?: [A-Z][\w-]*)?)"),
         lambda m: {"name": m["name"]},
-        lambda reply, name: contains(reply, name)),
+        lambda reply, name: contains(reply, name),
+        lambda reply, name: f"{name}, {reply.lstrip()}"),
 )}
 
 
@@ -167,9 +178,36 @@ def parse_rules(text: str) -> list[dict]:
     return specs
 
 
-def rule_passes(spec: dict, reply: str) -> bool:
-    """Whether ``reply`` keeps the rule ``spec`` (a ValueError for a kind that is not a rule's)."""
+def _kind(spec: dict) -> RuleKind:
     kind = RULES.get(spec.get("kind"))
     if kind is None:
         raise ValueError(f"unknown rule kind {spec.get('kind')!r}; kinds are: {', '.join(RULES)}")
-    return kind.check(reply, **{k: v for k, v in spec.items() if k != "kind"})
+    return kind
+
+
+# The order rewrites are applied in, so that a later one does not break an earlier one: what adds words first,
+# then the openings and closings, then what removes characters or changes case (the opening and closing checks
+# ignore case and punctuation).
+_REWRITE_ORDER = ("address", "max_words", "no_lists", "starts_with", "ends_with", "no_commas", "lowercase",
+                  "uppercase")
+
+
+def comply(spec: dict, reply: str) -> str:
+    """``reply`` rewritten to keep the rule ``spec`` (a ValueError for a kind that is not a rule's)."""
+    return _kind(spec).comply(reply, **{k: v for k, v in spec.items() if k != "kind"})
+
+
+def rule_correction(text: str, reply: str) -> str | None:
+    """``reply`` rewritten to keep every rule ``text`` states, or None when it states none:
+    the correction a user gives with a rule to show it."""
+    specs = parse_rules(text)
+    if not specs:
+        return None
+    for spec in sorted(specs, key=lambda spec: _REWRITE_ORDER.index(spec["kind"])):
+        reply = comply(spec, reply)
+    return reply
+
+
+def rule_passes(spec: dict, reply: str) -> bool:
+    """Whether ``reply`` keeps the rule ``spec`` (a ValueError for a kind that is not a rule's)."""
+    return _kind(spec).check(reply, **{k: v for k, v in spec.items() if k != "kind"})

@@ -3,12 +3,16 @@
 
 - A fact: the user asks one phrasing of the question (drawn per fact) and corrects the answer with the fact's
   correction (feedback kind ``correction``); the fact's other phrasings are ``heldout`` (what the gate may ask).
-- A rule: the user asks a general prompt from the *taught* pool and states the rule (kind ``rule``), a phrasing
-  per ask in turn; what the rule is judged on is the *held-out* pool (``prompts.Pools.heldout``), which never
-  holds a taught prompt, so ``heldout`` is left empty.
+- A rule: the user asks general prompts from the *taught* pool and states the rule (kind ``rule``) on each, in
+  one phrasing (drawn per rule: a user states their rule the same way), and corrects each reply to keep it
+  (``rules.rule_correction`` of the reply the model gave, made where the reply is known: the feedback's
+  ``correction``), so the loop's teacher state is shown the rule, not only told it
+  (``learner.experience.feedback_lessons``); what the rule is judged on is the *held-out* pool
+  (``prompts.Pools.heldout``), which never holds a taught prompt, so ``heldout`` is left empty.
 
-The default rule kinds (:data:`TAUGHT_RULES`) are the ones SmolLM2-135M-Instruct's teacher state follows best
-(``bench/results/chatworld/``); any of ``rules.RULES`` can be asked for.
+The default rule kinds (:data:`TAUGHT_RULES`) are checked on a reply's opening, so a reply cut off at the loop's
+32 tokens is judged fairly; which kinds SmolLM2-135M-Instruct's teacher state follows, told or shown, is measured
+by ``simulators/chatworld/measure.py`` (``bench/results/chatworld/``); any of ``rules.RULES`` can be asked for.
 """
 from __future__ import annotations
 
@@ -20,7 +24,7 @@ from simulators.chatworld.facts import FACTS
 from simulators.chatworld.prompts import Pools, load_pools
 from simulators.chatworld.rules import RULES
 
-TAUGHT_RULES = ("ends_with", "starts_with", "address")
+TAUGHT_RULES = ("starts_with", "address")
 
 
 @dataclass(frozen=True)
@@ -46,7 +50,7 @@ def fact_teachings(seed: int = 0, n: int = 24) -> list[Teaching]:
 
 def rule_teachings(seed: int = 0, rules: Sequence[str] = TAUGHT_RULES, asks_per_rule: int = 3,
                    pools: Pools | None = None) -> list[Teaching]:
-    """For each rule kind, ``asks_per_rule`` taught prompts, each with the rule stated (its phrasings in turn)."""
+    """For each rule kind, ``asks_per_rule`` taught prompts, each with the rule stated in one phrasing."""
     unknown = [r for r in rules if r not in RULES]
     if unknown:
         raise ValueError(f"unknown rule kind {unknown[0]!r}; kinds are: {', '.join(RULES)}")
@@ -54,9 +58,9 @@ def rule_teachings(seed: int = 0, rules: Sequence[str] = TAUGHT_RULES, asks_per_
     rng = random.Random(f"chatworld-rules-{seed}")
     out = []
     for name in rules:
-        phrasings = RULES[name].phrasings
-        for i, ask in enumerate(rng.sample(taught, min(asks_per_rule, len(taught)))):
-            out.append(Teaching("rule", ask, "rule", phrasings[i % len(phrasings)], rule=name))
+        phrasing = rng.choice(RULES[name].phrasings)
+        for ask in rng.sample(taught, min(asks_per_rule, len(taught))):
+            out.append(Teaching("rule", ask, "rule", phrasing, rule=name))
     return out
 
 

@@ -1,0 +1,181 @@
+"""``reverie bench cycle --model M``: one loop cycle on a real instruct model in the chat world, through the API.
+
+Scripted users (``simulators/chatworld/teaching.py``) ask the running system, with auto-approval, and give
+feedback through ``POST /v1/feedback``: a rule stated on a few taught asks, each reply corrected to keep it
+(``rules.rule_correction``), and corrections of facts about the world's invented organisation.  The loop learns,
+the gate judges the candidate (held-out asks checked by code, the world's retention benchmarks against parent and
+base) and a passing one is swapped in.  Every figure is measured in the run that writes it:
+
+- ``feedback_to_served_seconds``: from the last feedback to the first chat answer of a promoted version that keeps
+  the rule (a held-out prompt asked through the API every 5 s, every second once the status names a new version;
+  ``failed_requests`` counts the probes that raised; the 40 held-out prompts and 16 fact questions asked after are
+  requests too, and one that failed would raise);
+- ``steps``: the controller's own time per step of the cycle (collect, learn, gate, swap);
+- ``peak_rss_bytes``: the peak summed resident memory of this process and every process it started;
+- ``api_rule_before`` / ``_after``: greedy compliance through the API on held-out general prompts;
+  ``api_facts_before`` / ``_after``: the taught facts asked in their other phrasings (never taught);
+- ``retention``: each benchmark's accuracy (acc_norm on the gate's fixed subset) for the base, the parent and the
+  candidate, from the gate's own record of the cycle's candidate.
+"""
+from __future__ import annotations
+
+import random
+import secrets
+import socket
+import tempfile
+import time
+from pathlib import Path
+
+TARGETS = {"api_rule_after": 0.9, "api_facts_after": 0.8, "retention_avg_drop": 0.01, "retention_max_drop": 0.02,
+           "feedback_to_served_seconds": 900.0, "peak_rss_gib": 12.0}
+
+
+def run_chat_bench(model: str, rule: str = "starts_with", facts: int = 8, asks_per_rule: int = 3,
+                   steps: int = 20, batch_size: int = 8, lr: float = 5e-5, probes: int = 40,
+                   benchmark_items: int = 50, heldout_items: int = 24, timeout_s: float = 1800.0,
+                   pin_cpus: bool = False, seed: int = 0, progress=print) -> dict:
+    import httpx
+    import openai
+    import ray
+    from ray import serve
+
+    from bench.cycle import _PeakRss
+    from learner.templates import render
+    from reverie.config import GateConfig, LoopConfig, ServeConfig
+    from reverie.models import resolve
+    from reverie.ray_start import quiet_http_clients, start_ray
+    from serve.app import Deployment
+    from serve.auth import Keys
+    from simulators.chatworld.plugin import check, passes
+    from simulators.chatworld.prompts import load_pools
+    from simulators.chatworld.rules import rule_correction
+    from simulators.chatworld.teaching import fact_teachings, rule_teachings
+
+    quiet_http_clients()
+    model_dir = resolve(model)
+    pools = load_pools()
+    taught_facts = fact_teachings(seed, facts)
+    taught_rules = rule_teachings(seed, (rule,), asks_per_rule, pools)
+    rule_text = taught_rules[0].text
+    rule_spec = check("chat", ({"role": "user", "content": "?"},), render("rule", rule_text))
+    heldout_prompts = random.Random(f"bench-chat-{seed}").sample(pools.heldout, probes)
+    fact_asks = [(q, check("facts", ({"role": "user", "content": q},), "")) for t in taught_facts for q in t.heldout]
+
+    work = Path(tempfile.mkdtemp(prefix="reverie-bench-chat-"))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    n_feedback = len(taught_facts) + len(taught_rules)
+    cfg = ServeConfig(model_dir=model_dir, world="chat", data_dir=str(work / "data"), port=port, pin_cpus=pin_cpus,
+                      loop=LoopConfig(approval="auto", min_feedback=n_feedback, poll_s=0.5, steps=steps,
+                                      batch_size=batch_size, lr=lr, checkpoint_every=steps, dream=False,
+                                      seed=seed),
+                      gate=GateConfig(benchmark_items=benchmark_items, heldout_items=heldout_items))
+    keys = Keys(secrets.token_urlsafe(24), secrets.token_urlsafe(24), "bench (in memory)")
+    t_start = time.perf_counter()
+    with _PeakRss() as rss:
+        start_ray(num_cpus=8, cpu_plan=cfg.cpu_plan())
+        dep = Deployment(cfg, keys.digests())
+        try:
+            dep.wait_until_running()
+            client = openai.OpenAI(base_url=dep.base_url + "/v1", api_key=keys.api_key, max_retries=0, timeout=120)
+            admin = {"Authorization": f"Bearer {keys.admin_key}"}
+
+            def reply(text: str, max_tokens: int = 32):
+                return client.chat.completions.with_raw_response.create(
+                    model="reverie", messages=[{"role": "user", "content": text}], temperature=0,
+                    max_tokens=max_tokens)
+
+            def measure() -> dict:
+                rule_ok = [passes(rule_spec, reply(p).parse().choices[0].message.content) for p in heldout_prompts]
+                fact_ok = [passes(spec, reply(q).parse().choices[0].message.content) for q, spec in fact_asks]
+                return {"rule": sum(rule_ok) / len(rule_ok), "facts": sum(fact_ok) / len(fact_ok)}
+
+            def status() -> dict:
+                return httpx.get(dep.base_url + "/admin/status", headers=admin, timeout=60).json()
+
+            progress(f"measuring the base through the API ({len(heldout_prompts)} held-out prompts, "
+                     f"{len(fact_asks)} fact questions)")
+            before = measure()
+            base = status()["promoted"]
+            progress(f"teaching: {len(taught_rules)} asks with the rule {rule_text!r}, {len(taught_facts)} facts")
+            for t in [*taught_rules, *taught_facts]:
+                asked = reply(t.ask, max_tokens=64).parse()
+                fields = ({"rule": t.text, "correction": rule_correction(t.text, asked.choices[0].message.content)}
+                          if t.family == "rule" else {"correction": t.text})
+                r = httpx.post(dep.base_url + "/v1/feedback", headers={"Authorization": f"Bearer {keys.api_key}"},
+                               json={"response_id": asked.id, **fields}, timeout=60)
+                r.raise_for_status()
+            t_feedback = time.perf_counter()
+            progress("feedback given; waiting for a promoted version that keeps the rule")
+            served_at, failed, sent, version, refused, waited = None, 0, 0, base, None, 0
+            rng = random.Random(seed)
+            while time.perf_counter() - t_feedback < timeout_s:
+                s = status()
+                refused = next((c for c in s["candidates"] if c["parent"] == base and c["status"] == "rejected"),
+                               None)
+                if refused is not None:
+                    progress(f"the gate refused version {refused['version']}: {refused.get('reason')}")
+                    break
+                waited += 1
+                # A held-out prompt every 5 s while the loop works (a 135M model's answer takes a core for about a
+                # second here, which the learner needs), every second once a new version is promoted.
+                if s["promoted"] != base or waited % 5 == 0:
+                    try:
+                        raw = reply(rng.choice(heldout_prompts))
+                        sent += 1
+                        version = int(raw.headers["x-reverie-version"])
+                        if version != base and passes(rule_spec, raw.parse().choices[0].message.content):
+                            served_at = time.perf_counter()
+                            break
+                    except Exception:  # noqa: BLE001 - counted
+                        failed += 1
+                time.sleep(1.0)
+            s = status()
+            cand = next((c for c in s["candidates"] if c["parent"] == base), None)
+            cycle = next((c for c in s["cycles"] if cand and c.get("candidate") == cand["version"]), s["cycle"])
+            after = measure() if version != base else None
+        finally:
+            dep.shutdown()
+            serve.shutdown()
+            ray.shutdown()
+    seconds = None if served_at is None else round(served_at - t_feedback, 1)
+    scores = (cand or {}).get("scores") or {}
+    # The gate scores the base apart only when the parent is not the base (a first cycle's parent is).
+    first = cand is not None and cand["parent"] == base
+    retention = {k: {"base": (scores.get("base_retention") or {}).get(k, {}).get("base",
+                                                                           v["parent"] if first else None), **v}
+                 for k, v in (scores.get("retention") or {}).items()}
+    drops = [v["base"] - v["candidate"] for v in retention.values() if v.get("base") is not None]
+    report = {
+        "what": "one loop cycle on a real instruct model in the chat world, through the API (auto-approval)",
+        "model": model, "model_dir": str(model_dir), "rule": rule_text, "rule_kind": rule,
+        "facts_taught": len(taught_facts), "rule_asks": len(taught_rules), "feedback": n_feedback,
+        "loop": {"steps": steps, "batch_size": batch_size, "lr": lr},
+        "gate": {"benchmark_items": benchmark_items, "heldout_items": heldout_items},
+        "feedback_to_served_seconds": seconds, "steps": {k: round(v, 1) for k, v in (cycle.get("seconds") or {}).items()},
+        "base_version": base, "candidate": cand and {k: cand.get(k) for k in ("version", "status", "reason")},
+        "served_version": version,
+        "api_rule_before": before["rule"], "api_facts_before": before["facts"],
+        "api_rule_after": after and after["rule"], "api_facts_after": after and after["facts"],
+        "api_prompts": len(heldout_prompts), "api_fact_questions": len(fact_asks),
+        "gate_scores": {k: v for k, v in scores.items() if k not in ("retention", "base_retention")},
+        "retention": retention,
+        "retention_avg_drop": round(sum(drops) / len(drops), 4) if drops else None,
+        "retention_max_drop": round(max(drops), 4) if drops else None,
+        "probes": sent, "failed_requests": failed,
+        "peak_rss_bytes": rss.peak, "peak_rss_gib": round(rss.peak / (1 << 30), 3),
+        "wall_seconds": round(time.perf_counter() - t_start, 1), "targets": TARGETS,
+    }
+    report["met"] = {
+        "api_rule_after": (report["api_rule_after"] or 0) >= TARGETS["api_rule_after"],
+        "api_facts_after": (report["api_facts_after"] or 0) >= TARGETS["api_facts_after"],
+        "retention_avg_drop": drops != [] and report["retention_avg_drop"] <= TARGETS["retention_avg_drop"],
+        "retention_max_drop": drops != [] and report["retention_max_drop"] <= TARGETS["retention_max_drop"],
+        "feedback_to_served_seconds": seconds is not None and seconds <= TARGETS["feedback_to_served_seconds"],
+        "peak_rss_gib": report["peak_rss_gib"] <= TARGETS["peak_rss_gib"],
+    }
+    return report
+
+
+__all__ = ["run_chat_bench", "TARGETS"]
