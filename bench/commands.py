@@ -165,21 +165,20 @@ def cmd_bench_cycle(args: argparse.Namespace) -> int:
         resolve(args.model)  # an unknown name or a directory that is not a model: one line, before anything starts
         if args.rule not in RULES:
             raise ReverieError(f"--rule must be one of {', '.join(RULES)}, got {args.rule!r}")
-        with contextlib.redirect_stdout(sys.stderr):
-            report = run_chat_bench(args.model, rule=args.rule, facts=check.positive(args.facts, "--facts"),
-                                    steps=steps, timeout_s=timeout, pin_cpus=not args.no_cpu_pinning,
-                                    progress=lambda m: print(f"reverie: {m}", file=sys.stderr, flush=True))
-        out = args.out if args.out != CYCLE_OUT else f"bench/results/cycle-{Path(str(args.model)).name}.json"
-        report = write_result(report, out)
-        print(json.dumps(report) if args.json else "\n".join(f"{k:28} {v}" for k, v in report.items()))
-        print(f"reverie: wrote {out}", file=sys.stderr)
-        return 0
+        facts = check.positive(args.facts, "--facts")
+    progress = lambda m: print(f"reverie: {m}", file=sys.stderr, flush=True)  # noqa: E731
+    out = args.out
     with contextlib.redirect_stdout(sys.stderr):  # Ray's notices; stdout stays one JSON object
-        report = run_bench(steps=steps, timeout_s=timeout, pin_cpus=not args.no_cpu_pinning, dream=args.dream,
-                           progress=lambda m: print(f"reverie: {m}", file=sys.stderr, flush=True))
-    report = write_result(report, args.out)
+        if args.model is None:
+            report = run_bench(steps=steps, timeout_s=timeout, pin_cpus=not args.no_cpu_pinning, dream=args.dream,
+                               progress=progress)
+        else:
+            report = run_chat_bench(args.model, rule=args.rule, facts=facts, steps=steps, timeout_s=timeout,
+                                    pin_cpus=not args.no_cpu_pinning, progress=progress)
+            out = out if out != CYCLE_OUT else f"bench/results/cycle-{Path(str(args.model)).name}.json"
+    report = write_result(report, out)
     print(json.dumps(report) if args.json else "\n".join(f"{k:28} {v}" for k, v in report.items()))
-    print(f"reverie: wrote {args.out}", file=sys.stderr)
+    print(f"reverie: wrote {out}", file=sys.stderr)
     return 0
 
 
@@ -365,8 +364,8 @@ def register(subparsers) -> None:
     ld.set_defaults(func=cmd_bench_load)
     c = bs.add_parser("cycle", help="from a rule given as feedback to the first answer served by a promoted "
                                     "version that follows it (the whole loop, auto-approval, tiny world)")
-    c.add_argument("--steps", default="120", help="learner updates in the cycle (default %(default)s; 40 is "
-                   "the chat world's measured setting)")
+    c.add_argument("--steps", default="120", help="learner updates in the cycle (default %(default)s; the "
+                   "SmolLM2 runs in bench/results/chat-cycle/ used 20 and 30)")
     c.add_argument("--model", default=None, help="a real instruct model (a catalogue name such as "
                    "smollm2-135m-instruct, or a local HF directory): the cycle runs in the chat world, a rule and "
                    "facts taught through the API (bench/chat_cycle.py)")
