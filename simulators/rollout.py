@@ -92,16 +92,20 @@ class RolloutEngine:
         return {"calls": self.calls, "requests": self.requests, "version": self._version}
 
     def generate(self, prompts: Sequence[Sequence[dict]], sampling: Sampling = Sampling(),
-                 role: str = "assistant") -> list[str | None]:
+                 role: str = "assistant", seeds: Sequence[int] | None = None) -> list[str | None]:
         """The model's next message in ``role`` after each prompt (a list of chat
         messages): the policy's reply by default; a model-simulated environment
         asks for the ``tool`` message instead.  ``None`` for a prompt that no
         longer fits the model's context (an episode that has outgrown it ends
-        there); a reply is cut where the context ends."""
+        there); a reply is cut where the context ends.  ``seeds``: one sampling
+        seed per prompt (``sampling.seed`` for every prompt otherwise), so that a
+        reply does not depend on what else the engine batched beside it."""
         if not prompts:
             return []
+        if seeds is not None and len(seeds) != len(prompts):
+            raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts")
         fut: Future = Future()
-        self._queue.put((list(prompts), sampling, role, fut))
+        self._queue.put((list(prompts), sampling, role, seeds, fut))
         with self._lock:
             if not fut.done():
                 self._run_queued()
@@ -119,13 +123,14 @@ class RolloutEngine:
                 break
         limit = self._llm.model_config.max_model_len
         token_prompts, params, fits = [], [], []
-        for prompts, sampling, role, _ in jobs:
-            for p in prompts:
+        for prompts, sampling, role, seeds, _ in jobs:
+            for i, p in enumerate(prompts):
                 ids = self._encoder.prompt_ids(list(p), role)
                 fits.append(len(ids) < limit)
                 if fits[-1]:
                     token_prompts.append(TokensPrompt(prompt_token_ids=ids))
-                    params.append(SamplingParams(temperature=sampling.temperature, seed=sampling.seed,
+                    params.append(SamplingParams(temperature=sampling.temperature,
+                                                 seed=sampling.seed if seeds is None else seeds[i],
                                                  max_tokens=min(sampling.max_tokens, limit - len(ids))))
         try:
             outs = self._llm.generate(token_prompts, params, use_tqdm=False) if token_prompts else []
@@ -138,7 +143,7 @@ class RolloutEngine:
         replies = iter(o.outputs[0].text for o in outs)
         texts = [next(replies) if fit else None for fit in fits]
         at = 0
-        for prompts, _, _, fut in jobs:
+        for prompts, _, _, _, fut in jobs:
             fut.set_result(texts[at : at + len(prompts)])
             at += len(prompts)
 

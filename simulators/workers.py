@@ -26,6 +26,7 @@ import json
 import os
 import threading
 import time
+import zlib
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -36,6 +37,12 @@ from simulators.rollout import Sampling
 from simulators.success import SuccessFilter
 
 WORKER_RESOURCES = {"simulator": 1}  # cluster.yaml's simulator node type offers this resource
+
+
+def action_seed(episode_id: str, turn: int) -> int:
+    """The sampling seed of an episode's action at ``turn``: the same on every worker, in every batch and on a
+    retry, so a dream round played again from the same version and tasks plays the same."""
+    return zlib.crc32(f"{episode_id}#{turn}".encode())
 
 
 @dataclass(frozen=True)
@@ -86,8 +93,9 @@ class SimulatorWorker:
             for temp, idx in by_temp.items():
                 idx = [i for i in idx if i not in actions]
                 if idx:
-                    replies = ray.get(self.engine.generate.remote([envs[i].transcript for i in idx],
-                                                                  Sampling(temperature=temp)))
+                    replies = ray.get(self.engine.generate.remote(
+                        [envs[i].transcript for i in idx], Sampling(temperature=temp),
+                        seeds=[action_seed(episodes[i].id, turn[i]) for i in idx]))
                     actions.update(zip(idx, replies))
             for i in [i for i, a in actions.items() if a is None]:  # the transcript outgrew the context: it ends
                 del actions[i]
