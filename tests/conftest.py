@@ -2,19 +2,30 @@
 (an engine takes 30-60 s to start on CPU)."""
 from __future__ import annotations
 
-import xml.etree.ElementTree as ET
-from collections import Counter
-from pathlib import Path
+import os
 
-import pytest
+# Two test workers share this machine's cores with every engine, learner and Ray process they start.  vLLM's
+# CPU engines would bind each model worker's OpenMP threads to the same core (its "auto" binding reserves the
+# last core for its scheduler: every replica of every module then computes on core 0), and torch would give each
+# process one thread per core, which spin against each other.  One thread each, placed by the kernel: measured
+# on serving_app and test_loop on two workers, 309 s against 325 s (2026-12-07).  Set before torch is imported,
+# and inherited by the Ray each module starts.
+os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from simulators.tinyworld.build import SHIPPED_MODEL
+import xml.etree.ElementTree as ET  # noqa: E402
+from collections import Counter  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+from simulators.tinyworld.build import SHIPPED_MODEL  # noqa: E402
 
 TESTS = Path(__file__).resolve().parent
 # Where the suite's time went in a recorded run (pytest's JUnit file): ``make test`` runs the suite on two
 # workers (pytest-xdist), and the modules that took longest there are handed out first, so that no long module
 # starts last while the other worker sits idle.
-RECORDED_RUN = TESTS.parent / "bench" / "results" / "suite-time" / "2026-12-05-forward-155f789.junit.xml"
+RECORDED_RUN = TESTS.parent / "bench" / "results" / "suite-time" / "2026-12-06-380acb2.junit.xml"
 
 
 def group_of(nodeid: str) -> str:
@@ -34,8 +45,18 @@ def _recorded_seconds() -> Counter:
     return seconds
 
 
+ORDER_ENV = "REVERIE_TEST_ORDER"  # "reverse": the groups in reverse collection order (each test's order kept)
+
+
 def pytest_collection_modifyitems(config, items):
-    """The groups go longest first by the recorded run (unrecorded ones last, in collection order)."""
+    """The groups go longest first by the recorded run (unrecorded ones last, in collection order); with
+    ``REVERIE_TEST_ORDER=reverse``, last collected first instead, to show that no module needs another before it."""
+    if os.environ.get(ORDER_ENV) == "reverse":
+        first = {}
+        for i, item in enumerate(items):
+            first.setdefault(group_of(item.nodeid), i)
+        items.sort(key=lambda item: -first[group_of(item.nodeid)])  # stable: a group keeps its order
+        return
     seconds = _recorded_seconds()
     items.sort(key=lambda item: -seconds.get(group_of(item.nodeid), 0.0))  # stable: a group keeps its order
 
