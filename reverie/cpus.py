@@ -14,6 +14,12 @@ proxy and replicas, the engine's scheduler and frontend) gets the last one.
 It is applied where reverie starts the Ray itself for one engine (``reverie
 serve`` without ``--address`` and one replica, ``reverie bench swap``);
 ``REVERIE_CPU_PINNING=0`` turns it off.  Linux only.
+
+Without a plan (several replicas on one machine, ``--no-pin-cpus``, a
+cluster) a replica's engine binds none of its threads (``unbound``): vLLM's
+own "auto" binding picks the cores of each engine alone, the same ones for
+every replica on a machine (seen: each replica's worker bound to core 0 of
+this 2-core machine, in every test module that serves).
 """
 from __future__ import annotations
 
@@ -115,6 +121,17 @@ def leave_engine_cores(p: CpuPlan) -> bool:
             with contextlib.suppress(FileNotFoundError):
                 _pin_process(pid, set(p.host))
     return True
+
+
+UNBOUND = "nobind"  # vLLM's value for "bind no OpenMP thread"
+
+
+def unbound() -> None:
+    """Without a plan, the engine this process starts next binds none of its threads: every process may run on
+    every core.  vLLM's own default ("auto") binds the model worker of each engine to the cores it picks alone,
+    the same ones for every replica on a machine (seen: both replicas' workers on core 0 of a 2-core machine).
+    A ``VLLM_CPU_OMP_THREADS_BIND`` set by the user is kept."""
+    os.environ.setdefault(BIND_ENV, UNBOUND)
 
 
 @contextlib.contextmanager

@@ -94,6 +94,8 @@ class ReverieLLMServer(LLMServer):
         self._cpu_plan = cpus.plan() if pin_cpus else None
         if self._cpu_plan is not None:
             cpus.claim_all(self._cpu_plan)  # the engines this replica spawns may bind to the engine cores
+        else:
+            cpus.unbound()  # not to the cores vLLM picks for every replica alike
         self._registry = VersionRegistry(versions_dir)
         self._with_standby = standby
         self._active: _Slot | None = None

@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import os
 
-# Two test workers share this machine's cores with every engine, learner and Ray process they start.  vLLM's
-# CPU engines would bind each model worker's OpenMP threads to the same core (its "auto" binding reserves the
-# last core for its scheduler: every replica of every module then computes on core 0), and torch would give each
-# process one thread per core, which spin against each other.  One thread each, placed by the kernel: measured
-# on serving_app and test_loop on two workers, 309 s against 325 s (2026-12-07).  Set before torch is imported,
-# and inherited by the Ray each module starts.
-os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+# Two test workers share this machine's cores with every engine, learner and Ray process they start; torch
+# would give each process one thread per core, and they would spin against each other.  One thread each
+# (docs/design-notes.md, "The suite's time").  Set before torch is imported, and inherited by the Ray each module
+# starts.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import xml.etree.ElementTree as ET  # noqa: E402

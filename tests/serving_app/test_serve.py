@@ -673,3 +673,20 @@ def test_every_port_of_the_running_system_listens_on_loopback_only(app):
 
     elsewhere = [x for x in listening if not loopback(x[2])]
     assert elsewhere == [], f"listening beyond loopback (pid, process, address, port): {elsewhere}"
+
+
+def test_without_a_cpu_plan_no_replicas_engine_worker_is_bound_to_a_core(app):
+    """Without a CPU plan (``--no-pin-cpus``, several replicas on one machine, a cluster) every process may run
+    on every core, the engines' model workers included: vLLM's own "auto" binding would bind each replica's
+    worker to the same cores (measured: both replicas' workers on core 0 of this 2-core machine, whose other core
+    then served no token).  A user's own ``VLLM_CPU_OMP_THREADS_BIND`` is left as given."""
+    import psutil
+
+    from reverie.cpus import WORKER_TITLE, _machine_cpus
+
+    workers = [p for p in psutil.Process().children(recursive=True)
+               if " ".join(p.cmdline()).startswith(WORKER_TITLE)]
+    assert len(workers) >= 2, [p.cmdline() for p in psutil.Process().children(recursive=True)]  # two replicas
+    every = set(_machine_cpus())
+    for w in workers:
+        assert {t.id: set(os.sched_getaffinity(t.id)) for t in w.threads()} == {t.id: every for t in w.threads()}
