@@ -15,7 +15,7 @@ It is applied where reverie starts the Ray itself for one engine (``reverie
 serve`` without ``--address`` and one replica, ``reverie bench swap``);
 ``REVERIE_CPU_PINNING=0`` turns it off.  Linux only.
 
-Without a plan (several replicas on one machine, ``--no-pin-cpus``, a
+Without a plan (several replicas on one machine, ``--no-cpu-pinning``, a
 cluster) a replica's engine binds none of its threads (``unbound``): vLLM's
 own "auto" binding picks the cores of each engine alone, the same ones for
 every replica on a machine (seen: each replica's worker bound to core 0 of

@@ -676,7 +676,7 @@ def test_every_port_of_the_running_system_listens_on_loopback_only(app):
 
 
 def test_without_a_cpu_plan_no_replicas_engine_worker_is_bound_to_a_core(app):
-    """Without a CPU plan (``--no-pin-cpus``, several replicas on one machine, a cluster) every process may run
+    """Without a CPU plan (``--no-cpu-pinning``, several replicas on one machine, a cluster) every process may run
     on every core, the engines' model workers included: vLLM's own "auto" binding would bind each replica's
     worker to the same cores (measured: both replicas' workers on core 0 of this 2-core machine, whose other core
     then served no token).  A user's own ``VLLM_CPU_OMP_THREADS_BIND`` is left as given."""
