@@ -61,11 +61,19 @@ answering the same prompts in the same batches:
   few new corrections could forget the facts its ancestors learnt and pass
   (measured in the demo of 2026-12-03: 0.93 -> 0.70 through the API).
 
+- **Drift** (``drift``): for a world that gives general prompts
+  (``World.general_prompts``: the chat world's), KL(base || candidate) per
+  token on the base's own greedy replies to ``drift_prompts`` of them
+  (``evals/drift.py``; against the parent when no base is given): how far
+  the candidate's whole next-token distribution moved, which a benchmark
+  scored by its best choice cannot see.  Reported; ``max_drift`` bounds it.
+
 A candidate passes when nothing in :func:`refusals` holds against it: the
 gain reaches ``min_gain``; no family of held-out tasks and none of what
 earlier versions learnt loses more than ``max_family_loss`` against the
 parent (a family's loss is not paid for by another's gain); ``retention_loss``
-and ``base_retention_loss`` are within ``max_retention_loss``
+and ``base_retention_loss`` are within ``max_retention_loss``; the drift
+is within ``max_drift`` where one is set
 (:class:`reverie.config.GateConfig`).  :meth:`Gate.judge` returns a JSON
 report (the one dict that crosses the door: it is what the review shows).
 
@@ -445,7 +453,8 @@ def refusals(cfg: GateConfig, report: Mapping[str, Mapping]) -> list[str]:
     - ``learnt`` (the held-out tasks of the versions it descends from, per family): none may lose more than
       ``max_family_loss`` (measured: a candidate taught by 2 corrections, 4 rules and 85 dreams forgot the
       facts its ancestors learnt, 0.93 -> 0.70 through the API, and nothing the gate scored could see it);
-    - ``retention`` and ``base_retention``: the mean per-skill loss within ``max_retention_loss``."""
+    - ``retention`` and ``base_retention``: the mean per-skill loss within ``max_retention_loss``;
+    - ``drift``: KL(base || candidate) per token within ``max_drift``, where both are there."""
     new, learnt = report.get("new") or {}, report.get("learnt") or {}
     retention, base_retention = report.get("retention") or {}, report.get("base_retention") or {}
     failed = []
@@ -470,6 +479,10 @@ def refusals(cfg: GateConfig, report: Mapping[str, Mapping]) -> list[str]:
             failed.append(f"retention loss{since} {loss:.3f} exceeds max_retention_loss "
                           f"{cfg.max_retention_loss:.3f} (worst skill {worst}: {scores[worst][before]:.2f} -> "
                           f"{scores[worst]['candidate']:.2f})")
+    drift = report.get("drift")
+    if cfg.max_drift is not None and drift is not None and drift["kl_per_token"] > cfg.max_drift:
+        failed.append(f"drift from the {drift['from']} {drift['kl_per_token']:.4f} nats per token exceeds max_drift "
+                      f"{cfg.max_drift:g}")
     return failed
 
 
@@ -512,6 +525,7 @@ class Gate:
         # Retention benchmarks (``retention_benchmarks``): name, items, and each choice's scoring request.
         self.benchmarks = [(name, list(items), requests(tokenizer, items)) for name, items in benchmarks]
         self._passes = getattr(world, "passes", None)  # judges a HeldOutTask's ``check``
+        self._general = getattr(world, "general_prompts", None)  # where drift is measured
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.threads = threads if threads is not None else (1 if self.device == "cpu" else None)
         self._parent_answers: dict[tuple, dict[str, str]] = {}  # parent identity -> prompt key -> answer
@@ -583,6 +597,18 @@ class Gate:
         if not names:
             return []
         return self._cached(self._parent_benchmarks, parent_dir, [names], str, self._benchmark_scores)[0]
+
+    def _drift(self, reference_dir: str | Path, candidate) -> dict | None:
+        """KL(reference || candidate) per token on the world's general prompts and the reference's own greedy
+        replies to them (cached with its answers), or None for a world without general prompts."""
+        from evals.drift import kl_per_token, scored_chats
+
+        prompts = [tuple(p) for p in self._general(self.cfg.drift_prompts)] if self._general else []
+        if not prompts:
+            return None
+        replies = self._parent(reference_dir, [prompts])[0]
+        reference = self._load(reference_dir)
+        return kl_per_token(reference, candidate, scored_chats(self.encoder, prompts, replies)).report()
 
     def _hit(self, task: HeldOutTask, reply: str, reference: str) -> bool:
         """Whether ``reply`` solves ``task``: by its world's program check where it has one, else by matching
@@ -691,6 +717,7 @@ class Gate:
         cand_kept = self._greedy(candidate, [t.student for t in kept]) if kept else []
         cand_kept_env = self.play(candidate, kept_env) if kept_env else []
         cand_bench = self._benchmark_scores(candidate, [name for name, _, _ in self.benchmarks])
+        drift = self._drift(base_dir if base_dir is not None else parent_dir, candidate)
         del candidate
         parent_bench = self._parent_benchmark_scores(parent_dir)
         base_bench = self._parent_benchmark_scores(base_dir) if base_dir is not None else parent_bench
@@ -754,6 +781,8 @@ class Gate:
                      "reference": refs[i], "before": parent_plain[i], "after": cand_plain[i]} for i in picked]
 
         report = {"new": new, "learnt": learnt_scores, "retention": retention, "base_retention": base_retention}
+        if drift is not None:
+            report["drift"] = {**drift, "from": "base" if base_dir is not None else "parent"}
         failed = refusals(self.cfg, report)
         report.update(gain=held_out_gain(new), retention_loss=_mean(list(_losses(retention, "parent").values())),
                       base_retention_loss=_mean(list(_losses(_kept_since_base(base_retention), "base").values())),

@@ -114,6 +114,7 @@ TEMPERATURE = Rule(float, "must be a number", "must be between 0 and 10", gt=0.0
 PROBABILITY = Rule(float, "must be a number", "must be between 0 and 1", gt=0.0, lt=1.0)
 WEIGHT = Rule(float, "must be a number", "must be between 0 and 100", ge=0.0, le=100.0)
 NUMBER = Rule(float, "must be a number")
+NON_NEGATIVE = Rule(float, "must be a number", "must not be negative", ge=0.0)
 TEXT = Rule(str, "must be a non-empty string")
 PATH = Rule(str, "must be a path (a non-empty string)")
 FLAG = Rule(bool, "must be true or false")

@@ -78,6 +78,11 @@ class GateConfig:
     # Items per retention benchmark of a world that has them (``World.benchmarks``; the chat world's): each a
     # fixed subset (``evals.data.subset``), scored by log-likelihood for parent, candidate and base.
     benchmark_items: int = 100
+    # General prompts of a world that gives them (``World.general_prompts``; the chat world's) on which the
+    # candidate's drift from the base is measured: KL(base || candidate) per token on the base's own greedy
+    # replies (``evals/drift.py``), reported; ``max_drift`` (nats per token) refuses a candidate beyond it.
+    drift_prompts: int = 16
+    max_drift: float | None = None
     heldout_items: int = 48  # held-out new tasks per family
     samples: int = 6  # before/after answers kept per family for the review
     max_tokens: int = 32  # greedy reply length during evaluation

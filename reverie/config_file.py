@@ -56,6 +56,8 @@ noted; what is left out keeps its default, shown here)::
       retention_suite: null           # a JSONL file (null: the tiny world's base skills)
       retention_items: 100
       benchmark_items: 100            # items per retention benchmark (a world with them: chat)
+      drift_prompts: 16               # general prompts for KL(base || candidate) per token (a world with them: chat)
+      max_drift: null                 # nats per token a candidate may drift from the base (null: reported only)
       heldout_items: 48
       samples: 6                      # before/after answers kept per family for the review
       max_tokens: 32
@@ -143,6 +145,8 @@ RULES: dict[str, a.Rule] = {
     "gate.retention_suite": a.optional(a.PATH),
     "gate.retention_items": a.POSITIVE,
     "gate.benchmark_items": a.POSITIVE,
+    "gate.drift_prompts": a.COUNT,
+    "gate.max_drift": a.optional(a.NON_NEGATIVE),
     "gate.heldout_items": a.POSITIVE,
     "gate.samples": a.COUNT,
     "gate.max_tokens": a.POSITIVE,

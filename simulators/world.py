@@ -30,6 +30,8 @@ Optional, for a world whose replies are not judged word for word (a chat model's
 - ``benchmarks``: names of published benchmarks (``evals.data.BENCHMARKS``) that are the world's retention,
   scored by log-likelihood for parent, candidate and base (``actors.gate.retention_benchmarks``); with them,
   ``retention_suite`` may be ``None``.
+- ``general_prompts(n)``: ``n`` fixed general prompts (messages), on which the gate measures a candidate's drift
+  from the base, KL(base || candidate) per token on the base's own replies (``evals/drift.py``).
 
 Contract of a :class:`DreamFamily`:
 

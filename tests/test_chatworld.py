@@ -99,6 +99,13 @@ def test_any_other_ask_is_chat_and_varies_into_a_heldout_prompt_that_is_never_th
            [variations.vary(_user("Tell me a joke."), random.Random(7))] * 2  # deterministic in the rng
 
 
+def test_the_general_prompts_drift_is_measured_on_are_the_heldout_pools_last_never_a_taught_one(pools):
+    world = ChatWorld(pools)
+    assert world.general_prompts(3) == [_user(p) for p in pools.heldout[-3:]]
+    assert world.general_prompts(10**6) == [_user(p) for p in pools.heldout]
+    assert world.general_prompts(0) == []
+
+
 def test_taught_and_heldout_prompts_are_disjoint_usable_and_each_side_is_fixed_by_the_prompts_own_text(pools):
     assert pools.taught and pools.heldout and not set(pools.taught) & set(pools.heldout)
     every = {*pools.taught, *pools.heldout}

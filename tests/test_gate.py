@@ -685,3 +685,32 @@ def test_the_controller_keeps_each_versions_held_out_tasks_and_holds_its_descend
 
     sibling = ctl.registry.register(taught, source="test", parent=base).version
     assert ctl.judge(sibling, copy_tasks)["learnt"] == {}
+
+
+class General:
+    """A world of the test's own that gives general prompts (``World.general_prompts``): tiny-world asks."""
+
+    def general_prompts(self, n):
+        return [user(a) for a in ASKS.values()][:n]
+
+
+def test_the_gate_reports_drift_from_the_base_none_for_the_same_weights_and_max_drift_refuses_a_candidate_beyond_it(
+        copy_tasks, tmp_path, shipped_state):
+    suite = retention_suite(GateConfig(retention_items=10), TinyWorld())
+    same = Gate(GateConfig(drift_prompts=4), suite, SHIPPED_MODEL, world=General()).judge(
+        SHIPPED_MODEL, SHIPPED_MODEL, copy_tasks, [], base_dir=SHIPPED_MODEL)
+    assert same["drift"]["from"] == "base" and same["drift"]["chats"] == 4 and same["drift"]["tokens"] > 4
+    assert same["drift"]["kl_per_token"] == pytest.approx(0.0, abs=1e-6)
+
+    gen = torch.Generator().manual_seed(0)
+    moved = {k: v + 0.05 * v.std() * torch.randn(v.shape, generator=gen) if v.ndim == 2 else v
+             for k, v in shipped_state.items()}
+    candidate = _model_dir(tmp_path, moved)
+    bounded = Gate(GateConfig(drift_prompts=4, max_drift=1e-4), suite, SHIPPED_MODEL, world=General())
+    report = bounded.judge(SHIPPED_MODEL, candidate, copy_tasks, [], base_dir=SHIPPED_MODEL)
+    assert report["drift"]["kl_per_token"] > 1e-4 and report["drift"]["tokens"] == same["drift"]["tokens"]
+    assert "drift from the base" in report["reason"] and "max_drift" in report["reason"]
+    assert not any("drift" in why for why in refusals(GateConfig(), report))  # unbounded: reported only
+    # Without a base, the parent is the reference; a world without general prompts has no drift to report.
+    assert bounded.judge(SHIPPED_MODEL, candidate, copy_tasks, [])["drift"]["from"] == "parent"
+    assert "drift" not in Gate(GateConfig(), suite, SHIPPED_MODEL).judge(SHIPPED_MODEL, candidate, copy_tasks, [])

@@ -9,6 +9,8 @@ person teaches a deployed instruct model (SmolLM2-135M-Instruct, or any chat mod
   ask: its held-out tasks are new general prompts, judged by the rule's checker.
 - Retention suite: none of the world's own (``retention_suite`` is None): a chat model's retention is published
   benchmarks, ``benchmarks`` (the names ``evals/data.py`` loads), which the gate runs.
+- Drift: ``general_prompts(n)``, the last ``n`` prompts of the held-out pool (fixed by the source's order), on
+  which the gate measures KL(base || candidate) per token.
 - Replay: none of the world's own (the loop replays what users asked before).  Dream families: none.
 - Scripted teaching: ``teaching.script`` (what scripted users ask and say, taught and held out apart).
 
@@ -127,6 +129,10 @@ class ChatWorld:
 
     def replay(self, seed: int, new=(), focus: float = 0.0) -> None:
         return None
+
+    def general_prompts(self, n: int) -> list[tuple[dict, ...]]:
+        heldout = self.variations.pools.heldout
+        return [_user(p) for p in heldout[len(heldout) - min(n, len(heldout)):]]
 
     def check(self, family: str, student_messages: Sequence[dict], context: str | None) -> dict | None:
         return check(family, student_messages, context)
