@@ -21,9 +21,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip uninstall -y -q torchvision torchaudio torchcodec triton || true
 	touch $(STAMP)
 
-# Two workers (pytest-xdist), each running whole modules (tests/conftest.py groups them, longest first): the
-# suite took 1,867 s in one process and 1,422 s on two workers, the CPU then idle 6 % of the time
-# (bench/results/suite-time/).
+# Two workers (pytest-xdist), each running whole modules (tests/conftest.py groups them, longest first), one
+# OpenMP thread per process: on a fresh clone, 794 passed in 946.5 s, 1,041 s with the virtual environment's
+# creation (bench/results/suite-time/2026-12-07-make-test-ebc36f7.txt; docs/design-notes.md, "The suite's time").
 # The 15 slowest tests close the run, so the next person sees the bill.
 test: setup
 	$(BIN)/python -m pytest -q -n 2 --durations=15

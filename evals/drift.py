@@ -37,19 +37,14 @@ def scored_chats(encoder, prompts: Sequence[Sequence[dict]], replies: Sequence[s
     return chats
 
 
-def _logprobs(model, ids, attention):
-    import torch
-
-    with torch.inference_mode():
-        return torch.log_softmax(model(input_ids=ids, attention_mask=attention).logits.float(), dim=-1)
-
-
 def kl_per_token(reference, model, chats: Sequence[tuple[list[int], list[int]]], batch: int = 4) -> Drift:
-    """KL(reference ‖ model) at each scored token of ``chats`` (``scored_chats``), averaged over all of them.
-    Both models are torch causal LMs with the same vocabulary; chats are right-padded in batches of ``batch``."""
+    """KL(reference ‖ model) at each scored token of ``chats`` (``(ids, mask)`` pairs: ``scored_chats``, or an
+    encoder's training mask), averaged over all of them: the learner's ``forward_kl`` with the reference as the
+    teacher, in float64.  Both models are torch causal LMs with the same vocabulary; chats are right-padded in
+    batches of ``batch``."""
     import torch
 
-    from learner.losses import check_vocab_match
+    from learner.losses import check_vocab_match, forward_kl
 
     if not chats:
         raise ValueError("no chats to measure drift on")
@@ -66,12 +61,12 @@ def kl_per_token(reference, model, chats: Sequence[tuple[list[int], list[int]]],
             attention[i, : len(row)] = 1
             scored[i, : len(row)] = torch.tensor(mask, dtype=torch.bool)
         ids, attention = ids.to(device), attention.to(device)
-        logp = _logprobs(reference, ids, attention)[:, :-1]
-        logq = _logprobs(model, ids, attention)[:, :-1]
-        check_vocab_match(logq.shape[-1], logp.shape[-1])
+        with torch.inference_mode():
+            logp = torch.log_softmax(reference(input_ids=ids, attention_mask=attention).logits[:, :-1].double(), -1)
+            logits = model(input_ids=ids, attention_mask=attention).logits[:, :-1].double()
+        check_vocab_match(logits.shape[-1], logp.shape[-1])
         at = scored[:, 1:].to(device)  # the distribution at position t predicts token t + 1
-        p, q = logp[at], logq[at]
-        total += float(torch.where(p > float("-inf"), p.exp() * (p - q), torch.zeros_like(p)).sum())  # 0 log 0 = 0
+        total += float(forward_kl(logits, logp)[at].sum())
         tokens += int(at.sum())
     if tokens == 0:
         raise ValueError("the chats have no scored tokens")

@@ -73,22 +73,8 @@ def retention_kl(base, model, encoder: "Encoder", n: int = 100) -> float:
     """Mean forward KL(base || model) in nats per reply token, teacher-forced on
     the correct replies of ``n`` held-out items of every base skill: how far the
     model's distribution moved where it should not have, continuous where
-    accuracy saturates."""
-    import torch
+    accuracy saturates (``evals.drift.kl_per_token`` on the encoder's training mask)."""
+    from evals.drift import kl_per_token
 
-    from learner.pretrain import collate
-
-    device = next(model.parameters()).device
-    total, tokens = 0.0, 0
-    for s in BASE_SKILLS:
-        encoded = [encoder.encode(reference_conversation(it)) for it in eval_items(s, None, n)]
-        padded = collate(encoded, encoder.tok.pad_token_id)
-        ids, attention = padded["input_ids"].to(device), padded["attention_mask"].to(device)
-        counted = (padded["labels"][:, 1:] != -100).to(device)  # positions that predict a reply token
-        with torch.no_grad():
-            p = torch.log_softmax(base(ids, attention_mask=attention).logits[:, :-1].double(), -1)
-            q = torch.log_softmax(model(ids, attention_mask=attention).logits[:, :-1].double(), -1)
-        kl = (p.exp() * (p - q)).sum(-1)
-        total += float(kl[counted].sum())
-        tokens += int(counted.sum())
-    return total / tokens
+    chats = [encoder.encode(reference_conversation(it)) for s in BASE_SKILLS for it in eval_items(s, None, n)]
+    return kl_per_token(base, model, chats, batch=n).kl_per_token
