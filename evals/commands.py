@@ -50,7 +50,7 @@ def format_report(report: dict) -> str:
 
     rows = [(b["title"], b["split"], str(b["n"]), pm(b["acc"], b["acc_stderr"]),
              pm(b["acc_norm"], b["acc_norm_stderr"]), pct(b["published"] and b["published"]["acc_norm"]),
-             f"{b['seconds']:.1f}") for b in (report["benchmarks"][name] for name in report["suite"])]
+             f"{b['seconds']:.1f}") for b in report["benchmarks"].values()]
     if "arc_average" in report:
         a = report["arc_average"]
         rows.append((a["title"], "test", "", pct(a["acc"]), pct(a["acc_norm"]),

