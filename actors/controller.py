@@ -796,7 +796,7 @@ class Controller:
         self.registry.save_learnt(version, gate.learnt(parent.directory, heldout, env_tasks))
         self.registry.save_review(version, report)
         scores = {k: report[k] for k in ("new", "learnt", "retention", "gain", "retention_loss", "base_retention_loss",
-                                         "passed")}
+                                         "drift", "passed") if k in report}  # drift: a world with general prompts
         if not report["passed"]:
             self.registry.set_status(version, REJECTED, reason=report["reason"], scores=scores)
         else:

@@ -6,10 +6,10 @@ feedback through ``POST /v1/feedback``: a rule stated on a few taught asks, each
 the gate judges the candidate (held-out asks checked by code, the world's retention benchmarks against parent and
 base) and a passing one is swapped in.  Every figure is measured in the run that writes it:
 
-- ``feedback_to_served_seconds``: from the last feedback to the first chat answer of a promoted version that keeps
-  the rule (a held-out prompt asked through the API every 5 s, every second once the status names a new version;
-  ``failed_requests`` counts the probes that raised; the 40 held-out prompts and 16 fact questions asked after are
-  requests too, and one that failed would raise);
+- ``feedback_to_served_seconds``: from the last feedback to the first chat answer of the promoted candidate (a
+  held-out prompt asked through the API every 5 s, every second once the status names a new version; whether that
+  first answer kept the rule is ``served_answer_keeps_rule``; ``failed_requests`` counts the probes that raised;
+  the 40 held-out prompts and 16 fact questions asked after are requests too, and one that failed would raise);
 - ``steps``: the controller's own time per step of the cycle (collect, learn, gate, swap);
 - ``peak_rss_bytes``: the peak summed resident memory of this process and every process it started;
 - ``api_rule_before`` / ``_after``: greedy compliance through the API on held-out general prompts;
@@ -33,7 +33,9 @@ TARGETS = {"api_rule_after": 0.9, "api_facts_after": 0.8, "retention_avg_drop": 
 def run_chat_bench(model: str, rule: str = "starts_with", facts: int = 8, asks_per_rule: int = 3,
                    steps: int = 20, batch_size: int = 8, lr: float = 5e-5, probes: int = 40,
                    benchmark_items: int = 50, heldout_items: int = 24, timeout_s: float = 1800.0,
-                   pin_cpus: bool = False, seed: int = 0, progress=print) -> dict:
+                   pin_cpus: bool = False, seed: int = 0, progress=print, gate_overrides: dict | None = None) -> dict:
+    """One cycle (the module docstring); ``gate_overrides`` are further ``GateConfig`` fields (a test's gate that
+    passes what it judges, so that the swap is exercised)."""
     import httpx
     import openai
     import ray
@@ -70,7 +72,8 @@ def run_chat_bench(model: str, rule: str = "starts_with", facts: int = 8, asks_p
                       loop=LoopConfig(approval="auto", min_feedback=n_feedback, poll_s=0.5, steps=steps,
                                       batch_size=batch_size, lr=lr, checkpoint_every=steps, dream=False,
                                       seed=seed),
-                      gate=GateConfig(benchmark_items=benchmark_items, heldout_items=heldout_items))
+                      gate=GateConfig(benchmark_items=benchmark_items, heldout_items=heldout_items,
+                                      **(gate_overrides or {})))
     keys = Keys(secrets.token_urlsafe(24), secrets.token_urlsafe(24), "bench (in memory)")
     t_start = time.perf_counter()
     with _PeakRss() as rss:
@@ -107,8 +110,8 @@ def run_chat_bench(model: str, rule: str = "starts_with", facts: int = 8, asks_p
                                json={"response_id": asked.id, **fields}, timeout=60)
                 r.raise_for_status()
             t_feedback = time.perf_counter()
-            progress("feedback given; waiting for a promoted version that keeps the rule")
-            served_at, failed, sent, version, refused, waited = None, 0, 0, base, None, 0
+            progress("feedback given; waiting for the candidate to be judged and served")
+            served_at, failed, sent, version, refused, waited, kept = None, 0, 0, base, None, 0, None
             rng = random.Random(seed)
             while time.perf_counter() - t_feedback < timeout_s:
                 s = status()
@@ -125,8 +128,9 @@ def run_chat_bench(model: str, rule: str = "starts_with", facts: int = 8, asks_p
                         raw = reply(rng.choice(heldout_prompts))
                         sent += 1
                         version = int(raw.headers["x-reverie-version"])
-                        if version != base and passes(rule_spec, raw.parse().choices[0].message.content):
+                        if version != base:
                             served_at = time.perf_counter()
+                            kept = passes(rule_spec, raw.parse().choices[0].message.content)
                             break
                     except Exception:  # noqa: BLE001 - counted
                         failed += 1
@@ -152,10 +156,10 @@ def run_chat_bench(model: str, rule: str = "starts_with", facts: int = 8, asks_p
         "model": model, "model_dir": str(model_dir), "rule": rule_text, "rule_kind": rule,
         "facts_taught": len(taught_facts), "rule_asks": len(taught_rules), "feedback": n_feedback,
         "loop": {"steps": steps, "batch_size": batch_size, "lr": lr},
-        "gate": {"benchmark_items": benchmark_items, "heldout_items": heldout_items},
+        "gate": {"benchmark_items": benchmark_items, "heldout_items": heldout_items, **(gate_overrides or {})},
         "feedback_to_served_seconds": seconds, "steps": {k: round(v, 1) for k, v in (cycle.get("seconds") or {}).items()},
         "base_version": base, "candidate": cand and {k: cand.get(k) for k in ("version", "status", "reason")},
-        "served_version": version,
+        "served_version": version, "served_answer_keeps_rule": kept,
         "api_rule_before": before["rule"], "api_facts_before": before["facts"],
         "api_rule_after": after and after["rule"], "api_facts_after": after and after["facts"],
         "api_prompts": len(heldout_prompts), "api_fact_questions": len(fact_asks),

