@@ -66,19 +66,20 @@ def format_report(report: dict) -> str:
             if b.get("published")}
     if pubs:
         lines.append("published: acc_norm from " + "; ".join(sorted(pubs)))
-    for b in report["benchmarks"].values():
-        data = b["data"]
+    if report["benchmarks"]:  # every benchmark's data come from the same wheel
+        data = next(iter(report["benchmarks"].values()))["data"]
         lines.append(f"data: {data['package']}=={data['version']} (sha256 {data['sha256'][:12]}...); "
                      f"± one standard error")
-        break
     if "ifeval" in report:
         f = report["ifeval"]
         lines.append(f"IFEval, {f['n']} of {f['of']} prompts ({f['instructions']} instructions), greedy, at most "
-                     f"{f['max_tokens']} new tokens ({f['cut']} cut there, {f['too_long']} too long to ask): prompt-level strict {pct(f['prompt_strict'])}, "
-                     f"instruction-level strict {pct(f['inst_strict'])}, average {pct(f['average'])} "
+                     f"{f['max_tokens']} new tokens ({f['cut']} cut there, {f['too_long']} too long to ask): "
+                     f"prompt-level strict {pct(f['prompt_strict'])}, instruction-level strict "
+                     f"{pct(f['inst_strict'])}, average {pct(f['average'])} "
                      f"(published {pct(f['published'] and f['published']['average'])}); loose "
                      f"{pct(f['prompt_loose'])} / {pct(f['inst_loose'])}; {f['seconds']:.1f} s")
-        lines.append(f"IFEval data and checker: {f['data']['package']}=={f['data']['version']}; {f['data']['checker']}")
+        lines.append(f"IFEval data and checker: {f['data']['package']}=={f['data']['version']}; "
+                     f"{f['data']['checker']}")
     return "\n".join(lines)
 
 

