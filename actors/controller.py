@@ -69,7 +69,7 @@ import threading
 import time
 import traceback
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from itertools import islice
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -582,10 +582,11 @@ class Controller:
         return out, varied
 
     def _batches(self, c: Cycle, lessons: list, heldout: list, varied: set,
-                 earlier: tuple[list, set] = ([], set())) -> Iterator[list]:
+                 earlier: tuple[list, set] = ([], set()), ruled: Sequence[tuple] = ()) -> Iterator[list]:
         """Endless batches: asked conversations and their variations (never a held-out one), mixed with
         retention replay; the same sequence for the same cycle.  ``earlier`` (``_earlier``) takes its share of
-        the feedback lessons: as many as it has of the lessons in all, at most ``loop.relearn``."""
+        the feedback lessons: as many as it has of the lessons in all, at most ``loop.relearn``.  ``ruled``
+        (``_ruled``): the teacher contexts that keep the rules in force, for a replay of what users asked."""
         from actors.gate import HeldOutTask
         from learner.distill import Lesson
         from learner.replay import mixed_batches
@@ -628,8 +629,12 @@ class Controller:
                 for stream in streams:
                     yield next(stream)
 
-        return mixed_batches(experience(), self._replay(c, lessons), self.cfg.loop.batch_size,
-                             _retained(c, self.cfg.loop))
+        taught = banned | {_prompt_key(l.student) for l in (*lessons, *old)}
+        replay = self._replay(c, lessons, taught, ruled)
+        if replay is None:  # nothing asked before that the cycle does not teach: every slot is new experience
+            c.lessons["replay"] = {}
+        return mixed_batches(experience(), replay or iter(()), self.cfg.loop.batch_size,
+                             0.0 if replay is None else _retained(c, self.cfg.loop))
 
     def _dreamt(self, c: Cycle) -> Iterator:
         """Lessons from the cycle's kept dream trajectories, read back from the store: each state the policy
@@ -643,11 +648,16 @@ class Controller:
         # simulator's dreamed successes replayed for real (its agreement check); the gate then wants a real gain.
         return lessons(kept, random.Random(f"dream-lessons/{c.cycle}/{c.seed}"), trusted_only=False)
 
-    def _replay(self, c: Cycle, lessons: list) -> Iterator:
+    def _replay(self, c: Cycle, lessons: list, taught: set = frozenset(),
+                ruled: Sequence[tuple] = ()) -> Iterator | None:
         """Retention replay: the world's own (``World.replay``: for the tiny world, its base skills, each skill's
         share focused on the ones whose prompts look most like the cycle's lessons, ``loop.replay_focus``; the
-        shares are kept in ``c.lessons["replay"]``); for a world with none, what users asked before, evenly (the
-        frozen parent is the teacher, with no privileged context: the loss holds old behaviour)."""
+        shares are kept in ``c.lessons["replay"]``); for a world with none, what users asked before, evenly, under
+        the frozen parent: the loss holds old behaviour, as the rules in force change it (each lesson's teacher is
+        shown one of ``ruled``).  Never an ask in ``taught`` (the prompt keys the cycle teaches or holds out), nor
+        a question of a family whose corrections hold when it is asked in other words (a fact) that the cycle
+        corrects: the parent's answer to it is what the feedback corrects (measured: docs/design-notes.md,
+        "Replay that unteaches"); None when nothing is left to replay."""
         from learner.distill import Lesson
 
         new = [[l.student for l in lessons[:: max(1, len(lessons) // REPLAY_SAMPLE)]]]
@@ -660,22 +670,51 @@ class Controller:
             return replay
         from actors.store import read_table
 
-        asked = [tuple(m) for m in read_table(self.cfg.data_dir, "interactions", columns=["messages"])
-                 .column("messages").to_pylist() if m]
+        variations = self._variations()
+        corrected = {f for l in lessons if l.reference is not None
+                     for f in [variations.family(l.student)] if f is not None and variations.keeps_answer(f)}
+        asked = [p for p in (tuple({"role": m["role"], "content": m["content"]} for m in messages)
+                             for messages in read_table(self.cfg.data_dir, "interactions", columns=["messages"])
+                             .column("messages").to_pylist() if messages)
+                 if _prompt_key(p) not in taught and variations.family(p) not in corrected]
         rng = random.Random(f"replay/{c.cycle}/{c.seed}")
 
         def endless():
             while True:
                 p = rng.choice(asked)
-                yield Lesson(p, p, None)
+                yield Lesson(p, (*rng.choice(ruled), *p) if ruled else p, None)
 
-        return endless() if asked else iter(())
+        return endless() if asked else None
+
+    def _ruled(self, c: Cycle, found) -> list[tuple[dict, ...]]:
+        """The teacher contexts that keep the rules in force: one per rule lesson of the cycle (``found``, its
+        feedback lessons), the rules of the cycle and of the parent's lineage rendered as one system message, then
+        the exchanges that lesson's context shows (``learner.experience.feedback_lessons``); the system message
+        alone when only the lineage has rules; none when no rule is in force."""
+        from learner.templates import render
+
+        own = [(s["rule"], l) for l, s in zip(found.lessons, found.sources) if s["rule"]]
+        rules = sorted({r for r, _ in own} | set(self._accepted_rules(self.registry.get(c.parent))))
+        if not rules:
+            return []
+        system = {"role": "system", "content": "\n".join(render("rule", r) for r in rules)}
+        return [(system, *l.context[1:]) for _, l in own] or [(system,)]
+
+    def _learn_config(self, c: Cycle):
+        """The learner's settings for the cycle: the loop's, with the teacher's temperature the loop's or else
+        the world's (``World.teacher_temperature``; 1.0 for a world that states none)."""
+        from learner.config import LearnConfig
+
+        loop = self.cfg.loop
+        temperature = loop.teacher_temperature or getattr(self.world, "teacher_temperature", 1.0)
+        return LearnConfig(method=loop.method, steps=loop.steps, batch_size=loop.batch_size, lr=loop.lr,
+                           teacher_temperature=temperature, retain=_retained(c, loop),
+                           checkpoint_every=loop.checkpoint_every, seed=c.seed)
 
     def _learn(self, c: Cycle) -> None:
         import ray
 
         from actors.learner import LearnerActor, learner_options
-        from learner.config import LearnConfig
 
         if c.candidate is not None and self._registered(c.candidate):
             c.state = "gate"  # registered just before a restart
@@ -687,10 +726,8 @@ class Controller:
         earlier = self._earlier(c, lessons, heldout)
         if earlier[0]:
             c.lessons.setdefault("counts", {})["relearnt"] = len(earlier[0])
-        batches = self._batches(c, lessons, heldout, varied, earlier)
-        loop = self.cfg.loop
-        learn_cfg = LearnConfig(method=loop.method, steps=loop.steps, batch_size=loop.batch_size, lr=loop.lr,
-                                retain=_retained(c, loop), checkpoint_every=loop.checkpoint_every, seed=c.seed)
+        batches = self._batches(c, lessons, heldout, varied, earlier, self._ruled(c, found))
+        learn_cfg = self._learn_config(c)
         work = self.dir / "cycles" / f"c{c.cycle:06d}"
         parent = self.registry.get(c.parent)
         learner = LearnerActor.options(**learner_options()).remote(

@@ -18,7 +18,8 @@ Contract of a :class:`World` (every method is deterministic in its arguments):
 - ``replay(seed, new, focus)``: endless retention lessons (``learner.distill.Lesson``, student and teacher the
   same prompt), each family's share leaning by ``focus`` towards those whose prompts look like ``new`` (lists of
   the cycle's student prompts), and the shares; ``None`` when the world has none (the loop then replays what
-  users asked before, with the frozen parent as the teacher).
+  users asked before, with the frozen parent as the teacher shown the rules in force, never an ask the cycle
+  teaches or holds out: ``actors.controller.Controller._replay``).
 - ``dream_families``: ``{skill: DreamFamily}`` for the families that can be rehearsed in an environment.
 
 Optional, for a world whose replies are not judged word for word (a chat model's never are):
@@ -30,6 +31,8 @@ Optional, for a world whose replies are not judged word for word (a chat model's
 - ``benchmarks``: names of published benchmarks (``evals.data.BENCHMARKS``) that are the world's retention,
   scored by log-likelihood for parent, candidate and base (``actors.gate.retention_benchmarks``); with them,
   ``retention_suite`` may be ``None``.
+- ``teacher_temperature``: the teacher's temperature the world's lessons were measured with (the tiny world's
+  0.5); without it the loop's teacher is at 1.0, as it is (``loop.teacher_temperature`` overrides both).
 - ``general_prompts(n)``: ``n`` fixed general prompts (messages), on which the gate measures a candidate's drift
   from the base, KL(base || candidate) per token on the base's own replies (``evals/drift.py``).
 

@@ -259,3 +259,89 @@ def test_a_candidate_submitted_while_the_loop_looks_for_new_experience_is_judged
     ctl._end(ctl.current)
     ctl._maybe_start()
     assert ctl.current.cycle == submitted[0]["cycle"] + 1 and ctl.current.feedback_ids == ["fb-1", "fb-2"]
+
+
+def test_a_chat_cycles_replay_never_asks_what_it_teaches_or_holds_out_and_its_teacher_keeps_the_rule(tmp_path):
+    """Measured with ``reverie bench cycle`` on SmolLM2-135M-Instruct (2026-12-07, 30 updates, half of each batch
+    replay): after the cycle the stated rule held on 1 of 24 held-out asks and the corrected facts on 0 of 8.  A
+    chat world has no replay of its own, so the loop replayed what users had asked before under the frozen parent
+    with no context: the cycle's own rule asks, the other phrasings of the facts it corrects and general prompts
+    the rule applies to, each taught the parent's answer, which is what the feedback corrects.  Replay now leaves
+    out every ask the cycle teaches or holds out and every question of a family whose corrections hold in other
+    words (a fact) that the cycle corrects, and its teacher is shown the rules in force as the rule lessons show
+    them (the rule, and the exchanges that keep it)."""
+    import itertools
+
+    from actors.store import ExperienceStoreCore
+    from learner.templates import render
+    from reverie.config import LoopConfig
+    from simulators.chatworld.facts import FACTS
+    from simulators.chatworld.plugin import ChatWorld
+    from simulators.chatworld.prompts import split
+    from tests.test_chatworld import ALPACA_LIKE
+
+    import msgpack
+
+    pools = split(ALPACA_LIKE)
+    store = ExperienceStoreCore(str(tmp_path / "data"))
+    rule = "Always start your answer with 'Short answer:'"
+    fact, other_fact = FACTS[0], FACTS[7]
+    n = 0
+
+    def asked(text: str, **feedback) -> str:
+        nonlocal n
+        n += 1
+        store.append("interactions", [msgpack.packb({"id": f"r-{n}", "created": float(n), "kind": "chat",
+                                                     "version": 1, "messages": [{"role": "user", "content": text}]})])
+        if feedback:
+            store.append("feedback", [msgpack.packb({"id": f"fb-{n}", "response_id": f"r-{n}", "created": float(n),
+                                                     **feedback})])
+        return f"fb-{n}"
+
+    general = list(pools.heldout[:6])
+    for text in [*general, fact.questions[1], fact.questions[2], other_fact.questions[0]]:
+        asked(text)  # asked before anything was taught
+    taught = [asked(p, rule=rule, correction=f"Short answer: about {p[:12]}") for p in pools.taught[:3]]
+    taught.append(asked(fact.questions[0], correction=fact.correction))
+    store.close()
+
+    ctl = Controller(ServeConfig(model_dir=SHIPPED_MODEL, world="chat", data_dir=str(tmp_path / "data"),
+                                 loop=LoopConfig(batch_size=8)))
+    ctl._world = ChatWorld(pools)
+    c = Cycle(cycle=1, state="learn", parent=1, feedback_ids=sorted(taught), seed=1, started=0.0, retain=0.5)
+    found = ctl._lessons(c)[0]
+    lessons, heldout, varied = ctl._split(c, found)
+    replayed = [l for b in itertools.islice(ctl._batches(c, lessons, heldout, varied, ruled=ctl._ruled(c, found)),
+                                            50) for l in b[4:]]
+    never = {tuple(m["content"] for m in l.student) for l in [*lessons, *heldout]}
+    never |= {(q,) for q in fact.questions} | {(q,) for q in other_fact.questions}
+    asks = {tuple(m["content"] for m in l.student) for l in replayed}
+    assert asks and not asks & never, asks & never
+    assert asks <= {(p,) for p in general}
+    for l in replayed:
+        system, *shown = l.context
+        assert system == {"role": "system", "content": render("rule", rule)}
+        assert len(shown) == 4 and [m["role"] for m in shown] == ["user", "assistant"] * 2
+        assert all(m["content"].startswith("Short answer:") for m in shown[1::2])
+
+
+def test_the_teachers_temperature_is_the_worlds_unless_the_loop_sets_one(tmp_path):
+    """The tiny world's sweep chose a teacher at temperature 0.5 (docs/design-notes.md), and the loop used it for
+    every world.  Under replay, whose teacher is the frozen parent itself, that target is a sharpened copy of the
+    parent: every replayed reply is pulled away from what the model was (on SmolLM2 the 30-update cycle of
+    2026-12-07 drifted 0.315 nats per token from the base).  A world states the temperature it was measured with
+    (``World.teacher_temperature``); a world that states none gets 1.0, the teacher as it is; ``loop.
+    teacher_temperature`` overrides both."""
+    from reverie.config import LoopConfig
+    from simulators.chatworld.plugin import ChatWorld
+    from simulators.world import NoWorld
+
+    c = Cycle(cycle=1, state="learn", parent=1, feedback_ids=[], seed=3, started=0.0, retain=0.25)
+    for world, loop, expected in [(None, LoopConfig(), 0.5), (ChatWorld(), LoopConfig(), 1.0),
+                                  (NoWorld(), LoopConfig(), 1.0), (ChatWorld(), LoopConfig(teacher_temperature=0.7), 0.7)]:
+        ctl = Controller(ServeConfig(model_dir=SHIPPED_MODEL, data_dir=str(tmp_path / "data"), loop=loop))
+        if world is not None:
+            ctl._world = world
+        cfg = ctl._learn_config(c)
+        assert cfg.teacher_temperature == expected, (world, loop)
+        assert (cfg.retain, cfg.seed, cfg.steps, cfg.lr) == (0.25, 3, loop.steps, loop.lr)
