@@ -48,6 +48,10 @@ class LoopConfig:
     # Share of the feedback lessons, at most, that teach again what the served version's lineage was taught
     # (Controller._earlier; docs/design-notes.md, "Relearning what the lineage was taught"); 0: never.
     relearn: float = 0.5
+    # The teacher's log-probs at this temperature (OPSD); None: the world's (``World.teacher_temperature``: 0.5 for
+    # the tiny world, chosen by its sweep), else 1.0, the teacher as it is (docs/design-notes.md, "Replay that
+    # unteaches").
+    teacher_temperature: float | None = None
     checkpoint_every: int = 50  # a killed controller resumes its cycle's learning from the newest of these
     variations: float = 0.75  # share of new-experience lessons that are proposer variations of the asked task
     mix: str = "records"  # feedback and dream lessons: "records" (in proportion to their records), "turns" (half each)

@@ -35,6 +35,7 @@ noted; what is left out keeps its default, shown here)::
       retain: 0.5                     # share of each batch replaying base skills, in [0, 1)
       replay_focus: 0.5               # share of the replay on the old skills most like the new lessons, in [0, 1)
       relearn: 0.5                    # share of the feedback lessons, at most, re-teaching earlier cycles', in [0, 1)
+      teacher_temperature: null       # the teacher's temperature, in (0, 10] (null: the world's; 1.0 if it has none)
       checkpoint_every: 50
       variations: 0.75                # in [0, 1)
       mix: records                    # feedback and dream lessons: records (in proportion to them) or turns (half each)
@@ -125,6 +126,7 @@ RULES: dict[str, a.Rule] = {
     "loop.retain": a.FRACTION,
     "loop.replay_focus": a.FRACTION,
     "loop.relearn": a.FRACTION,
+    "loop.teacher_temperature": a.optional(a.TEMPERATURE),
     "loop.checkpoint_every": a.COUNT,
     "loop.variations": a.FRACTION,
     "loop.mix": a.one_of(*MIXES),

@@ -51,6 +51,7 @@ class ToolsFamily:
 
 class TinyWorld:
     name = "tiny"
+    teacher_temperature = 0.5  # chosen by the tiny world's sweep (docs/design-notes.md, "Why OPSD forgets as much as SFT here")
 
     def __init__(self):
         self.variations = TinyWorldVariations()
