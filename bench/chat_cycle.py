@@ -60,7 +60,7 @@ def run_chat_bench(model: str, rule: str = "starts_with", facts: int = 8, asks_p
     taught_rules = rule_teachings(seed, (rule,), asks_per_rule, pools)
     rule_text = taught_rules[0].text
     rule_spec = check("chat", ({"role": "user", "content": "?"},), render("rule", rule_text))
-    heldout_prompts = random.Random(f"bench-chat-{seed}").sample(pools.heldout, probes)
+    heldout_prompts = random.Random(f"bench-chat-{seed}").sample(pools.unseen, probes)  # never drawn by the loop
     fact_asks = [(q, check("facts", ({"role": "user", "content": q},), "")) for t in taught_facts for q in t.heldout]
 
     work = Path(tempfile.mkdtemp(prefix="reverie-bench-chat-"))

