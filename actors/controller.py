@@ -732,7 +732,7 @@ class Controller:
         parent = self.registry.get(c.parent)
         learner = LearnerActor.options(**learner_options()).remote(
             str(self.cfg.model_dir), learn_cfg, str(work / "checkpoints"), None, 0, None, str(work / "tmp"),
-            "torch", None if parent.source == "base" else parent.weights)
+            "torch", None if parent.source == "base" else parent.weights, self.cfg.loop.learner_threads)
         try:
             c.done = ray.get(learner.updates.remote(), timeout=600)
             c.resumed.append(c.done)

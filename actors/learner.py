@@ -27,9 +27,11 @@ from learner.tokenizer import chat_encoder, load_tokenizer
 class LearnerService:
     def __init__(self, model_dir: str, cfg: LearnConfig, checkpoints: str, teacher: TeacherConfig | None = None,
                  scorers: int = 1, topk: int | None = None, workdir: str | None = None, sampler: str = "vllm",
-                 weights: list[str] | None = None):
+                 weights: list[str] | None = None, threads: int = 1):
         """``sampler="torch"``: sample and score in this process (no engine to start; full-vocabulary teacher).
-        ``weights``: safetensors files to start from instead of ``model_dir``'s own (a registered version)."""
+        ``weights``: safetensors files to start from instead of ``model_dir``'s own (a registered version).
+        ``threads`` > 1 on a CPU: that many torch threads, the process let onto every core at a lower priority
+        than serving (``reverie.cpus.background``; ``loop.learner_threads``)."""
         from transformers import AutoModelForCausalLM
 
         from learner.vllm_backend import DEFAULT_TOPK, VllmSampler
@@ -37,6 +39,11 @@ class LearnerService:
         torch.manual_seed(cfg.seed)
         self.model_dir, self.cfg, self.root = Path(model_dir), cfg, Path(checkpoints)
         device = "cuda" if torch.cuda.is_available() else "cpu"
+        if device == "cpu" and threads > 1:
+            from reverie.cpus import background
+
+            background()
+            torch.set_num_threads(threads)
         tokenizer = load_tokenizer(model_dir)
         self.encoder = chat_encoder(tokenizer)
         self.student = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
@@ -62,6 +69,12 @@ class LearnerService:
 
     def updates(self) -> int:
         return self.learner.updates
+
+    def placement(self) -> dict:
+        """Where this learner computes: torch threads, niceness, the cores it may run on."""
+        import os
+
+        return {"threads": torch.get_num_threads(), "nice": os.nice(0), "cores": sorted(os.sched_getaffinity(0))}
 
     def step(self, batch: list[Lesson]) -> dict:
         stats = self.learner.step(batch)

@@ -33,7 +33,8 @@ TARGETS = {"api_rule_after": 0.9, "api_facts_after": 0.8, "retention_avg_drop": 
 def run_chat_bench(model: str, rule: str = "starts_with", facts: int = 8, asks_per_rule: int = 3,
                    steps: int = 20, batch_size: int = 8, lr: float = 5e-5, probes: int = 40,
                    benchmark_items: int = 50, heldout_items: int = 24, timeout_s: float = 1800.0,
-                   pin_cpus: bool = False, seed: int = 0, progress=print, gate_overrides: dict | None = None) -> dict:
+                   pin_cpus: bool = False, seed: int = 0, progress=print, gate_overrides: dict | None = None,
+                   learner_threads: int = 1) -> dict:
     """One cycle (the module docstring); ``gate_overrides`` are further ``GateConfig`` fields (a test's gate that
     passes what it judges, so that the swap is exercised)."""
     import httpx
@@ -71,7 +72,7 @@ def run_chat_bench(model: str, rule: str = "starts_with", facts: int = 8, asks_p
     cfg = ServeConfig(model_dir=model_dir, world="chat", data_dir=str(work / "data"), port=port, pin_cpus=pin_cpus,
                       loop=LoopConfig(approval="auto", min_feedback=n_feedback, poll_s=0.5, steps=steps,
                                       batch_size=batch_size, lr=lr, checkpoint_every=steps, dream=False,
-                                      seed=seed),
+                                      learner_threads=learner_threads, seed=seed),
                       gate=GateConfig(benchmark_items=benchmark_items, heldout_items=heldout_items,
                                       **(gate_overrides or {})))
     keys = Keys(secrets.token_urlsafe(24), secrets.token_urlsafe(24), "bench (in memory)")
@@ -155,7 +156,8 @@ def run_chat_bench(model: str, rule: str = "starts_with", facts: int = 8, asks_p
         "what": "one loop cycle on a real instruct model in the chat world, through the API (auto-approval)",
         "model": model, "model_dir": str(model_dir), "rule": rule_text, "rule_kind": rule,
         "facts_taught": len(taught_facts), "rule_asks": len(taught_rules), "feedback": n_feedback,
-        "loop": {"steps": steps, "batch_size": batch_size, "lr": lr},
+        "loop": {"steps": steps, "batch_size": batch_size, "lr": lr, "learner_threads": learner_threads,
+                 "pin_cpus": pin_cpus},
         "gate": {"benchmark_items": benchmark_items, "heldout_items": heldout_items, **(gate_overrides or {})},
         "feedback_to_served_seconds": seconds, "steps": {k: round(v, 1) for k, v in (cycle.get("seconds") or {}).items()},
         "base_version": base, "candidate": cand and {k: cand.get(k) for k in ("version", "status", "reason")},

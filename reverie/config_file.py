@@ -37,6 +37,7 @@ noted; what is left out keeps its default, shown here)::
       relearn: 0.5                    # share of the feedback lessons, at most, re-teaching earlier cycles', in [0, 1)
       teacher_temperature: null       # the teacher's temperature, in (0, 10] (null: the world's; 1.0 if it has none)
       checkpoint_every: 50
+      learner_threads: 1              # torch threads of a CPU learner (> 1: on every core, below serving's priority)
       variations: 0.75                # in [0, 1)
       mix: records                    # feedback and dream lessons: records (in proportion to them) or turns (half each)
       dream: true                     # rehearse recorded asks of a family with an environment
@@ -128,6 +129,7 @@ RULES: dict[str, a.Rule] = {
     "loop.relearn": a.FRACTION,
     "loop.teacher_temperature": a.optional(a.TEMPERATURE),
     "loop.checkpoint_every": a.COUNT,
+    "loop.learner_threads": a.POSITIVE,
     "loop.variations": a.FRACTION,
     "loop.mix": a.one_of(*MIXES),
     "loop.dream": a.FLAG,

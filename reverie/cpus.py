@@ -123,6 +123,19 @@ def leave_engine_cores(p: CpuPlan) -> bool:
     return True
 
 
+def background(lower: int = 10) -> set[int]:
+    """This process (a learner: background work beside the serving engines) may run on every core of the machine,
+    under a plan the engine's too, ``lower`` steps of niceness below what it had (each thread: niceness is per
+    thread on Linux, and threads started later inherit it), so that the serving path wins every core it wants; the
+    cores.  Only for a process reverie started."""
+    cores = set(_machine_cpus())
+    _pin_process(os.getpid(), cores)
+    for tid in os.listdir(f"/proc/{os.getpid()}/task"):
+        with contextlib.suppress(ProcessLookupError):
+            os.setpriority(os.PRIO_PROCESS, int(tid), min(19, os.getpriority(os.PRIO_PROCESS, int(tid)) + lower))
+    return cores
+
+
 UNBOUND = "nobind"  # vLLM's value for "bind no OpenMP thread"
 
 

@@ -64,8 +64,13 @@ def test_the_vllm_sampler_follows_the_student_after_an_update(base, tokenizer, s
         sampler.close()
 
 
-def test_the_ray_learner_steps_with_scorer_actors_and_resumes_after_a_restart(shipped_model, tmp_path):
+def test_the_ray_learner_steps_with_scorer_actors_resumes_after_a_restart_and_takes_the_cpu_threads_given(
+        shipped_model, tmp_path):
+    """A learner on a CPU computes with one torch thread on the cores Ray gives it; with ``threads`` (the loop's
+    ``learner_threads``) it takes that many, on every core of the machine, niced below the serving path."""
     import ray
+
+    from reverie.cpus import _machine_cpus
 
     from actors.learner import start_learner
     from reverie.ray_start import start_ray
@@ -84,6 +89,13 @@ def test_the_ray_learner_steps_with_scorer_actors_and_resumes_after_a_restart(sh
         ray.get(again.step.remote(next(batches)), timeout=600)  # the third batch, neither repeated nor skipped
         saved = ray.get(again.save.remote(), timeout=600)
         assert saved["version"] == 2 and saved["path"].endswith("step-00000003")
+        plain = ray.get(again.placement.remote(), timeout=60)
+        assert plain["threads"] == 1
+        threaded = start_learner(str(shipped_model), cfg, str(tmp_path / "threaded"), None, 0, None, None, "torch",
+                                 None, 2)
+        placed = ray.get(threaded.placement.remote(), timeout=600)
+        assert placed == {"threads": 2, "nice": min(19, plain["nice"] + 10), "cores": sorted(_machine_cpus())}
+        assert ray.get(threaded.step.remote(next(batches)), timeout=600)["tokens"] > 0
     finally:
         ray.shutdown()
 
