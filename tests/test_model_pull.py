@@ -229,6 +229,23 @@ def test_reverie_eval_scores_smollm2_on_the_retention_benchmarks_with_torchs_log
 
 
 
+def test_reverie_eval_asks_smollm2_the_chat_worlds_facts_and_rules_and_it_knows_none_untaught(smollm2, smollm2_llm,
+                                                                                               benchmarks, monkeypatch):
+    """The chat world's own families on the real model, through the module's engine: SmolLM2 was never told
+    anything about the invented organisation, so it answers none of 16 questions about it, and without being told
+    it opens no answer with 'Short answer:' (what ``reverie bench cycle`` teaches); its answers are judged by the
+    world's checks (a taught version's figures are in the chat-cycle result files)."""
+    from evals.data import CACHE_ENV as BENCHMARK_CACHE
+    from evals.suite import evaluate
+
+    monkeypatch.setenv(BENCHMARK_CACHE, str(benchmarks))
+    report = evaluate(str(smollm2), ["facts", "rules"], 16, llm=smollm2_llm).report()
+    facts, rules = report["chat_world"]["facts"], report["chat_world"]["rules"]
+    assert (facts["n"], facts["score"], rules["n"]) == (16, 0.0, 16)
+    assert rules["detail"]["Always start your answer with 'Short answer:'"] == 0.0
+    assert 0.0 < rules["score"] < 1.0, rules["detail"]  # some rules hold by themselves (no_lists, max_words)
+
+
 def test_ifeval_scores_smollm2s_own_greedy_answers_with_the_wheels_checker(smollm2, smollm2_torch, smollm2_llm,
                                                                           benchmarks, monkeypatch):
     """IFEval through the module's engine: 16 of its prompts asked under SmolLM2's chat template, every one fits,
