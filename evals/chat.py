@@ -80,12 +80,11 @@ def rule_prompts(limit: int | None, progress: Callable[[str], None] = print) -> 
 
 
 def _greedy(llm, encoder, questions: Sequence[str], max_tokens: int) -> tuple[list[str], int]:
-    from vllm import SamplingParams
-    from vllm.inputs import TokensPrompt
+    """Greedy replies to each question asked alone, and how many were cut at ``max_tokens``."""
+    from reverie.engine import greedy
 
-    prompts = [TokensPrompt(prompt_token_ids=encoder.prompt_ids([{"role": "user", "content": q}])) for q in questions]
-    outs = llm.generate(prompts, SamplingParams(temperature=0.0, max_tokens=max_tokens), use_tqdm=False)
-    return [o.outputs[0].text for o in outs], sum(o.outputs[0].finish_reason == "length" for o in outs)
+    out = greedy(llm, [encoder.prompt_ids([{"role": "user", "content": q}]) for q in questions], max_tokens)
+    return [text for text, _ in out], sum(cut for _, cut in out)
 
 
 def score_facts(asks: Sequence[tuple[str, dict, str]], replies: Sequence[str]) -> tuple[float, dict]:

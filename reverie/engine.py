@@ -74,3 +74,14 @@ def offline_llm(model_dir: str | Path, seed: int = 0, **kwargs):
     from vllm import LLM
 
     return LLM(**{**engine_kwargs(model_dir, seed), "worker_extension_cls": WEIGHT_EXTENSION, **kwargs})
+
+
+def greedy(llm, prompts, max_tokens: int) -> list[tuple[str, bool]]:
+    """The offline engine ``llm``'s greedy reply to each prompt (token ids), at most ``max_tokens`` new tokens,
+    and whether it was cut there."""
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    outs = llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompts],
+                        SamplingParams(temperature=0.0, max_tokens=max_tokens), use_tqdm=False)
+    return [(o.outputs[0].text, o.outputs[0].finish_reason == "length") for o in outs]

@@ -45,12 +45,9 @@ DEMO_CONTEXT = 512  # tokens the demonstrated context may take in the engine
 
 def _generate(llm, encoder, chats: Sequence[Sequence[dict]], max_tokens: int) -> list[tuple[str, bool]]:
     """Greedy (reply, cut off at max_tokens) for each chat."""
-    from vllm import SamplingParams
-    from vllm.inputs import TokensPrompt
+    from reverie.engine import greedy
 
-    prompts = [TokensPrompt(prompt_token_ids=encoder.prompt_ids(list(c))) for c in chats]
-    outs = llm.generate(prompts, SamplingParams(temperature=0.0, max_tokens=max_tokens), use_tqdm=False)
-    return [(o.outputs[0].text, o.outputs[0].finish_reason == "length") for o in outs]
+    return greedy(llm, [encoder.prompt_ids(list(c)) for c in chats], max_tokens)
 
 
 def _share(xs: Sequence[bool]) -> float:
