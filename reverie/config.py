@@ -55,8 +55,9 @@ class LoopConfig:
     checkpoint_every: int = 50  # a killed controller resumes its cycle's learning from the newest of these
     # Torch threads of the learner on a CPU.  1: one, on the cores Ray gives it (under a CPU plan, the host's);
     # n > 1: n, its process let onto every core at a lower priority than serving (reverie/cpus.py::background).
-    # Measured on a 2-core machine: an OPSD step of SmolLM2-135M (8 lessons) 12.0 s with 1, 7.5 s with 2; the tiny
-    # world's model is too small to split (docs/design-notes.md).
+    # Measured on a 2-core machine: a SmolLM2-135M cycle's 30 updates took 723 s with 1, 488 s with 2
+    # (bench/results/chat-cycle/2026-12-07-*-replay-kept.json, *-learner-threads-2.json); the tiny world's model
+    # is too small to split (docs/design-notes.md).
     learner_threads: int = 1
     variations: float = 0.75  # share of new-experience lessons that are proposer variations of the asked task
     mix: str = "records"  # feedback and dream lessons: "records" (in proportion to their records), "turns" (half each)
