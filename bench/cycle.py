@@ -31,30 +31,48 @@ TARGET_SECONDS = 180.0
 TARGET_RSS_BYTES = 8 << 30
 
 
+def _pss(pid: int) -> int:
+    """The proportional set size of ``pid`` in bytes (``/proc/PID/smaps_rollup``: every page shared by n
+    processes counts 1/n to each), or 0 where the kernel does not say (the process is gone, or no Linux)."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
 class _PeakRss:
-    """Samples the summed RSS of this process and all its descendants every ``every`` seconds."""
+    """Samples the memory of this process and all its descendants every ``every`` seconds: ``peak`` is the
+    peak of their summed RSS (a page that n processes share, such as torch's libraries in every Ray worker,
+    counts n times), ``peak_pss`` the peak of their summed proportional set size (each page once: what the
+    process tree takes from the machine; 0 where the kernel has no ``smaps_rollup``)."""
 
     def __init__(self, every: float = 0.5):
         import psutil
 
-        self.every, self.peak, self._stop = every, 0, threading.Event()
+        self.every, self.peak, self.peak_pss, self._stop = every, 0, 0, threading.Event()
         self._me = psutil.Process(os.getpid())
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _sample(self) -> int:
+    def _sample(self) -> tuple[int, int]:
         import psutil
 
-        total = 0
+        rss = pss = 0
         for p in [self._me, *self._me.children(recursive=True)]:
             try:
-                total += p.memory_info().rss
+                rss += p.memory_info().rss
             except psutil.Error:
-                pass
-        return total
+                continue
+            pss += _pss(p.pid)
+        return rss, pss
 
     def _run(self):
         while not self._stop.is_set():
-            self.peak = max(self.peak, self._sample())
+            rss, pss = self._sample()
+            self.peak, self.peak_pss = max(self.peak, rss), max(self.peak_pss, pss)
             self._stop.wait(self.every)
 
     def __enter__(self):
