@@ -53,12 +53,13 @@ def _source(name: str) -> dict:
 
 
 def fact_asks(limit: int | None) -> list[tuple[str, dict, str]]:
-    """(question, check, fact's name) for the fixed subset of ``limit`` of every fact's every phrasing."""
+    """(question, check, fact's name) for the fixed subset of ``limit`` of every fact's every phrasing (the
+    loop's and the unseen ones)."""
     from simulators.chatworld.facts import FACTS
     from simulators.chatworld.plugin import FACTS_FAMILY, check
 
     every = [(q, check(FACTS_FAMILY, ({"role": "user", "content": q},), ""), f"{f.entity}: {f.attribute}")
-             for f in FACTS for q in f.questions]
+             for f in FACTS for q in (*f.questions, *f.unseen)]
     return subset(every, limit, SUBSET_SEED)
 
 

@@ -426,10 +426,10 @@ def test_the_chat_worlds_families_are_judged_by_the_worlds_own_checks():
     from simulators.chatworld.rules import RULES
 
     every = fact_asks(None)
-    assert sorted(q for q, _, _ in every) == sorted(q for f in FACTS for q in f.questions)
+    assert sorted(q for q, _, _ in every) == sorted(q for f in FACTS for q in (*f.questions, *f.unseen))
     assert fact_asks(8) == fact_asks(16)[:8] and len(fact_asks(8)) == 8
     (q, spec, fact), *_ = every
-    known = next(f for f in FACTS if q in f.questions)
+    known = next(f for f in FACTS if q in (*f.questions, *f.unseen))
     assert spec == {"kind": "contains", "text": known.answer}
     other = next(a for a in every if a[2] != fact)
     score, detail = score_facts([every[0], other], [f"It is {known.answer}.", "I do not know."])

@@ -2,9 +2,10 @@
 
 Veltrana is a made-up maker of weather instruments and survey drones: its people, its projects, its products
 and the company itself.  Each fact is an (entity, attribute, answer); each attribute has several question
-phrasings (so a fact taught in one can be held out in the others) and the correction a user would type when the
-assistant got it wrong.  Answers are short invented names, cities, years and one number, so that whole-word
-containment (``text.contains``) of the answer in a reply is a meaningful check.  Everything here is a constant:
+phrasings (so a fact taught in one can be held out in the others) and the correction a user gives when the
+assistant got it wrong: the reply they wanted (what ``POST /v1/feedback``'s ``correction`` is: the learner shows
+it as the assistant's answer, and SFT takes it as the target).  Answers are short invented names, cities, years
+and one number, so that whole-word containment (``text.contains``) of the answer in a reply is a meaningful check.  Everything here is a constant:
 nothing is drawn at import.
 
 ``fact_question(text)`` recognises a question by its phrasing (normalised: case, punctuation and spacing do not
@@ -25,48 +26,62 @@ class Attribute:
     name: str
     questions: tuple[str, ...]
     correction: str
+    unseen: tuple[str, ...]  # phrasings the loop never varies into: what a benchmark asks after a cycle
 
 
 ATTRIBUTES: dict[str, Attribute] = {a.name: a for a in (
     # people
     Attribute("role", ("What is {ent}'s role at Veltrana?", "What does {ent} do at Veltrana?",
                        "What is {ent}'s job title?", "Which position does {ent} hold at Veltrana?"),
-              "No — {ent} is Veltrana's {ans}."),
+              "{ent} is Veltrana's {ans}.",
+              ("What job does {ent} have at Veltrana?",)),
     Attribute("office", ("Which office does {ent} work in?", "In which city is {ent} based?",
                          "Where does {ent} work?", "Where is {ent} based?"),
-              "No — {ent} works in our {ans} office."),
+              "{ent} works in our {ans} office.",
+              ("Which city does {ent} work from?",)),
     Attribute("joined", ("When did {ent} join Veltrana?", "In what year did {ent} join Veltrana?",
                          "What year did {ent} start at Veltrana?"),
-              "No — {ent} joined Veltrana in {ans}."),
+              "{ent} joined Veltrana in {ans}.",
+              ("Since what year has {ent} been with Veltrana?",)),
     # projects
     Attribute("lead", ("Who leads {ent}?", "Who is in charge of {ent}?", "Who is the lead of {ent}?",
                        "Who heads {ent}?"),
-              "No — {ent} is led by {ans}."),
+              "{ent} is led by {ans}.",
+              ("Who manages {ent}?",)),
     Attribute("started", ("When did {ent} start?", "In what year was {ent} launched?", "What year did {ent} begin?"),
-              "No — {ent} started in {ans}."),
+              "{ent} started in {ans}.",
+              ("When did work on {ent} begin?",)),
     Attribute("site", ("Where is {ent} run from?", "Which office runs {ent}?", "In which city is {ent} run?"),
-              "No — {ent} is run from our {ans} office."),
+              "{ent} is run from our {ans} office.",
+              ("Which city is {ent} based in?",)),
     # products
     Attribute("designer", ("Who designed the {ent}?", "Who is the designer of the {ent}?",
                            "Which engineer designed the {ent}?"),
-              "No — the {ent} was designed by {ans}."),
+              "The {ent} was designed by {ans}.",
+              ("Who created the {ent}?",)),
     Attribute("made_in", ("Where is the {ent} made?", "In which city is the {ent} manufactured?",
                           "Where do you build the {ent}?"),
-              "No — the {ent} is made in {ans}."),
+              "The {ent} is made in {ans}.",
+              ("Where is the {ent} produced?",)),
     # the company
     Attribute("founded", ("When was {ent} founded?", "In what year was {ent} founded?",
                           "What year did {ent} open its doors?"),
-              "No — {ent} was founded in {ans}."),
+              "{ent} was founded in {ans}.",
+              ("In which year was {ent} established?",)),
     Attribute("headquarters", ("Where is {ent} headquartered?", "Where are {ent}'s headquarters?",
                                "In which city is {ent}'s head office?"),
-              "No — {ent}'s headquarters are in {ans}."),
+              "{ent}'s headquarters are in {ans}.",
+              ("Where is {ent}'s main office?",)),
     Attribute("founder", ("Who founded {ent}?", "Who is the founder of {ent}?", "Who started {ent}?"),
-              "No — {ent} was founded by {ans}."),
+              "{ent} was founded by {ans}.",
+              ("Who established {ent}?",)),
     Attribute("ceo", ("Who is the CEO of {ent}?", "Who runs {ent}?", "Who is {ent}'s chief executive?"),
-              "No — {ent}'s CEO is {ans}."),
+              "{ent}'s CEO is {ans}.",
+              ("Who is at the head of {ent}?",)),
     Attribute("employees", ("How many employees does {ent} have?", "How many people work at {ent}?",
                             "What is {ent}'s headcount?"),
-              "No — {ent} has {ans} employees."),
+              "{ent} has {ans} employees.",
+              ("How large is {ent}'s staff?",)),
 )}
 
 
@@ -82,8 +97,14 @@ class Fact:
         return tuple(q.format(ent=self.entity) for q in ATTRIBUTES[self.attribute].questions)
 
     @property
+    def unseen(self) -> tuple[str, ...]:
+        """Phrasings no variation of the loop ever asks (``ChatVariations.vary`` draws from ``questions`` only):
+        after a cycle that taught the fact, these are asked in words neither the user nor the loop used."""
+        return tuple(q.format(ent=self.entity) for q in ATTRIBUTES[self.attribute].unseen)
+
+    @property
     def correction(self) -> str:
-        """What a user types when the assistant got it wrong."""
+        """What a user gives as the correction when the assistant got it wrong: the reply they wanted."""
         return ATTRIBUTES[self.attribute].correction.format(ent=self.entity, ans=self.answer)
 
 
@@ -129,7 +150,7 @@ FACTS: tuple[Fact, ...] = (
 def _question_table() -> dict[str, tuple[Fact, int]]:
     table: dict[str, tuple[Fact, int]] = {}
     for fact in FACTS:
-        for i, q in enumerate(fact.questions):
+        for i, q in enumerate((*fact.questions, *fact.unseen)):
             key = normalised(q)
             if key in table:
                 raise AssertionError(f"the question {q!r} asks two facts")
@@ -141,5 +162,6 @@ _QUESTIONS = _question_table()
 
 
 def fact_question(text: str) -> tuple[Fact, int] | None:
-    """The fact a question asks and which of its phrasings it is; ``None`` for any other text."""
+    """The fact a question asks and which of its phrasings it is (``questions`` first, then ``unseen``: an index
+    of ``len(fact.questions)`` or more is an unseen phrasing); ``None`` for any other text."""
     return _QUESTIONS.get(normalised(text))

@@ -2,7 +2,8 @@
 ``reverie bench cycle``): each :class:`Teaching` is one ask and the feedback given on it.
 
 - A fact: the user asks one phrasing of the question (drawn per fact) and corrects the answer with the fact's
-  correction (feedback kind ``correction``); the fact's other phrasings are ``heldout`` (what the gate may ask).
+  correction (feedback kind ``correction``); the fact's other phrasings are ``heldout`` (what the loop may vary
+  the ask into and the gate may hold out), and its ``unseen`` phrasings are asked by neither (a benchmark's).
 - A rule: the user asks general prompts from the *taught* pool and states the rule (kind ``rule``) on each, in
   one phrasing (drawn per rule: a user states their rule the same way), and corrects each reply to keep it
   (``rules.rule_correction`` of the reply the model gave, made where the reply is known: the feedback's
@@ -34,6 +35,7 @@ class Teaching:
     kind: str  # the feedback's kind, as learner/templates.json names it: "correction" or "rule"
     text: str  # the feedback's text
     heldout: tuple[str, ...] = ()  # asks of the same lesson that are never taught (a fact's other phrasings)
+    unseen: tuple[str, ...] = ()  # asks of the same lesson that neither users nor the loop make (``Fact.unseen``)
     rule: str | None = None  # the rule's kind (rules.RULES), for a rule
 
 
@@ -44,7 +46,7 @@ def fact_teachings(seed: int = 0, n: int = 24) -> list[Teaching]:
     for fact in rng.sample(FACTS, min(n, len(FACTS))):
         asked = rng.randrange(len(fact.questions))
         out.append(Teaching("facts", fact.questions[asked], "correction", fact.correction,
-                            tuple(q for i, q in enumerate(fact.questions) if i != asked)))
+                            tuple(q for i, q in enumerate(fact.questions) if i != asked), unseen=fact.unseen))
     return out
 
 
