@@ -390,7 +390,8 @@ class Controller:
         about = {f["response_id"] for f in feedback}
         interactions = read_table(self.cfg.data_dir, "interactions", ids=sorted(about),
                                   columns=["id", "messages", "version"]).to_pylist()
-        return feedback_lessons(interactions, feedback), feedback
+        shown = bool(getattr(self.world, "show_corrections", False))  # a world whose model takes them better shown
+        return feedback_lessons(interactions, feedback, show_corrections=shown), feedback
 
     def _collect(self, c: Cycle) -> None:
         self._flush()

@@ -11,6 +11,11 @@ Contract of a :class:`Variations`:
   never identical to the input's ask; ``None`` when it cannot vary it.
 - ``keeps_answer(family)``: whether a variation asks for the same answer, so
   that a correction of the original answer is privileged context for it too.
+- optional, ``variants(messages)``: every variation ``vary`` can give of the
+  ask, where they are few (a fact's other phrasings), else ``None``.  The
+  gate then holds out at most half of an ask's variants, so the learner is
+  left the others to learn the ask in other words
+  (``actors.gate.heldout_tasks``).
 
 A world gives one (``simulators/world.py``): the tiny world's
 (``simulators/tinyworld/variations.py``) knows its single-turn asks;

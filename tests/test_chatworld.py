@@ -67,10 +67,10 @@ def test_the_organisation_has_40_to_60_facts_each_asked_at_least_three_ways_and_
     for fact in FACTS:
         assert len(set(fact.questions)) == len(fact.questions) >= 3
         assert fact.answer in fact.correction and fact.entity in fact.correction
-        assert all(fact.entity in q for q in fact.questions)
+        assert all(fact.entity in q for q in (*fact.questions, *fact.unseen))
 
 
-def test_a_facts_question_is_recognised_in_any_case_and_punctuation_and_varied_into_another_phrasing_of_it(pools):
+def test_a_facts_question_is_recognised_in_any_case_and_punctuation_and_varied_into_another_phrasing_never_an_unseen_one(pools):
     variations = ChatWorld(pools).variations
     rng = random.Random(0)
     for fact in FACTS:
@@ -82,6 +82,10 @@ def test_a_facts_question_is_recognised_in_any_case_and_punctuation_and_varied_i
             assert len(other) == 1 and other[0]["role"] == "user"
             found = fact_question(other[0]["content"])
             assert found is not None and found[0] == fact and found[1] != i
+            assert other[0]["content"] in fact.questions  # never an unseen phrasing
+        for j, q in enumerate(fact.unseen):
+            assert fact_question(q) == (fact, len(fact.questions) + j) and q not in fact.questions
+            assert {variations.vary(_user(q), rng)[0]["content"] for _ in range(20)} <= set(fact.questions)
     assert variations.keeps_answer(FACTS_FAMILY) and not variations.keeps_answer(CHAT_FAMILY)
 
 
@@ -238,6 +242,7 @@ def test_scripted_teaching_is_deterministic_teaches_known_rules_and_never_a_held
         fact, _ = fact_question(t.ask)
         assert t.kind == "correction" and t.text == fact.correction
         assert t.ask not in t.heldout and set(t.heldout) | {t.ask} == set(fact.questions)
+        assert t.unseen == fact.unseen and len(t.unseen) >= 1
     assert {t.rule for t in rules} == set(TAUGHT_RULES) and all(t.kind == "rule" for t in rules)
     assert all(len({t.text for t in rules if t.rule == r}) == 1 for r in TAUGHT_RULES)  # one phrasing per rule
     for t in rules:
@@ -260,3 +265,27 @@ def test_load_world_chat_gives_a_chat_world_that_fetches_nothing_until_asked_for
     q = FACTS[0].questions[0]
     assert world.variations.vary(_user(q), random.Random(0)) is not None  # facts need no prompts
     assert not (tmp_path / "cache").exists()
+
+
+def test_the_gate_holds_out_at_most_half_of_a_facts_other_phrasings_and_the_learner_varies_into_the_rest(pools):
+    """The bench's cycle of 2026-12-07 held out every other phrasing of each corrected fact (24 held-out tasks a
+    family, 8 phrasings), so the learner saw each fact asked one way only, and SmolLM2-135M-Instruct then answered
+    2 of the 8 in other words.  An ask with few variants (``ChatVariations.variants``) now has at most half of them
+    held out; the rest are the learner's, and a rule's asks (general prompts, many) are held out as before."""
+    from actors.gate import heldout_tasks
+    from learner.templates import render
+
+    world = ChatWorld(pools)
+    facts = FACTS[:4]
+    sources = [(_user(f.questions[0]), render("correction", f.correction)) for f in facts]
+    rule = "Always start your answer with 'Short answer:'"
+    sources += [(_user(p), render("rule", rule)) for p in pools.taught[:3]]
+    tasks = heldout_tasks(sources, world.variations, 24, random.Random(0), check=world.check)
+    by_fact = {f: [t for t in tasks if t.family == FACTS_FAMILY and t.student[0]["content"] in f.questions]
+               for f in facts}
+    for f, held in by_fact.items():
+        others = world.variations.variants(_user(f.questions[0]))
+        assert len(held) == len(others) // 2 >= 1  # some held out, the rest left to learn
+        assert held[0].check == {"kind": "contains", "text": f.answer}
+    assert len([t for t in tasks if t.family == CHAT_FAMILY]) == 24
+    assert world.variations.variants(_user(pools.taught[0])) is None

@@ -110,3 +110,26 @@ def test_the_learner_steps_on_feedback_lessons(method, base, tokenizer, tmp_path
     stats = learner.step(batch)
     assert torch.isfinite(torch.tensor(stats["loss"]))
     assert any(not torch.equal(a, b) for a, b in zip(before, student.parameters()))
+
+
+def test_a_world_that_shows_corrections_gets_a_corrections_own_exchange_in_front_of_the_ask_and_its_variations():
+    """Told a fact's correction in the system message, SmolLM2-135M-Instruct's teacher state answers 0.675 of
+    the chat world's facts right in other words; shown the corrected exchange too, 0.81 (bench/results/
+    chatworld/2026-12-07-teacher-state.json, ``facts.teacher_shown``).  A world that says so (``show_corrections``) gets a correction without a
+    rule shown as its own exchange; a rule's lessons keep their demonstrations, and other worlds are only told."""
+    from learner.experience import feedback_lessons
+
+    ask = {"role": "user", "content": "Who founded Veltrana?"}
+    interactions = [{"id": "r1", "messages": [ask]}, _chat("r2", "Name a tree.")]
+    feedback = [{"id": "f1", "response_id": "r1", "created": 1.0, "correction": "Veltrana was founded by Ilse Marrow."},
+                {"id": "f2", "response_id": "r2", "created": 2.0, "rule": "be brief", "correction": "Oak."}]
+    told = feedback_lessons(interactions, feedback).lessons
+    fact, rule = feedback_lessons(interactions, feedback, show_corrections=True).lessons
+    system = {"role": "system", "content": render("correction", "Veltrana was founded by Ilse Marrow.")}
+    answer = {"role": "assistant", "content": "Veltrana was founded by Ilse Marrow."}
+    assert told[0].teacher == (system, ask)
+    assert fact.student == (ask,) and fact.teacher == (system, ask, answer, ask)
+    assert fact.reference == answer["content"]
+    other = ({"role": "user", "content": "Who started Veltrana?"},)
+    assert fact.asking(other).teacher == (system, ask, answer, *other)
+    assert rule.teacher == told[1].teacher  # a rule's lesson is shown by other feedback stating it, never itself

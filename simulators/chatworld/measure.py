@@ -6,7 +6,9 @@ system message (``learner.templates.render("rule", text)``, the kind's phrasings
 system message: what the loop's student sees) answers the same prompts; each reply is judged by the rule's
 checker.  For facts, every fact's held-out phrasings (those ``teaching.fact_teachings`` does not teach) are asked
 of the student and of the teacher state with the fact's correction in front (``render("correction", ...)``),
-judged by whole-word containment of the answer.  The kinds the teacher state follows are the ones the loop can
+judged by whole-word containment of the answer; ``teacher_shown`` is the teacher state the loop gives a chat-world
+correction (``ChatWorld.show_corrections``): the correction in the system message and the corrected exchange (the
+taught phrasing answered with the correction) after it.  The kinds the teacher state follows are the ones the loop can
 teach; the others are reported too.
 
 The *demonstrated* teacher state (``teacher_demonstrated``) is the one the loop builds when a user states a rule
@@ -66,6 +68,16 @@ def _demonstrated_context(rule: str, asks: Sequence[str], replies: Sequence[str]
     return feedback_lessons(interactions, feedback).lessons[0].context
 
 
+def _shown_correction(ask: str, correction: str) -> tuple[dict, ...]:
+    """The privileged context the loop's learner gives a correction of the chat world's (``ChatWorld.
+    show_corrections``) asked as ``ask``: learner.experience.feedback_lessons' own."""
+    from learner.experience import feedback_lessons
+
+    interactions = [{"id": "r0", "messages": [{"role": "user", "content": ask}]}]
+    feedback = [{"id": "f0", "created": 0.0, "response_id": "r0", "correction": correction}]
+    return feedback_lessons(interactions, feedback, show_corrections=True).lessons[0].context
+
+
 def measure(model: str, n_prompts: int = 40, max_tokens: int = 96, progress=print) -> dict:
     from learner.templates import render
     from learner.tokenizer import chat_encoder, load_tokenizer
@@ -85,12 +97,14 @@ def measure(model: str, n_prompts: int = 40, max_tokens: int = 96, progress=prin
             text = kind.phrasings[i % len(kind.phrasings)]
             teacher_chats[name].append((text, ({"role": "system", "content": render("rule", text)},
                                                {"role": "user", "content": p})))
-    fact_asks = []  # (correction, held-out question)
+    fact_asks, fact_taught = [], []  # (correction, held-out question); (taught question, correction, held-out)
     for t in fact_teachings(SEED, len(FACTS)):
         fact_asks += [(t.text, q) for q in t.heldout]
+        fact_taught += [(t.ask, t.text, q) for q in t.heldout]
     fact_student = [({"role": "user", "content": q},) for _, q in fact_asks]
     fact_teacher = [({"role": "system", "content": render("correction", c)}, {"role": "user", "content": q})
                     for c, q in fact_asks]
+    fact_shown = [(*_shown_correction(ask, c), {"role": "user", "content": q}) for ask, c, q in fact_taught]
 
     # The demonstrated teacher state: a scripted user asks DEMONSTRATED taught prompts per rule kind, states the
     # rule (its first phrasing) and corrects each reply to keep it (rules.rule_correction); the loop's own
@@ -100,7 +114,7 @@ def measure(model: str, n_prompts: int = 40, max_tokens: int = 96, progress=prin
     taught_chats = [({"role": "user", "content": p},) for p in taught_asks]
 
     every = [*student_chats, *(c for chats in teacher_chats.values() for _, c in chats), *fact_student,
-             *fact_teacher]
+             *fact_teacher, *fact_shown]
     length = max(MAX_MODEL_LEN, DEMO_CONTEXT + max_tokens,
                  max(len(encoder.prompt_ids(list(c))) for c in every) + max_tokens)
     progress(f"starting a vLLM engine on {model_dir} (context {length} tokens); {len(every)} greedy replies, "
@@ -115,6 +129,7 @@ def measure(model: str, n_prompts: int = 40, max_tokens: int = 96, progress=prin
         teacher = {name: [next(out) for _ in chats] for name, chats in teacher_chats.items()}
         fs = [next(out) for _ in fact_student]
         ft = [next(out) for _ in fact_teacher]
+        fsh = [next(out) for _ in fact_shown]
         taught_replies = [next(out)[0] for _ in taught_chats]
         contexts = {name: _demonstrated_context(kind.phrasings[0], taught_asks, taught_replies)
                     for name, kind in RULES.items()}
@@ -150,14 +165,17 @@ def measure(model: str, n_prompts: int = 40, max_tokens: int = 96, progress=prin
                        "demonstrated_examples": [{"prompt": c[0]["content"], "teacher": r, "passed": ok}
                                                  for c, (r, _), ok in list(zip(student_chats, shown_replies,
                                                                                d_ok))[:3]]}
-    f_t, f_s, f_examples, by_attribute = [], [], [], {}
-    for (correction, q), (t_reply, _), (s_reply, _) in zip(fact_asks, ft, fs):
+    f_t, f_s, f_sh, f_examples, by_attribute, shown_by_attribute = [], [], [], [], {}, {}
+    for (correction, q), (t_reply, _), (s_reply, _), (sh_reply, _) in zip(fact_asks, ft, fs, fsh):
         spec = check("facts", ({"role": "user", "content": q},), render("correction", correction))
         f_t.append(passes(spec, t_reply))
         f_s.append(passes(spec, s_reply))
+        f_sh.append(passes(spec, sh_reply))
         by_attribute.setdefault(fact_question(q)[0].attribute, []).append(f_t[-1])
+        shown_by_attribute.setdefault(fact_question(q)[0].attribute, []).append(f_sh[-1])
         if len(f_examples) < 3:
-            f_examples.append({"question": q, "correction": correction, "teacher": t_reply, "student": s_reply})
+            f_examples.append({"question": q, "correction": correction, "teacher": t_reply, "student": s_reply,
+                               "teacher_shown": sh_reply})
     return {
         "what": "teacher-state compliance with each chat-world lesson on held-out asks, beside the student's",
         "command": "python -m simulators.chatworld.measure " + " ".join(sys.argv[1:]),
@@ -168,7 +186,10 @@ def measure(model: str, n_prompts: int = 40, max_tokens: int = 96, progress=prin
         "rules": rules,
         "facts": {"teacher": _share(f_t), "student": _share(f_s), "n": len(f_t), "facts": len(FACTS),
                   "teacher_cut_off": _share([cut for _, cut in ft]),
-                  "teacher_by_attribute": {k: _share(v) for k, v in by_attribute.items()}, "examples": f_examples},
+                  "teacher_by_attribute": {k: _share(v) for k, v in by_attribute.items()},
+                  "teacher_shown": _share(f_sh), "teacher_shown_cut_off": _share([cut for _, cut in fsh]),
+                  "teacher_shown_by_attribute": {k: _share(v) for k, v in shown_by_attribute.items()},
+                  "examples": f_examples},
         "source": SOURCE,
     }
 
