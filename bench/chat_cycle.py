@@ -14,7 +14,8 @@ base) and a passing one is swapped in.  Every figure is measured in the run that
 - ``peak_pss_bytes``: the peak memory of this process and every process it started, each page counted once (the
   summed proportional set size: what the target is judged on); ``peak_rss_bytes`` is their summed resident memory,
   which counts a page every process shares (torch's libraries in each Ray worker) once per process;
-- ``api_rule_before`` / ``_after``: greedy compliance through the API on held-out general prompts;
+- ``api_rule_before`` / ``_after``: greedy compliance through the API on unseen general prompts, the base on one
+  draw of them and the promoted version on another that nothing asked before (``probe_sets``);
   ``api_facts_before`` / ``_after``: the taught facts asked in their unseen phrasings (``Fact.unseen``: never
   taught, never a variation the loop learns from or holds out); ``api_facts_loop_phrasings_*``: in their other
   phrasings, which the loop may vary an ask into (a learnt variation or a gate's held-out task);
@@ -65,7 +66,8 @@ def run_chat_bench(model: str, rule: str = "starts_with", facts: int = 8, asks_p
     taught_rules = rule_teachings(seed, (rule,), asks_per_rule, pools)
     rule_text = taught_rules[0].text
     rule_spec = check("chat", ({"role": "user", "content": "?"},), render("rule", rule_text))
-    heldout_prompts = random.Random(f"bench-chat-{seed}").sample(pools.unseen, probes)  # never drawn by the loop
+    before_prompts, after_prompts = probe_sets(pools.unseen, probes, seed,
+                                               (gate_overrides or {}).get("drift_prompts", GateConfig().drift_prompts))
     # the taught facts in words neither the users nor the loop's variations use (the target's figure), and in the
     # other phrasings the loop may vary an ask into and the gate hold out
     fact_asks = [(q, check("facts", ({"role": "user", "content": q},), "")) for t in taught_facts for q in t.unseen]
@@ -98,8 +100,8 @@ def run_chat_bench(model: str, rule: str = "starts_with", facts: int = 8, asks_p
                     model="reverie", messages=[{"role": "user", "content": text}], temperature=0,
                     max_tokens=max_tokens)
 
-            def measure() -> dict:
-                rule_ok = [passes(rule_spec, reply(p).parse().choices[0].message.content) for p in heldout_prompts]
+            def measure(prompts: list[str]) -> dict:
+                rule_ok = [passes(rule_spec, reply(p).parse().choices[0].message.content) for p in prompts]
                 fact_ok = [passes(spec, reply(q).parse().choices[0].message.content) for q, spec in fact_asks]
                 loop_ok = [passes(spec, reply(q).parse().choices[0].message.content) for q, spec in fact_loop_asks]
                 return {"rule": sum(rule_ok) / len(rule_ok), "facts": sum(fact_ok) / len(fact_ok),
@@ -108,9 +110,9 @@ def run_chat_bench(model: str, rule: str = "starts_with", facts: int = 8, asks_p
             def status() -> dict:
                 return httpx.get(dep.base_url + "/admin/status", headers=admin, timeout=60).json()
 
-            progress(f"measuring the base through the API ({len(heldout_prompts)} held-out prompts, "
+            progress(f"measuring the base through the API ({len(before_prompts)} unseen prompts, "
                      f"{len(fact_asks) + len(fact_loop_asks)} fact questions)")
-            before = measure()
+            before = measure(before_prompts)
             base = status()["promoted"]
             progress(f"teaching: {len(taught_rules)} asks with the rule {rule_text!r}, {len(taught_facts)} facts")
             for t in [*taught_rules, *taught_facts]:
@@ -136,7 +138,7 @@ def run_chat_bench(model: str, rule: str = "starts_with", facts: int = 8, asks_p
                 # second here, which the learner needs), every second once a new version is promoted.
                 if s["promoted"] != base or waited % 5 == 0:
                     try:
-                        raw = reply(rng.choice(heldout_prompts))
+                        raw = reply(rng.choice(before_prompts))  # asked already: after_prompts stay unasked
                         sent += 1
                         version = int(raw.headers["x-reverie-version"])
                         if version != base:
@@ -149,7 +151,7 @@ def run_chat_bench(model: str, rule: str = "starts_with", facts: int = 8, asks_p
             s = status()
             cand = next((c for c in s["candidates"] if c["parent"] == base), None)
             cycle = next((c for c in s["cycles"] if cand and c.get("candidate") == cand["version"]), s["cycle"])
-            after = measure() if version != base else None
+            after = measure(after_prompts) if version != base else None
         finally:
             dep.shutdown()
             serve.shutdown()
@@ -176,7 +178,7 @@ def run_chat_bench(model: str, rule: str = "starts_with", facts: int = 8, asks_p
         "api_rule_after": after and after["rule"], "api_facts_after": after and after["facts"],
         "api_facts_loop_phrasings_before": before["facts_loop_phrasings"],
         "api_facts_loop_phrasings_after": after and after["facts_loop_phrasings"],
-        "api_prompts": len(heldout_prompts), "api_fact_questions": len(fact_asks),
+        "api_prompts": len(after_prompts), "api_fact_questions": len(fact_asks),
         "api_fact_loop_questions": len(fact_loop_asks),
         "gate_scores": {k: v for k, v in scores.items() if k not in ("retention", "base_retention")},
         "retention": retention,
@@ -198,4 +200,18 @@ def run_chat_bench(model: str, rule: str = "starts_with", facts: int = 8, asks_p
     return report
 
 
-__all__ = ["run_chat_bench", "TARGETS"]
+def probe_sets(unseen: list[str], n: int, seed: int, drift: int) -> tuple[list[str], list[str]]:
+    """Two disjoint draws of ``n`` prompts from the unseen pool, neither one of the gate's ``drift`` prompts
+    (the pool's last, ``ChatWorld.general_prompts``): the base is measured on the first, the promoted version on
+    the second.  Every prompt asked through the API is recorded, and a world with no replay of its own replays
+    what users asked before, the rules in force shown to its teacher (``Controller._replay``): asked before the
+    cycle, the prompts the version is measured on after it would have been taught the rule."""
+    usable = unseen[: max(0, len(unseen) - drift)]
+    if 2 * n > len(usable):
+        raise ValueError(f"{n} probes twice need {2 * n} unseen prompts; the pool has {len(usable)} besides the "
+                         f"{drift} drift prompts")
+    drawn = random.Random(f"bench-chat-{seed}").sample(usable, 2 * n)
+    return drawn[:n], drawn[n:]
+
+
+__all__ = ["run_chat_bench", "TARGETS", "probe_sets"]

@@ -289,3 +289,20 @@ def test_the_gate_holds_out_at_most_half_of_a_facts_other_phrasings_and_the_lear
         assert held[0].check == {"kind": "contains", "text": f.answer}
     assert len([t for t in tasks if t.family == CHAT_FAMILY]) == 24
     assert world.variations.variants(_user(pools.taught[0])) is None
+
+
+def test_the_bench_measures_the_promoted_version_on_unseen_prompts_nothing_asked_before_and_never_a_drift_prompt():
+    """Every prompt asked through the API is recorded, and the chat world's replay is what users asked before with
+    the rules in force shown to its teacher: the bench's cycle of 2026-12-07 asked the same 40 unseen prompts of
+    the base before teaching and of the promoted version after, so the cycle could be taught the rule on the very
+    prompts it was then judged on.  The base is measured on one draw and the candidate on another, disjoint, and
+    neither holds one of the gate's drift prompts (the unseen pool's last)."""
+    from bench.chat_cycle import probe_sets
+
+    unseen = [f"prompt {i}" for i in range(100)]
+    before, after = probe_sets(unseen, 40, seed=0, drift=16)
+    assert len(before) == len(after) == 40 and not set(before) & set(after)
+    assert not (set(before) | set(after)) & set(unseen[-16:])
+    assert probe_sets(unseen, 40, seed=0, drift=16) == (before, after) != probe_sets(unseen, 40, seed=1, drift=16)
+    with pytest.raises(ValueError, match="80 unseen prompts"):
+        probe_sets(unseen, 40, seed=0, drift=30)
