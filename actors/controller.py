@@ -703,13 +703,16 @@ class Controller:
 
     def _learn_config(self, c: Cycle):
         """The learner's settings for the cycle: the loop's, with the teacher's temperature the loop's or else
-        the world's (``World.teacher_temperature``; 1.0 for a world that states none)."""
+        the world's (``World.teacher_temperature``; 1.0 for a world that states none), and the share of corrected
+        lessons scored along the correction likewise (``World.along_reference``; 0 for a world that states none)."""
         from learner.config import LearnConfig
 
         loop = self.cfg.loop
         temperature = loop.teacher_temperature or getattr(self.world, "teacher_temperature", 1.0)
+        along = loop.along_reference if loop.along_reference is not None else getattr(self.world, "along_reference",
+                                                                                       0.0)
         return LearnConfig(method=loop.method, steps=loop.steps, batch_size=loop.batch_size, lr=loop.lr,
-                           teacher_temperature=temperature, retain=_retained(c, loop),
+                           teacher_temperature=temperature, along_reference=along, retain=_retained(c, loop),
                            checkpoint_every=loop.checkpoint_every, seed=c.seed)
 
     def _learn(self, c: Cycle) -> None:

@@ -54,7 +54,7 @@ def run_chat_bench(model: str, rule: str = "starts_with", facts: int = 8, asks_p
     from reverie.ray_start import quiet_http_clients, start_ray
     from serve.app import Deployment
     from serve.auth import Keys
-    from simulators.chatworld.plugin import check, passes
+    from simulators.chatworld.plugin import ChatWorld, check, passes
     from simulators.chatworld.prompts import load_pools
     from simulators.chatworld.rules import rule_correction
     from simulators.chatworld.teaching import fact_teachings, rule_teachings
@@ -170,6 +170,8 @@ def run_chat_bench(model: str, rule: str = "starts_with", facts: int = 8, asks_p
         "facts_taught": len(taught_facts), "rule_asks": len(taught_rules), "feedback": n_feedback,
         "loop": {"steps": steps, "batch_size": batch_size, "lr": lr, "learner_threads": learner_threads,
                  "pin_cpus": pin_cpus},
+        "world": {"name": "chat", **{k: getattr(ChatWorld, k, None)  # the world's settings the loop took
+                                     for k in ("teacher_temperature", "along_reference", "show_corrections")}},
         "gate": {"benchmark_items": benchmark_items, "heldout_items": heldout_items, **(gate_overrides or {})},
         "feedback_to_served_seconds": seconds, "steps": {k: round(v, 1) for k, v in (cycle.get("seconds") or {}).items()},
         "base_version": base, "candidate": cand and {k: cand.get(k) for k in ("version", "status", "reason")},

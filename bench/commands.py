@@ -52,6 +52,7 @@ def cmd_learn(args: argparse.Namespace) -> int:
         warmup=check.count(args.warmup, "--warmup"), retain=retain,
         teacher_temperature=check.TEMPERATURE.parse(args.teacher_temperature, "--teacher-temperature"),
         samples=check.positive(args.samples, "--samples"),
+        along_reference=check.SHARE.parse(args.along_reference, "--along-reference"),
         cut_below=check.PROBABILITY.parse(args.cut_below, "--cut-below") if args.cut_below not in (None, "none") else None,
         base_kl=check.WEIGHT.parse(args.base_kl, "--base-kl"),
         skip_below=check.WEIGHT.parse(args.skip_below, "--skip-below") if args.skip_below not in (None, "none") else None,
@@ -295,6 +296,9 @@ def register_learn(subparsers) -> None:
     ln.add_argument("--teacher-temperature", default=str(d.teacher_temperature),
                     help="OPSD: the teacher's distribution at this temperature, <1 sharper (default %(default)s)")
     ln.add_argument("--samples", default=str(d.samples), help="OPSD: completions sampled per lesson (default %(default)s)")
+    ln.add_argument("--along-reference", default=str(d.along_reference),
+                    help="OPSD: share of the lessons with a reference scored along it instead of a student sample, "
+                         "in [0, 1] (default %(default)s)")
     ln.add_argument("--cut-below", default=str(d.cut_below).lower(),
                     help="OPSD: stop the loss after the first sampled token the teacher gives less than this "
                          "probability; none: never (default %(default)s)")

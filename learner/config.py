@@ -25,5 +25,8 @@ class LearnConfig:
     base_kl: float = 0.0  # weight of KL(student || base) on the student's own samples
     skip_below: float | None = None  # positions whose divergence is below this many nats teach nothing
     retain: float = 0.5  # share of each batch that replays base-skill lessons (learner/replay.py)
+    # OPSD only: share of the lessons with a reference (a correction) scored along that reply instead of a student
+    # sample, against the same teacher state (learner.distill.opsd_loss); 0: every lesson sampled.
+    along_reference: float = 0.0
     checkpoint_every: int = 0  # 0: only at the end (when a checkpoint directory is given)
     seed: int = 0

@@ -16,6 +16,7 @@ so the same step runs in process or against Ray actors.
 from __future__ import annotations
 
 import math
+import random
 from dataclasses import dataclass
 
 import torch
@@ -115,7 +116,7 @@ def opsd_loss(student, sampler, scorer, encoder: Encoder, lessons: list[Lesson],
               topk: int | None = None, beta: float = 0.5, clip_max: float | None = None,
               seed: int = 0, *, teacher_temperature: float = 1.0, samples: int = 1,
               cut_below: float | None = None, base=None, base_kl: float = 0.0,
-              skip_below: float | None = None) -> tuple[torch.Tensor, dict]:
+              skip_below: float | None = None, along_reference: float = 0.0) -> tuple[torch.Tensor, dict]:
     """Sample from the student (``sampler``, on the student's current weights),
     score under the teacher state (``scorer``), return the loss.
 
@@ -129,16 +130,32 @@ def opsd_loss(student, sampler, scorer, encoder: Encoder, lessons: list[Lesson],
     below that many nats adds nothing (:func:`learner.losses.distillation_loss`).
     ``base_kl`` adds that weight times the reverse KL from the
     student to ``base`` (a scorer of the weights learning started from) on the
-    student's own prompts and samples."""
+    student's own prompts and samples.
+
+    ``along_reference`` > 0 mixes in the lessons' references, as generalised
+    knowledge distillation mixes in fixed data (Agarwal et al., 2024): a
+    lesson with a reference (a user's correction) is scored along that reply
+    instead of a student sample with that probability (drawn from ``seed``),
+    still against the teacher state's whole distribution at each position;
+    a lesson without one (a variation of the ask) is always sampled.  The
+    student's own samples reach a name's first token only: taught "Suvi
+    Karjalainen" on-policy, SmolLM2-135M-Instruct answered "Suvi Kassav"
+    (docs/design-notes.md, "Names the student never samples")."""
     if loss not in LOSSES:
         raise ValueError(f"unknown loss {loss!r}; losses are: {', '.join(LOSSES)}")
     if samples < 1:
         raise ValueError(f"samples per lesson must be >= 1, got {samples}")
     if base_kl and base is None:
         raise ValueError("a KL to the base policy needs a scorer of the base weights")
+    if not 0.0 <= along_reference <= 1.0:
+        raise ValueError(f"the share scored along references must be in [0, 1], got {along_reference}")
     lessons = [l for l in lessons for _ in range(samples)]
     prompts = [l.student for l in lessons]
-    completions = sampler.sample(prompts, seed=seed)
+    pick = random.Random(seed)
+    along = {i for i, l in enumerate(lessons) if l.reference is not None and pick.random() < along_reference}
+    drawn = iter(sampler.sample([p for i, p in enumerate(prompts) if i not in along], seed=seed)
+                 if len(along) < len(lessons) else [])
+    completions = [encoder.reply_ids(l.reference) if i in along else next(drawn) for i, l in enumerate(lessons)]
     scores = scorer.score([l.teacher for l in lessons], completions)
     s_logits, ids, mask = completion_logits(student, encoder, prompts, completions)
     check_vocab_match(s_logits.shape[-1], scores.full.shape[-1] if scores.full is not None else s_logits.shape[-1])
@@ -153,7 +170,7 @@ def opsd_loss(student, sampler, scorer, encoder: Encoder, lessons: list[Lesson],
         reference = base.score(prompts, completions)
         value = value + base_kl * distillation_loss("rkl", s_logits, mask,
                                                     teacher_logprobs=reference.full.to(s_logits.device))
-    return value, {"tokens": int(mask.sum()), "counted": int(counted.sum())}
+    return value, {"tokens": int(mask.sum()), "counted": int(counted.sum()), "along_references": len(along)}
 
 
 def on_teacher_path(teacher_sampled_logprobs: torch.Tensor, mask: torch.Tensor, threshold: float) -> torch.Tensor:

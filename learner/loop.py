@@ -60,7 +60,7 @@ class Learner:
                                    seed=self.cfg.seed * 1_000_003 + self.updates,
                                    teacher_temperature=self.cfg.teacher_temperature, samples=self.cfg.samples,
                                    cut_below=self.cfg.cut_below, base=self.base, base_kl=self.cfg.base_kl,
-                                   skip_below=self.cfg.skip_below)
+                                   skip_below=self.cfg.skip_below, along_reference=self.cfg.along_reference)
         else:
             loss, info = sft_loss(self.student, self.encoder, batch)
         self.opt.zero_grad(set_to_none=True)

@@ -107,6 +107,7 @@ PORT = whole(1, 65535)
 SEED = Rule(int, "must be a whole number from 0 to 2**32-1", "must be a whole number from 0 to 2**32-1",
             ge=0, le=2**32 - 1)
 FRACTION = Rule(float, "must be a number in [0, 1)", "must be in [0, 1)", ge=0.0, lt=1.0)
+SHARE = Rule(float, "must be a number in [0, 1]", "must be in [0, 1]", ge=0.0, le=1.0)
 SECONDS = Rule(float, "must be a number of seconds", "must be between 0 and 3600 seconds", gt=0.0, le=3600.0)
 PERIOD = Rule(float, "must be a number of seconds", "must not be negative", ge=0.0)
 LEARNING_RATE = Rule(float, "must be a number", "must be between 0 and 1", gt=0.0, lt=1.0)

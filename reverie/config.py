@@ -52,6 +52,9 @@ class LoopConfig:
     # the tiny world, chosen by its sweep), else 1.0, the teacher as it is (docs/design-notes.md, "Replay that
     # unteaches").
     teacher_temperature: float | None = None
+    # Share of the lessons with a correction that OPSD scores along the correction instead of a student sample
+    # (learner.distill.opsd_loss); None: the world's (``World.along_reference``), else 0, every lesson sampled.
+    along_reference: float | None = None
     checkpoint_every: int = 50  # a killed controller resumes its cycle's learning from the newest of these
     # Torch threads of the learner on a CPU.  1: one, on the cores Ray gives it (under a CPU plan, the host's);
     # n > 1: n, its process let onto every core at a lower priority than serving (reverie/cpus.py::background).

@@ -36,6 +36,7 @@ noted; what is left out keeps its default, shown here)::
       replay_focus: 0.5               # share of the replay on the old skills most like the new lessons, in [0, 1)
       relearn: 0.5                    # share of the feedback lessons, at most, re-teaching earlier cycles', in [0, 1)
       teacher_temperature: null       # the teacher's temperature, in (0, 10] (null: the world's; 1.0 if it has none)
+      along_reference: null           # share of corrected lessons scored along the correction, in [0, 1] (null: the world's; 0 if none)
       checkpoint_every: 50
       learner_threads: 1              # torch threads of a CPU learner (> 1: on every core, below serving's priority)
       variations: 0.75                # in [0, 1)
@@ -128,6 +129,7 @@ RULES: dict[str, a.Rule] = {
     "loop.replay_focus": a.FRACTION,
     "loop.relearn": a.FRACTION,
     "loop.teacher_temperature": a.optional(a.TEMPERATURE),
+    "loop.along_reference": a.optional(a.SHARE),
     "loop.checkpoint_every": a.COUNT,
     "loop.learner_threads": a.POSITIVE,
     "loop.variations": a.FRACTION,

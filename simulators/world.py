@@ -33,6 +33,9 @@ Optional, for a world whose replies are not judged word for word (a chat model's
   ``retention_suite`` may be ``None``.
 - ``teacher_temperature``: the teacher's temperature the world's lessons were measured with (the tiny world's
   0.5); without it the loop's teacher is at 1.0, as it is (``loop.teacher_temperature`` overrides both).
+- ``along_reference``: the share of corrected lessons OPSD scores along the correction rather than a student
+  sample (``learner.distill.opsd_loss``), for a model whose samples never reach what a correction teaches (a
+  name); without it every lesson is sampled (``loop.along_reference`` overrides both).
 - ``show_corrections``: ``True`` where the world's model takes a correction better shown than told: a lesson
   of a correction alone (no rule) then shows the teacher state its own exchange after the system message, the
   ask answered with the correction (``learner.experience.feedback_lessons``), in front of the ask and of every

@@ -346,3 +346,24 @@ def test_the_teachers_temperature_is_the_worlds_unless_the_loop_sets_one(tmp_pat
         cfg = ctl._learn_config(c)
         assert cfg.teacher_temperature == expected, (world, loop)
         assert (cfg.retain, cfg.seed, cfg.steps, cfg.lr) == (0.25, 3, loop.steps, loop.lr)
+
+
+def test_the_share_of_corrections_scored_along_the_correction_is_the_worlds_unless_the_loop_sets_one(tmp_path):
+    """OPSD on SmolLM2-135M-Instruct's own samples learnt a corrected name's first token and not the rest, and the
+    chat world states the share of corrected lessons scored along the correction instead
+    (``World.along_reference``: bench/results/chatworld/); a world that states none samples every lesson, as the
+    tiny world's runs were measured; ``loop.along_reference`` overrides both, 0 included."""
+    from reverie.config import LoopConfig
+    from simulators.chatworld.plugin import ChatWorld
+    from simulators.world import NoWorld
+
+    c = Cycle(cycle=1, state="learn", parent=1, feedback_ids=[], seed=3, started=0.0, retain=0.25)
+    for world, loop, expected in [(None, LoopConfig(), 0.0), (NoWorld(), LoopConfig(), 0.0),
+                                  (ChatWorld(), LoopConfig(), ChatWorld.along_reference),
+                                  (ChatWorld(), LoopConfig(along_reference=0.0), 0.0),
+                                  (NoWorld(), LoopConfig(along_reference=0.5), 0.5)]:
+        ctl = Controller(ServeConfig(model_dir=SHIPPED_MODEL, data_dir=str(tmp_path / "data"), loop=loop))
+        if world is not None:
+            ctl._world = world
+        assert ctl._learn_config(c).along_reference == expected, (world, loop)
+    assert ChatWorld.along_reference > 0

@@ -222,3 +222,40 @@ def test_a_top_k_teacher_cannot_be_flattened():
     _, top = _topk_scores(torch.randn(1, 2, 9, dtype=torch.float64), torch.zeros(1, 2, dtype=torch.long), 3)
     with pytest.raises(ValueError, match="above 1 needs full-vocabulary"):
         top.at_temperature(2.0, torch.zeros(1, 2, dtype=torch.long))
+
+
+class CountingSampler(FixedSampler):
+    """Hands out completions drawn once, and keeps the prompts it was asked to sample."""
+
+    def __init__(self, completions):
+        super().__init__(completions)
+        self.asked = []
+
+    def sample(self, prompts, seed=0):
+        self.asked.append(list(prompts))
+        return [list(c) for c in self.completions[:len(prompts)]]
+
+
+def test_a_corrected_lesson_scored_along_its_reference_is_the_same_loss_as_that_reply_handed_out_as_a_sample(
+        base, student, batch):
+    """``along_reference`` scores a lesson that has a reference along that reply instead of a student sample, as
+    generalised knowledge distillation mixes in fixed data: the student is not asked to sample it, and the loss is
+    exactly the one a sampler handing out the reply would give; a lesson without a reference (a variation) is
+    always sampled; a share outside [0, 1] is refused."""
+    from learner.distill import Lesson
+
+    enc, lessons_, completions = batch
+    corrected = [Lesson(l.student, l.teacher, "b a c") for l in lessons_[:2]]
+    varied = [Lesson(l.student, l.teacher, None) for l in lessons_[2:4]]
+    mixed = [*corrected, *varied]
+    scorer = TorchScorer(base, enc)
+    sampler = CountingSampler(completions[2:4])
+    along, info = opsd_loss(student, sampler, scorer, enc, mixed, "fkl", along_reference=1.0)
+    assert sampler.asked == [[l.student for l in varied]] and info["along_references"] == 2
+    handed = [enc.reply_ids("b a c")] * 2 + [list(c) for c in completions[2:4]]
+    same, _ = opsd_loss(student, FixedSampler(handed), scorer, enc, mixed, "fkl")
+    assert torch.allclose(along, same, atol=1e-6)
+    sampled, info = opsd_loss(student, FixedSampler(completions[:4]), scorer, enc, mixed, "fkl")
+    assert info["along_references"] == 0 and not torch.allclose(along, sampled, atol=1e-4)
+    with pytest.raises(ValueError, match=r"in \[0, 1\]"):
+        opsd_loss(student, sampler, scorer, enc, mixed, "fkl", along_reference=1.5)

@@ -133,6 +133,11 @@ class ChatWorld:
     # them right with the correction told in the system message, 0.81 shown as the corrected exchange as well
     # (bench/results/chatworld/2026-12-07-teacher-state.json: ``facts.teacher`` against ``facts.teacher_shown``).
     show_corrections = True
+    # OPSD on SmolLM2-135M-Instruct's own samples learns a taught name's first token and not the rest ("Suvi
+    # Kassav" for Suvi Karjalainen): 30 updates on four corrected facts answered 0.25 of their unseen phrasings
+    # with every lesson sampled (the year only), 0.25 with half of the corrected ones scored along the correction,
+    # 1.0 with all of them (bench/results/chatworld/2026-12-07-facts-along-reference.json).
+    along_reference = 1.0
 
     def __init__(self, pools: Pools | None = None):
         self.variations = ChatVariations(pools)
