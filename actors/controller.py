@@ -605,10 +605,12 @@ class Controller:
                 i = rng.randrange(len(pool))
                 lesson = pool[i]
                 if i in may_vary and rng.random() < self.cfg.loop.variations:
+                    family = variations.family(lesson.student)
+                    same = family is not None and variations.keeps_answer(family)  # the correction holds for it
                     for _ in range(8):
                         v = variations.vary(lesson.student, rng)
                         if v is not None and _prompt_key(v) not in banned:
-                            yield lesson.asking(v)
+                            yield lesson.asking(v, keeps_answer=same)
                             break
                     else:
                         yield lesson

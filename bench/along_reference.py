@@ -4,7 +4,8 @@ The chat world's four facts that ``reverie bench cycle --model smollm2-135m-inst
 two founders/designers' names, another designer's name and a founding year), each taught as the loop teaches it:
 the lesson of the corrected ask, its teacher state shown the correction (``learner.experience.feedback_lessons``
 with ``show_corrections``), and three times in four a variation of it into the fact's first other phrasing (the
-second is what the gate would hold out).  Thirty OPSD updates of four lessons (lr 5e-5, teacher temperature 1.0,
+second is what the gate would hold out), with no reference unless ``--vary-reference`` (the loop gives a fact's
+variation its correction: ``Controller._batches``).  Thirty OPSD updates of four lessons (lr 5e-5, teacher temperature 1.0,
 no replay) in torch on the float32 model, once per ``--along`` share of the corrected lessons scored along the
 correction rather than a student sample (``learner.distill.opsd_loss``); after each, the student's greedy answers
 (24 tokens) to every phrasing are checked for the answer (whole text, any case): the taught phrasing, the loop's
@@ -27,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 MODEL = "smollm2-135m-instruct"
 
 
-def run(along: float, steps: int, model_dir: str, seed: int = 0) -> dict:
+def run(along: float, steps: int, model_dir: str, seed: int = 0, vary_reference: bool = False) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -48,7 +49,8 @@ def run(along: float, steps: int, model_dir: str, seed: int = 0) -> dict:
     feedback = [{"id": f"f{i}", "created": float(i), "response_id": f"r{i}", "correction": t.text}
                 for i, t in enumerate(taught)]
     lessons = feedback_lessons(interactions, feedback, show_corrections=True).lessons
-    varied = [l.asking(({"role": "user", "content": t.heldout[0]},)) for l, t in zip(lessons, taught)]
+    varied = [l.asking(({"role": "user", "content": t.heldout[0]},), keeps_answer=vary_reference)
+              for l, t in zip(lessons, taught)]
     rng = random.Random(seed)
 
     def batches():
@@ -72,7 +74,7 @@ def run(along: float, steps: int, model_dir: str, seed: int = 0) -> dict:
         answer = fact_question(q)[0].answer
         scores.setdefault(kind, []).append(answer.lower() in text.lower())
         answers.append({"kind": kind, "question": q, "answer": answer, "reply": text})
-    return {"along_reference": along, "steps": steps, "learn_seconds": round(seconds, 1),
+    return {"along_reference": along, "vary_reference": vary_reference, "steps": steps, "learn_seconds": round(seconds, 1),
             "accuracy": {k: round(sum(v) / len(v), 4) for k, v in scores.items()}, "replies": answers}
 
 
@@ -85,6 +87,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--along", default="0,0.5,1", help="shares scored along the correction, comma-separated "
                                                       "(default 0,0.5,1)")
     ap.add_argument("--steps", type=int, default=30, help="OPSD updates per run (default 30)")
+    ap.add_argument("--vary-reference", action="store_true",
+                    help="a variation keeps the correction as its reference, as the loop's do since "
+                         "2026-12-07 (default: a variation has none, so only the corrected ask is scored along it)")
     ap.add_argument("--out", default=None, help="result file (default bench/results/chatworld/DATE-facts-along-"
                                                 "reference.json)")
     args = ap.parse_args(argv)
@@ -95,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not shares or any(not 0.0 <= s <= 1.0 for s in shares) or args.steps < 1:
         ap.error("--along: every share must be in [0, 1], and --steps at least 1")
     model_dir = str(resolve(args.model))
-    runs = [run(s, args.steps, model_dir) for s in shares]
+    runs = [run(s, args.steps, model_dir, vary_reference=args.vary_reference) for s in shares]
     report = {"what": "OPSD on four corrected chat-world facts: a name learnt, by the share of corrected lessons "
                       "scored along the correction", "command": "python -m bench.along_reference "
                       + " ".join(argv if argv is not None else sys.argv[1:]),

@@ -53,9 +53,10 @@ class Lesson:
         exchanges that demonstrate it where there are some (learner/experience.py)."""
         return self.teacher[: len(self.teacher) - len(self.student)]
 
-    def asking(self, student) -> "Lesson":
-        """The same privileged context in front of another prompt (a variation of the ask); no reference."""
-        return Lesson(tuple(student), (*self.context, *student), None)
+    def asking(self, student, keeps_answer: bool = False) -> "Lesson":
+        """The same privileged context in front of another prompt (a variation of the ask); the reference too
+        where the variation asks for the same answer (``keeps_answer``: a fact asked another way), else none."""
+        return Lesson(tuple(student), (*self.context, *student), self.reference if keeps_answer else None)
 
 
 @torch.no_grad()

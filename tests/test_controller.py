@@ -367,3 +367,45 @@ def test_the_share_of_corrections_scored_along_the_correction_is_the_worlds_unle
             ctl._world = world
         assert ctl._learn_config(c).along_reference == expected, (world, loop)
     assert ChatWorld.along_reference > 0
+
+
+def test_a_corrected_facts_variation_keeps_the_correction_as_its_reference_and_a_rules_variation_has_none(tmp_path):
+    """A fact asked another way wants the same answer (``keeps_answer``), so the lesson varied into it keeps the
+    correction as its reference and may be scored along it (``along_reference``).  Without it only the corrected ask
+    itself could be, a quarter of a fact's lessons at ``loop.variations`` 0.75, and the promoted version of
+    ``…-along-reference.json`` (2026-12-07) answered 1 of 4 facts in unseen words.  A rule's variation (another
+    general prompt) keeps none: the correction was the reply to a different ask."""
+    import itertools
+
+    import msgpack
+
+    from actors.store import ExperienceStoreCore
+    from reverie.config import LoopConfig
+    from simulators.chatworld.facts import FACTS
+    from simulators.chatworld.plugin import ChatWorld
+    from simulators.chatworld.prompts import split
+    from tests.test_chatworld import ALPACA_LIKE
+
+    pools = split(ALPACA_LIKE)
+    store = ExperienceStoreCore(str(tmp_path / "data"))
+    fact, rule = FACTS[3], "Always start your answer with 'Short answer:'"
+    asks = [(fact.questions[0], {"correction": fact.correction}),
+            (pools.taught[0], {"rule": rule, "correction": "Short answer: yes."})]
+    for n, (text, feedback) in enumerate(asks):
+        store.append("interactions", [msgpack.packb({"id": f"r-{n}", "created": float(n), "kind": "chat", "version": 1,
+                                                     "messages": [{"role": "user", "content": text}]})])
+        store.append("feedback", [msgpack.packb({"id": f"fb-{n}", "response_id": f"r-{n}", "created": float(n),
+                                                 **feedback})])
+    store.close()
+    ctl = Controller(ServeConfig(model_dir=SHIPPED_MODEL, world="chat", data_dir=str(tmp_path / "data"),
+                                 loop=LoopConfig(batch_size=4)))
+    ctl._world = ChatWorld(pools)
+    c = Cycle(cycle=1, state="learn", parent=1, feedback_ids=["fb-0", "fb-1"], seed=1, started=0.0, retain=0.0)
+    found = ctl._lessons(c)[0]
+    lessons, heldout, varied = ctl._split(c, found)
+    new = [l for b in itertools.islice(ctl._batches(c, lessons, heldout, varied), 40) for l in b]
+    facts = [l for l in new if l.student[0]["content"] in fact.questions]
+    others = [l for l in new if l.student[0]["content"] not in fact.questions]
+    assert {l.student[0]["content"] for l in facts} - {fact.questions[0]}  # varied into other phrasings
+    assert all(l.reference == fact.correction for l in facts)
+    assert {l.reference for l in others if l.student[0]["content"] != pools.taught[0]} == {None}
