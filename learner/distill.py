@@ -138,7 +138,8 @@ def opsd_loss(student, sampler, scorer, encoder: Encoder, lessons: list[Lesson],
     lesson with a reference (a user's correction) is scored along that reply
     instead of a student sample with that probability (drawn from ``seed``),
     still against the teacher state's whole distribution at each position;
-    a lesson without one (a variation of the ask) is always sampled.  The
+    a lesson without one (a rule's ask varied into another prompt) is always
+    sampled.  The
     student's own samples reach a name's first token only: taught "Suvi
     Karjalainen" on-policy, SmolLM2-135M-Instruct answered "Suvi Kassav"
     (docs/design-notes.md, "Names the student never samples")."""
