@@ -377,7 +377,8 @@ def heldout_tasks(lessons_meta: Iterable[tuple[Sequence[dict], str | Sequence[di
         while made < n_per_family and live and tries < 20 * n_per_family + 20:
             student, context = live[tries % len(live)]
             tries += 1
-            if cap[_key(student)] == 0:
+            asked = _key(student)
+            if cap[asked] == 0:
                 live.remove((student, context))  # as many of this ask's variants held out as may be
                 continue
             prompt = variations.vary(student, rng)
@@ -387,8 +388,8 @@ def heldout_tasks(lessons_meta: Iterable[tuple[Sequence[dict], str | Sequence[di
             if _key(prompt) in seen:
                 continue
             seen.add(_key(prompt))
-            if cap[_key(student)] is not None:
-                cap[_key(student)] -= 1
+            if cap[asked] is not None:
+                cap[asked] -= 1
             text = context[0]["content"] if context and context[0]["role"] == "system" else ""
             tasks.append(HeldOutTask(family, prompt, (*context, *prompt),
                                      check=check(family, prompt, text) if check else None))

@@ -5,11 +5,11 @@ two founders/designers' names, another designer's name and a founding year), eac
 the lesson of the corrected ask, its teacher state shown the correction (``learner.experience.feedback_lessons``
 with ``show_corrections``), and three times in four a variation of it into the fact's first other phrasing (the
 second is what the gate would hold out), with no reference unless ``--vary-reference`` (the loop gives a fact's
-variation its correction: ``Controller._batches``).  Thirty OPSD updates of four lessons (lr 5e-5, teacher temperature 1.0,
-no replay) in torch on the float32 model, once per ``--along`` share of the corrected lessons scored along the
-correction rather than a student sample (``learner.distill.opsd_loss``); after each, the student's greedy answers
-(24 tokens) to every phrasing are checked for the answer (whole text, any case): the taught phrasing, the loop's
-variation, the gate's, and the unseen one no variation asks (``Fact.unseen``).
+variation its correction: ``Controller._batches``).  Thirty OPSD updates of four lessons (lr 5e-5, teacher
+temperature 1.0, no replay) in torch on the float32 model, once per ``--along`` share of the corrected lessons
+scored along the correction rather than a student sample (``learner.distill.opsd_loss``); after each, the
+student's greedy answers (24 tokens) to every phrasing are judged by the world's check (the answer's whole words):
+the taught phrasing, the loop's variation, the gate's, and the unseen one no variation asks (``Fact.unseen``).
 
 Writes ``bench/results/chatworld/DATE-facts-along-reference.json`` (or ``--out``) and prints it.
 """
@@ -34,10 +34,10 @@ def run(along: float, steps: int, model_dir: str, seed: int = 0, vary_reference:
 
     from learner.config import LearnConfig
     from learner.distill import sample
-    from learner.experience import feedback_lessons
     from learner.loop import frozen_teacher, learn
     from learner.tokenizer import chat_encoder
-    from simulators.chatworld.facts import fact_question
+    from simulators.chatworld.measure import fact_lessons
+    from simulators.chatworld.plugin import FACTS_FAMILY, check, passes
     from simulators.chatworld.teaching import fact_teachings
 
     torch.manual_seed(seed)
@@ -45,10 +45,7 @@ def run(along: float, steps: int, model_dir: str, seed: int = 0, vary_reference:
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     encoder = chat_encoder(tokenizer)
     taught = fact_teachings(seed, 4)
-    interactions = [{"id": f"r{i}", "messages": [{"role": "user", "content": t.ask}]} for i, t in enumerate(taught)]
-    feedback = [{"id": f"f{i}", "created": float(i), "response_id": f"r{i}", "correction": t.text}
-                for i, t in enumerate(taught)]
-    lessons = feedback_lessons(interactions, feedback, show_corrections=True).lessons
+    lessons = fact_lessons(taught)
     varied = [l.asking(({"role": "user", "content": t.heldout[0]},), keeps_answer=vary_reference)
               for l, t in zip(lessons, taught)]
     rng = random.Random(seed)
@@ -71,11 +68,12 @@ def run(along: float, steps: int, model_dir: str, seed: int = 0, vary_reference:
     answers = []
     for (kind, q, t), ids in zip(asked, replies):
         text = tokenizer.decode(ids, skip_special_tokens=True).strip()
-        answer = fact_question(q)[0].answer
-        scores.setdefault(kind, []).append(answer.lower() in text.lower())
-        answers.append({"kind": kind, "question": q, "answer": answer, "reply": text})
-    return {"along_reference": along, "vary_reference": vary_reference, "steps": steps, "learn_seconds": round(seconds, 1),
-            "accuracy": {k: round(sum(v) / len(v), 4) for k, v in scores.items()}, "replies": answers}
+        spec = check(FACTS_FAMILY, ({"role": "user", "content": q},), "")  # whole words of the fact's answer
+        scores.setdefault(kind, []).append(passes(spec, text))
+        answers.append({"kind": kind, "question": q, "answer": spec["text"], "reply": text})
+    return {"along_reference": along, "vary_reference": vary_reference, "steps": steps,
+            "learn_seconds": round(seconds, 1), "accuracy": {k: round(sum(v) / len(v), 4) for k, v in scores.items()},
+            "replies": answers}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -70,7 +70,8 @@ def run_chat_bench(model: str, rule: str = "starts_with", facts: int = 8, asks_p
                                                (gate_overrides or {}).get("drift_prompts", GateConfig().drift_prompts))
     # the taught facts in words neither the users nor the loop's variations use (the target's figure), and in the
     # other phrasings the loop may vary an ask into and the gate hold out
-    fact_asks = [(q, check("facts", ({"role": "user", "content": q},), "")) for t in taught_facts for q in t.unseen]
+    fact_asks = [(q, check("facts", ({"role": "user", "content": q},), "")) for t in taught_facts
+                 for q in t.unseen]
     fact_loop_asks = [(q, check("facts", ({"role": "user", "content": q},), "")) for t in taught_facts
                       for q in t.heldout]
 
@@ -100,12 +101,14 @@ def run_chat_bench(model: str, rule: str = "starts_with", facts: int = 8, asks_p
                     model="reverie", messages=[{"role": "user", "content": text}], temperature=0,
                     max_tokens=max_tokens)
 
+            def share(asks) -> float:
+                """Of ``(text, check)`` pairs asked through the API, the share whose reply passes."""
+                kept = [passes(spec, reply(q).parse().choices[0].message.content) for q, spec in asks]
+                return sum(kept) / len(kept)
+
             def measure(prompts: list[str]) -> dict:
-                rule_ok = [passes(rule_spec, reply(p).parse().choices[0].message.content) for p in prompts]
-                fact_ok = [passes(spec, reply(q).parse().choices[0].message.content) for q, spec in fact_asks]
-                loop_ok = [passes(spec, reply(q).parse().choices[0].message.content) for q, spec in fact_loop_asks]
-                return {"rule": sum(rule_ok) / len(rule_ok), "facts": sum(fact_ok) / len(fact_ok),
-                        "facts_loop_phrasings": sum(loop_ok) / len(loop_ok)}
+                return {"rule": share([(p, rule_spec) for p in prompts]), "facts": share(fact_asks),
+                        "facts_loop_phrasings": share(fact_loop_asks)}
 
             def status() -> dict:
                 return httpx.get(dep.base_url + "/admin/status", headers=admin, timeout=60).json()

@@ -68,14 +68,16 @@ def _demonstrated_context(rule: str, asks: Sequence[str], replies: Sequence[str]
     return feedback_lessons(interactions, feedback).lessons[0].context
 
 
-def _shown_correction(ask: str, correction: str) -> tuple[dict, ...]:
-    """The privileged context the loop's learner gives a correction of the chat world's (``ChatWorld.
-    show_corrections``) asked as ``ask``: learner.experience.feedback_lessons' own."""
+def fact_lessons(teachings: Sequence) -> list:
+    """The loop's lessons of the chat world's fact ``teachings`` (``teaching.fact_teachings``): each ask corrected
+    through feedback, made by learner.experience.feedback_lessons as the loop makes them (``ChatWorld.
+    show_corrections``: the correction in the system message and its exchange after it)."""
     from learner.experience import feedback_lessons
 
-    interactions = [{"id": "r0", "messages": [{"role": "user", "content": ask}]}]
-    feedback = [{"id": "f0", "created": 0.0, "response_id": "r0", "correction": correction}]
-    return feedback_lessons(interactions, feedback, show_corrections=True).lessons[0].context
+    interactions = [{"id": f"r{i}", "messages": [{"role": "user", "content": t.ask}]} for i, t in enumerate(teachings)]
+    feedback = [{"id": f"f{i}", "created": float(i), "response_id": f"r{i}", "correction": t.text}
+                for i, t in enumerate(teachings)]
+    return feedback_lessons(interactions, feedback, show_corrections=True).lessons
 
 
 def measure(model: str, n_prompts: int = 40, max_tokens: int = 96, progress=print) -> dict:
@@ -97,14 +99,13 @@ def measure(model: str, n_prompts: int = 40, max_tokens: int = 96, progress=prin
             text = kind.phrasings[i % len(kind.phrasings)]
             teacher_chats[name].append((text, ({"role": "system", "content": render("rule", text)},
                                                {"role": "user", "content": p})))
-    fact_asks, fact_taught = [], []  # (correction, held-out question); (taught question, correction, held-out)
-    for t in fact_teachings(SEED, len(FACTS)):
-        fact_asks += [(t.text, q) for q in t.heldout]
-        fact_taught += [(t.ask, t.text, q) for q in t.heldout]
+    taught_facts = fact_teachings(SEED, len(FACTS))
+    fact_asks = [(t.text, q) for t in taught_facts for q in t.heldout]  # (correction, held-out question)
     fact_student = [({"role": "user", "content": q},) for _, q in fact_asks]
     fact_teacher = [({"role": "system", "content": render("correction", c)}, {"role": "user", "content": q})
                     for c, q in fact_asks]
-    fact_shown = [(*_shown_correction(ask, c), {"role": "user", "content": q}) for ask, c, q in fact_taught]
+    fact_shown = [l.asking(({"role": "user", "content": q},)).teacher
+                  for l, t in zip(fact_lessons(taught_facts), taught_facts) for q in t.heldout]
 
     # The demonstrated teacher state: a scripted user asks DEMONSTRATED taught prompts per rule kind, states the
     # rule (its first phrasing) and corrects each reply to keep it (rules.rule_correction); the loop's own

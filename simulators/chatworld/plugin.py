@@ -74,10 +74,9 @@ class ChatVariations:
         text = last_user_text(messages)
         if text is None:
             return None
-        found = fact_question(text)
-        if found is not None:
-            fact, asked = found
-            return _user(rng.choice([q for i, q in enumerate(fact.questions) if i != asked]))
+        others = self.variants(messages)
+        if others is not None:
+            return rng.choice(others)
         heldout = self.pools.heldout
         for _ in range(_MAX_TRIES):
             prompt = rng.choice(heldout)
