@@ -177,6 +177,7 @@ class Controller:
         self.requested = bool(data.get("requested", False))
         self._last_cycle_at = time.time()
         self._judge = None  # the Gate, built on first use
+        self.warmed: dict = {}  # the version the gate last scored while idle (``_warm``), and its seconds
         self._world = None  # the world the loop is taught in, loaded on first use (``world``)
         self._failed_at = 0.0
         self._suite = None
@@ -212,6 +213,7 @@ class Controller:
                     "candidates": [c.public() for c in self.registry.all()],
                     "cycles": list(self.history[-10:]), "approval": self.cfg.loop.approval,
                     "learning": self.cfg.loop.learn,
+                    "gate_warm": dict(self.warmed),  # the version the gate has scored as a parent while idle
                     "requested": self.requested}  # a cycle asked for (`reverie cycle`) that has not started yet
 
     def request_cycle(self) -> dict:
@@ -287,6 +289,24 @@ class Controller:
             self._maybe_start()
         if self.current is not None:
             self._advance()
+        else:
+            self._warm()
+
+    def _warm(self) -> None:
+        """While idle, the gate scores the promoted version as a parent (``Gate.warm``: its retention
+        benchmarks, its retention suite answers, the drift replies of a lineage's base), once per version: the
+        next cycle's gate then scores the candidate only.  A version a cycle promoted was scored as its
+        candidate, which costs nothing here."""
+        promoted = self.registry.promoted()
+        if self.warmed.get("version") == promoted.version:
+            return
+        try:
+            seconds = self._gate_for().warm(promoted.directory, drift=self._base(promoted).version == promoted.version)
+        except Exception:  # noqa: BLE001 - the gate scores the parent when a candidate waits, as without this
+            logger.warning("could not score version %s for the gate: %s", promoted.version, traceback.format_exc())
+            seconds = None
+        with self._lock:
+            self.warmed = {"version": promoted.version, "seconds": seconds}
 
     def _maybe_start(self) -> None:
         new = self._new_feedback()

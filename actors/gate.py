@@ -613,12 +613,30 @@ class Gate:
             return []
         return self._cached(self._parent_benchmarks, parent_dir, [names], str, self._benchmark_scores)[0]
 
+    def _drift_prompts(self) -> list[tuple[dict, ...]]:
+        return [tuple(p) for p in self._general(self.cfg.drift_prompts)] if self._general else []
+
+    def warm(self, model_dir: str | Path, drift: bool = False) -> float:
+        """Score ``model_dir`` as a parent before a candidate of it waits (the controller calls this when a version
+        goes live and the loop is idle): its retention benchmarks, its answers to the retention suite and, with
+        ``drift`` (the base of a lineage, what drift is measured from), its replies to the drift prompts.  What is
+        cached already costs nothing.  Returns the seconds it took."""
+        start = time.perf_counter()
+        with _torch_threads(self.threads):
+            self._parent_benchmark_scores(model_dir)
+            groups = [[it.prompt for it in self.suite]] if self.suite else []
+            if drift and self._drift_prompts():
+                groups.append(self._drift_prompts())
+            if groups:
+                self._parent(model_dir, groups)
+        return time.perf_counter() - start
+
     def _drift(self, reference_dir: str | Path, candidate) -> dict | None:
         """KL(reference || candidate) per token on the world's general prompts and the reference's own greedy
         replies to them (cached with its answers), or None for a world without general prompts."""
         from evals.drift import kl_per_token, scored_chats
 
-        prompts = [tuple(p) for p in self._general(self.cfg.drift_prompts)] if self._general else []
+        prompts = self._drift_prompts()
         if not prompts:
             return None
         replies = self._parent(reference_dir, [prompts])[0]
@@ -734,6 +752,10 @@ class Gate:
         cand_bench = self._benchmark_scores(candidate, [name for name, _, _ in self.benchmarks])
         drift = self._drift(base_dir if base_dir is not None else parent_dir, candidate)
         del candidate
+        # What a promoted candidate is judged on as the next one's parent, kept under its own identity.
+        own = self._parent_identity(candidate_dir)
+        self._parent_benchmarks.setdefault(own, {}).update(zip((name for name, _, _ in self.benchmarks), cand_bench))
+        self._parent_answers.setdefault(own, {}).update(zip(map(_key, (it.prompt for it in self.suite)), cand_plain))
         parent_bench = self._parent_benchmark_scores(parent_dir)
         base_bench = self._parent_benchmark_scores(base_dir) if base_dir is not None else parent_bench
 

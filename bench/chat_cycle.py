@@ -11,6 +11,9 @@ base) and a passing one is swapped in.  Every figure is measured in the run that
   first answer kept the rule is ``served_answer_keeps_rule``; ``failed_requests`` counts the probes that raised;
   the held-out prompts and fact questions asked after are requests too, and one that failed would raise);
 - ``steps``: the controller's own time per step of the cycle (collect, learn, gate, swap);
+- ``gate_warm_seconds``: what the gate took to score the base as a parent while the loop was idle (``Gate.warm``,
+  once per served version, before a candidate waits; the bench gives its feedback after it): the gate step then
+  scores the candidate only;
 - ``peak_pss_bytes``: the peak memory of this process and every process it started, each page counted once (the
   summed proportional set size: what the target is judged on); ``peak_rss_bytes`` is their summed resident memory,
   which counts a page every process shares (torch's libraries in each Ray worker) once per process;
@@ -37,9 +40,9 @@ TARGETS = {"api_rule_after": 0.9, "api_facts_after": 0.8, "retention_avg_drop": 
 
 def run_chat_bench(model: str, rule: str = "starts_with", facts: int = 8, asks_per_rule: int = 3,
                    steps: int = 20, batch_size: int = 8, lr: float = 5e-5, probes: int = 40,
-                   benchmark_items: int = 50, heldout_items: int = 24, timeout_s: float = 1800.0,
+                   benchmark_items: int = 100, heldout_items: int = 24, timeout_s: float = 1800.0,
                    pin_cpus: bool = False, seed: int = 0, progress=print, gate_overrides: dict | None = None,
-                   learner_threads: int = 1) -> dict:
+                   learner_threads: int = 1, teacher_temperature: float | None = None) -> dict:
     """One cycle (the module docstring); ``gate_overrides`` are further ``GateConfig`` fields (a test's gate that
     passes what it judges, so that the swap is exercised)."""
     import httpx
@@ -83,7 +86,8 @@ def run_chat_bench(model: str, rule: str = "starts_with", facts: int = 8, asks_p
     cfg = ServeConfig(model_dir=model_dir, world="chat", data_dir=str(work / "data"), port=port, pin_cpus=pin_cpus,
                       loop=LoopConfig(approval="auto", min_feedback=n_feedback, poll_s=0.5, steps=steps,
                                       batch_size=batch_size, lr=lr, checkpoint_every=steps, dream=False,
-                                      learner_threads=learner_threads, seed=seed),
+                                      learner_threads=learner_threads, teacher_temperature=teacher_temperature,
+                                      seed=seed),
                       gate=GateConfig(benchmark_items=benchmark_items, heldout_items=heldout_items,
                                       **(gate_overrides or {})))
     keys = Keys(secrets.token_urlsafe(24), secrets.token_urlsafe(24), "bench (in memory)")
@@ -117,6 +121,11 @@ def run_chat_bench(model: str, rule: str = "starts_with", facts: int = 8, asks_p
                      f"{len(fact_asks) + len(fact_loop_asks)} fact questions)")
             before = measure(before_prompts)
             base = status()["promoted"]
+            while status().get("gate_warm", {}).get("version") != base:  # the gate scores the base while idle
+                if time.perf_counter() - t_start > timeout_s:
+                    raise TimeoutError(f"the gate did not score the base in {timeout_s:.0f} s")
+                time.sleep(1.0)
+            warm = status()["gate_warm"]
             progress(f"teaching: {len(taught_rules)} asks with the rule {rule_text!r}, {len(taught_facts)} facts")
             for t in [*taught_rules, *taught_facts]:
                 asked = reply(t.ask, max_tokens=64).parse()
@@ -172,10 +181,12 @@ def run_chat_bench(model: str, rule: str = "starts_with", facts: int = 8, asks_p
         "model": model, "model_dir": str(model_dir), "rule": rule_text, "rule_kind": rule,
         "facts_taught": len(taught_facts), "rule_asks": len(taught_rules), "feedback": n_feedback,
         "loop": {"steps": steps, "batch_size": batch_size, "lr": lr, "learner_threads": learner_threads,
+                 "teacher_temperature": teacher_temperature,
                  "pin_cpus": pin_cpus},
         "world": {"name": "chat", **{k: getattr(ChatWorld, k, None)  # the world's settings the loop took
                                      for k in ("teacher_temperature", "along_reference", "show_corrections")}},
         "gate": {"benchmark_items": benchmark_items, "heldout_items": heldout_items, **(gate_overrides or {})},
+        "gate_warm_seconds": warm["seconds"] and round(warm["seconds"], 1),
         "feedback_to_served_seconds": seconds, "steps": {k: round(v, 1) for k, v in (cycle.get("seconds") or {}).items()},
         "base_version": base, "candidate": cand and {k: cand.get(k) for k in ("version", "status", "reason")},
         "served_version": version, "served_answer_keeps_rule": kept,

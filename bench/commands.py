@@ -168,6 +168,8 @@ def cmd_bench_cycle(args: argparse.Namespace) -> int:
             raise ReverieError(f"--rule must be one of {', '.join(RULES)}, got {args.rule!r}")
         facts = check.positive(args.facts, "--facts")
         learner_threads = check.positive(args.learner_threads, "--learner-threads")
+        temperature = (None if args.teacher_temperature is None
+                       else check.TEMPERATURE.parse(args.teacher_temperature, "--teacher-temperature"))
     progress = lambda m: print(f"reverie: {m}", file=sys.stderr, flush=True)  # noqa: E731
     out = args.out
     with contextlib.redirect_stdout(sys.stderr):  # Ray's notices; stdout stays one JSON object
@@ -177,6 +179,7 @@ def cmd_bench_cycle(args: argparse.Namespace) -> int:
         else:
             report = run_chat_bench(args.model, rule=args.rule, facts=facts, steps=steps, timeout_s=timeout,
                                     pin_cpus=not args.no_cpu_pinning, learner_threads=learner_threads,
+                                    teacher_temperature=temperature,
                                     progress=progress)
             out = out if out != CYCLE_OUT else f"bench/results/cycle-{Path(str(args.model)).name}.json"
     report = write_result(report, out)
@@ -380,6 +383,8 @@ def register(subparsers) -> None:
     c.add_argument("--facts", default="8", help="with --model: facts corrected (default %(default)s)")
     c.add_argument("--learner-threads", default="1", help="with --model: the loop's learner_threads, torch threads "
                    "of the learner on a CPU, > 1 on every core below serving's priority (default %(default)s)")
+    c.add_argument("--teacher-temperature", default=None, help="with --model: the loop's teacher_temperature "
+                   "(default: the chat world's)")
     c.add_argument("--timeout", default="1200", help="seconds to wait for the new version (default %(default)s)")
     c.add_argument("--out", default=CYCLE_OUT, help="result file (default %(default)s; with --model "
                    "bench/results/cycle-MODEL.json)")

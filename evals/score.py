@@ -102,31 +102,71 @@ def loglikelihoods(llm, reqs: Sequence[Request]) -> list[float]:
             for out, (ids, start) in zip(outs, prompts)]
 
 
+def packed(reqs: Sequence[Request], limit: int) -> list[tuple[tuple[int, ...], list[tuple[int, tuple[int, ...]]]]]:
+    """The requests as rows of one shared context and its continuations: ``(context, [(request index,
+    continuation), ...])``, each request cut to its last ``limit`` tokens first (:func:`prompt`), so a cut request
+    shares only with requests cut to the same context.  The choices of one item share a row."""
+    rows: dict[tuple[int, ...], list[tuple[int, tuple[int, ...]]]] = {}
+    for i, r in enumerate(reqs):
+        ids, start = prompt(r, limit)
+        rows.setdefault(tuple(ids[:start]), []).append((i, tuple(ids[start:])))
+    return list(rows.items())
+
+
 def torch_loglikelihoods(model, reqs: Sequence[Request], limit: int | None = None, batch: int = 16) -> list[float]:
     """The same sums as :func:`loglikelihoods`, from a transformers causal LM in torch (the gate's models): each
     request cut to its last ``limit`` tokens (default: one less than the model's ``max_position_embeddings``, as
-    an engine of that length cuts it), requests of similar length batched together, right-padded."""
+    an engine of that length cuts it).
+
+    The requests that share a context are one row (:func:`packed`): the context once, then each continuation,
+    positioned right after the context and attending to the context and its own tokens only (a 4D mask), so an
+    item of four choices costs its context once, not four times.  Log-probs are taken only where a continuation's
+    tokens are predicted, not over every position.  Rows of similar length are batched, ``batch`` at a time,
+    right-padded."""
     import torch
 
     limit = limit or int(model.config.max_position_embeddings) - 1
-    prompts = [prompt(r, limit) for r in reqs]
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i][0]))
+    rows = sorted(packed(reqs, limit), key=lambda row: len(row[0]) + sum(len(c) for _, c in row[1]))
+    decoder, head = model.get_decoder(), model.get_output_embeddings()
+    cap = getattr(model.config, "final_logit_softcapping", None)
     device = next(model.parameters()).device
-    out = [0.0] * len(prompts)
-    for b in range(0, len(order), batch):
-        idx = order[b:b + batch]
-        width = max(len(prompts[i][0]) for i in idx)
-        ids = torch.zeros((len(idx), width), dtype=torch.long)
-        mask = torch.zeros((len(idx), width), dtype=torch.long)
-        for row, i in enumerate(idx):
-            ids[row, :len(prompts[i][0])] = torch.tensor(prompts[i][0])
-            mask[row, :len(prompts[i][0])] = 1
+    dtype = next(model.parameters()).dtype
+    out = [0.0] * len(reqs)
+    for b in range(0, len(rows), batch):
+        chunk = rows[b:b + batch]
+        width = max(len(ctx) + sum(len(c) for _, c in conts) for ctx, conts in chunk)
+        ids = torch.zeros((len(chunk), width), dtype=torch.long)
+        positions = torch.zeros((len(chunk), width), dtype=torch.long)
+        segment = torch.full((len(chunk), width), -1, dtype=torch.long)  # 0: context, k: choice k, -1: padding
+        where: list[tuple[int, int, list[int], tuple[int, ...]]] = []  # (request, row, predicting positions, targets)
+        for row, (ctx, conts) in enumerate(chunk):
+            n = len(ctx)
+            ids[row, :n], positions[row, :n], segment[row, :n] = torch.tensor(ctx), torch.arange(n), 0
+            at = n
+            for k, (i, cont) in enumerate(conts, start=1):
+                span = slice(at, at + len(cont))
+                ids[row, span] = torch.tensor(cont)
+                positions[row, span] = torch.arange(n, n + len(cont))
+                segment[row, span] = k
+                where.append((i, row, [n - 1, *range(at, at + len(cont) - 1)], cont))
+                at += len(cont)
+        causal = torch.ones((width, width), dtype=torch.bool).tril()
+        seen = causal & ((segment[:, None, :] == 0) | (segment[:, None, :] == segment[:, :, None]))
+        mask = torch.zeros(seen.shape, dtype=dtype).masked_fill(~seen, torch.finfo(dtype).min)[:, None]
         with torch.no_grad():
-            logp = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float().log_softmax(-1)
-        for row, i in enumerate(idx):
-            tokens, start = prompts[i]
-            at = torch.arange(start, len(tokens), device=device)
-            out[i] = logp[row, at - 1, torch.tensor(tokens[start:], dtype=torch.long, device=device)].sum().item()
+            hidden = decoder(input_ids=ids.to(device), attention_mask=mask.to(device),
+                             position_ids=positions.to(device)).last_hidden_state
+            rows_at = torch.tensor([row for _, row, at, _ in where for _ in at], device=device)
+            cols_at = torch.tensor([p for _, _, at, _ in where for p in at], device=device)
+            logits = head(hidden[rows_at, cols_at]).float()
+            if cap:
+                logits = torch.tanh(logits / cap) * cap
+            targets = torch.tensor([t for *_, cont in where for t in cont], device=device)
+            picked = logits.log_softmax(-1).gather(1, targets[:, None])[:, 0].tolist()
+        at = 0
+        for i, _, _, cont in where:
+            out[i] = sum(picked[at:at + len(cont)])
+            at += len(cont)
     return out
 
 

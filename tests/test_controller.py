@@ -409,3 +409,21 @@ def test_a_corrected_facts_variation_keeps_the_correction_as_its_reference_and_a
     assert {l.student[0]["content"] for l in facts} - {fact.questions[0]}  # varied into other phrasings
     assert all(l.reference == fact.correction for l in facts)
     assert {l.reference for l in others if l.student[0]["content"] != pools.taught[0]} == {None}
+
+
+def test_while_idle_the_gate_scores_the_served_version_once_and_the_status_says_which(tmp_path):
+    """The gate's parent scores (retention suite answers, and for a lineage's base the drift replies) are made
+    when the loop has nothing to do, not while a user's lesson waits in the gate step."""
+    ctl = _controller(tmp_path)
+    ctl._read_new = lambda table, columns=None: []  # nothing new in the store
+    ctl._flush = lambda: None
+    assert ctl.status()["gate_warm"] == {}
+    gate, warmed = ctl._gate_for(), []
+    warm = gate.warm
+    gate.warm = lambda model_dir, drift=False: warmed.append((str(model_dir), drift)) or warm(model_dir, drift)
+    ctl.tick()
+    ctl.tick()
+    promoted = ctl.registry.promoted()
+    assert warmed == [(str(promoted.directory), True)]  # the base: its drift replies too; once
+    status = ctl.status()["gate_warm"]
+    assert status["version"] == promoted.version and status["seconds"] > 0

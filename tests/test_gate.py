@@ -714,3 +714,40 @@ def test_the_gate_reports_drift_from_the_base_none_for_the_same_weights_and_max_
     # Without a base, the parent is the reference; a world without general prompts has no drift to report.
     assert bounded.judge(SHIPPED_MODEL, candidate, copy_tasks, [])["drift"]["from"] == "parent"
     assert "drift" not in Gate(GateConfig(), suite, SHIPPED_MODEL).judge(SHIPPED_MODEL, candidate, copy_tasks, [])
+
+
+def test_a_version_the_gate_scored_while_idle_or_as_a_candidate_is_never_answered_again_as_a_parent(
+        copy_tasks, tmp_path, shipped_state, monkeypatch):
+    """``Gate.warm`` answers the retention suite and the drift prompts with the served version before any
+    candidate waits; a judged candidate's own suite answers are kept; so as a parent (or a lineage's base) neither
+    is asked those again, and only what depends on the candidate's lessons (its held-out asks) is answered."""
+    suite = retention_suite(GateConfig(retention_items=10), TinyWorld())
+    gate = Gate(GateConfig(drift_prompts=4), suite, SHIPPED_MODEL, world=General())
+    answered = []  # (the model's directory, how many prompts) of every greedy pass
+    load, greedy = gate._load, gate._greedy
+
+    def tagged(model_dir):
+        model = load(model_dir)
+        model.reverie_dir = str(model_dir)
+        return model
+
+    monkeypatch.setattr(gate, "_load", tagged)
+    monkeypatch.setattr(gate, "_greedy", lambda model, prompts: answered.append(
+        (model.reverie_dir, len(prompts))) or greedy(model, prompts))
+    base, n = str(SHIPPED_MODEL), len(suite)
+    assert gate.warm(SHIPPED_MODEL, drift=True) >= 0 and answered == [(base, n), (base, 4)]
+    assert gate.warm(SHIPPED_MODEL, drift=True) >= 0 and answered == [(base, n), (base, 4)]  # once
+
+    gen = torch.Generator().manual_seed(0)
+    child = _model_dir(tmp_path, {k: v + 0.05 * v.std() * torch.randn(v.shape, generator=gen) if v.ndim == 2 else v
+                                  for k, v in shipped_state.items()}, "child")
+    answered.clear()
+    report = gate.judge(SHIPPED_MODEL, child, copy_tasks, [], base_dir=SHIPPED_MODEL)
+    assert report["drift"]["chats"] == 4 and report["retention"]["add"]["n"] > 0
+    assert answered == [(base, 16), (base, 16), (str(child), 16), (str(child), n)]  # held-out asks; the child's suite
+    grandchild = _model_dir(tmp_path, shipped_state, "grandchild")
+    answered.clear()
+    gate.judge(child, grandchild, copy_tasks, [], base_dir=SHIPPED_MODEL)
+    assert (str(child), n) not in answered and (base, 4) not in answered and (str(grandchild), n) in answered
+    answered.clear()
+    assert gate.warm(child) >= 0 and answered == []  # scored as a candidate: nothing to warm when it goes live
