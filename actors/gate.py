@@ -563,19 +563,9 @@ class Gate:
         return model.to(self.device).eval()
 
     def _greedy(self, model, prompts: Sequence[tuple[dict, ...]]) -> list[str]:
-        """Greedy replies, batched by prompt length (the same prompts always make the same batches)."""
-        from learner.distill import sample
+        from learner.distill import greedy_replies
 
-        enc = self.encoder
-        lengths = [len(enc.encode(list(p), add_generation_prompt=True)[0]) for p in prompts]
-        order = sorted(range(len(prompts)), key=lengths.__getitem__)
-        out = [""] * len(prompts)
-        for b in range(0, len(order), BATCH):
-            idx = order[b: b + BATCH]
-            completions = sample(model, enc, [prompts[i] for i in idx], self.cfg.max_tokens, greedy=True)
-            for i, ids in zip(idx, completions):
-                out[i] = enc.tok.decode([t for t in ids if t != enc.end_id], skip_special_tokens=True).strip()
-        return out
+        return greedy_replies(model, self.encoder, prompts, self.cfg.max_tokens, BATCH)
 
     def _parent_identity(self, parent_dir: str | Path) -> tuple:
         path = Path(parent_dir).resolve()

@@ -1,5 +1,5 @@
-"""The benchmark wing's commands: ``reverie learn`` (one tiny-world lesson by OPSD or SFT, or the forgetting
-sweep) and ``reverie bench swap|load|cycle|transport|trl|all|rerun|report`` (gathered into ``reverie.cli`` by
+"""The benchmark wing's commands: ``reverie learn`` (one lesson of a world, the tiny world's or the chat world's,
+by OPSD or SFT, or the forgetting sweep) and ``reverie bench swap|load|cycle|transport|trl|all|rerun|report`` (gathered into ``reverie.cli`` by
 ``register_learn`` and ``register``)."""
 from __future__ import annotations
 
@@ -22,6 +22,15 @@ def cmd_learn(args: argparse.Namespace) -> int:
     from bench.experiments import BACKENDS, LEARNABLE, run
 
     model = check_model_dir(args.model)
+    from bench.experiments import WORLDS
+    from reverie.models import default_world
+
+    world = args.world or default_world(model)
+    if world not in WORLDS:
+        raise ReverieError(f"reverie learn has no experiment in the {world!r} world of {args.model}: give --world, "
+                           f"one of {', '.join(WORLDS)} (chat for an instruct model)")
+    if world != "tiny" and args.backend != "torch":
+        raise ReverieError(f"the {world} world learns with --backend torch only")
     if args.method not in METHODS:
         raise ReverieError(f"unknown method {args.method!r}; methods are: {', '.join(METHODS)}")
     if args.loss not in LOSSES:
@@ -58,18 +67,19 @@ def cmd_learn(args: argparse.Namespace) -> int:
         skip_below=check.WEIGHT.parse(args.skip_below, "--skip-below") if args.skip_below not in (None, "none") else None,
         checkpoint_every=check.count(args.checkpoint_every, "--checkpoint-every"), seed=parse_seed(args.seed),
     )
+    benchmark_items = check.positive(args.benchmark_items, "--benchmark-items")
     if args.sweep:
-        return _sweep(args, model, cfg)
+        return _sweep(args, model, cfg, world, benchmark_items)
     checkpoints = Path(args.checkpoints) if args.checkpoints else None
     if checkpoints is not None and checkpoints.exists() and not checkpoints.is_dir():
         raise ReverieError(f"--checkpoints {str(checkpoints)!r} exists and is not a directory")
     report = run(model, cfg, args.skill, progress=not args.quiet, teacher_cfg=teacher, checkpoints=checkpoints,
-                 backend=args.backend, scorers=scorers)
+                 backend=args.backend, scorers=scorers, world=world, benchmark_items=benchmark_items)
     print(json.dumps(report) if args.json else format_learn(report))
     return 0
 
 
-def _sweep(args: argparse.Namespace, model: Path, cfg) -> int:
+def _sweep(args: argparse.Namespace, model: Path, cfg, world: str, benchmark_items: int) -> int:
     from bench.experiments import LEARNABLE
     from bench.sweep import VARIANTS, sweep
 
@@ -79,6 +89,7 @@ def _sweep(args: argparse.Namespace, model: Path, cfg) -> int:
                     skills=listed(args.skills, "--skills", check.known("skill", LEARNABLE)),
                     lrs=listed(args.lrs, "--lrs", lambda t: check.LEARNING_RATE.parse(t, "--lrs")),
                     seeds=listed(args.seeds, "--seeds", parse_seed), steps=cfg.steps, batch_size=cfg.batch_size,
+                    world=world, benchmark_items=benchmark_items if world != "tiny" else None,
                     progress=(lambda line: None) if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True)))
     if args.json:
         print(json.dumps(summary))
@@ -285,7 +296,7 @@ def register_learn(subparsers) -> None:
     from simulators.tinyworld.build import SHIPPED_MODEL
 
     d = LearnConfig()
-    ln = subparsers.add_parser("learn", help="teach the shipped base model one new tiny-world skill by OPSD or SFT; measure gain and forgetting")
+    ln = subparsers.add_parser("learn", help="teach a base model one new skill of a world (the shipped model the tiny world's, an instruct model the chat world's) by OPSD or SFT; measure gain and forgetting")
     ln.add_argument("--method", default="opsd", help="opsd (on-policy self-distillation) or sft (the baseline)")
     ln.add_argument("--loss", default="fkl", help="OPSD divergence: fkl (default), rkl, jsd, sampled")
     ln.add_argument("--topk", default=None, help="score only the teacher's top-k tokens, plus a tail bucket")
@@ -322,7 +333,13 @@ def register_learn(subparsers) -> None:
                     help="directory for versioned checkpoints (vLLM-loadable); a rerun resumes from the newest one")
     ln.add_argument("--checkpoint-every", default=str(d.checkpoint_every), help="also checkpoint every N updates (default: only at the end)")
     ln.add_argument("--seed", default="0", help="random seed (default %(default)s)")
-    ln.add_argument("--model", default=str(SHIPPED_MODEL), help="base model directory (default: the shipped one)")
+    ln.add_argument("--model", default=str(SHIPPED_MODEL), help="base model: a catalogue name or a directory "
+                    "(default: the shipped one)")
+    ln.add_argument("--world", default=None, help="the world taught in: tiny (the shipped model's) or chat (an "
+                    "instruct model: facts and a rule, judged on held-out asks and the retention benchmarks, "
+                    "simulators/chatworld/experiment.py); default: the model's own")
+    ln.add_argument("--benchmark-items", default="100", help="chat world: items of each retention benchmark "
+                    "(default %(default)s)")
     ln.add_argument("--json", action="store_true", help="print one JSON object")
     ln.add_argument("--quiet", action="store_true", help="no progress bar")
     sw = ln.add_argument_group("sweep", "--sweep runs the forgetting grid without replay: every variant, skill, "

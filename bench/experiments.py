@@ -17,16 +17,37 @@ import torch
 from learner.loop import LearnConfig, learn
 from learner.teacher_state import TeacherConfig, TeacherState
 from learner.tokenizer import chat_encoder, load_tokenizer
+from simulators.chatworld.experiment import BENCHMARK_ITEMS as CHAT_BENCHMARK_ITEMS
 from simulators.tinyworld.experiment import LEARNABLE, lessons, measure
 
-__all__ = ["BACKENDS", "LEARNABLE", "run"]
+__all__ = ["BACKENDS", "LEARNABLE", "WORLDS", "experiment", "run"]
 
 BACKENDS = ("torch", "ray")
 
 
+WORLDS = ("tiny", "chat")  # the worlds whose experiment ``run`` composes
+
+
+def experiment(world: str, student, encoder, skill: str, benchmark_items: int = CHAT_BENCHMARK_ITEMS):
+    """``(lessons(skill, batch_size, seed, retain), measure(model, encoder, skill, base=None))`` of ``world``'s
+    experiment: the tiny world's (``simulators/tinyworld/experiment.py``) or the chat world's, built from the
+    student (``simulators/chatworld/experiment.py``)."""
+    if world == "tiny":
+        if skill not in LEARNABLE:
+            raise ValueError(f"unknown skill {skill!r} for the tiny world; skills are: {', '.join(LEARNABLE)}")
+        return lessons, measure
+    if world == "chat":
+        from simulators.chatworld.experiment import ChatExperiment
+
+        built = ChatExperiment.build(student.eval(), encoder, [skill], benchmark_items)
+        return built.lessons, built.measure
+    raise ValueError(f"no learning experiment for the {world!r} world; worlds are: {', '.join(WORLDS)}")
+
+
 def run(model_dir: Path, cfg: LearnConfig, skill: str, progress: bool = True,
         teacher_cfg: TeacherConfig | None = None, checkpoints: Path | None = None,
-        backend: str = "torch", scorers: int = 1) -> dict:
+        backend: str = "torch", scorers: int = 1, world: str = "tiny",
+        benchmark_items: int = CHAT_BENCHMARK_ITEMS) -> dict:
     """Learn ``skill`` from the base model at ``model_dir`` and measure.
 
     ``torch``: everything in this process (student samples by HF generate,
@@ -42,17 +63,22 @@ def run(model_dir: Path, cfg: LearnConfig, skill: str, progress: bool = True,
     encoder = chat_encoder(tokenizer)
     device = "cuda" if torch.cuda.is_available() else "cpu"  # the learner's GPU path where there is one
     student = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device)
-    before = measure(student.eval(), encoder, skill)
+    if world != "tiny" and backend != "torch":
+        raise ValueError(f"the {world} world's experiment runs on the torch backend only")
+    lessons_of, measure_of = experiment(world, student, encoder, skill, benchmark_items)
+    before = measure_of(student.eval(), encoder, skill)
     base = copy.deepcopy(student).requires_grad_(False)
-    batches = lessons(skill, cfg.batch_size, cfg.seed, cfg.retain)
+    batches = lessons_of(skill, cfg.batch_size, cfg.seed, cfg.retain)
     if backend == "torch":
         teacher = TeacherState(teacher_cfg or TeacherConfig(), student, tokenizer) if cfg.method == "opsd" else None
         stats = learn(student, teacher, encoder, batches, cfg, progress, checkpoints=checkpoints,
                       tokenizer_dir=model_dir)
     else:
         student, stats = _learn_on_ray(model_dir, cfg, batches, teacher_cfg, checkpoints, scorers, progress)
-    after = measure(student, encoder, skill, base=base)
+    after = measure_of(student.eval(), encoder, skill, base=base)
     return {
+        "world": world,
+        **({"benchmark_items": benchmark_items} if world == "chat" else {}),
         "method": cfg.method,
         "loss": cfg.loss if cfg.method == "opsd" else "ce",
         "skill": skill,
@@ -62,11 +88,13 @@ def run(model_dir: Path, cfg: LearnConfig, skill: str, progress: bool = True,
         "batch_size": cfg.batch_size,
         "seed": cfg.seed,
         **({"topk": cfg.topk, "teacher_temperature": cfg.teacher_temperature, "samples": cfg.samples,
-            "cut_below": cfg.cut_below, "base_kl": cfg.base_kl, "skip_below": cfg.skip_below} if cfg.method == "opsd" else {}),
+            "cut_below": cfg.cut_below, "base_kl": cfg.base_kl, "skip_below": cfg.skip_below,
+            "along_reference": cfg.along_reference} if cfg.method == "opsd" else {}),
         "backend": backend,
         "device": device if backend == "torch" else "ray",
         "teacher": (teacher_cfg or TeacherConfig()).kind if cfg.method == "opsd" else None,
         "new_skill_acc_before": before["new_skill_acc"],
+        "retention_before": before["retention"],
         **after,
         "forgetting": before["retention_avg"] - after["retention_avg"],
         "versions": stats["versions"],

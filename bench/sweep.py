@@ -26,7 +26,7 @@ SEEDS = (0, 1, 2)
 # Every OPSD variant is spelt out in full from this (the defaults before the sweep), so that changing
 # reverie's defaults never changes what a named variant means; "opsd" alone is whatever the defaults are.
 _OPSD = {"method": "opsd", "loss": "fkl", "topk": None, "teacher_temperature": 1.0, "cut_below": None, "samples": 1,
-         "base_kl": 0.0, "skip_below": None}
+         "base_kl": 0.0, "skip_below": None, "along_reference": 0.0}
 
 # name -> the LearnConfig fields that make the variant (the rest: steps, batch size, lr, seed, no replay)
 VARIANTS: dict[str, dict] = {
@@ -44,6 +44,8 @@ VARIANTS: dict[str, dict] = {
     "opsd-fkl-basekl": {**_OPSD, "base_kl": 1.0},
     "opsd-fkl-skip": {**_OPSD, "skip_below": 0.1},
     "opsd-fkl-4samples": {**_OPSD, "samples": 4},
+    "opsd-fkl-along": {**_OPSD, "along_reference": 1.0},  # a lesson with a reference scored along it (GKD's mix)
+    "opsd-fkl-t05-along": {**_OPSD, "teacher_temperature": 0.5, "along_reference": 1.0},
 }
 DEFAULT_VARIANTS = ("sft", "opsd", "opsd-fkl-full")
 
@@ -54,8 +56,10 @@ def run_name(variant: str, skill: str, lr: float, seed: int) -> str:
 
 def sweep(model_dir: Path, out: Path, *, variants: Sequence[str] = DEFAULT_VARIANTS, skills: Sequence[str] = SKILLS,
           lrs: Sequence[float] = LEARNING_RATES, seeds: Sequence[int] = SEEDS, steps: int = 300,
-          batch_size: int = 32, progress: Callable[[str], None] = print, run=None) -> dict:
-    """Run every (variant, skill, lr, seed) not already in ``out``; return and write the summary."""
+          batch_size: int = 32, progress: Callable[[str], None] = print, run=None, world: str = "tiny",
+          benchmark_items: int | None = None) -> dict:
+    """Run every (variant, skill, lr, seed) not already in ``out``; return and write the summary.  ``world``:
+    whose experiment (``bench.experiments.experiment``; the chat world's with ``benchmark_items`` per benchmark)."""
     from bench.experiments import run as learn_run
 
     run = run or learn_run
@@ -70,14 +74,17 @@ def sweep(model_dir: Path, out: Path, *, variants: Sequence[str] = DEFAULT_VARIA
         if path.exists():
             continue
         cfg = replace(base, lr=lr, seed=seed, **VARIANTS[variant])
-        report = {"variant": variant, **run(model_dir, cfg, skill, progress=False)}
+        chat = {"world": world, **({"benchmark_items": benchmark_items} if benchmark_items else {})}
+        report = {"variant": variant, **run(model_dir, cfg, skill, progress=False,
+                                            **(chat if world != "tiny" else {}))}
         atomic_write_json(path, report)
         progress(f"[{i}/{len(grid)}] {path.stem}: new skill {report['new_skill_acc']:.3f}, retention "
                  f"{report['retention_avg']:.3f}, KL to base {report['retention_kl']:.4f}, {report['seconds']:.0f} s")
     runs = [json.loads((out / f"{run_name(*key)}.json").read_text()) for key in grid]
     summary = {**summarise(runs), "defaults": defaults_variant(), "steps": steps, "batch_size": batch_size}
     atomic_write_json(out / "summary.json", summary)
-    atomic_write_json(out / "signal.json", signal(model_dir, skills))
+    if world == "tiny":  # what OPSD's first step sees, on the tiny world's lessons
+        atomic_write_json(out / "signal.json", signal(model_dir, skills))
     plot(runs, out / "forgetting.png")
     return summary
 

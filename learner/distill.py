@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -183,6 +184,20 @@ def on_teacher_path(teacher_sampled_logprobs: torch.Tensor, mask: torch.Tensor, 
     off = ((teacher_sampled_logprobs < math.log(threshold)) & (mask > 0)).to(torch.long)
     before = off.cumsum(-1) - off  # tokens off the teacher's path strictly before each position
     return (before == 0).to(mask.dtype)
+
+
+def greedy_replies(model, encoder: Encoder, prompts: Sequence[tuple[dict, ...]], max_new_tokens: int,
+                   batch: int = 128) -> list[str]:
+    """Greedy replies of a torch model as text, batched by prompt length (the same prompts always make the same
+    batches, so the same replies)."""
+    lengths = [len(encoder.encode(list(p), add_generation_prompt=True)[0]) for p in prompts]
+    order = sorted(range(len(prompts)), key=lengths.__getitem__)
+    out = [""] * len(prompts)
+    for b in range(0, len(order), batch):
+        idx = order[b: b + batch]
+        for i, ids in zip(idx, sample(model, encoder, [prompts[i] for i in idx], max_new_tokens, greedy=True)):
+            out[i] = encoder.tok.decode([t for t in ids if t != encoder.end_id], skip_special_tokens=True).strip()
+    return out
 
 
 class TorchSampler:

@@ -306,3 +306,46 @@ def test_the_bench_measures_the_promoted_version_on_unseen_prompts_nothing_asked
     assert probe_sets(unseen, 40, seed=0, drift=16) == (before, after) != probe_sets(unseen, 40, seed=1, drift=16)
     with pytest.raises(ValueError, match="80 unseen prompts"):
         probe_sets(unseen, 40, seed=0, drift=30)
+
+
+def test_the_chat_worlds_learning_experiment_teaches_as_the_loop_does_and_judges_only_on_asks_no_lesson_makes(pools):
+    """``reverie learn --world chat`` (``simulators/chatworld/experiment.py``): a fact's lessons ask its taught
+    phrasing and the loop's other phrasings, each teacher shown the correction and each keeping it as the
+    reference, and it is judged on the unseen phrasings; a rule's lessons show the rule and the corrected
+    demonstrations, their references keep the rule (SFT's targets), and it is judged on held-out prompts;
+    replay shows the rule in force, and no lesson or replay asks what is judged."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from learner.tokenizer import chat_encoder, load_tokenizer
+    from simulators.chatworld.experiment import DEMONSTRATED, FACTS as N_FACTS, RULE, ChatExperiment
+    from simulators.chatworld.plugin import passes
+    from simulators.chatworld.rules import RULES
+    from simulators.chatworld.teaching import fact_teachings
+    from simulators.tinyworld.build import SHIPPED_MODEL
+
+    model = AutoModelForCausalLM.from_pretrained(SHIPPED_MODEL, dtype=torch.float32).eval()
+    exp = ChatExperiment.build(model, chat_encoder(load_tokenizer(SHIPPED_MODEL)), pools=pools, benchmarks=[])
+    facts, rule = exp.families["facts"], exp.families["rule"]
+    taught = fact_teachings(0, N_FACTS)
+    assert len(facts.lessons) == sum(1 + len(t.heldout) for t in taught)
+    assert {l.student[-1]["content"] for l in facts.lessons} == {q for t in taught for q in (t.ask, *t.heldout)}
+    by_answer = {t.text: t for t in taught}
+    for lesson in facts.lessons:
+        assert lesson.reference in by_answer and lesson.context[0]["role"] == "system"
+        assert lesson.reference in lesson.context[0]["content"]
+    assert [p[0]["content"] for p, _ in facts.heldout] == [q for t in taught for q in t.unseen]
+
+    text = RULES[RULE].phrasings[0]
+    assert all(text in l.context[0]["content"] for l in rule.lessons)
+    assert all(len(l.context) == 1 + 2 * (DEMONSTRATED - 1) for l in rule.lessons)  # the other asks' exchanges
+    spec = rule.heldout[0][1]
+    assert all(passes(spec, l.reference) for l in rule.lessons)
+    judged = {p[0]["content"] for fam in exp.families.values() for p, _ in fam.heldout}
+    asked = {l.student[-1]["content"] for fam in exp.families.values() for l in fam.lessons}
+    replayed = [l for _, l in zip(range(64), exp.retention_lessons("rule", 0))]
+    assert not judged & (asked | {l.student[-1]["content"] for l in replayed})
+    assert all(l.context == rule.replay_context for l in replayed)
+    assert all(l.context == () for _, l in zip(range(8), exp.retention_lessons("facts", 0)))
+    batches = exp.lessons("rule", 8, 0, retain=0.25)
+    assert [sum(l.reference is None for l in next(batches)) for _ in range(3)] == [2, 2, 2]
