@@ -200,6 +200,10 @@ def format_status(status: dict) -> str:
         lines.append("learning: off (reverie serve --no-learn)")
     elif status.get("approval"):
         lines.append(f"approval: {status['approval']}")
+    warm = status.get("gate_warm") or {}
+    if warm.get("version") is not None:  # the version the gate scored as a parent while the loop was idle
+        took = "" if warm.get("seconds") is None else f" in {warm['seconds']:.0f} s"
+        lines.append(f"gate: version {warm['version']} scored as a parent{took}")
     candidates = status.get("candidates") or []
     if not candidates:
         return "\n".join([*lines, "no candidates yet"])

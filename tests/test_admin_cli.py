@@ -339,3 +339,5 @@ def test_cycle_and_status_views_read_the_controllers_own_shapes():
     assert format_status(idle).splitlines() == [
         "promoted version: 1", "cycle 2: idle (the last one ended rejected)", "learning: off (reverie serve --no-learn)",
         "no candidates yet"]
+    warmed = {**idle, "learning": True, "approval": "auto", "gate_warm": {"version": 1, "seconds": 124.5}}
+    assert format_status(warmed).splitlines()[2:4] == ["approval: auto", "gate: version 1 scored as a parent in 124 s"]
