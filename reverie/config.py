@@ -49,8 +49,8 @@ class LoopConfig:
     # (Controller._earlier; docs/design-notes.md, "Relearning what the lineage was taught"); 0: never.
     relearn: float = 0.5
     # The teacher's log-probs at this temperature (OPSD); None: the world's (``World.teacher_temperature``: 0.5 for
-    # the tiny world, chosen by its sweep), else 1.0, the teacher as it is (docs/design-notes.md, "Replay that
-    # unteaches").
+    # the tiny world, chosen by its sweep; 0.6 for the chat world, chosen by the SmolLM2 cycle), else 1.0, the
+    # teacher as it is (docs/design-notes.md, "Replay that unteaches", "A sharper teacher for the rule").
     teacher_temperature: float | None = None
     # Share of the lessons with a correction that OPSD scores along the correction instead of a student sample
     # (learner.distill.opsd_loss); None: the world's (``World.along_reference``), else 0, every lesson sampled.

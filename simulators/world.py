@@ -32,7 +32,7 @@ Optional, for a world whose replies are not judged word for word (a chat model's
   scored by log-likelihood for parent, candidate and base (``actors.gate.retention_benchmarks``); with them,
   ``retention_suite`` may be ``None``.
 - ``teacher_temperature``: the teacher's temperature the world's lessons were measured with (the tiny world's
-  0.5); without it the loop's teacher is at 1.0, as it is (``loop.teacher_temperature`` overrides both).
+  0.5, the chat world's 0.6); without it the loop's teacher is at 1.0, as it is (``loop.teacher_temperature`` overrides both).
 - ``along_reference``: the share of corrected lessons OPSD scores along the correction rather than a student
   sample (``learner.distill.opsd_loss``), for a model whose samples never reach what a correction teaches (a
   name); without it every lesson is sampled (``loop.along_reference`` overrides both).
