@@ -10,6 +10,7 @@ vLLM and takes teacher scores from scorer actors with ``backend="ray"``).
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 
 import torch
@@ -17,6 +18,7 @@ import torch
 from learner.loop import LearnConfig, learn
 from learner.teacher_state import TeacherConfig, TeacherState
 from learner.tokenizer import chat_encoder, load_tokenizer
+from reverie.files import atomic_write_json
 from simulators.chatworld.experiment import BENCHMARK_ITEMS as CHAT_BENCHMARK_ITEMS
 from simulators.tinyworld.experiment import LEARNABLE, lessons, measure
 
@@ -47,13 +49,15 @@ def experiment(world: str, student, encoder, skill: str, benchmark_items: int = 
 def run(model_dir: Path, cfg: LearnConfig, skill: str, progress: bool = True,
         teacher_cfg: TeacherConfig | None = None, checkpoints: Path | None = None,
         backend: str = "torch", scorers: int = 1, world: str = "tiny",
-        benchmark_items: int = CHAT_BENCHMARK_ITEMS) -> dict:
+        benchmark_items: int = CHAT_BENCHMARK_ITEMS, base_measure: Path | None = None) -> dict:
     """Learn ``skill`` from the base model at ``model_dir`` and measure.
 
     ``torch``: everything in this process (student samples by HF generate,
     full-vocabulary teacher).  ``ray``: the learner is a Ray actor that samples
     through its vLLM engine and gets top-k teacher scores from ``scorers``
-    teacher-scorer actors (0: a full-vocabulary torch teacher inside the learner)."""
+    teacher-scorer actors (0: a full-vocabulary torch teacher inside the learner).  ``base_measure``: a JSON
+    file that holds the base model's measure (read when it exists, else written): the runs of a sweep measure
+    the same base once."""
     from transformers import AutoModelForCausalLM
 
     if backend not in BACKENDS:
@@ -66,7 +70,12 @@ def run(model_dir: Path, cfg: LearnConfig, skill: str, progress: bool = True,
     if world != "tiny" and backend != "torch":
         raise ValueError(f"the {world} world's experiment runs on the torch backend only")
     lessons_of, measure_of = experiment(world, student, encoder, skill, benchmark_items)
-    before = measure_of(student.eval(), encoder, skill)
+    if base_measure is not None and base_measure.exists():
+        before = json.loads(base_measure.read_text())
+    else:
+        before = measure_of(student.eval(), encoder, skill)
+        if base_measure is not None:
+            atomic_write_json(base_measure, before)
     base = copy.deepcopy(student).requires_grad_(False)
     batches = lessons_of(skill, cfg.batch_size, cfg.seed, cfg.retain)
     if backend == "torch":

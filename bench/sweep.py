@@ -74,7 +74,8 @@ def sweep(model_dir: Path, out: Path, *, variants: Sequence[str] = DEFAULT_VARIA
         if path.exists():
             continue
         cfg = replace(base, lr=lr, seed=seed, **VARIANTS[variant])
-        chat = {"world": world, **({"benchmark_items": benchmark_items} if benchmark_items else {})}
+        chat = {"world": world, **({"benchmark_items": benchmark_items} if benchmark_items else {}),
+                "base_measure": out / f"base-{skill}-{benchmark_items}-items.json"}  # the base measured once
         report = {"variant": variant, **run(model_dir, cfg, skill, progress=False,
                                             **(chat if world != "tiny" else {}))}
         atomic_write_json(path, report)
@@ -171,7 +172,7 @@ def plot(runs: list[dict], path: Path) -> None:
             if pts:
                 ax.scatter(*zip(*pts), color=colours[v], label=v, s=28, alpha=0.85)
         ax.set_title(f"{skill}, lr {lr:g}, no replay", fontsize=10)
-        ax.set_xlabel("retention average (base skills)")
+        ax.set_xlabel("retention average (the tiny world's base skills, the chat world's benchmarks)")
         low = min(r["new_skill_acc"] for r in runs if r["skill"] == skill and r["lr"] == lr)
         ax.set_ylim(min(0.8, low - 0.05), 1.02)  # the runs that learnt: the spread is along retention
         ax.margins(x=0.15)

@@ -52,3 +52,42 @@ def test_the_summary_gives_mean_and_spread_over_seeds():
 def test_a_bad_sweep_argument_is_one_line_and_exit_2(flags, says, tmp_path, refused):
     refused(["learn", "--sweep", "--out", str(tmp_path / "o"), *flags], says)
     assert not (tmp_path / "o").exists()
+
+
+def test_a_chat_world_sweep_runs_in_that_world_and_measures_each_skills_base_once(tmp_path):
+    """``reverie learn --sweep --world chat``: every run is the chat world's, with the benchmark items asked for,
+    and the runs of one skill share one measure of the base (a file in the sweep's folder); the tiny world's
+    first-step signal is not computed for it."""
+    calls = []
+
+    def fake_run(model_dir, cfg, skill, progress=False, **kwargs):
+        calls.append((cfg.method, skill, kwargs))
+        return {"method": cfg.method, "skill": skill, "lr": cfg.lr, "seed": cfg.seed, "new_skill_acc": 0.5,
+                "retention_avg": 0.4, "forgetting": 0.0, "retention_kl": 0.1, "seconds": 1.0}
+
+    sweep("smollm2", tmp_path, variants=("sft", "opsd-fkl-along"), skills=("facts", "rule"), lrs=(3e-5,),
+          seeds=(0,), steps=2, batch_size=4, progress=lambda line: None, run=fake_run, world="chat",
+          benchmark_items=100)
+    assert [(m, s) for m, s, _ in calls] == [("sft", "facts"), ("opsd", "facts"), ("sft", "rule"), ("opsd", "rule")]
+    assert all(k["world"] == "chat" and k["benchmark_items"] == 100 for _, _, k in calls)
+    assert [k["base_measure"].name for _, _, k in calls] == ["base-facts-100-items.json"] * 2 + [
+        "base-rule-100-items.json"] * 2
+    assert not (tmp_path / "signal.json").exists() and (tmp_path / "summary.json").exists()
+
+
+def test_a_runs_base_measure_is_read_from_its_file_when_there_and_written_when_not(shipped_model, tmp_path,
+                                                                                  monkeypatch):
+    import bench.experiments as E
+    from learner.config import LearnConfig
+
+    measured = []
+    real = E.measure
+    monkeypatch.setattr(E, "measure", lambda *a, **k: measured.append(k.get("base") is None) or real(*a, **k))
+    cfg = LearnConfig(steps=1, batch_size=4, retain=0.0)
+    path = tmp_path / "base-facts.json"
+    first = E.run(shipped_model, cfg, "facts", progress=False, base_measure=path)
+    assert measured == [True, False] and json.loads(path.read_text())["new_skill_acc"] == first[
+        "new_skill_acc_before"]
+    measured.clear()
+    again = E.run(shipped_model, cfg, "facts", progress=False, base_measure=path)
+    assert measured == [False] and again["new_skill_acc_before"] == first["new_skill_acc_before"]
