@@ -46,6 +46,7 @@ VARIANTS: dict[str, dict] = {
     "opsd-fkl-4samples": {**_OPSD, "samples": 4},
     "opsd-fkl-along": {**_OPSD, "along_reference": 1.0},  # a lesson with a reference scored along it (GKD's mix)
     "opsd-fkl-t05-along": {**_OPSD, "teacher_temperature": 0.5, "along_reference": 1.0},
+    "opsd-fkl-t06-along": {**_OPSD, "teacher_temperature": 0.6, "along_reference": 1.0},  # the chat world's loop
 }
 DEFAULT_VARIANTS = ("sft", "opsd", "opsd-fkl-full")
 
