@@ -173,7 +173,7 @@ def plot(runs: list[dict], path: Path) -> None:
             if pts:
                 ax.scatter(*zip(*pts), color=colours[v], label=v, s=28, alpha=0.85)
         ax.set_title(f"{skill}, lr {lr:g}, no replay", fontsize=10)
-        ax.set_xlabel("retention average (the tiny world's base skills, the chat world's benchmarks)")
+        ax.set_xlabel("retention average (the world's)")
         low = min(r["new_skill_acc"] for r in runs if r["skill"] == skill and r["lr"] == lr)
         ax.set_ylim(min(0.8, low - 0.05), 1.02)  # the runs that learnt: the spread is along retention
         ax.margins(x=0.15)
