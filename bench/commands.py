@@ -1,6 +1,6 @@
 """The benchmark wing's commands: ``reverie learn`` (one lesson of a world, the tiny world's or the chat world's,
-by OPSD or SFT, or the forgetting sweep) and ``reverie bench swap|load|cycle|transport|trl|all|rerun|report`` (gathered into ``reverie.cli`` by
-``register_learn`` and ``register``)."""
+by OPSD or SFT, or the forgetting sweep) and ``reverie bench swap|load|cycle|transport|trl|all|rerun|report``
+(gathered into ``reverie.cli`` by ``register_learn`` and ``register``)."""
 from __future__ import annotations
 
 import argparse
@@ -89,7 +89,7 @@ def _sweep(args: argparse.Namespace, model: Path, cfg, world: str, benchmark_ite
                     skills=listed(args.skills, "--skills", check.known("skill", LEARNABLE)),
                     lrs=listed(args.lrs, "--lrs", lambda t: check.LEARNING_RATE.parse(t, "--lrs")),
                     seeds=listed(args.seeds, "--seeds", parse_seed), steps=cfg.steps, batch_size=cfg.batch_size,
-                    world=world, benchmark_items=benchmark_items if world != "tiny" else None,
+                    world=world, benchmark_items=benchmark_items,
                     progress=(lambda line: None) if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True)))
     if args.json:
         print(json.dumps(summary))

@@ -62,13 +62,13 @@ def run(model_dir: Path, cfg: LearnConfig, skill: str, progress: bool = True,
 
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; backends are: {', '.join(BACKENDS)}")
+    if world != "tiny" and backend != "torch":
+        raise ValueError(f"the {world} world's experiment runs on the torch backend only")
     torch.manual_seed(cfg.seed)
     tokenizer = load_tokenizer(model_dir)
     encoder = chat_encoder(tokenizer)
     device = "cuda" if torch.cuda.is_available() else "cpu"  # the learner's GPU path where there is one
     student = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device)
-    if world != "tiny" and backend != "torch":
-        raise ValueError(f"the {world} world's experiment runs on the torch backend only")
     lessons_of, measure_of = experiment(world, student, encoder, skill, benchmark_items)
     if base_measure is not None and base_measure.exists():
         before = json.loads(base_measure.read_text())

@@ -58,7 +58,7 @@ def run_name(variant: str, skill: str, lr: float, seed: int) -> str:
 def sweep(model_dir: Path, out: Path, *, variants: Sequence[str] = DEFAULT_VARIANTS, skills: Sequence[str] = SKILLS,
           lrs: Sequence[float] = LEARNING_RATES, seeds: Sequence[int] = SEEDS, steps: int = 300,
           batch_size: int = 32, progress: Callable[[str], None] = print, run=None, world: str = "tiny",
-          benchmark_items: int | None = None) -> dict:
+          benchmark_items: int = 100) -> dict:
     """Run every (variant, skill, lr, seed) not already in ``out``; return and write the summary.  ``world``:
     whose experiment (``bench.experiments.experiment``; the chat world's with ``benchmark_items`` per benchmark)."""
     from bench.experiments import run as learn_run
@@ -75,10 +75,10 @@ def sweep(model_dir: Path, out: Path, *, variants: Sequence[str] = DEFAULT_VARIA
         if path.exists():
             continue
         cfg = replace(base, lr=lr, seed=seed, **VARIANTS[variant])
-        chat = {"world": world, **({"benchmark_items": benchmark_items} if benchmark_items else {}),
-                "base_measure": out / f"base-{skill}-{benchmark_items}-items.json"}  # the base measured once
-        report = {"variant": variant, **run(model_dir, cfg, skill, progress=False,
-                                            **(chat if world != "tiny" else {}))}
+        where = {} if world == "tiny" else {  # the base measured once per skill and benchmark size
+            "world": world, "benchmark_items": benchmark_items,
+            "base_measure": out / f"base-{skill}-{benchmark_items}-items.json"}
+        report = {"variant": variant, **run(model_dir, cfg, skill, progress=False, **where)}
         atomic_write_json(path, report)
         progress(f"[{i}/{len(grid)}] {path.stem}: new skill {report['new_skill_acc']:.3f}, retention "
                  f"{report['retention_avg']:.3f}, KL to base {report['retention_kl']:.4f}, {report['seconds']:.0f} s")

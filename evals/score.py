@@ -156,8 +156,8 @@ def torch_loglikelihoods(model, reqs: Sequence[Request], limit: int | None = Non
         with torch.no_grad():
             hidden = decoder(input_ids=ids.to(device), attention_mask=mask.to(device),
                              position_ids=positions.to(device)).last_hidden_state
-            rows_at = torch.tensor([row for _, row, at, _ in where for _ in at], device=device)
-            cols_at = torch.tensor([p for _, _, at, _ in where for p in at], device=device)
+            rows_at = torch.tensor([row for _, row, preds, _ in where for _ in preds], device=device)
+            cols_at = torch.tensor([p for _, _, preds, _ in where for p in preds], device=device)
             logits = head(hidden[rows_at, cols_at]).float()
             if cap:
                 logits = torch.tanh(logits / cap) * cap

@@ -59,10 +59,9 @@ class ChatExperiment:
     replies, so the experiment is built from the model: :meth:`build`)."""
 
     def __init__(self, families: dict[str, Family], replay_prompts: Sequence[tuple[dict, ...]],
-                 general: Sequence[tuple[dict, ...]], benchmarks: Sequence[tuple[str, list]]):
+                 general: Sequence[tuple[dict, ...]], benchmarks: Sequence[tuple[str, list, list]]):
         self.families, self.replay_prompts = families, list(replay_prompts)
-        self.general, self.benchmarks = list(general), list(benchmarks)
-        self._requests: dict[int, list] = {}
+        self.general, self.benchmarks = list(general), list(benchmarks)  # (name, items, scoring requests)
 
     @classmethod
     def build(cls, model, encoder, skills: Sequence[str] = LEARNABLE, benchmark_items: int = BENCHMARK_ITEMS,
@@ -72,6 +71,7 @@ class ChatExperiment:
         demonstrations and references are its greedy replies); ``pools`` (``prompts.load_pools()``) and
         ``benchmarks`` (``(name, items)`` pairs: ``benchmark_items`` of each of the world's) when not given."""
         from evals.data import load
+        from evals.score import requests
         from simulators.chatworld.measure import _demonstrated_context, fact_lessons
         from simulators.chatworld.plugin import BENCHMARKS, check
         from simulators.chatworld.prompts import load_pools
@@ -107,7 +107,8 @@ class ChatExperiment:
         general = [_user(p) for p in pools.unseen[-KL_PROMPTS:]]
         if benchmarks is None:
             benchmarks = [(name, load(name, benchmark_items, progress=progress)) for name in BENCHMARKS]
-        return cls(families, [_user(p) for p in taught], general, benchmarks)
+        scored = [(name, list(items), requests(encoder.tok, items)) for name, items in benchmarks]
+        return cls(families, [_user(p) for p in taught], general, scored)
 
     # ------------------------------------------------------------------ lessons
     def new_lessons(self, skill: str, seed: int) -> Iterator[Lesson]:
@@ -140,15 +141,11 @@ class ChatExperiment:
         replies = greedy_replies(model, encoder, [p for p, _ in heldout], MAX_TOKENS)
         return sum(passes(spec, r) for (_, spec), r in zip(heldout, replies)) / len(heldout)
 
-    def retention(self, model, tokenizer) -> dict[str, float]:
+    def retention(self, model) -> dict[str, float]:
         """acc_norm on each benchmark's fixed subset (the gate's scorer)."""
-        from evals.score import accuracy, requests, torch_loglikelihoods
+        from evals.score import accuracy, torch_loglikelihoods
 
-        out = {}
-        for name, items in self.benchmarks:
-            reqs = self._requests.setdefault(id(items), requests(tokenizer, items))
-            out[name] = accuracy(items, torch_loglikelihoods(model, reqs))[1]
-        return out
+        return {name: accuracy(items, torch_loglikelihoods(model, reqs))[1] for name, items, reqs in self.benchmarks}
 
     def drift(self, base, model, encoder) -> float:
         """KL(base || model) per token on the base's greedy replies to the general prompts (the gate's drift)."""
@@ -158,7 +155,7 @@ class ChatExperiment:
         return kl_per_token(base, model, scored_chats(encoder, self.general, replies)).kl_per_token
 
     def measure(self, model, encoder, skill: str, base=None) -> dict:
-        retention = self.retention(model, encoder.tok)
+        retention = self.retention(model)
         out = {"new_skill_acc": self.accuracy(model, encoder, skill), "retention": retention,
                "retention_avg": sum(retention.values()) / len(retention) if retention else None}
         if base is not None:
