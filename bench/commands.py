@@ -17,7 +17,7 @@ CYCLE_OUT = "bench/results/cycle.json"
 
 def cmd_learn(args: argparse.Namespace) -> int:
     from learner.distill import LOSSES
-    from learner.config import METHODS, LearnConfig
+    from learner.config import METHODS, SFT_TARGETS, LearnConfig
     from learner.teacher_state import TEACHER_KINDS, TeacherConfig
     from bench.experiments import BACKENDS, LEARNABLE, run
 
@@ -66,7 +66,17 @@ def cmd_learn(args: argparse.Namespace) -> int:
         base_kl=check.WEIGHT.parse(args.base_kl, "--base-kl"),
         skip_below=check.WEIGHT.parse(args.skip_below, "--skip-below") if args.skip_below not in (None, "none") else None,
         checkpoint_every=check.count(args.checkpoint_every, "--checkpoint-every"), seed=parse_seed(args.seed),
+        lora_rank=check.int_in(args.lora_rank, "--lora-rank", 0, 1024),
+        lora_alpha=check.WEIGHT.parse(args.lora_alpha, "--lora-alpha"),
+        sft_targets=check.choice(args.sft_targets, "--sft-targets", SFT_TARGETS),
     )
+    if cfg.lora_rank and cfg.lora_alpha <= 0:
+        raise ReverieError("--lora-alpha must be above 0")
+    if cfg.lora_rank and (args.checkpoints or args.backend != "torch"):
+        raise ReverieError("--lora-rank learns on --backend torch without --checkpoints only (a LoRA learner's "
+                           "weights are not saved as versions yet)")
+    if cfg.sft_targets == "teacher" and args.backend != "torch":
+        raise ReverieError("--sft-targets teacher learns on --backend torch only")
     benchmark_items = check.positive(args.benchmark_items, "--benchmark-items")
     if args.sweep:
         return _sweep(args, model, cfg, world, benchmark_items)
@@ -321,6 +331,14 @@ def register_learn(subparsers) -> None:
                          "teach nothing; none: every position teaches (default %(default)s)")
     ln.add_argument("--base-kl", default=str(d.base_kl),
                     help="OPSD: weight of KL(student || base) on the student's own samples (default %(default)s)")
+    ln.add_argument("--sft-targets", default=d.sft_targets,
+                    help="SFT: reference (the lessons' correct replies, default) or teacher (replies the teacher "
+                         "state samples at --teacher-temperature, anew each step)")
+    ln.add_argument("--lora-rank", default=str(d.lora_rank),
+                    help="0 trains every weight (default); R > 0 trains only LoRA adapters of rank R on every "
+                         "linear layer of the decoder (the peft library)")
+    ln.add_argument("--lora-alpha", default=f"{d.lora_alpha:g}",
+                    help="LoRA: the adapters' output is scaled by alpha / rank (default %(default)s)")
     ln.add_argument("--teacher", default="frozen",
                     help="teacher weights: frozen (base version, default), lagged, ema, or separate (--teacher-model)")
     ln.add_argument("--lag-every", default="50", help="lagged teacher: refresh from the student every N updates")

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from bench.cycle import _PeakRss
+from learner.lora import TARGETS as LORA_TARGETS
 from learner.loop import LearnConfig, learn
 from learner.teacher_state import TeacherConfig, TeacherState
 from learner.tokenizer import chat_encoder, load_tokenizer
@@ -64,6 +66,8 @@ def run(model_dir: Path, cfg: LearnConfig, skill: str, progress: bool = True,
         raise ValueError(f"unknown backend {backend!r}; backends are: {', '.join(BACKENDS)}")
     if world != "tiny" and backend != "torch":
         raise ValueError(f"the {world} world's experiment runs on the torch backend only")
+    if backend != "torch" and (cfg.lora_rank or cfg.sft_targets != "reference"):
+        raise ValueError("LoRA and SFT on the teacher state's replies run on the torch backend only")
     torch.manual_seed(cfg.seed)
     tokenizer = load_tokenizer(model_dir)
     encoder = chat_encoder(tokenizer)
@@ -78,18 +82,25 @@ def run(model_dir: Path, cfg: LearnConfig, skill: str, progress: bool = True,
             atomic_write_json(base_measure, before)
     base = copy.deepcopy(student).requires_grad_(False)
     batches = lessons_of(skill, cfg.batch_size, cfg.seed, cfg.retain)
-    if backend == "torch":
-        teacher = TeacherState(teacher_cfg or TeacherConfig(), student, tokenizer) if cfg.method == "opsd" else None
-        stats = learn(student, teacher, encoder, batches, cfg, progress, checkpoints=checkpoints,
-                      tokenizer_dir=model_dir)
-    else:
-        student, stats = _learn_on_ray(model_dir, cfg, batches, teacher_cfg, checkpoints, scorers, progress)
+    taught = cfg.method == "opsd" or cfg.sft_targets == "teacher"  # a teacher state is needed
+    with _PeakRss() as memory:  # this process's memory while it learns (and, on ray, the actors it started)
+        if backend == "torch":
+            teacher = TeacherState(teacher_cfg or TeacherConfig(), student, tokenizer) if taught else None
+            stats = learn(student, teacher, encoder, batches, cfg, progress, checkpoints=checkpoints,
+                          tokenizer_dir=model_dir)
+        else:
+            student, stats = _learn_on_ray(model_dir, cfg, batches, teacher_cfg, checkpoints, scorers, progress)
     after = measure_of(student.eval(), encoder, skill, base=base)
     return {
         "world": world,
         **({"benchmark_items": benchmark_items} if world == "chat" else {}),
         "method": cfg.method,
         "loss": cfg.loss if cfg.method == "opsd" else "ce",
+        **({"sft_targets": cfg.sft_targets} if cfg.method == "sft" else {}),
+        **({"teacher_temperature": cfg.teacher_temperature} if cfg.sft_targets == "teacher" else {}),
+        "adapter": f"lora-r{cfg.lora_rank}" if cfg.lora_rank else "full",
+        **({"lora_rank": cfg.lora_rank, "lora_alpha": cfg.lora_alpha, "lora_targets": list(LORA_TARGETS)}
+           if cfg.lora_rank else {}),
         "skill": skill,
         "steps": cfg.steps,
         "lr": cfg.lr,
@@ -101,14 +112,17 @@ def run(model_dir: Path, cfg: LearnConfig, skill: str, progress: bool = True,
             "along_reference": cfg.along_reference} if cfg.method == "opsd" else {}),
         "backend": backend,
         "device": device if backend == "torch" else "ray",
-        "teacher": (teacher_cfg or TeacherConfig()).kind if cfg.method == "opsd" else None,
+        "teacher": (teacher_cfg or TeacherConfig()).kind if taught else None,
         "new_skill_acc_before": before["new_skill_acc"],
         "retention_before": before["retention"],
         **after,
         "forgetting": before["retention_avg"] - after["retention_avg"],
         "versions": stats["versions"],
         "seconds": stats["seconds"],
+        "seconds_per_step": stats["seconds"] / max(cfg.steps, 1),
         "tokens_per_second": stats["tokens_per_second"],
+        **({"trainable_parameters": stats["trainable_parameters"]} if "trainable_parameters" in stats else {}),
+        "peak_rss_bytes": memory.peak,
     }
 
 

@@ -5,8 +5,8 @@ rate from every seed, without replay, from the same shipped model with the
 same lessons, steps and batch size; each run is one ``reverie learn`` report
 (``bench/experiments.py``) written to its own file, so a sweep that stops
 resumes where it was.  At the end, ``summary.json`` holds the mean and the
-spread per cell and ``forgetting.png`` plots new-skill accuracy against
-retention, one point per run, a colour per variant.
+spread per cell of every run in the folder (earlier grids' too) and ``forgetting.png`` plots new-skill accuracy
+against retention, one point per run, a colour per variant, a marker per adapter kind.
 """
 from __future__ import annotations
 
@@ -47,6 +47,13 @@ VARIANTS: dict[str, dict] = {
     "opsd-fkl-along": {**_OPSD, "along_reference": 1.0},  # a lesson with a reference scored along it (GKD's mix)
     "opsd-fkl-t05-along": {**_OPSD, "teacher_temperature": 0.5, "along_reference": 1.0},
     "opsd-fkl-t06-along": {**_OPSD, "teacher_temperature": 0.6, "along_reference": 1.0},  # the chat world's loop
+    # SFT on the teacher state's own sampled replies: OPSD's target distribution, off the student's policy
+    "sft-teacher": {"method": "sft", "sft_targets": "teacher", "teacher_temperature": 1.0},
+    "sft-teacher-t06": {"method": "sft", "sft_targets": "teacher", "teacher_temperature": 0.6},
+    # LoRA of rank 16, alpha 32, on every linear layer of the decoder (learner/lora.py)
+    "sft-lora16": {"method": "sft", "lora_rank": 16, "lora_alpha": 32.0},
+    "opsd-fkl-t06-along-lora16": {**_OPSD, "teacher_temperature": 0.6, "along_reference": 1.0, "lora_rank": 16,
+                                  "lora_alpha": 32.0},
 }
 DEFAULT_VARIANTS = ("sft", "opsd", "opsd-fkl-full")
 
@@ -82,11 +89,26 @@ def sweep(model_dir: Path, out: Path, *, variants: Sequence[str] = DEFAULT_VARIA
         atomic_write_json(path, report)
         progress(f"[{i}/{len(grid)}] {path.stem}: new skill {report['new_skill_acc']:.3f}, retention "
                  f"{report['retention_avg']:.3f}, KL to base {report['retention_kl']:.4f}, {report['seconds']:.0f} s")
-    runs = [json.loads((out / f"{run_name(*key)}.json").read_text()) for key in grid]
-    summary = {**summarise(runs), "defaults": defaults_variant(), "steps": steps, "batch_size": batch_size}
-    atomic_write_json(out / "summary.json", summary)
     if world == "tiny":  # what OPSD's first step sees, on the tiny world's lessons
         atomic_write_json(out / "signal.json", signal(model_dir, skills))
+    return write_summary(out)
+
+
+def runs_in(out: Path) -> list[dict]:
+    """Every run's report in ``out`` (whatever grid wrote it), by file name."""
+    runs = []
+    for path in sorted(out.glob("*.json")):
+        report = json.loads(path.read_text())
+        if isinstance(report, dict) and "variant" in report and "skill" in report:
+            runs.append(report)
+    return runs
+
+
+def write_summary(out: Path) -> dict:
+    """``summary.json`` and ``forgetting.png`` over every run in ``out``, not only the last grid's."""
+    runs = runs_in(out)
+    summary = {**summarise(runs), "defaults": defaults_variant()}
+    atomic_write_json(out / "summary.json", summary)
     plot(runs, out / "forgetting.png")
     return summary
 
@@ -143,13 +165,16 @@ def _mean_sd(xs: list[float]) -> dict:
 
 
 def summarise(runs: list[dict]) -> dict:
-    """Mean and standard deviation over seeds per (variant, skill, lr) of what each run measured."""
+    """Mean and standard deviation over seeds per (variant, skill, lr, steps, batch size) of what each run
+    measured."""
     cells: dict[tuple, list[dict]] = {}
     for r in runs:
-        cells.setdefault((r["variant"], r["skill"], r["lr"]), []).append(r)
+        cells.setdefault((r["variant"], r["skill"], r["lr"], r["steps"], r["batch_size"]), []).append(r)
     rows = []
-    for (variant, skill, lr), rs in sorted(cells.items(), key=lambda kv: (kv[0][1], kv[0][2], kv[0][0])):
-        rows.append({"variant": variant, "skill": skill, "lr": lr, "seeds": sorted(r["seed"] for r in rs),
+    for (variant, skill, lr, steps, batch), rs in sorted(cells.items(),
+                                                         key=lambda kv: (kv[0][1], kv[0][2], kv[0][0], kv[0][3:])):
+        rows.append({"variant": variant, "skill": skill, "lr": lr, "steps": steps, "batch_size": batch,
+                     "seeds": sorted(r["seed"] for r in rs),
                      **{k: _mean_sd([r[k] for r in rs])
                         for k in ("new_skill_acc", "retention_avg", "forgetting", "retention_kl", "seconds")}})
     return {"runs": len(runs), "rows": rows}
@@ -165,13 +190,16 @@ def plot(runs: list[dict], path: Path) -> None:
     panels = sorted({(r["skill"], r["lr"]) for r in runs})
     variants = sorted({r["variant"] for r in runs})
     colours = {v: plt.get_cmap("tab10")(i % 10) for i, v in enumerate(variants)}
+    markers = {"full": "o"}  # a marker per adapter kind: full fine-tuning a circle, LoRA a triangle
+    adapter = {v: next(r.get("adapter", "full") for r in runs if r["variant"] == v) for v in variants}
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.2), dpi=110, squeeze=False)
     for ax, (skill, lr) in zip(axes[0], panels):
         for v in variants:
             pts = [(r["retention_avg"], r["new_skill_acc"]) for r in runs
                    if r["variant"] == v and r["skill"] == skill and r["lr"] == lr]
             if pts:
-                ax.scatter(*zip(*pts), color=colours[v], label=v, s=28, alpha=0.85)
+                ax.scatter(*zip(*pts), color=colours[v], marker=markers.get(adapter[v], "^"), label=v, s=28,
+                           alpha=0.85)
         ax.set_title(f"{skill}, lr {lr:g}, no replay", fontsize=10)
         ax.set_xlabel("retention average (the world's)")
         low = min(r["new_skill_acc"] for r in runs if r["skill"] == skill and r["lr"] == lr)

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 from reverie.config import METHODS  # noqa: F401  (the one list; re-exported for the learner)
 
+SFT_TARGETS = ("reference", "teacher")
+
 
 @dataclass(frozen=True)
 class LearnConfig:
@@ -28,5 +30,12 @@ class LearnConfig:
     # OPSD only: share of the lessons with a reference (a correction) scored along that reply instead of a student
     # sample, against the same teacher state (learner.distill.opsd_loss); 0: every lesson sampled.
     along_reference: float = 0.0
+    # Low-rank adapters (learner/lora.py): 0 trains every weight; > 0 trains only LoRA matrices of this rank
+    # on every linear layer of the decoder, scaled by lora_alpha / lora_rank.
+    lora_rank: int = 0
+    lora_alpha: float = 32.0
+    # SFT only: what the student imitates: "reference" (the lesson's correct reply), or "teacher" (a reply the
+    # teacher state samples at teacher_temperature, drawn anew every step: OPSD's target, off the student's policy).
+    sft_targets: str = "reference"
     checkpoint_every: int = 0  # 0: only at the end (when a checkpoint directory is given)
     seed: int = 0

@@ -213,13 +213,14 @@ class TorchSampler:
         self.model = student
 
 
-def sft_loss(student, encoder: Encoder, lessons: list[Lesson]) -> tuple[torch.Tensor, dict]:
-    """Cross-entropy on the reference replies, given the student's prompt."""
-    targets = []
-    for l in lessons:
-        if l.reference is None:
+def sft_loss(student, encoder: Encoder, lessons: list[Lesson],
+             targets: list[list[int]] | None = None) -> tuple[torch.Tensor, dict]:
+    """Cross-entropy on the reference replies (or on ``targets``, token ids per lesson), given the student's
+    prompt."""
+    if targets is None:
+        if any(l.reference is None for l in lessons):
             raise ValueError("SFT needs a reference reply for every lesson")
-        targets.append(encoder.reply_ids(l.reference))
+        targets = [encoder.reply_ids(l.reference) for l in lessons]
     logits, ids, mask = completion_logits(student, encoder, [l.student for l in lessons], targets)
     ce = F.cross_entropy(logits.flatten(0, 1).float(), ids.flatten(), reduction="none").view_as(mask)
     return (ce * mask).sum() / mask.sum(), {"tokens": int(mask.sum())}

@@ -18,8 +18,9 @@ from tqdm import tqdm
 
 from learner.checkpoint import (VersionCounter, assert_finite_update, latest_checkpoint, load_checkpoint,
                                 save_checkpoint)
-from learner.config import METHODS, LearnConfig  # noqa: F401  (re-exported: the learner's settings)
-from learner.distill import Lesson, TorchSampler, opsd_loss, sft_loss
+from learner import lora
+from learner.config import METHODS, SFT_TARGETS, LearnConfig  # noqa: F401  (re-exported: the learner's settings)
+from learner.distill import Lesson, TorchSampler, opsd_loss, sample, sft_loss
 from learner.scoring import TorchScorer
 from learner.teacher_state import TeacherConfig, TeacherState
 from learner.tokenizer import Encoder
@@ -31,7 +32,8 @@ OnVersion = Callable[[Path, int], None]
 
 
 class Learner:
-    """One student, its optimiser and schedule, its teacher state, sampler and scorer."""
+    """One student, its optimiser and schedule, its teacher state, sampler and scorer.  With
+    ``cfg.lora_rank`` the student gets LoRA adapters in place (``learner/lora.py``) and only they learn."""
 
     def __init__(self, student, encoder: Encoder, cfg: LearnConfig, teacher: TeacherState | None = None,
                  sampler=None, scorer=None):
@@ -39,6 +41,14 @@ class Learner:
             raise ValueError(f"unknown method {cfg.method!r}; methods are: {', '.join(METHODS)}")
         if cfg.method == "opsd" and teacher is None and scorer is None:
             raise ValueError("OPSD needs a teacher state or a scorer")
+        if cfg.sft_targets not in SFT_TARGETS:
+            raise ValueError(f"unknown SFT targets {cfg.sft_targets!r}; targets are: {', '.join(SFT_TARGETS)}")
+        if cfg.method == "sft" and cfg.sft_targets == "teacher" and teacher is None:
+            raise ValueError("SFT on the teacher state's replies needs a teacher state")
+        lora.check(cfg.lora_rank, cfg.lora_alpha)
+        if cfg.lora_rank and teacher is not None and teacher.cfg.kind in ("lagged", "ema"):
+            raise ValueError(f"a {teacher.cfg.kind} teacher copies the student's weights, which LoRA leaves as "
+                             "they were: use a frozen teacher with LoRA")
         self.student, self.encoder, self.cfg, self.teacher = student, encoder, cfg, teacher
         self.sampler = sampler or TorchSampler(student, encoder)
         self.scorer = scorer or (TorchScorer(teacher.model, encoder) if teacher is not None else None)
@@ -46,14 +56,18 @@ class Learner:
         if cfg.method == "opsd" and cfg.base_kl:
             frozen = teacher is not None and teacher.cfg.kind == "frozen"  # the frozen teacher is the base already
             self.base = TorchScorer(teacher.model if frozen else _frozen_copy(student), encoder)
-        self.opt = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        # what learns: every weight, or only the adapters (put in after every copy of the base above)
+        self.params = lora.add_adapters(student, cfg.lora_rank, cfg.lora_alpha) if cfg.lora_rank else None
+        self.opt = torch.optim.AdamW(self.params or student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         warm = max(cfg.warmup, 0)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
         self.updates = 0
 
     def step(self, batch: list[Lesson]) -> dict:
         """One update on ``batch``; raises FloatingPointError (and changes nothing) when not finite."""
-        self.student.train().requires_grad_(True)
+        self.student.train().requires_grad_(self.params is None)
+        for p in self.params or ():
+            p.requires_grad_(True)
         if self.cfg.method == "opsd":
             loss, info = opsd_loss(self.student, self.sampler, self.scorer, self.encoder, batch, self.cfg.loss,
                                    self.cfg.topk, clip_max=self.cfg.clip_max,
@@ -61,12 +75,16 @@ class Learner:
                                    teacher_temperature=self.cfg.teacher_temperature, samples=self.cfg.samples,
                                    cut_below=self.cfg.cut_below, base=self.base, base_kl=self.cfg.base_kl,
                                    skip_below=self.cfg.skip_below, along_reference=self.cfg.along_reference)
+        elif self.cfg.sft_targets == "teacher":  # the teacher state's own replies, sampled anew each step
+            replies = sample(self.teacher.model, self.encoder, [l.teacher for l in batch],
+                             temperature=self.cfg.teacher_temperature)
+            loss, info = sft_loss(self.student, self.encoder, batch, replies)
         else:
             loss, info = sft_loss(self.student, self.encoder, batch)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         assert_finite_update(loss, self.student)  # a non-finite step never becomes a version
-        norm = torch.nn.utils.clip_grad_norm_(self.student.parameters(), 1.0)
+        norm = torch.nn.utils.clip_grad_norm_(self.params or self.student.parameters(), 1.0)
         if float(norm) > 0:  # nothing to learn (a dead zone covering every token): Adam's momentum must not move the weights
             self.opt.step()
         self.sched.step()
@@ -112,6 +130,9 @@ def learn(student, teacher: TeacherState | None, encoder: Encoder, lessons: Iter
     there is resumed and new ones are written every ``cfg.checkpoint_every``
     updates and at the end, each a new version handed to ``on_version``; its id comes from ``versions``
     (a version registry's counter), by default from a counter of the checkpoint directory's own."""
+    if checkpoints is not None and cfg.lora_rank:
+        raise ValueError("a LoRA learner's weights cannot be saved as versions yet: learn with lora_rank 0 "
+                         "to keep checkpoints")
     torch.manual_seed(cfg.seed)
     learner = Learner(student, encoder, cfg, teacher, sampler, scorer)
     if checkpoints is None:
@@ -140,7 +161,9 @@ def learn(student, teacher: TeacherState | None, encoder: Encoder, lessons: Iter
     bar.close()
     student.eval()
     seconds = time.perf_counter() - start
+    trainable = sum(p.numel() for p in (learner.params or student.parameters()))
     return {"steps": cfg.steps, "resumed_at": done_before, "seconds": seconds, "tokens": tokens,
+            "trainable_parameters": trainable,
             "tokens_per_second": tokens / seconds if seconds > 0 else 0.0, "versions": exported}
 
 

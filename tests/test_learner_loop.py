@@ -126,6 +126,9 @@ def test_retention_replay_puts_the_asked_share_of_base_lessons_in_every_batch():
     (["--backend", "ray", "--scorers", "2"], "give --topk K"),
     (["--scorers", "-1"], "--scorers must not be negative"),
     (["--checkpoint-every", "z"], "--checkpoint-every must be a whole number"),
+    (["--lora-rank", "-2"], "--lora-rank must be"),
+    (["--lora-rank", "8", "--checkpoints", "/tmp/x"], "--lora-rank learns on --backend torch without"),
+    (["--method", "sft", "--sft-targets", "gold"], "--sft-targets must be"),
 ])
 def test_learn_refuses_bad_options_with_one_line_and_exit_2(args, message, refused):
     refused(["learn", *args], message)

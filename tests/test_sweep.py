@@ -33,8 +33,8 @@ def test_a_sweep_writes_a_file_per_run_a_summary_and_a_plot_and_a_rerun_repeats_
 
 
 def test_the_summary_gives_mean_and_spread_over_seeds():
-    runs = [{"variant": "sft", "skill": "rule", "lr": 1e-3, "seed": s, "new_skill_acc": a, "retention_avg": r,
-             "forgetting": 1 - r, "retention_kl": k, "seconds": 1.0}
+    runs = [{"variant": "sft", "skill": "rule", "lr": 1e-3, "seed": s, "steps": 30, "batch_size": 8,
+             "new_skill_acc": a, "retention_avg": r, "forgetting": 1 - r, "retention_kl": k, "seconds": 1.0}
             for s, a, r, k in [(0, 1.0, 0.5, 0.2), (1, 0.9, 0.7, 0.4)]]
     row = summarise(runs)["rows"][0]
     assert row["seeds"] == [0, 1]
@@ -54,6 +54,40 @@ def test_a_bad_sweep_argument_is_one_line_and_exit_2(flags, says, tmp_path, refu
     assert not (tmp_path / "o").exists()
 
 
+def test_the_summary_and_plot_cover_every_run_in_the_folder_not_only_the_last_grids(tmp_path):
+    """Two sweeps into one folder (another lr, another variant, a LoRA one): the second's summary holds the
+    first's cells too, and a cell never mixes runs of other lengths."""
+    def fake_run(model_dir, cfg, skill, progress=False, **kwargs):
+        return {"method": cfg.method, "skill": skill, "lr": cfg.lr, "seed": cfg.seed, "steps": cfg.steps,
+                "batch_size": cfg.batch_size, "new_skill_acc": 0.5 + cfg.seed / 10, "retention_avg": 0.4,
+                "forgetting": 0.0, "retention_kl": 0.1, "seconds": 1.0,
+                "adapter": f"lora-r{cfg.lora_rank}" if cfg.lora_rank else "full"}
+
+    common = {"skills": ("rule",), "batch_size": 4, "progress": lambda line: None, "run": fake_run,
+              "world": "chat"}
+    sweep("smollm2", tmp_path, variants=("sft",), lrs=(3e-5,), seeds=(0, 1), steps=2, **common)
+    (tmp_path / "base-rule-100-items.json").write_text(json.dumps({"new_skill_acc": 0.0}))  # not a run
+    summary = sweep("smollm2", tmp_path, variants=("sft-lora16",), lrs=(1e-4,), seeds=(0,), steps=3, **common)
+    cells = {(r["variant"], r["lr"], r["steps"]): r["new_skill_acc"] for r in summary["rows"]}
+    assert cells.keys() == {("sft", 3e-5, 2), ("sft-lora16", 1e-4, 3)}
+    assert cells[("sft", 3e-5, 2)]["n"] == 2 and cells[("sft", 3e-5, 2)]["mean"] == pytest.approx(0.55)
+    assert summary["runs"] == 3 == json.loads((tmp_path / "summary.json").read_text())["runs"]
+    assert (tmp_path / "forgetting.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_every_new_variant_is_a_config_the_learner_accepts():
+    """The SFT-on-the-teacher's-replies and LoRA variants name fields LearnConfig has, with the values meant."""
+    from dataclasses import replace
+
+    from bench.sweep import VARIANTS
+    from learner.config import LearnConfig
+
+    for name, fields in VARIANTS.items():
+        replace(LearnConfig(), **fields)  # an unknown field raises TypeError
+    assert VARIANTS["sft-teacher-t06"] == {"method": "sft", "sft_targets": "teacher", "teacher_temperature": 0.6}
+    assert VARIANTS["opsd-fkl-t06-along-lora16"]["lora_rank"] == 16 == VARIANTS["sft-lora16"]["lora_rank"]
+
+
 def test_a_chat_world_sweep_runs_in_that_world_and_measures_each_skills_base_once(tmp_path):
     """``reverie learn --sweep --world chat``: every run is the chat world's, with the benchmark items asked for,
     and the runs of one skill share one measure of the base (a file in the sweep's folder); the tiny world's
@@ -62,8 +96,9 @@ def test_a_chat_world_sweep_runs_in_that_world_and_measures_each_skills_base_onc
 
     def fake_run(model_dir, cfg, skill, progress=False, **kwargs):
         calls.append((cfg.method, skill, kwargs))
-        return {"method": cfg.method, "skill": skill, "lr": cfg.lr, "seed": cfg.seed, "new_skill_acc": 0.5,
-                "retention_avg": 0.4, "forgetting": 0.0, "retention_kl": 0.1, "seconds": 1.0}
+        return {"method": cfg.method, "skill": skill, "lr": cfg.lr, "seed": cfg.seed, "steps": cfg.steps,
+                "batch_size": cfg.batch_size, "new_skill_acc": 0.5, "retention_avg": 0.4, "forgetting": 0.0,
+                "retention_kl": 0.1, "seconds": 1.0}
 
     sweep("smollm2", tmp_path, variants=("sft", "opsd-fkl-along"), skills=("facts", "rule"), lrs=(3e-5,),
           seeds=(0,), steps=2, batch_size=4, progress=lambda line: None, run=fake_run, world="chat",
