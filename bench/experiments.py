@@ -22,6 +22,7 @@ from learner.teacher_state import TeacherConfig, TeacherState
 from learner.tokenizer import chat_encoder, load_tokenizer
 from reverie.files import atomic_write_json
 from simulators.chatworld.experiment import BENCHMARK_ITEMS as CHAT_BENCHMARK_ITEMS
+from simulators.chatworld.experiment import BENCHMARK_LLS
 from simulators.tinyworld.experiment import LEARNABLE, lessons, measure
 
 __all__ = ["BACKENDS", "LEARNABLE", "WORLDS", "experiment", "run"]
@@ -33,18 +34,19 @@ WORLDS = ("tiny", "chat")  # the worlds whose experiment ``run`` composes
 
 
 def experiment(world: str, student, encoder, skill: str, benchmark_items: int = CHAT_BENCHMARK_ITEMS):
-    """``(lessons(skill, batch_size, seed, retain), measure(model, encoder, skill, base=None))`` of ``world``'s
-    experiment: the tiny world's (``simulators/tinyworld/experiment.py``) or the chat world's, built from the
-    student (``simulators/chatworld/experiment.py``)."""
+    """``(lessons(skill, batch_size, seed, retain), measure(model, encoder, skill, base=None),
+    compare(before, after))`` of ``world``'s experiment: the tiny world's (``simulators/tinyworld/experiment.py``;
+    it compares nothing more than its measures) or the chat world's, built from the student
+    (``simulators/chatworld/experiment.py``)."""
     if world == "tiny":
         if skill not in LEARNABLE:
             raise ValueError(f"unknown skill {skill!r} for the tiny world; skills are: {', '.join(LEARNABLE)}")
-        return lessons, measure
+        return lessons, measure, lambda before, after: {}
     if world == "chat":
         from simulators.chatworld.experiment import ChatExperiment
 
         built = ChatExperiment.build(student.eval(), encoder, [skill], benchmark_items)
-        return built.lessons, built.measure
+        return built.lessons, built.measure, built.compare
     raise ValueError(f"no learning experiment for the {world!r} world; worlds are: {', '.join(WORLDS)}")
 
 
@@ -73,7 +75,7 @@ def run(model_dir: Path, cfg: LearnConfig, skill: str, progress: bool = True,
     encoder = chat_encoder(tokenizer)
     device = "cuda" if torch.cuda.is_available() else "cpu"  # the learner's GPU path where there is one
     student = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device)
-    lessons_of, measure_of = experiment(world, student, encoder, skill, benchmark_items)
+    lessons_of, measure_of, compare = experiment(world, student, encoder, skill, benchmark_items)
     if base_measure is not None and base_measure.exists():
         before = json.loads(base_measure.read_text())
     else:
@@ -91,6 +93,8 @@ def run(model_dir: Path, cfg: LearnConfig, skill: str, progress: bool = True,
         else:
             student, stats = _learn_on_ray(model_dir, cfg, batches, teacher_cfg, checkpoints, scorers, progress)
     after = measure_of(student.eval(), encoder, skill, base=base)
+    paired = compare(before, after)
+    after.pop(BENCHMARK_LLS, None)  # the log-likelihoods stay in the base's measure file, not in every report
     return {
         "world": world,
         **({"benchmark_items": benchmark_items} if world == "chat" else {}),
@@ -117,6 +121,7 @@ def run(model_dir: Path, cfg: LearnConfig, skill: str, progress: bool = True,
         "retention_before": before["retention"],
         **after,
         "forgetting": before["retention_avg"] - after["retention_avg"],
+        **paired,
         "versions": stats["versions"],
         "seconds": stats["seconds"],
         "seconds_per_step": stats["seconds"] / max(cfg.steps, 1),

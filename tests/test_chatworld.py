@@ -349,3 +349,35 @@ def test_the_chat_worlds_learning_experiment_teaches_as_the_loop_does_and_judges
     assert all(l.context == () for _, l in zip(range(8), exp.retention_lessons("facts", 0)))
     batches = exp.lessons("rule", 8, 0, retain=0.25)
     assert [sum(l.reference is None for l in next(batches)) for _ in range(3)] == [2, 2, 2]
+
+
+def test_comparing_two_measures_pairs_each_benchmark_item_as_a_distribution_over_its_choices():
+    """``ChatExperiment.compare``: the mean shift of the gold choice's log-probability and the mean
+    KL(before || after) over the choices, per benchmark, against a float64 computation by hand."""
+    import numpy as np
+
+    from evals.data import Item
+    from simulators.chatworld.experiment import BENCHMARK_LLS, ChatExperiment
+
+    items = [Item("q1", ("a", "b"), 0), Item("q2", ("a", "b", "c"), 2)]
+    exp = ChatExperiment({}, [], [], [("piqa", items, []), ("arc_easy", items[:1], [])])
+    before = {BENCHMARK_LLS: {"piqa": [-1.0, -2.0, -3.0, -1.5, -0.5], "arc_easy": [-4.0, -1.0]}}
+    after = {BENCHMARK_LLS: {"piqa": [-2.0, -1.0, -3.0, -1.5, -2.5], "arc_easy": [-4.0, -1.0]}}
+
+    def by_hand(lls, sizes):
+        out, at = [], 0
+        for n in sizes:
+            x = np.array(lls[at: at + n], dtype=np.float64)
+            out.append(x - np.log(np.exp(x).sum()))
+            at += n
+        return out
+
+    p, q = by_hand(before[BENCHMARK_LLS]["piqa"], [2, 3]), by_hand(after[BENCHMARK_LLS]["piqa"], [2, 3])
+    shift = np.mean([q[0][0] - p[0][0], q[1][2] - p[1][2]])
+    kl = np.mean([(np.exp(a) * (a - b)).sum() for a, b in zip(p, q)])
+    got = exp.compare(before, after)
+    assert got["retention_gold_logprob_shift"]["piqa"] == pytest.approx(shift, abs=1e-12) and shift < 0
+    assert got["retention_choice_kl"]["piqa"] == pytest.approx(kl, abs=1e-12) and kl > 0
+    assert got["retention_choice_kl"]["arc_easy"] == 0 == got["retention_gold_logprob_shift"]["arc_easy"]
+    assert got["retention_choice_kl_avg"] == pytest.approx(kl / 2)
+    assert exp.compare({}, after) == {}  # a base measured before the log-likelihoods were kept

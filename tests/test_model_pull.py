@@ -314,13 +314,19 @@ def test_reverie_learn_teaches_smollm2_the_chat_worlds_facts_and_reports_held_ou
 
     monkeypatch.setenv(BENCHMARK_CACHE, str(benchmarks))
     assert main(["learn", "--model", str(smollm2), "--world", "chat", "--skill", "facts", "--steps", "2",
-                 "--batch-size", "4", "--benchmark-items", "4", "--along-reference", "1", "--json", "--quiet"]) == 0
+                 "--batch-size", "4", "--benchmark-items", "4", "--along-reference", "1", "--lora-rank", "8",
+                 "--lr", "1e-3", "--json", "--quiet"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["world"] == "chat" and report["benchmark_items"] == 4 and report["steps"] == 2
     names = {"arc_easy", "arc_challenge", "hellaswag", "piqa"}
     assert set(report["retention"]) == set(report["retention_before"]) == names
     assert report["new_skill_acc_before"] == 0.0 and 0.0 <= report["new_skill_acc"] <= 1.0
     assert report["retention_kl"] > 0 and report["along_reference"] == 1.0
+    # LoRA on the real model: rank 8 on every linear layer is under 2 % of its weights, and they moved it
+    assert report["adapter"] == "lora-r8" and 0 < report["trainable_parameters"] < 0.02 * 134.5e6
+    assert set(report["retention_choice_kl"]) == names and report["retention_choice_kl_avg"] > 0
+    assert set(report["retention_gold_logprob_shift"]) == names and "benchmark_loglikelihoods" not in report
+    assert report["seconds_per_step"] > 0 and report["peak_rss_bytes"] > 2**29
     assert main(["learn", "--model", str(smollm2), "--skill", "facts"]) == 2
     assert "give --world" in capsys.readouterr().err
 

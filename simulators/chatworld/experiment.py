@@ -16,13 +16,17 @@ the families ``reverie learn --model M`` teaches a real instruct model (``LEARNA
   (or shown the rule, for the ``rule`` family, as the loop's replay keeps the rules in force).
 - retention: acc_norm on ``BENCHMARK_ITEMS`` items of each of the world's benchmarks (``evals/score.py``, the
   gate's scorer) and their average; with a base, KL(base || model) per token on the base's greedy replies to
-  ``KL_PROMPTS`` unseen general prompts (``evals/drift.py``, the gate's drift).
+  ``KL_PROMPTS`` unseen general prompts (``evals/drift.py``, the gate's drift).  An accuracy on 100 items moves
+  by whole items (0.01 each on one benchmark), so the measure also keeps every choice's log-likelihood and
+  ``ChatExperiment.compare`` pairs two measures item by item: the gold choice's log-probability shift and the KL
+  between the choice distributions, continuous figures in which a method's forgetting shows below one item.
 
 Held-out replies are greedy, ``MAX_TOKENS`` long, judged by the world's own checks (``plugin.check``/``passes``).
 This module learns nothing: ``bench/experiments.py`` composes it with the learner.
 """
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -40,6 +44,23 @@ HELDOUT = 40
 BENCHMARK_ITEMS = 100
 KL_PROMPTS = 16
 MAX_TOKENS = 32  # the loop's sample length; a starts_with rule and a fact's answer are judged on a reply's opening
+
+
+BENCHMARK_LLS = "benchmark_loglikelihoods"  # a measure's key: every choice's log-likelihood, per benchmark
+
+
+def _choice_logprobs(items, lls: Sequence[float]) -> list[list[float]]:
+    """Each item's choices as log-probabilities: the log-softmax of their log-likelihoods."""
+    out, at = [], 0
+    for item in items:
+        ll = lls[at: at + len(item.choices)]
+        at += len(item.choices)
+        top = max(ll)
+        norm = top + math.log(sum(math.exp(x - top) for x in ll))
+        out.append([x - norm for x in ll])
+    if at != len(lls):
+        raise ValueError(f"{len(lls)} log-likelihoods for {at} choices")
+    return out
 
 
 def _user(text: str) -> tuple[dict, ...]:
@@ -141,11 +162,35 @@ class ChatExperiment:
         replies = greedy_replies(model, encoder, [p for p, _ in heldout], MAX_TOKENS)
         return sum(passes(spec, r) for (_, spec), r in zip(heldout, replies)) / len(heldout)
 
-    def retention(self, model) -> dict[str, float]:
-        """acc_norm on each benchmark's fixed subset (the gate's scorer)."""
-        from evals.score import accuracy, torch_loglikelihoods
+    def loglikelihoods(self, model) -> dict[str, list[float]]:
+        """Every choice's log-likelihood on each benchmark's fixed subset (the gate's scorer), item after item."""
+        from evals.score import torch_loglikelihoods
 
-        return {name: accuracy(items, torch_loglikelihoods(model, reqs))[1] for name, items, reqs in self.benchmarks}
+        return {name: torch_loglikelihoods(model, reqs) for name, _, reqs in self.benchmarks}
+
+    def retention(self, model, lls: dict[str, list[float]] | None = None) -> dict[str, float]:
+        """acc_norm on each benchmark's fixed subset (from ``lls`` where given)."""
+        from evals.score import accuracy
+
+        lls = lls if lls is not None else self.loglikelihoods(model)
+        return {name: accuracy(items, lls[name])[1] for name, items, _ in self.benchmarks}
+
+    def compare(self, before: dict, after: dict) -> dict:
+        """What a benchmark's accuracy hides, paired item by item: each item's choices as a distribution (the
+        softmax of their log-likelihoods), then per benchmark the mean change of the gold choice's log-probability
+        (below 0: the model believes the right answers less) and the mean KL(before || after) of the
+        distributions (how far the answers moved either way), with their averages over the benchmarks.  Empty
+        when either measure lacks the log-likelihoods."""
+        if BENCHMARK_LLS not in before or BENCHMARK_LLS not in after:
+            return {}
+        shift, kl = {}, {}
+        for name, items, _ in self.benchmarks:
+            p, q = _choice_logprobs(items, before[BENCHMARK_LLS][name]), _choice_logprobs(items, after[BENCHMARK_LLS][name])
+            shift[name] = sum(b[i.gold] - a[i.gold] for a, b, i in zip(p, q, items)) / len(items)
+            kl[name] = sum(sum(math.exp(x) * (x - y) for x, y in zip(a, b)) for a, b in zip(p, q)) / len(items)
+        return {"retention_gold_logprob_shift": shift, "retention_choice_kl": kl,
+                "retention_gold_logprob_shift_avg": sum(shift.values()) / len(shift),
+                "retention_choice_kl_avg": sum(kl.values()) / len(kl)}
 
     def drift(self, base, model, encoder) -> float:
         """KL(base || model) per token on the base's greedy replies to the general prompts (the gate's drift)."""
@@ -155,12 +200,16 @@ class ChatExperiment:
         return kl_per_token(base, model, scored_chats(encoder, self.general, replies)).kl_per_token
 
     def measure(self, model, encoder, skill: str, base=None) -> dict:
-        retention = self.retention(model)
+        """Held-out accuracy, the benchmarks' acc_norm and their average, every choice's log-likelihood (for
+        :meth:`compare`), and with ``base`` the drift from it."""
+        lls = self.loglikelihoods(model)
+        retention = self.retention(model, lls)
         out = {"new_skill_acc": self.accuracy(model, encoder, skill), "retention": retention,
-               "retention_avg": sum(retention.values()) / len(retention) if retention else None}
+               "retention_avg": sum(retention.values()) / len(retention) if retention else None,
+               BENCHMARK_LLS: lls}
         if base is not None:
             out["retention_kl"] = self.drift(base, model, encoder)
         return out
 
 
-__all__ = ["BENCHMARK_ITEMS", "ChatExperiment", "FACTS", "LEARNABLE", "RULE"]
+__all__ = ["BENCHMARK_ITEMS", "BENCHMARK_LLS", "ChatExperiment", "FACTS", "LEARNABLE", "RULE"]
