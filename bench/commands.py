@@ -91,11 +91,11 @@ def cmd_learn(args: argparse.Namespace) -> int:
 
 def _sweep(args: argparse.Namespace, model: Path, cfg, world: str, benchmark_items: int) -> int:
     from bench.experiments import LEARNABLE
-    from bench.sweep import VARIANTS, sweep
+    from bench.sweep import ALL_VARIANTS, sweep
 
     out = check.out_folder(args.out)
     listed = check.listed
-    summary = sweep(model, out, variants=listed(args.variants, "--variants", check.known("sweep variant", VARIANTS)),
+    summary = sweep(model, out, variants=listed(args.variants, "--variants", check.known("sweep variant", ALL_VARIANTS)),
                     skills=listed(args.skills, "--skills", check.known("skill", LEARNABLE)),
                     lrs=listed(args.lrs, "--lrs", lambda t: check.LEARNING_RATE.parse(t, "--lrs")),
                     seeds=listed(args.seeds, "--seeds", parse_seed), steps=cfg.steps, batch_size=cfg.batch_size,

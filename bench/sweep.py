@@ -17,6 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from learner.config import LearnConfig
+from reverie.errors import ReverieError
 from reverie.files import atomic_write_json
 
 SKILLS = ("facts", "rule")
@@ -56,6 +57,10 @@ VARIANTS: dict[str, dict] = {
                                   "lora_alpha": 32.0},
 }
 DEFAULT_VARIANTS = ("sft", "opsd", "opsd-fkl-full")
+# TRL's SDFTTrainer, configured as close to reverie's OPSD as its options allow (bench/trl_sdft.py: the bench extra),
+# each run in a fresh process
+TRL_VARIANTS = ("trl-sdft-fkl", "trl-sdft-default")
+ALL_VARIANTS = (*VARIANTS, *TRL_VARIANTS)
 
 
 def run_name(variant: str, skill: str, lr: float, seed: int) -> str:
@@ -65,15 +70,22 @@ def run_name(variant: str, skill: str, lr: float, seed: int) -> str:
 def sweep(model_dir: Path, out: Path, *, variants: Sequence[str] = DEFAULT_VARIANTS, skills: Sequence[str] = SKILLS,
           lrs: Sequence[float] = LEARNING_RATES, seeds: Sequence[int] = SEEDS, steps: int = 300,
           batch_size: int = 32, progress: Callable[[str], None] = print, run=None, world: str = "tiny",
-          benchmark_items: int = 100) -> dict:
+          benchmark_items: int = 100, trl=None) -> dict:
     """Run every (variant, skill, lr, seed) not already in ``out``; return and write the summary.  ``world``:
-    whose experiment (``bench.experiments.experiment``; the chat world's with ``benchmark_items`` per benchmark)."""
+    whose experiment (``bench.experiments.experiment``; the chat world's with ``benchmark_items`` per benchmark).
+    ``run`` and ``trl`` run one of reverie's variants and one of TRL's (by default ``bench.experiments.run``, and
+    ``bench.trl_sdft.run_one`` in a fresh process)."""
     from bench.experiments import run as learn_run
 
-    run = run or learn_run
-    unknown = [v for v in variants if v not in VARIANTS]
+    run, trl = run or learn_run, trl or _trl_run
+    unknown = [v for v in variants if v not in ALL_VARIANTS]
     if unknown:
-        raise ValueError(f"unknown sweep variant {unknown[0]!r}; variants are: {', '.join(VARIANTS)}")
+        raise ValueError(f"unknown sweep variant {unknown[0]!r}; variants are: {', '.join(ALL_VARIANTS)}")
+    if any(v in TRL_VARIANTS for v in variants) and trl is _trl_run:
+        from bench.trl_sdft import trl_missing
+
+        if why := trl_missing():
+            raise ReverieError(why)
     out.mkdir(parents=True, exist_ok=True)
     base = LearnConfig(steps=steps, batch_size=batch_size, retain=0.0)
     grid = [(v, s, lr, seed) for s in skills for lr in lrs for seed in seeds for v in variants]
@@ -81,11 +93,14 @@ def sweep(model_dir: Path, out: Path, *, variants: Sequence[str] = DEFAULT_VARIA
         path = out / f"{run_name(variant, skill, lr, seed)}.json"
         if path.exists():
             continue
-        cfg = replace(base, lr=lr, seed=seed, **VARIANTS[variant])
         where = {} if world == "tiny" else {  # the base measured once per skill and benchmark size
             "world": world, "benchmark_items": benchmark_items,
             "base_measure": out / f"base-{skill}-{benchmark_items}-items.json"}
-        report = {"variant": variant, **run(model_dir, cfg, skill, progress=False, **where)}
+        if variant in TRL_VARIANTS:
+            report = {"variant": variant, **trl(variant, skill, lr, seed, steps, batch_size, model_dir, **where)}
+        else:
+            cfg = replace(base, lr=lr, seed=seed, **VARIANTS[variant])
+            report = {"variant": variant, **run(model_dir, cfg, skill, progress=False, **where)}
         atomic_write_json(path, report)
         progress(f"[{i}/{len(grid)}] {path.stem}: new skill {report['new_skill_acc']:.3f}, retention "
                  f"{report['retention_avg']:.3f}, KL to base {report['retention_kl']:.4f}, {report['seconds']:.0f} s")
@@ -111,6 +126,20 @@ def write_summary(out: Path) -> dict:
     atomic_write_json(out / "summary.json", summary)
     plot(runs, out / "forgetting.png")
     return summary
+
+
+def _trl_run(variant: str, skill: str, lr: float, seed: int, steps: int, batch_size: int, model_dir: Path,
+             **where) -> dict:
+    """One TRL run in a fresh process (TRL's trainer and accelerate keep process-wide state)."""
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    from bench.trl_sdft import run_one
+
+    if where.get("base_measure") is not None:
+        where = {**where, "base_measure": str(where["base_measure"])}
+    with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
+        return pool.submit(run_one, variant, skill, lr, seed, steps, batch_size, str(model_dir), **where).result()
 
 
 def defaults_variant() -> str | None:

@@ -80,18 +80,34 @@ def render(encoder, messages) -> str:
 
 def trl_prompts(encoder, lesson) -> dict:
     """One TRL dataset row for ``lesson``: the student's prompt and the privileged context as plain text,
-    such that :data:`TEACHER_TEMPLATE` filled with them is the teacher state's prompt, token for token (checked here)."""
+    such that :data:`TEACHER_TEMPLATE` filled with them is the teacher state's prompt, token for token (checked
+    here).  On a chat template that writes a default system turn when a chat has none (SmolLM2's), the student's
+    prompt carries that turn and TRL's teacher prompt can only be the context followed by the whole student
+    prompt: the context's turns, then the default system turn, then the question (checked here too), where
+    reverie's teacher state has no default turn.  No template of TRL's can drop it (it must contain the whole
+    ``{prompt}``)."""
+    from learner.tokenizer import ChatEncoder
+
     student = list(lesson.student)
     teacher = list(lesson.teacher)
     if teacher[-len(student):] != student:
         raise ValueError("the teacher state must be the student's prompt with context before it")
-    prompt = render(encoder, student) + "<|assistant|>"
-    context = render(encoder, teacher[: len(teacher) - len(student)])
+    context_messages = teacher[: len(teacher) - len(student)]
     tok = encoder.tok
+    if isinstance(encoder, ChatEncoder):  # the tiny world's tags
+        prompt = render(encoder, student) + "<|assistant|>"
+        context = render(encoder, context_messages)
+        context_ids = None
+    else:  # the model's own chat template
+        prompt = tok.apply_chat_template(student, add_generation_prompt=True, tokenize=False)
+        context = tok.apply_chat_template(context_messages, tokenize=False) if context_messages else ""
+        context_ids = encoder.encode(context_messages)[0] if context_messages else []
     teacher_text = TEACHER_TEMPLATE.format(privileged_context=context, prompt=prompt)
-    for text, messages in ((prompt, student), (teacher_text, teacher)):
-        ids = tok(text, add_special_tokens=False)["input_ids"]
-        if ids != encoder.encode(messages, add_generation_prompt=True)[0]:
+    student_ids = encoder.encode(student, add_generation_prompt=True)[0]
+    teacher_ids = (encoder.encode(teacher, add_generation_prompt=True)[0] if context_ids is None
+                   else context_ids + student_ids)
+    for text, ids in ((prompt, student_ids), (teacher_text, teacher_ids)):
+        if tok(text, add_special_tokens=False)["input_ids"] != ids:
             raise ValueError(f"plain-text prompt does not tokenise as reverie's encoder does: {text!r}")
     return {"prompt": prompt, "privileged_context": context}
 
@@ -102,8 +118,11 @@ def _peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
-def run_one(method: str, skill: str, lr: float, seed: int, steps: int, batch_size: int, model_dir: str) -> dict:
-    """One run in this (fresh) process: learn ``skill`` by ``method``, measure, report."""
+def run_one(method: str, skill: str, lr: float, seed: int, steps: int, batch_size: int, model_dir: str,
+            world: str = "tiny", benchmark_items: int = 100, base_measure: str | None = None) -> dict:
+    """One run in this (fresh) process: learn ``skill`` of ``world``'s experiment (``bench.experiments``) by
+    ``method``, measure, report.  ``base_measure``: a file holding the base's measure (read when there, else
+    written), as the sweep's runs share it."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
@@ -112,22 +131,30 @@ def run_one(method: str, skill: str, lr: float, seed: int, steps: int, batch_siz
 
     cfg = replace(LearnConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed, retain=0.0),
                   **(settings if framework == "reverie" else {"method": "opsd"}))
+    where = {"world": world} if world == "tiny" else {
+        "world": world, "benchmark_items": benchmark_items,
+        "base_measure": Path(base_measure) if base_measure else None}
     if framework == "reverie":
         from bench.experiments import run
 
-        r = run(Path(model_dir), cfg, skill, progress=False)
-        report = {k: r[k] for k in ("new_skill_acc_before", "new_skill_acc", "retention", "retention_avg",
-                                    "retention_kl", "forgetting")}
+        r = run(Path(model_dir), cfg, skill, progress=False, **where)
+        report = {k: v for k, v in r.items() if k in _MEASURED or k.startswith("retention_")}
         train_seconds = r["seconds"]
     else:
-        report, train_seconds = _run_trl(settings, cfg, skill, Path(model_dir))
+        report, train_seconds = _run_trl(settings, cfg, skill, Path(model_dir), **where)
     return {"method": method, "framework": framework, "settings": settings, "skill": skill, "lr": lr,
             "seed": seed, "steps": steps, "batch_size": batch_size, "retain": 0.0, **report,
-            "train_seconds": train_seconds, "seconds_per_step": train_seconds / steps,
+            "train_seconds": train_seconds, "seconds": train_seconds, "seconds_per_step": train_seconds / steps,
             "peak_rss_bytes": _peak_rss_bytes()}
 
 
-def _run_trl(settings: dict, cfg, skill: str, model_dir: Path) -> tuple[dict, float]:
+# what a run reports of its measures (with every retention_* figure)
+_MEASURED = ("world", "benchmark_items", "new_skill_acc_before", "new_skill_acc", "retention", "retention_avg",
+             "forgetting")
+
+
+def _run_trl(settings: dict, cfg, skill: str, model_dir: Path, world: str = "tiny", benchmark_items: int = 100,
+             base_measure: Path | None = None) -> tuple[dict, float]:
     import tempfile
 
     import torch
@@ -135,12 +162,22 @@ def _run_trl(settings: dict, cfg, skill: str, model_dir: Path) -> tuple[dict, fl
     from transformers import AutoModelForCausalLM
     from trl.experimental.sdft import SDFTConfig, SDFTTrainer
 
+    from bench.experiments import experiment
     from learner.tokenizer import chat_encoder, load_tokenizer
-    from simulators.tinyworld.experiment import lessons, measure
+    from reverie.files import atomic_write_json
+    from simulators.chatworld.experiment import BENCHMARK_LLS
 
     torch.manual_seed(cfg.seed)
     tokenizer = load_tokenizer(model_dir)
     encoder = chat_encoder(tokenizer)
+    before_model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    lessons, measure, compare = experiment(world, before_model, encoder, skill, benchmark_items)
+    if base_measure is not None and base_measure.exists():
+        before = json.loads(base_measure.read_text())
+    else:
+        before = measure(before_model, encoder, skill)
+        if base_measure is not None:
+            atomic_write_json(base_measure, before)
     batches = lessons(skill, cfg.batch_size, cfg.seed, cfg.retain)
     rows = [trl_prompts(encoder, lesson) for _ in range(cfg.steps) for lesson in next(batches)]
     gpu = torch.cuda.is_available()
@@ -161,11 +198,12 @@ def _run_trl(settings: dict, cfg, skill: str, model_dir: Path) -> tuple[dict, fl
         trainer.train()
         seconds = time.perf_counter() - start
         model = trainer.model.eval()
-    before_model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    before = measure(before_model, encoder, skill)
     after = measure(model.to(next(before_model.parameters()).device), encoder, skill, base=before_model)
-    return {"new_skill_acc_before": before["new_skill_acc"], **after,
-            "forgetting": before["retention_avg"] - after["retention_avg"]}, seconds
+    paired = compare(before, after)
+    after.pop(BENCHMARK_LLS, None)
+    return {"world": world, **({"benchmark_items": benchmark_items} if world != "tiny" else {}),
+            "new_skill_acc_before": before["new_skill_acc"], "retention_before": before["retention"], **after,
+            "forgetting": before["retention_avg"] - after["retention_avg"], **paired}, seconds
 
 
 def run_name(method: str, skill: str, lr: float, seed: int) -> str:

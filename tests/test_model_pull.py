@@ -331,6 +331,32 @@ def test_reverie_learn_teaches_smollm2_the_chat_worlds_facts_and_reports_held_ou
     assert "give --world" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("skill", ["facts", "rule"])
+def test_trls_prompts_on_smollm2_are_reveries_student_and_the_context_then_the_student(skill, smollm2_torch,
+                                                                                       benchmarks, monkeypatch):
+    """``reverie learn --sweep --variants trl-sdft-fkl --world chat``: TRL's student prompt is reverie's token
+    for token, and its teacher prompt is the teacher state's context followed by that whole prompt (SmolLM2's
+    template writes its default system turn into a chat without one, which no TRL template can drop)."""
+    from bench.trl_sdft import TEACHER_TEMPLATE, trl_prompts
+    from evals.data import CACHE_ENV as BENCHMARK_CACHE
+    from learner.tokenizer import chat_encoder
+    from simulators.chatworld.experiment import ChatExperiment
+
+    monkeypatch.setenv(BENCHMARK_CACHE, str(benchmarks))
+    model, tokenizer = smollm2_torch
+    encoder = chat_encoder(tokenizer)
+    exp = ChatExperiment.build(model, encoder, [skill], benchmarks=[])
+    for lesson in next(exp.lessons(skill, 8, seed=1)):
+        row = trl_prompts(encoder, lesson)
+        student = encoder.encode(list(lesson.student), add_generation_prompt=True)[0]
+        context = encoder.encode(list(lesson.context))[0]
+        teacher = TEACHER_TEMPLATE.format(prompt=row["prompt"], privileged_context=row["privileged_context"])
+        assert tokenizer(row["prompt"], add_special_tokens=False)["input_ids"] == student
+        assert tokenizer(teacher, add_special_tokens=False)["input_ids"] == context + student
+        assert row["privileged_context"].startswith("<|im_start|>system\n") and "SmolLM" not in row[
+            "privileged_context"]
+
+
 CHATS = [
     FRANCE + [{"role": "assistant", "content": "The capital of France is Paris."}],
     [{"role": "system", "content": "Answer in French."}, {"role": "user", "content": "Hello there!"},

@@ -126,3 +126,30 @@ def test_a_runs_base_measure_is_read_from_its_file_when_there_and_written_when_n
     measured.clear()
     again = E.run(shipped_model, cfg, "facts", progress=False, base_measure=path)
     assert measured == [False] and again["new_skill_acc_before"] == first["new_skill_acc_before"]
+
+
+def test_a_trl_variant_runs_through_trls_runner_with_the_worlds_arguments_and_joins_the_summary(tmp_path):
+    """``--variants trl-sdft-fkl`` beside reverie's: TRL's run (``bench.trl_sdft.run_one`` in a fresh process by
+    default) gets the same skill, lr, seed, steps, batch size, world and shared base measure, and its report is a
+    run of the folder like the others."""
+    calls = []
+
+    def report(variant, skill, lr, seed, steps, batch):
+        return {"skill": skill, "lr": lr, "seed": seed, "steps": steps, "batch_size": batch, "new_skill_acc": 0.5,
+                "retention_avg": 0.4, "forgetting": 0.0, "retention_kl": 0.1, "seconds": 1.0}
+
+    def fake_trl(variant, skill, lr, seed, steps, batch_size, model_dir, **where):
+        calls.append((variant, where))
+        return {"method": variant, **report(variant, skill, lr, seed, steps, batch_size)}
+
+    def fake_run(model_dir, cfg, skill, progress=False, **where):
+        return {"method": cfg.method, **report(None, skill, cfg.lr, cfg.seed, cfg.steps, cfg.batch_size)}
+
+    summary = sweep("smollm2", tmp_path, variants=("sft", "trl-sdft-fkl"), skills=("rule",), lrs=(3e-4,),
+                    seeds=(0,), steps=2, batch_size=4, progress=lambda line: None, run=fake_run, trl=fake_trl,
+                    world="chat", benchmark_items=50)
+    assert [v for v, _ in calls] == ["trl-sdft-fkl"]
+    assert calls[0][1] == {"world": "chat", "benchmark_items": 50,
+                           "base_measure": tmp_path / "base-rule-50-items.json"}
+    assert json.loads((tmp_path / "trl-sdft-fkl-rule-lr0.0003-seed0.json").read_text())["variant"] == "trl-sdft-fkl"
+    assert {r["variant"] for r in summary["rows"]} == {"sft", "trl-sdft-fkl"}
