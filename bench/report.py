@@ -152,6 +152,51 @@ def section_forgetting(results: Path) -> list[str] | None:
     return lines
 
 
+SMOLLM2_FORGETTING = "forgetting-smollm2-paired"  # the chat world's grid on SmolLM2, paired benchmark figures
+
+
+def _ms(cell: dict | None, digits: int = 3) -> str:
+    """A summary cell as mean ± sd (the mean alone from one seed); - where the runs did not measure it."""
+    if cell is None:
+        return "-"
+    return _f(cell["mean"], digits) + (f" ± {_f(cell['sd'], digits)}" if cell["n"] > 1 else "")
+
+
+def section_forgetting_smollm2(results: Path) -> list[str] | None:
+    f = results / SMOLLM2_FORGETTING / "summary.json"
+    summary = _load(f)
+    if summary is None:
+        return None
+    rows = [[r["skill"], f"{r['lr']:g}", r["variant"], r.get("adapter", "full"), len(r["seeds"]),
+             _ms(r["new_skill_acc"]), _ms(r["forgetting"]), _ms(r.get("retention_gold_logprob_shift_avg")),
+             _ms(r.get("retention_choice_kl_avg"), 4), _ms(r["retention_kl"]), _ms(r.get("seconds_per_step"), 1)]
+            for r in summary["rows"]]
+    lines = ["`reverie learn --model smollm2-135m-instruct --world chat --sweep`: the chat world's `facts` and `rule` "
+             "(`simulators/chatworld/experiment.py`), no replay, the steps and batch size of each row, mean ± sd over "
+             "seeds. *drop*: the fall of the average acc_norm over ARC-Easy, ARC-Challenge, HellaSwag and PIQA (100 "
+             "items each; one item is 0.0025 of the average). *gold shift*: the mean change of the right choice's "
+             "log-probability among an item's choices, over the same items paired (below 0: forgetting). *choice "
+             "KL*: the mean KL(base ‖ tuned) of each item's choice distribution. *KL to base*: per token on greedy "
+             "replies to 16 unseen chat prompts. Variants: `bench/sweep.py`.", ""]
+    lines += _table(["skill", "lr", "variant", "adapter", "seeds", "held-out", "drop", "gold shift", "choice KL",
+                     "KL to base", "s/step"], rows)
+    verdicts = summary.get("versus_sft") or []
+    if verdicts:
+        lines += ["", "Each variant against SFT on the references in its cell (equal accuracy: within 0.02; SFT "
+                      "forgets: its drop is above 0.01):", ""]
+        lines += _table(["skill", "lr", "variant", "accuracy gap", "SFT forgets", "drop (SFT's)", "forgets less",
+                         "gold shift (SFT's)", "shifts less"],
+                        [[v["skill"], f"{v['lr']:g}", v["variant"], _f(v["accuracy_gap"]), _f(v["sft_forgets"]),
+                          f"{_f(v['drop'])} ({_f(v['sft_drop'])})", _f(v["forgets_less"]),
+                          f"{_f(v.get('shift'))} ({_f(v.get('sft_shift'))})" if "shift" in v else "-",
+                          _f(v.get("shifts_less"))] for v in verdicts])
+    lines += ["", _source(results, [f], summary)]
+    if (results / SMOLLM2_FORGETTING / "forgetting.png").exists():
+        lines += ["", f"![held-out accuracy against benchmark retention]({{results}}/{SMOLLM2_FORGETTING}/"
+                      "forgetting.png)", "", "A point per run, a colour per variant, a triangle for LoRA."]
+    return lines
+
+
 def section_swap(results: Path) -> list[str] | None:
     files = sorted(results.glob("swap*.json"))
     reports = [(f, r) for f in files if (r := _load(f))]
@@ -279,6 +324,8 @@ def section_demo(results: Path) -> list[str] | None:
 SECTIONS: list[tuple[str, Callable[[Path], list[str] | None], str]] = [
     ("reverie beside TRL's self-distillation trainer", section_trl, "reverie bench trl"),
     ("Forgetting: OPSD variants, SFT and TRL", section_forgetting, "reverie learn --sweep"),
+    ("Forgetting on SmolLM2-135M-Instruct: OPSD, SFT, LoRA and TRL", section_forgetting_smollm2,
+     "reverie learn --model smollm2-135m-instruct --world chat --sweep --out bench/results/" + SMOLLM2_FORGETTING),
     ("Hot swap", section_swap, "reverie bench swap"),
     ("Weight transports, one node and two", section_transport, "reverie bench transport"),
     ("Serving beside raw vLLM", section_serving, "reverie bench swap"),

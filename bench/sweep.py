@@ -19,6 +19,7 @@ from pathlib import Path
 from learner.config import LearnConfig
 from reverie.errors import ReverieError
 from reverie.files import atomic_write_json
+from reverie.results import write_result
 
 SKILLS = ("facts", "rule")
 LEARNING_RATES = (3e-4, 1e-3)
@@ -122,8 +123,7 @@ def runs_in(out: Path) -> list[dict]:
 def write_summary(out: Path) -> dict:
     """``summary.json`` and ``forgetting.png`` over every run in ``out``, not only the last grid's."""
     runs = runs_in(out)
-    summary = {**summarise(runs), "defaults": defaults_variant()}
-    atomic_write_json(out / "summary.json", summary)
+    summary = write_result({**summarise(runs), "defaults": defaults_variant()}, out / "summary.json")
     plot(runs, out / "forgetting.png")
     return summary
 
@@ -203,10 +203,45 @@ def summarise(runs: list[dict]) -> dict:
     for (variant, skill, lr, steps, batch), rs in sorted(cells.items(),
                                                          key=lambda kv: (kv[0][1], kv[0][2], kv[0][0], kv[0][3:])):
         rows.append({"variant": variant, "skill": skill, "lr": lr, "steps": steps, "batch_size": batch,
-                     "seeds": sorted(r["seed"] for r in rs),
+                     "adapter": rs[0].get("adapter", "full"), "seeds": sorted(r["seed"] for r in rs),
                      **{k: _mean_sd([r[k] for r in rs])
-                        for k in ("new_skill_acc", "retention_avg", "forgetting", "retention_kl", "seconds")}})
-    return {"runs": len(runs), "rows": rows}
+                        for k in ("new_skill_acc", "retention_avg", "forgetting", "retention_kl", "seconds")},
+                     **{k: _mean_sd([r[k] for r in rs]) for k in _MEASURED_SOMETIMES if all(k in r for r in rs)}})
+    return {"runs": len(runs), "rows": rows, "versus_sft": versus_sft(rows)}
+
+
+# what only some runs measured (the chat world's paired benchmark figures, the newer runs' cost)
+_MEASURED_SOMETIMES = ("retention_gold_logprob_shift_avg", "retention_choice_kl_avg", "seconds_per_step",
+                       "peak_rss_bytes")
+EQUAL_ACCURACY = 0.02  # new-skill accuracies this close are "equal" (issue 38's comparison)
+SFT_FORGETS = 0.01  # a cell counts where SFT's benchmark average drops more than this
+
+
+def versus_sft(rows: list[dict]) -> list[dict]:
+    """Every variant against SFT (on references, full fine-tuning) in the same skill, lr, steps and batch size:
+    whether the accuracies are equal within ``EQUAL_ACCURACY``, whether SFT forgets more than ``SFT_FORGETS``
+    there, and whether the variant's mean benchmark drop is below SFT's (and, where both measured it, its mean
+    gold log-probability shift above SFT's)."""
+    key = lambda r: (r["skill"], r["lr"], r["steps"], r["batch_size"])  # noqa: E731
+    sft = {key(r): r for r in rows if r["variant"] == "sft"}
+    out = []
+    for r in rows:
+        base = sft.get(key(r))
+        if base is None or r is base:
+            continue
+        gap = r["new_skill_acc"]["mean"] - base["new_skill_acc"]["mean"]
+        row = {"variant": r["variant"], "skill": r["skill"], "lr": r["lr"], "steps": r["steps"],
+               "seeds": len(r["seeds"]), "sft_seeds": len(base["seeds"]),
+               "accuracy_gap": gap, "equal_accuracy": abs(gap) <= EQUAL_ACCURACY + 1e-9,
+               "sft_forgets": base["forgetting"]["mean"] > SFT_FORGETS,
+               "drop": r["forgetting"]["mean"], "sft_drop": base["forgetting"]["mean"],
+               "forgets_less": r["forgetting"]["mean"] < base["forgetting"]["mean"]}
+        shift = "retention_gold_logprob_shift_avg"
+        if shift in r and shift in base:
+            row.update(shift=r[shift]["mean"], sft_shift=base[shift]["mean"],
+                       shifts_less=r[shift]["mean"] > base[shift]["mean"])
+        out.append(row)
+    return out
 
 
 def plot(runs: list[dict], path: Path) -> None:

@@ -1,7 +1,7 @@
 """The ``reverie eval`` command (gathered into ``reverie.cli`` by ``register``): a model's retention benchmarks, and
 the chat world's own families.
 
-``reverie eval --model M [--suite arc_easy,hellaswag,piqa,ifeval,facts,rules] [--limit N] [--chat-template] [--max-tokens N]
+``reverie eval --model M [--suite arc_easy,hellaswag,piqa,boolq,mmlu,ifeval,facts,rules] [--limit N] [--chat-template] [--max-tokens N]
 [--json] [--out FILE]``
 scores the fixed subset of ``N`` items of each benchmark (``evals/data.py``) with one vLLM engine on ``M`` (a
 catalogue name or a local Hugging Face directory) and prints one table (benchmark, split, n, acc, acc_norm, the

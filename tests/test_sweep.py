@@ -153,3 +153,23 @@ def test_a_trl_variant_runs_through_trls_runner_with_the_worlds_arguments_and_jo
                            "base_measure": tmp_path / "base-rule-50-items.json"}
     assert json.loads((tmp_path / "trl-sdft-fkl-rule-lr0.0003-seed0.json").read_text())["variant"] == "trl-sdft-fkl"
     assert {r["variant"] for r in summary["rows"]} == {"sft", "trl-sdft-fkl"}
+
+
+def test_each_variant_is_judged_against_sft_in_its_own_cell_at_equal_accuracy():
+    """Issue 38's comparison, cell by cell: accuracies equal within 0.02, SFT forgetting more than 0.01 there,
+    the variant's mean benchmark drop below SFT's and its gold log-probability shift above SFT's."""
+    def run(variant, seed, acc, drop, shift, lr=3e-4):
+        return {"variant": variant, "skill": "rule", "lr": lr, "seed": seed, "steps": 30, "batch_size": 8,
+                "new_skill_acc": acc, "retention_avg": 0.45 - drop, "forgetting": drop, "retention_kl": 0.5,
+                "seconds": 1.0, "retention_gold_logprob_shift_avg": shift}
+
+    runs = [run("sft", 0, 1.0, 0.03, -0.05), run("sft", 1, 1.0, 0.01, -0.03),
+            run("opsd-fkl-t06-along", 0, 0.99, 0.01, -0.01), run("opsd-fkl-t06-along", 1, 0.97, 0.0, -0.01),
+            run("sft-lora16", 0, 0.9, 0.0, 0.0), run("opsd-fkl-t06-along", 0, 1.0, 0.0, 0.0, lr=1e-4)]
+    verdicts = {v["variant"]: v for v in summarise(runs)["versus_sft"]}
+    assert set(verdicts) == {"opsd-fkl-t06-along", "sft-lora16"}  # the 1e-4 cell has no SFT to compare with
+    opsd = verdicts["opsd-fkl-t06-along"]
+    assert opsd["equal_accuracy"] and opsd["sft_forgets"] and opsd["forgets_less"] and opsd["shifts_less"]
+    assert opsd["drop"] == pytest.approx(0.005) and opsd["sft_drop"] == pytest.approx(0.02)
+    assert opsd["seeds"] == 2 == opsd["sft_seeds"]
+    assert not verdicts["sft-lora16"]["equal_accuracy"]  # it learnt less: no verdict on forgetting holds
