@@ -78,18 +78,25 @@ def cmd_learn(args: argparse.Namespace) -> int:
     if cfg.sft_targets == "teacher" and args.backend != "torch":
         raise ReverieError("--sft-targets teacher learns on --backend torch only")
     benchmark_items = check.positive(args.benchmark_items, "--benchmark-items")
+    from evals.data import BENCHMARKS as KNOWN_BENCHMARKS
+
+    benchmarks = (check.listed(args.benchmarks, "--benchmarks", check.known("benchmark", KNOWN_BENCHMARKS))
+                  if args.benchmarks else None)
+    if benchmarks and world != "chat":
+        raise ReverieError("--benchmarks is the chat world's (the tiny world measures its own skills)")
     if args.sweep:
-        return _sweep(args, model, cfg, world, benchmark_items)
+        return _sweep(args, model, cfg, world, benchmark_items, benchmarks)
     checkpoints = Path(args.checkpoints) if args.checkpoints else None
     if checkpoints is not None and checkpoints.exists() and not checkpoints.is_dir():
         raise ReverieError(f"--checkpoints {str(checkpoints)!r} exists and is not a directory")
     report = run(model, cfg, args.skill, progress=not args.quiet, teacher_cfg=teacher, checkpoints=checkpoints,
-                 backend=args.backend, scorers=scorers, world=world, benchmark_items=benchmark_items)
+                 backend=args.backend, scorers=scorers, world=world, benchmark_items=benchmark_items,
+                 **({"benchmarks": benchmarks} if benchmarks else {}))
     print(json.dumps(report) if args.json else format_learn(report))
     return 0
 
 
-def _sweep(args: argparse.Namespace, model: Path, cfg, world: str, benchmark_items: int) -> int:
+def _sweep(args: argparse.Namespace, model: Path, cfg, world: str, benchmark_items: int, benchmarks) -> int:
     from bench.experiments import LEARNABLE
     from bench.sweep import ALL_VARIANTS, sweep
 
@@ -99,7 +106,7 @@ def _sweep(args: argparse.Namespace, model: Path, cfg, world: str, benchmark_ite
                     skills=listed(args.skills, "--skills", check.known("skill", LEARNABLE)),
                     lrs=listed(args.lrs, "--lrs", lambda t: check.LEARNING_RATE.parse(t, "--lrs")),
                     seeds=listed(args.seeds, "--seeds", parse_seed), steps=cfg.steps, batch_size=cfg.batch_size,
-                    world=world, benchmark_items=benchmark_items,
+                    world=world, benchmark_items=benchmark_items, benchmarks=benchmarks,
                     progress=(lambda line: None) if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True)))
     if args.json:
         print(json.dumps(summary))
@@ -358,6 +365,9 @@ def register_learn(subparsers) -> None:
                     "simulators/chatworld/experiment.py); default: the model's own")
     ln.add_argument("--benchmark-items", default="100", help="chat world: items of each retention benchmark "
                     "(default %(default)s)")
+    ln.add_argument("--benchmarks", default=None,
+                    help="chat world: comma-separated retention benchmarks (of reverie eval's: arc_easy, "
+                         "arc_challenge, hellaswag, piqa, boolq, mmlu; default: the gate's four)")
     ln.add_argument("--json", action="store_true", help="print one JSON object")
     ln.add_argument("--quiet", action="store_true", help="no progress bar")
     sw = ln.add_argument_group("sweep", "--sweep runs the forgetting grid without replay: every variant, skill, "

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -33,11 +34,12 @@ BACKENDS = ("torch", "ray")
 WORLDS = ("tiny", "chat")  # the worlds whose experiment ``run`` composes
 
 
-def experiment(world: str, student, encoder, skill: str, benchmark_items: int = CHAT_BENCHMARK_ITEMS):
+def experiment(world: str, student, encoder, skill: str, benchmark_items: int = CHAT_BENCHMARK_ITEMS,
+               benchmarks: Sequence[str] | None = None):
     """``(lessons(skill, batch_size, seed, retain), measure(model, encoder, skill, base=None),
     compare(before, after))`` of ``world``'s experiment: the tiny world's (``simulators/tinyworld/experiment.py``;
     it compares nothing more than its measures) or the chat world's, built from the student
-    (``simulators/chatworld/experiment.py``)."""
+    (``simulators/chatworld/experiment.py``) on ``benchmarks`` (names; by default the gate's)."""
     if world == "tiny":
         if skill not in LEARNABLE:
             raise ValueError(f"unknown skill {skill!r} for the tiny world; skills are: {', '.join(LEARNABLE)}")
@@ -45,7 +47,7 @@ def experiment(world: str, student, encoder, skill: str, benchmark_items: int = 
     if world == "chat":
         from simulators.chatworld.experiment import ChatExperiment
 
-        built = ChatExperiment.build(student.eval(), encoder, [skill], benchmark_items)
+        built = ChatExperiment.build(student.eval(), encoder, [skill], benchmark_items, benchmark_names=benchmarks)
         return built.lessons, built.measure, built.compare
     raise ValueError(f"no learning experiment for the {world!r} world; worlds are: {', '.join(WORLDS)}")
 
@@ -53,7 +55,8 @@ def experiment(world: str, student, encoder, skill: str, benchmark_items: int = 
 def run(model_dir: Path, cfg: LearnConfig, skill: str, progress: bool = True,
         teacher_cfg: TeacherConfig | None = None, checkpoints: Path | None = None,
         backend: str = "torch", scorers: int = 1, world: str = "tiny",
-        benchmark_items: int = CHAT_BENCHMARK_ITEMS, base_measure: Path | None = None) -> dict:
+        benchmark_items: int = CHAT_BENCHMARK_ITEMS, base_measure: Path | None = None,
+        benchmarks: Sequence[str] | None = None) -> dict:
     """Learn ``skill`` from the base model at ``model_dir`` and measure.
 
     ``torch``: everything in this process (student samples by HF generate,
@@ -61,7 +64,7 @@ def run(model_dir: Path, cfg: LearnConfig, skill: str, progress: bool = True,
     through its vLLM engine and gets top-k teacher scores from ``scorers``
     teacher-scorer actors (0: a full-vocabulary torch teacher inside the learner).  ``base_measure``: a JSON
     file that holds the base model's measure (read when it exists, else written): the runs of a sweep measure
-    the same base once."""
+    the same base once.  ``benchmarks``: the chat world's retention benchmarks by name (default: the gate's)."""
     from transformers import AutoModelForCausalLM
 
     if backend not in BACKENDS:
@@ -75,7 +78,7 @@ def run(model_dir: Path, cfg: LearnConfig, skill: str, progress: bool = True,
     encoder = chat_encoder(tokenizer)
     device = "cuda" if torch.cuda.is_available() else "cpu"  # the learner's GPU path where there is one
     student = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device)
-    lessons_of, measure_of, compare = experiment(world, student, encoder, skill, benchmark_items)
+    lessons_of, measure_of, compare = experiment(world, student, encoder, skill, benchmark_items, benchmarks)
     if base_measure is not None and base_measure.exists():
         before = json.loads(base_measure.read_text())
     else:

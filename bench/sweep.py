@@ -71,9 +71,10 @@ def run_name(variant: str, skill: str, lr: float, seed: int) -> str:
 def sweep(model_dir: Path, out: Path, *, variants: Sequence[str] = DEFAULT_VARIANTS, skills: Sequence[str] = SKILLS,
           lrs: Sequence[float] = LEARNING_RATES, seeds: Sequence[int] = SEEDS, steps: int = 300,
           batch_size: int = 32, progress: Callable[[str], None] = print, run=None, world: str = "tiny",
-          benchmark_items: int = 100, trl=None) -> dict:
+          benchmark_items: int = 100, trl=None, benchmarks: Sequence[str] | None = None) -> dict:
     """Run every (variant, skill, lr, seed) not already in ``out``; return and write the summary.  ``world``:
-    whose experiment (``bench.experiments.experiment``; the chat world's with ``benchmark_items`` per benchmark).
+    whose experiment (``bench.experiments.experiment``; the chat world's with ``benchmark_items`` of each of
+    ``benchmarks``, by default the gate's).
     ``run`` and ``trl`` run one of reverie's variants and one of TRL's (by default ``bench.experiments.run``, and
     ``bench.trl_sdft.run_one`` in a fresh process)."""
     from bench.experiments import run as learn_run
@@ -94,9 +95,10 @@ def sweep(model_dir: Path, out: Path, *, variants: Sequence[str] = DEFAULT_VARIA
         path = out / f"{run_name(variant, skill, lr, seed)}.json"
         if path.exists():
             continue
-        where = {} if world == "tiny" else {  # the base measured once per skill and benchmark size
+        where = {} if world == "tiny" else {  # the base measured once per skill and benchmark set and size
             "world": world, "benchmark_items": benchmark_items,
-            "base_measure": out / f"base-{skill}-{benchmark_items}-items.json"}
+            "base_measure": out / f"base-{skill}-{benchmark_items}-items{_named(benchmarks)}.json",
+            **({"benchmarks": tuple(benchmarks)} if benchmarks else {})}
         if variant in TRL_VARIANTS:
             report = {"variant": variant, **trl(variant, skill, lr, seed, steps, batch_size, model_dir, **where)}
         else:
@@ -126,6 +128,13 @@ def write_summary(out: Path) -> dict:
     summary = write_result({**summarise(runs), "defaults": defaults_variant()}, out / "summary.json")
     plot(runs, out / "forgetting.png")
     return summary
+
+
+def _named(benchmarks: Sequence[str] | None) -> str:
+    """How a base measure's file names a benchmark set other than the gate's."""
+    from simulators.chatworld.plugin import BENCHMARKS
+
+    return "" if not benchmarks or tuple(benchmarks) == tuple(BENCHMARKS) else "-" + "-".join(benchmarks)
 
 
 def _trl_run(variant: str, skill: str, lr: float, seed: int, steps: int, batch_size: int, model_dir: Path,

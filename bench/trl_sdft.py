@@ -119,7 +119,8 @@ def _peak_rss_bytes() -> int:
 
 
 def run_one(method: str, skill: str, lr: float, seed: int, steps: int, batch_size: int, model_dir: str,
-            world: str = "tiny", benchmark_items: int = 100, base_measure: str | None = None) -> dict:
+            world: str = "tiny", benchmark_items: int = 100, base_measure: str | None = None,
+            benchmarks: Sequence[str] | None = None) -> dict:
     """One run in this (fresh) process: learn ``skill`` of ``world``'s experiment (``bench.experiments``) by
     ``method``, measure, report.  ``base_measure``: a file holding the base's measure (read when there, else
     written), as the sweep's runs share it."""
@@ -133,7 +134,7 @@ def run_one(method: str, skill: str, lr: float, seed: int, steps: int, batch_siz
                   **(settings if framework == "reverie" else {"method": "opsd"}))
     where = {"world": world} if world == "tiny" else {
         "world": world, "benchmark_items": benchmark_items,
-        "base_measure": Path(base_measure) if base_measure else None}
+        "base_measure": Path(base_measure) if base_measure else None, "benchmarks": benchmarks}
     if framework == "reverie":
         from bench.experiments import run
 
@@ -154,7 +155,7 @@ _MEASURED = ("world", "benchmark_items", "new_skill_acc_before", "new_skill_acc"
 
 
 def _run_trl(settings: dict, cfg, skill: str, model_dir: Path, world: str = "tiny", benchmark_items: int = 100,
-             base_measure: Path | None = None) -> tuple[dict, float]:
+             base_measure: Path | None = None, benchmarks: Sequence[str] | None = None) -> tuple[dict, float]:
     import tempfile
 
     import torch
@@ -171,7 +172,7 @@ def _run_trl(settings: dict, cfg, skill: str, model_dir: Path, world: str = "tin
     tokenizer = load_tokenizer(model_dir)
     encoder = chat_encoder(tokenizer)
     before_model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    lessons, measure, compare = experiment(world, before_model, encoder, skill, benchmark_items)
+    lessons, measure, compare = experiment(world, before_model, encoder, skill, benchmark_items, benchmarks)
     if base_measure is not None and base_measure.exists():
         before = json.loads(base_measure.read_text())
     else:

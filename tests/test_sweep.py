@@ -48,6 +48,9 @@ def test_the_summary_gives_mean_and_spread_over_seeds():
     (["--skills", "tools"], "unknown skill 'tools'"),
     (["--lrs", "3e-4,fast"], "--lrs must be a number"),
     (["--seeds", ","], "--seeds must list at least one value"),
+    (["--world", "chat", "--benchmarks", "piqa,gpqa"],
+     "unknown benchmark 'gpqa'"),
+    (["--benchmarks", "piqa"], "--benchmarks is the chat world's"),
 ])
 def test_a_bad_sweep_argument_is_one_line_and_exit_2(flags, says, tmp_path, refused):
     refused(["learn", "--sweep", "--out", str(tmp_path / "o"), *flags], says)
@@ -108,6 +111,11 @@ def test_a_chat_world_sweep_runs_in_that_world_and_measures_each_skills_base_onc
     assert [k["base_measure"].name for _, _, k in calls] == ["base-facts-100-items.json"] * 2 + [
         "base-rule-100-items.json"] * 2
     assert not (tmp_path / "signal.json").exists() and (tmp_path / "summary.json").exists()
+    calls.clear()  # another benchmark set is another base measure
+    sweep("smollm2", tmp_path, variants=("sft",), skills=("rule",), lrs=(3e-5,), seeds=(1,), steps=2, batch_size=4,
+          progress=lambda line: None, run=fake_run, world="chat", benchmark_items=100, benchmarks=("piqa", "boolq"))
+    assert calls[0][2]["base_measure"].name == "base-rule-100-items-piqa-boolq.json"
+    assert calls[0][2]["benchmarks"] == ("piqa", "boolq")
 
 
 def test_a_runs_base_measure_is_read_from_its_file_when_there_and_written_when_not(shipped_model, tmp_path,

@@ -87,10 +87,11 @@ class ChatExperiment:
     @classmethod
     def build(cls, model, encoder, skills: Sequence[str] = LEARNABLE, benchmark_items: int = BENCHMARK_ITEMS,
               pools=None, benchmarks: Sequence[tuple[str, list]] | None = None,
-              progress=lambda line: None) -> "ChatExperiment":
+              progress=lambda line: None, benchmark_names: Sequence[str] | None = None) -> "ChatExperiment":
         """The experiment of ``skills`` for ``model`` (a torch chat model and its encoder: the rule's
         demonstrations and references are its greedy replies); ``pools`` (``prompts.load_pools()``) and
-        ``benchmarks`` (``(name, items)`` pairs: ``benchmark_items`` of each of the world's) when not given."""
+        ``benchmarks`` (``(name, items)`` pairs: ``benchmark_items`` of each of ``benchmark_names``, by default
+        the world's, the gate's) when not given."""
         from evals.data import load
         from evals.score import requests
         from simulators.chatworld.measure import _demonstrated_context, fact_lessons
@@ -127,7 +128,8 @@ class ChatExperiment:
             families["rule"] = Family(tuple(lessons), tuple(heldout), replay_context=context)
         general = [_user(p) for p in pools.unseen[-KL_PROMPTS:]]
         if benchmarks is None:
-            benchmarks = [(name, load(name, benchmark_items, progress=progress)) for name in BENCHMARKS]
+            benchmarks = [(name, load(name, benchmark_items, progress=progress))
+                          for name in (benchmark_names or BENCHMARKS)]
         scored = [(name, list(items), requests(encoder.tok, items)) for name, items in benchmarks]
         return cls(families, [_user(p) for p in taught], general, scored)
 
