@@ -127,7 +127,7 @@ def run(model_dir: Path, cfg: LearnConfig, skill: str, progress: bool = True,
         **paired,
         "versions": stats["versions"],
         "seconds": stats["seconds"],
-        "seconds_per_step": stats["seconds"] / max(cfg.steps, 1),
+        "seconds_per_step": stats["seconds"] / max(cfg.steps - stats.get("resumed_at", 0), 1),  # this call's
         "tokens_per_second": stats["tokens_per_second"],
         **({"trainable_parameters": stats["trainable_parameters"]} if "trainable_parameters" in stats else {}),
         "peak_rss_bytes": memory.peak,

@@ -183,11 +183,12 @@ class ChatExperiment:
         (below 0: the model believes the right answers less) and the mean KL(before || after) of the
         distributions (how far the answers moved either way), with their averages over the benchmarks.  Empty
         when either measure lacks the log-likelihoods."""
-        if BENCHMARK_LLS not in before or BENCHMARK_LLS not in after:
+        if BENCHMARK_LLS not in before or BENCHMARK_LLS not in after or not self.benchmarks:
             return {}
         shift, kl = {}, {}
         for name, items, _ in self.benchmarks:
-            p, q = _choice_logprobs(items, before[BENCHMARK_LLS][name]), _choice_logprobs(items, after[BENCHMARK_LLS][name])
+            p = _choice_logprobs(items, before[BENCHMARK_LLS][name])
+            q = _choice_logprobs(items, after[BENCHMARK_LLS][name])
             shift[name] = sum(b[i.gold] - a[i.gold] for a, b, i in zip(p, q, items)) / len(items)
             kl[name] = sum(sum(math.exp(x) * (x - y) for x, y in zip(a, b)) for a, b in zip(p, q)) / len(items)
         return {"retention_gold_logprob_shift": shift, "retention_choice_kl": kl,
