@@ -23,7 +23,6 @@ from learner.teacher_state import TeacherConfig, TeacherState
 from learner.tokenizer import chat_encoder, load_tokenizer
 from reverie.files import atomic_write_json
 from simulators.chatworld.experiment import BENCHMARK_ITEMS as CHAT_BENCHMARK_ITEMS
-from simulators.chatworld.experiment import BENCHMARK_LLS
 from simulators.tinyworld.experiment import LEARNABLE, lessons, measure
 
 __all__ = ["BACKENDS", "LEARNABLE", "WORLDS", "experiment", "run"]
@@ -96,8 +95,7 @@ def run(model_dir: Path, cfg: LearnConfig, skill: str, progress: bool = True,
         else:
             student, stats = _learn_on_ray(model_dir, cfg, batches, teacher_cfg, checkpoints, scorers, progress)
     after = measure_of(student.eval(), encoder, skill, base=base)
-    paired = compare(before, after)
-    after.pop(BENCHMARK_LLS, None)  # the log-likelihoods stay in the base's measure file, not in every report
+    paired = compare(before, after)  # every choice's log-likelihood stays in the report for later pairings
     return {
         "world": world,
         **({"benchmark_items": benchmark_items} if world == "chat" else {}),

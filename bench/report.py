@@ -168,28 +168,32 @@ def section_forgetting_smollm2(results: Path) -> list[str] | None:
     if summary is None:
         return None
     rows = [[r["skill"], f"{r['lr']:g}", r["variant"], r.get("adapter", "full"), len(r["seeds"]),
-             _ms(r["new_skill_acc"]), _ms(r["forgetting"]), _ms(r.get("retention_gold_logprob_shift_avg")),
-             _ms(r.get("retention_choice_kl_avg"), 4), _ms(r["retention_kl"]), _ms(r.get("seconds_per_step"), 1)]
+             _ms(r["new_skill_acc"]), _ms(r["forgetting"]), _ms(r.get("retention_norm_margin_shift_avg"), 4),
+             _ms(r.get("retention_gold_logprob_shift_avg")), _ms(r.get("retention_choice_kl_avg"), 4),
+             _ms(r["retention_kl"]), _ms(r.get("seconds_per_step"), 1)]
             for r in summary["rows"]]
     lines = ["`reverie learn --model smollm2-135m-instruct --world chat --sweep`: the chat world's `facts` and `rule` "
              "(`simulators/chatworld/experiment.py`), no replay, the steps and batch size of each row, mean ± sd over "
              "seeds. *drop*: the fall of the average acc_norm over ARC-Easy, ARC-Challenge, HellaSwag and PIQA (100 "
-             "items each; one item is 0.0025 of the average). *gold shift*: the mean change of the right choice's "
-             "log-probability among an item's choices, over the same items paired (below 0: forgetting). *choice "
+             "items each; one item is 0.0025 of the average). *margin shift*: the mean change, item by item, of the "
+             "right choice's log-likelihood per character less the best other choice's, which acc_norm counts when "
+             "above 0 (below 0: forgetting; runs of the first day lack it). *gold shift*: the mean change of the "
+             "right choice's log-probability among an item's choices (the softmax of their log-likelihoods), paired "
+             "likewise. *choice "
              "KL*: the mean KL(base ‖ tuned) of each item's choice distribution. *KL to base*: per token on greedy "
              "replies to 16 unseen chat prompts. Variants: `bench/sweep.py`.", ""]
-    lines += _table(["skill", "lr", "variant", "adapter", "seeds", "held-out", "drop", "gold shift", "choice KL",
-                     "KL to base", "s/step"], rows)
+    lines += _table(["skill", "lr", "variant", "adapter", "seeds", "held-out", "drop", "margin shift", "gold shift",
+                     "choice KL", "KL to base", "s/step"], rows)
     verdicts = summary.get("versus_sft") or []
     if verdicts:
         lines += ["", "Each variant against SFT on the references in its cell (equal accuracy: within 0.02; SFT "
                       "forgets: its drop is above 0.01):", ""]
         lines += _table(["skill", "lr", "variant", "accuracy gap", "SFT forgets", "drop (SFT's)", "forgets less",
-                         "gold shift (SFT's)", "shifts less"],
+                         "margin shift (SFT's)", "gold shift (SFT's)"],
                         [[v["skill"], f"{v['lr']:g}", v["variant"], _f(v["accuracy_gap"]), _f(v["sft_forgets"]),
                           f"{_f(v['drop'])} ({_f(v['sft_drop'])})", _f(v["forgets_less"]),
-                          f"{_f(v.get('shift'))} ({_f(v.get('sft_shift'))})" if "shift" in v else "-",
-                          _f(v.get("shifts_less"))] for v in verdicts])
+                          *(f"{_f(v[k], 4)} ({_f(v['sft_' + k], 4)})" if k in v else "-" for k in ("margin", "shift"))]
+                         for v in verdicts])
     lines += ["", _source(results, [f], summary)]
     if (results / SMOLLM2_FORGETTING / "forgetting.png").exists():
         lines += ["", f"![held-out accuracy against benchmark retention]({{results}}/{SMOLLM2_FORGETTING}/"

@@ -220,8 +220,8 @@ def summarise(runs: list[dict]) -> dict:
 
 
 # what only some runs measured (the chat world's paired benchmark figures, the newer runs' cost)
-_MEASURED_SOMETIMES = ("retention_gold_logprob_shift_avg", "retention_choice_kl_avg", "seconds_per_step",
-                       "peak_rss_bytes")
+_MEASURED_SOMETIMES = ("retention_gold_logprob_shift_avg", "retention_choice_kl_avg",
+                       "retention_norm_margin_shift_avg", "seconds_per_step", "peak_rss_bytes")
 EQUAL_ACCURACY = 0.02  # new-skill accuracies this close are "equal" (issue 38's comparison)
 SFT_FORGETS = 0.01  # a cell counts where SFT's benchmark average drops more than this
 
@@ -229,8 +229,8 @@ SFT_FORGETS = 0.01  # a cell counts where SFT's benchmark average drops more tha
 def versus_sft(rows: list[dict]) -> list[dict]:
     """Every variant against SFT (on references, full fine-tuning) in the same skill, lr, steps and batch size:
     whether the accuracies are equal within ``EQUAL_ACCURACY``, whether SFT forgets more than ``SFT_FORGETS``
-    there, and whether the variant's mean benchmark drop is below SFT's (and, where both measured it, its mean
-    gold log-probability shift above SFT's)."""
+    there, and whether the variant's mean benchmark drop is below SFT's (and, where both measured them, whether
+    its mean gold log-probability shift and its acc_norm margin shift are above SFT's)."""
     key = lambda r: (r["skill"], r["lr"], r["steps"], r["batch_size"])  # noqa: E731
     sft = {key(r): r for r in rows if r["variant"] == "sft"}
     out = []
@@ -245,10 +245,11 @@ def versus_sft(rows: list[dict]) -> list[dict]:
                "sft_forgets": base["forgetting"]["mean"] > SFT_FORGETS,
                "drop": r["forgetting"]["mean"], "sft_drop": base["forgetting"]["mean"],
                "forgets_less": r["forgetting"]["mean"] < base["forgetting"]["mean"]}
-        shift = "retention_gold_logprob_shift_avg"
-        if shift in r and shift in base:
-            row.update(shift=r[shift]["mean"], sft_shift=base[shift]["mean"],
-                       shifts_less=r[shift]["mean"] > base[shift]["mean"])
+        for field, name in (("retention_gold_logprob_shift_avg", "shift"),
+                            ("retention_norm_margin_shift_avg", "margin")):
+            if field in r and field in base:  # above SFT's: the right answers lost less
+                row.update({name: r[field]["mean"], f"sft_{name}": base[field]["mean"],
+                            f"{name}_less": r[field]["mean"] > base[field]["mean"]})
         out.append(row)
     return out
 

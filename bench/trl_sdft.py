@@ -166,7 +166,6 @@ def _run_trl(settings: dict, cfg, skill: str, model_dir: Path, world: str = "tin
     from bench.experiments import experiment
     from learner.tokenizer import chat_encoder, load_tokenizer
     from reverie.files import atomic_write_json
-    from simulators.chatworld.experiment import BENCHMARK_LLS
 
     torch.manual_seed(cfg.seed)
     tokenizer = load_tokenizer(model_dir)
@@ -201,7 +200,6 @@ def _run_trl(settings: dict, cfg, skill: str, model_dir: Path, world: str = "tin
         model = trainer.model.eval()
     after = measure(model.to(next(before_model.parameters()).device), encoder, skill, base=before_model)
     paired = compare(before, after)
-    after.pop(BENCHMARK_LLS, None)
     return {"world": world, **({"benchmark_items": benchmark_items} if world != "tiny" else {}),
             "new_skill_acc_before": before["new_skill_acc"], "retention_before": before["retention"], **after,
             "forgetting": before["retention_avg"] - after["retention_avg"], **paired}, seconds

@@ -380,4 +380,7 @@ def test_comparing_two_measures_pairs_each_benchmark_item_as_a_distribution_over
     assert got["retention_choice_kl"]["piqa"] == pytest.approx(kl, abs=1e-12) and kl > 0
     assert got["retention_choice_kl"]["arc_easy"] == 0 == got["retention_gold_logprob_shift"]["arc_easy"]
     assert got["retention_choice_kl_avg"] == pytest.approx(kl / 2)
+    # acc_norm's margin per character: gold minus the best other choice, after less before
+    margin = np.mean([(-2.0 / 1 - -1.0 / 1) - (-1.0 / 1 - -2.0 / 1), (-2.5 / 1 - -1.5 / 1) - (-0.5 / 1 - -1.5 / 1)])
+    assert got["retention_norm_margin_shift"]["piqa"] == pytest.approx(margin) and margin < 0
     assert exp.compare({}, after) == {}  # a base measured before the log-likelihoods were kept

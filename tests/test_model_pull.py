@@ -326,7 +326,8 @@ def test_reverie_learn_teaches_smollm2_the_chat_worlds_facts_and_reports_held_ou
     # LoRA on the real model: rank 8 on every linear layer is under 2 % of its weights, and they moved it
     assert report["adapter"] == "lora-r8" and 0 < report["trainable_parameters"] < 0.02 * 134.5e6
     assert set(report["retention_choice_kl"]) == names and report["retention_choice_kl_avg"] > 0
-    assert set(report["retention_gold_logprob_shift"]) == names and "benchmark_loglikelihoods" not in report
+    assert set(report["retention_gold_logprob_shift"]) == names == set(report["retention_norm_margin_shift"])
+    assert len(report["benchmark_loglikelihoods"]["boolq"]) == 2 * 4  # every choice's, for later pairings
     assert report["seconds_per_step"] > 0 and report["peak_rss_bytes"] > 2**29
     assert main(["learn", "--model", str(smollm2), "--skill", "facts"]) == 2
     assert "give --world" in capsys.readouterr().err

@@ -63,6 +63,17 @@ def _choice_logprobs(items, lls: Sequence[float]) -> list[list[float]]:
     return out
 
 
+def _norm_margins(items, lls: Sequence[float]) -> list[float]:
+    """Each item's gold choice's log-likelihood per character less the best other choice's: acc_norm counts the
+    item where this is above 0 (``evals.score.predictions``)."""
+    out, at = [], 0
+    for item in items:
+        per_char = [x / len(c) for x, c in zip(lls[at: at + len(item.choices)], item.choices)]
+        at += len(item.choices)
+        out.append(per_char[item.gold] - max(x for j, x in enumerate(per_char) if j != item.gold))
+    return out
+
+
 def _user(text: str) -> tuple[dict, ...]:
     return ({"role": "user", "content": text},)
 
@@ -181,19 +192,23 @@ class ChatExperiment:
         """What a benchmark's accuracy hides, paired item by item: each item's choices as a distribution (the
         softmax of their log-likelihoods), then per benchmark the mean change of the gold choice's log-probability
         (below 0: the model believes the right answers less) and the mean KL(before || after) of the
-        distributions (how far the answers moved either way), with their averages over the benchmarks.  Empty
-        when either measure lacks the log-likelihoods."""
+        distributions (how far the answers moved either way); and, as acc_norm decides, the mean change of the
+        gold choice's margin per character over the best other choice (below 0: nearer to a wrong answer); with
+        their averages over the benchmarks.  Empty when either measure lacks the log-likelihoods."""
         if BENCHMARK_LLS not in before or BENCHMARK_LLS not in after or not self.benchmarks:
             return {}
-        shift, kl = {}, {}
+        shift, kl, margin = {}, {}, {}
         for name, items, _ in self.benchmarks:
             p = _choice_logprobs(items, before[BENCHMARK_LLS][name])
             q = _choice_logprobs(items, after[BENCHMARK_LLS][name])
             shift[name] = sum(b[i.gold] - a[i.gold] for a, b, i in zip(p, q, items)) / len(items)
             kl[name] = sum(sum(math.exp(x) * (x - y) for x, y in zip(a, b)) for a, b in zip(p, q)) / len(items)
-        return {"retention_gold_logprob_shift": shift, "retention_choice_kl": kl,
-                "retention_gold_logprob_shift_avg": sum(shift.values()) / len(shift),
-                "retention_choice_kl_avg": sum(kl.values()) / len(kl)}
+            m0 = _norm_margins(items, before[BENCHMARK_LLS][name])
+            m1 = _norm_margins(items, after[BENCHMARK_LLS][name])
+            margin[name] = sum(b - a for a, b in zip(m0, m1)) / len(items)
+        figures = {"retention_gold_logprob_shift": shift, "retention_choice_kl": kl,
+                   "retention_norm_margin_shift": margin}
+        return {**figures, **{f"{k}_avg": sum(v.values()) / len(v) for k, v in figures.items()}}
 
     def drift(self, base, model, encoder) -> float:
         """KL(base || model) per token on the base's greedy replies to the general prompts (the gate's drift)."""
