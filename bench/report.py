@@ -155,11 +155,13 @@ def section_forgetting(results: Path) -> list[str] | None:
 SMOLLM2_FORGETTING = "forgetting-smollm2-paired"  # the chat world's grid on SmolLM2, paired benchmark figures
 
 
-def _ms(cell: dict | None, digits: int = 3) -> str:
-    """A summary cell as mean ± sd (the mean alone from one seed); - where the runs did not measure it."""
+def _ms(cell: dict | None, digits: int = 3, runs: int | None = None) -> str:
+    """A summary cell as mean ± sd (the mean alone from one seed), with how many runs measured it where fewer
+    than ``runs`` did; - where none did."""
     if cell is None:
         return "-"
-    return _f(cell["mean"], digits) + (f" ± {_f(cell['sd'], digits)}" if cell["n"] > 1 else "")
+    return (_f(cell["mean"], digits) + (f" ± {_f(cell['sd'], digits)}" if cell["n"] > 1 else "")
+            + (f" (n={cell['n']})" if runs is not None and cell["n"] < runs else ""))
 
 
 def section_forgetting_smollm2(results: Path) -> list[str] | None:
@@ -168,9 +170,11 @@ def section_forgetting_smollm2(results: Path) -> list[str] | None:
     if summary is None:
         return None
     rows = [[r["skill"], f"{r['lr']:g}", r["variant"], r.get("adapter", "full"), len(r["seeds"]),
-             _ms(r["new_skill_acc"]), _ms(r["forgetting"]), _ms(r.get("retention_norm_margin_shift_avg"), 4),
-             _ms(r.get("retention_gold_logprob_shift_avg")), _ms(r.get("retention_choice_kl_avg"), 4),
-             _ms(r["retention_kl"]), _ms(r.get("seconds_per_step"), 1)]
+             _ms(r["new_skill_acc"]), _ms(r["forgetting"]),
+             *(_ms(r.get(k), d, len(r["seeds"])) for k, d in (("retention_norm_margin_shift_avg", 4),
+                                                              ("retention_gold_logprob_shift_avg", 3),
+                                                              ("retention_choice_kl_avg", 4))),
+             _ms(r["retention_kl"]), _ms(r.get("seconds_per_step"), 1, len(r["seeds"]))]
             for r in summary["rows"]]
     lines = ["`reverie learn --model smollm2-135m-instruct --world chat --sweep`: the chat world's `facts` and `rule` "
              "(`simulators/chatworld/experiment.py`), no replay, the steps and batch size of each row, mean ± sd over "

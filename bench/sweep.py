@@ -215,7 +215,8 @@ def summarise(runs: list[dict]) -> dict:
                      "adapter": rs[0].get("adapter", "full"), "seeds": sorted(r["seed"] for r in rs),
                      **{k: _mean_sd([r[k] for r in rs])
                         for k in ("new_skill_acc", "retention_avg", "forgetting", "retention_kl", "seconds")},
-                     **{k: _mean_sd([r[k] for r in rs]) for k in _MEASURED_SOMETIMES if all(k in r for r in rs)}})
+                     **{k: _mean_sd([r[k] for r in rs if k in r]) for k in _MEASURED_SOMETIMES
+                        if any(k in r for r in rs)}})  # over the runs that measured it (its n says how many)
     return {"runs": len(runs), "rows": rows, "versus_sft": versus_sft(rows)}
 
 

@@ -179,6 +179,9 @@ def test_each_variant_is_judged_against_sft_in_its_own_cell_at_equal_accuracy():
     opsd = verdicts["opsd-fkl-t06-along"]
     assert opsd["equal_accuracy"] and opsd["sft_forgets"] and opsd["forgets_less"] and opsd["shift_less"]
     assert "margin" not in opsd  # the runs did not measure it
+    with_margin = summarise([*runs, {**run("sft", 2, 1.0, 0.02, -0.04), "retention_norm_margin_shift_avg": -0.01}])
+    sft_row = next(r for r in with_margin["rows"] if r["variant"] == "sft")
+    assert sft_row["retention_norm_margin_shift_avg"] == {"mean": -0.01, "sd": 0.0, "n": 1}  # only the run with it
     assert opsd["drop"] == pytest.approx(0.005) and opsd["sft_drop"] == pytest.approx(0.02)
     assert opsd["seeds"] == 2 == opsd["sft_seeds"]
     assert not verdicts["sft-lora16"]["equal_accuracy"]  # it learnt less: no verdict on forgetting holds
