@@ -181,7 +181,7 @@ def section_forgetting_smollm2(results: Path) -> list[str] | None:
              "seeds. *drop*: the fall of the average acc_norm over ARC-Easy, ARC-Challenge, HellaSwag and PIQA (100 "
              "items each; one item is 0.0025 of the average). *margin shift*: the mean change, item by item, of the "
              "right choice's log-likelihood per character less the best other choice's, which acc_norm counts when "
-             "above 0 (below 0: forgetting; runs of the first day lack it). *gold shift*: the mean change of the "
+             "above 0 (below 0: forgetting; the first runs lack it: n counts those with it). *gold shift*: the mean change of the "
              "right choice's log-probability among an item's choices (the softmax of their log-likelihoods), paired "
              "likewise. *choice "
              "KL*: the mean KL(base ‖ tuned) of each item's choice distribution. *KL to base*: per token on greedy "

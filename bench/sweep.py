@@ -282,7 +282,11 @@ def plot(runs: list[dict], path: Path) -> None:
         ax.margins(x=0.15)
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("new-skill accuracy (held-out)")
-    axes[0][-1].legend(fontsize=7, loc="lower left")
-    fig.tight_layout()
+    shown = {}  # one legend for every panel's variants, under them
+    for ax in axes[0]:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            shown.setdefault(label, handle)
+    fig.legend(list(shown.values()), list(shown), fontsize=7, loc="lower center", ncol=min(len(shown), 4))
+    fig.tight_layout(rect=(0, 0.06 + 0.03 * ((len(shown) - 1) // 4), 1, 1))
     fig.savefig(path)
     plt.close(fig)
