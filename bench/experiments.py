@@ -51,6 +51,17 @@ def experiment(world: str, student, encoder, skill: str, benchmark_items: int = 
     raise ValueError(f"no learning experiment for the {world!r} world; worlds are: {', '.join(WORLDS)}")
 
 
+def measured_base(path: Path | None, measure) -> dict:
+    """The base model's measure: read from ``path`` when it exists, else ``measure()`` (written to ``path`` when
+    given), so the runs of a sweep, reverie's and TRL's, measure the same base once."""
+    if path is not None and path.exists():
+        return json.loads(path.read_text())
+    before = measure()
+    if path is not None:
+        atomic_write_json(path, before)
+    return before
+
+
 def run(model_dir: Path, cfg: LearnConfig, skill: str, progress: bool = True,
         teacher_cfg: TeacherConfig | None = None, checkpoints: Path | None = None,
         backend: str = "torch", scorers: int = 1, world: str = "tiny",
@@ -78,12 +89,7 @@ def run(model_dir: Path, cfg: LearnConfig, skill: str, progress: bool = True,
     device = "cuda" if torch.cuda.is_available() else "cpu"  # the learner's GPU path where there is one
     student = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device)
     lessons_of, measure_of, compare = experiment(world, student, encoder, skill, benchmark_items, benchmarks)
-    if base_measure is not None and base_measure.exists():
-        before = json.loads(base_measure.read_text())
-    else:
-        before = measure_of(student.eval(), encoder, skill)
-        if base_measure is not None:
-            atomic_write_json(base_measure, before)
+    before = measured_base(base_measure, lambda: measure_of(student.eval(), encoder, skill))
     base = copy.deepcopy(student).requires_grad_(False)
     batches = lessons_of(skill, cfg.batch_size, cfg.seed, cfg.retain)
     taught = cfg.method == "opsd" or cfg.sft_targets == "teacher"  # a teacher state is needed

@@ -35,8 +35,10 @@ What TRL cannot match, and how it was bridged (each checked by :func:`trl_prompt
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sys
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -163,21 +165,15 @@ def _run_trl(settings: dict, cfg, skill: str, model_dir: Path, world: str = "tin
     from transformers import AutoModelForCausalLM
     from trl.experimental.sdft import SDFTConfig, SDFTTrainer
 
-    from bench.experiments import experiment
+    from bench.experiments import experiment, measured_base
     from learner.tokenizer import chat_encoder, load_tokenizer
-    from reverie.files import atomic_write_json
 
     torch.manual_seed(cfg.seed)
     tokenizer = load_tokenizer(model_dir)
     encoder = chat_encoder(tokenizer)
     before_model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     lessons, measure, compare = experiment(world, before_model, encoder, skill, benchmark_items, benchmarks)
-    if base_measure is not None and base_measure.exists():
-        before = json.loads(base_measure.read_text())
-    else:
-        before = measure(before_model, encoder, skill)
-        if base_measure is not None:
-            atomic_write_json(base_measure, before)
+    before = measured_base(base_measure, lambda: measure(before_model, encoder, skill))
     batches = lessons(skill, cfg.batch_size, cfg.seed, cfg.retain)
     rows = [trl_prompts(encoder, lesson) for _ in range(cfg.steps) for lesson in next(batches)]
     gpu = torch.cuda.is_available()
@@ -195,7 +191,8 @@ def _run_trl(settings: dict, cfg, skill: str, model_dir: Path, world: str = "tin
         trainer = SDFTTrainer(model=student, args=args, train_dataset=Dataset.from_list(rows),
                               processing_class=tokenizer)
         start = time.perf_counter()
-        trainer.train()
+        with contextlib.redirect_stdout(sys.stderr):  # its log lines: a --json command's stdout is one object
+            trainer.train()
         seconds = time.perf_counter() - start
         model = trainer.model.eval()
     after = measure(model.to(next(before_model.parameters()).device), encoder, skill, base=before_model)

@@ -19,7 +19,7 @@ def test_trls_prompts_are_the_student_and_teacher_states_token_for_token(skill, 
 
 
 @pytest.mark.skipif(trl_missing() is not None, reason="TRL (the bench extra) is not installed")
-def test_trls_matched_run_learns_the_rule_from_the_teacher_state(shipped_model):
+def test_trls_matched_run_learns_the_rule_from_the_teacher_state(shipped_model, capfd):
     """With TRL's default teacher template (context after the question) this learnt nothing: 0.000 after 20
     steps, retention 0.845; with the teacher state's prompt, 0.695 (reverie's OPSD at temperature 1: 0.75)."""
     from concurrent.futures import ProcessPoolExecutor
@@ -31,3 +31,4 @@ def test_trls_matched_run_learns_the_rule_from_the_teacher_state(shipped_model):
     assert r["framework"] == "trl" and r["steps"] == 20 and r["new_skill_acc_before"] == 0.0
     assert r["new_skill_acc"] >= 0.3, r
     assert r["seconds_per_step"] > 0 and r["peak_rss_bytes"] > 2**28
+    assert capfd.readouterr().out == ""  # TRL's log lines go to stderr: a --json command's stdout stays one object
