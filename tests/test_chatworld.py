@@ -194,6 +194,16 @@ def test_a_correction_keeps_every_rule_its_text_states_and_there_is_none_for_a_t
         comply({"kind": "rhymes"}, "moon")
 
 
+def test_a_correction_keeps_a_word_limit_together_with_the_opening_name_and_closing_it_adds():
+    """The opening, the name and the closing a correction adds count against a word limit stated beside them."""
+    long = "Paris is the capital of France and it has many museums parks cafes and old streets to see on a walk."
+    for text in ["Always start your answer with 'Short answer:'\nKeep your answers under 16 words.",
+                 "Always call me Captain.\nKeep your answers under 10 words.\nAlways end your answer with the line "
+                 "'Hope this helps!'\nBegin every reply with \"Short answer:\""]:
+        fixed = rule_correction(text, long)
+        assert all(passes(spec, fixed) for spec in parse_rules(text)), fixed
+
+
 def test_rules_are_found_among_several_context_lines_in_order_each_once():
     context = "\n".join([render("rule", "Start every reply with 'Short answer:' and end it with \"Bye now\""),
                          render("correction", "No — Project Heron is led by Mara Lindqvist."),

@@ -185,10 +185,11 @@ def _kind(spec: dict) -> RuleKind:
     return kind
 
 
-# The order rewrites are applied in, so that a later one does not break an earlier one: what adds words first,
-# then the openings and closings, then what removes characters or changes case (the opening and closing checks
-# ignore case and punctuation).
-_REWRITE_ORDER = ("address", "max_words", "no_lists", "starts_with", "ends_with", "no_commas", "lowercase",
+# The order rewrites are applied in, so that a later one does not break an earlier one: what adds words at the
+# opening first, then a word limit (which keeps a reply's first words, and leaves room for a closing), then the
+# closing, then what removes characters or changes case (the opening and closing checks ignore case and
+# punctuation).
+_REWRITE_ORDER = ("address", "no_lists", "starts_with", "max_words", "ends_with", "no_commas", "lowercase",
                   "uppercase")
 
 
@@ -203,7 +204,10 @@ def rule_correction(text: str, reply: str) -> str | None:
     specs = parse_rules(text)
     if not specs:
         return None
+    closing = sum(len(s["text"].split()) for s in specs if s["kind"] == "ends_with")  # words the closing adds
     for spec in sorted(specs, key=lambda spec: _REWRITE_ORDER.index(spec["kind"])):
+        if spec["kind"] == "max_words":
+            spec = {**spec, "n": max(spec["n"] - closing, 0)}
         reply = comply(spec, reply)
     return reply
 
