@@ -256,6 +256,41 @@ def cmd_bench_trl(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_sequence(args: argparse.Namespace) -> int:
+    from bench.sequence import METHODS, sequence
+    from evals.data import BENCHMARKS as KNOWN_BENCHMARKS
+    from simulators.chatworld.experiment import KL_PROMPTS
+    from simulators.chatworld.sequence import MAX_STAGES
+
+    options = dict(methods=check.listed(args.methods, "--methods", check.known("method", METHODS)),
+                   stages=check.int_in(args.stages, "--stages", 1, MAX_STAGES),
+                   steps=check.positive(args.steps, "--steps"), batch_size=check.positive(args.batch_size, "--batch-size"),
+                   lr=check.LEARNING_RATE.parse(args.lr, "--lr"), retain=check.fraction(args.retain, "--retain"),
+                   relearn=check.fraction(args.relearn, "--relearn"), seed=parse_seed(args.seed),
+                   benchmark_items=check.positive(args.benchmark_items, "--benchmark-items"),
+                   benchmarks=(check.listed(args.benchmarks, "--benchmarks", check.known("benchmark", KNOWN_BENCHMARKS))
+                               if args.benchmarks else None),
+                   drift_prompts=check.int_in(args.drift_prompts, "--drift-prompts", 1, KL_PROMPTS))
+    out = check.out_folder(args.out)
+    model = check_model_dir(args.model)
+    from reverie.models import default_world
+
+    if default_world(model) == "tiny":
+        raise ReverieError(f"{args.model} is the tiny world's model; the sequence is the chat world's: give an "
+                           "instruct model (--model smollm2-135m-instruct)")
+    summary = sequence(model, out, **options,
+                       progress=(lambda line: None) if args.quiet else
+                       (lambda line: print(f"reverie: {line}", file=sys.stderr, flush=True)))
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        for method, m in summary["methods"].items():
+            print(f"{method:<5} {m['stages_done']} stages: least kept {m['min_kept']}, benchmarks "
+                  f"{m['final_drop']:+.4f} since the base, gate passed {sum(m['gate_passes'])} of {m['stages_done']}")
+        print(f"summary: {out / 'summary.json'}; plot: {out / 'sequence.png'}")
+    return 0
+
+
 def cmd_bench_all(args: argparse.Namespace) -> int:
     from bench.all import benches, run_all
 
@@ -461,6 +496,34 @@ def register(subparsers) -> None:
     t.add_argument("--out", default="bench/results/trl", help="result directory (default %(default)s)")
     t.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     t.set_defaults(func=cmd_bench_trl)
+
+    from bench.sequence import BATCH_SIZE, LR, RELEARN, RETAIN, STEPS
+
+    q = bs.add_parser(
+        "sequence", help="a real instruct model taught the chat world's stages in a row (new facts, new rules, "
+                         "alternating), by OPSD and SFT; every stage's accuracy and the benchmarks after each",
+        description="Each stage is learnt as the loop learns a cycle, from the model the stage before left "
+                    "(bench/sequence.py).  One folder per method in --out, a stage-NN.json per stage and the newest "
+                    "weights (a rerun resumes after them); summary.json and sequence.png.")
+    q.add_argument("--model", default="smollm2-135m-instruct", help="a catalogue name or a local HF directory "
+                   "(default %(default)s)")
+    q.add_argument("--methods", default="opsd,sft", help="comma-separated: opsd, sft (default %(default)s)")
+    q.add_argument("--stages", default="10", help="stages, 1 to 10 (default %(default)s)")
+    q.add_argument("--steps", default=str(STEPS), help="updates per stage (default %(default)s)")
+    q.add_argument("--batch-size", default=str(BATCH_SIZE), help="lessons per update (default %(default)s)")
+    q.add_argument("--lr", default=f"{LR:g}", help="learning rate (default %(default)s)")
+    q.add_argument("--retain", default=f"{RETAIN:g}", help="replay share of each batch (default %(default)s)")
+    q.add_argument("--relearn", default=f"{RELEARN:g}", help="at most this share of a stage's new lessons are "
+                   "earlier stages' (default %(default)s)")
+    q.add_argument("--seed", default="0", help="random seed (default %(default)s)")
+    q.add_argument("--benchmark-items", default="100", help="items of each retention benchmark (default %(default)s)")
+    q.add_argument("--benchmarks", default=None, help="comma-separated retention benchmarks (default: the gate's)")
+    q.add_argument("--drift-prompts", default="16", help="unseen chat prompts the drift from the base is measured "
+                   "on, 1 to 16 (default %(default)s, the gate's)")
+    q.add_argument("--out", default="bench/results/sequence-smollm2", help="result folder (default %(default)s)")
+    q.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    q.add_argument("--quiet", action="store_true", help="no line per stage")
+    q.set_defaults(func=cmd_bench_sequence)
 
     a = bs.add_parser(
         "all", help="every benchmark, one after the other, then the report (docs/benchmarks.md)",

@@ -205,6 +205,47 @@ def section_forgetting_smollm2(results: Path) -> list[str] | None:
     return lines
 
 
+SMOLLM2_SEQUENCE = "sequence-smollm2"  # the chat world's stages taught in a row on SmolLM2
+
+
+def section_sequence(results: Path) -> list[str] | None:
+    f = results / SMOLLM2_SEQUENCE / "summary.json"
+    summary = _load(f)
+    if summary is None or not summary.get("methods"):
+        return None
+    stages, methods = summary["stages"], summary["methods"]
+    t = summary["targets"]
+    lines = ["`reverie bench sequence`: SmolLM2-135M-Instruct taught the chat world's stages one after another "
+             "(`simulators/chatworld/sequence.py`: 8 new facts, then one more rule, alternating; the rules in force "
+             "add up), each learnt as the loop learns a cycle (`bench/sequence.py`), from the model the stage "
+             "before left. Each stage's held-out accuracy right after it was taught, then after the last stage, "
+             "and the share kept (target: every stage at least "
+             f"{t['kept']:g}); the base's accuracy on it beside.", ""]
+    lines += _table(["stage", "base", *(f"{m}: right after" for m in methods), *(f"{m}: after the last" for m in methods),
+                     *(f"{m}: kept" for m in methods)],
+                    [[name, _f(summary["base"]["accuracy"].get(name)),
+                      *(_f(m["right_after"].get(name)) for m in methods.values()),
+                      *(_f(m["after_last"].get(name)) for m in methods.values()),
+                      *(_f(m["kept"].get(name)) for m in methods.values())] for name in stages])
+    lines += ["", f"The benchmarks' average drop since the base after each stage (target after the last: at most "
+                  f"{t['max_drop']:g}), KL(base ‖ tuned) per token on 16 unseen chat prompts, and whether the loop's "
+                  "gate would have passed the stage (`bench.sequence.gate`):", ""]
+    width = max(m["stages_done"] for m in methods.values())
+    lines += _table(["after stage", *(f"{m}: drop" for m in methods), *(f"{m}: KL to base" for m in methods),
+                     *(f"{m}: gate" for m in methods)],
+                    [[stages[i], *(_f(m["drop_by_stage"][i]) if i < m["stages_done"] else "-" for m in methods.values()),
+                      *(_f(m["kl_by_stage"][i]) if i < m["stages_done"] else "-" for m in methods.values()),
+                      *(_f(m["gate_passes"][i]) if i < m["stages_done"] else "-" for m in methods.values())]
+                     for i in range(width)])
+    lines += ["", *_table(["method", "least kept", "kept target met", "final drop", "drop target met", "seconds"],
+                          [[k, _f(m["min_kept"]), _f(m["kept_met"]), _f(m["final_drop"]), _f(m["drop_met"]),
+                            _f(m["seconds"], 0)] for k, m in methods.items()])]
+    lines += ["", _source(results, [f], summary)]
+    if (results / SMOLLM2_SEQUENCE / "sequence.png").exists():
+        lines += ["", f"![each stage's accuracy after every stage]({{results}}/{SMOLLM2_SEQUENCE}/sequence.png)"]
+    return lines
+
+
 def section_swap(results: Path) -> list[str] | None:
     files = sorted(results.glob("swap*.json"))
     reports = [(f, r) for f in files if (r := _load(f))]
@@ -334,6 +375,8 @@ SECTIONS: list[tuple[str, Callable[[Path], list[str] | None], str]] = [
     ("Forgetting: OPSD variants, SFT and TRL", section_forgetting, "reverie learn --sweep"),
     ("Forgetting on SmolLM2-135M-Instruct: OPSD, SFT, LoRA and TRL", section_forgetting_smollm2,
      "reverie learn --model smollm2-135m-instruct --world chat --sweep --out bench/results/" + SMOLLM2_FORGETTING),
+    ("Many lessons in a row on SmolLM2-135M-Instruct", section_sequence,
+     "reverie bench sequence --out bench/results/" + SMOLLM2_SEQUENCE),
     ("Hot swap", section_swap, "reverie bench swap"),
     ("Weight transports, one node and two", section_transport, "reverie bench transport"),
     ("Serving beside raw vLLM", section_serving, "reverie bench swap"),

@@ -333,6 +333,34 @@ def test_reverie_learn_teaches_smollm2_the_chat_worlds_facts_and_reports_held_ou
     assert "give --world" in capsys.readouterr().err
 
 
+def test_reverie_bench_sequence_teaches_smollm2_stage_after_stage_and_a_longer_rerun_resumes_after_the_last(
+        smollm2, benchmarks, monkeypatch, capsys, tmp_path):
+    """``reverie bench sequence`` (issue 38's lessons in a row), one update a stage: a file per stage with every
+    stage's held-out accuracy after it and the benchmarks paired with the base; a rerun asking for one more stage
+    teaches only that one, from the weights the first left."""
+    from evals.data import CACHE_ENV as BENCHMARK_CACHE
+    from reverie.cli import main
+
+    monkeypatch.setenv(BENCHMARK_CACHE, str(benchmarks))
+    out = tmp_path / "seq"
+    argv = ["bench", "sequence", "--model", str(smollm2), "--methods", "sft", "--steps", "1", "--batch-size", "4",
+            "--benchmark-items", "2", "--drift-prompts", "2", "--out", str(out), "--json", "--quiet"]
+    assert main([*argv, "--stages", "1"]) == 0
+    first = (out / "sft" / "stage-01.json").read_bytes()
+    assert main([*argv, "--stages", "2"]) == 0
+    summary = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert (out / "sft" / "stage-01.json").read_bytes() == first  # not taught again
+    stage = json.loads((out / "sft" / "stage-02.json").read_text())
+    assert summary["stages"] == ["01-facts", "02-rule-starts_with"] and summary["methods"]["sft"]["stages_done"] == 2
+    assert stage["in_force"] == ["Always start your answer with 'Short answer:'"] and stage["family"] == "rule"
+    assert set(stage["taught"]) == {"01-facts", "02-rule-starts_with"} and len(stage["after"]["accuracy"]) == 2
+    assert all(l["reference"].startswith("Short answer: ") for l in stage["lessons"])  # the user's corrections
+    assert stage["retention_drop"] == pytest.approx(summary["base"]["retention_avg"] - stage["retention_avg"])
+    assert stage["retention_kl"] > 0 and "retention_norm_margin_shift_avg" in stage and "passes" in stage["gate"]
+    assert (out / "sequence.png").stat().st_size > 0 and json.loads((out / "sft" / "model" / "reverie-stage.json")
+                                                                     .read_text()) == {"stage": 2}
+
+
 @pytest.mark.parametrize("skill", ["facts", "rule"])
 def test_trls_prompts_on_smollm2_are_reveries_student_and_the_context_then_the_student(skill, smollm2_torch,
                                                                                        benchmarks, monkeypatch):

@@ -56,15 +56,17 @@ def _share(xs: Sequence[bool]) -> float:
     return round(sum(xs) / len(xs), 4) if xs else 0.0
 
 
-def _demonstrated_context(rule: str, asks: Sequence[str], replies: Sequence[str]) -> tuple[dict, ...]:
+def _demonstrated_context(rule: str, asks: Sequence[str], replies: Sequence[str],
+                          corrected: bool = False) -> tuple[dict, ...]:
     """The privileged context the loop's learner gives a lesson of ``rule`` when a user stated it on each of
-    ``asks`` and corrected each of ``replies`` to keep it: learner.experience.feedback_lessons' own."""
+    ``asks`` and corrected each of ``replies`` to keep it (``corrected``: ``replies`` are the corrections
+    already): learner.experience.feedback_lessons' own."""
     from learner.experience import feedback_lessons
     from simulators.chatworld.rules import rule_correction
 
     interactions = [{"id": f"r{i}", "messages": [{"role": "user", "content": a}]} for i, a in enumerate(asks)]
     feedback = [{"id": f"f{i}", "created": float(i), "response_id": f"r{i}", "rule": rule,
-                 "correction": rule_correction(rule, reply)} for i, reply in enumerate(replies)]
+                 "correction": reply if corrected else rule_correction(rule, reply)} for i, reply in enumerate(replies)]
     return feedback_lessons(interactions, feedback).lessons[0].context
 
 
