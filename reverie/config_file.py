@@ -10,34 +10,34 @@ noted; what is left out keeps its default, shown here)::
     data_dir: ./reverie-data          # the experience store: a path or a pyarrow.fs URI (s3://...)
     versions_dir: null                # policy versions, a local path (null: DATA_DIR/versions)
     replicas: 1                       # vLLM engine replicas, 1 to 64
-    host: 127.0.0.1
-    port: 8000
+    host: 127.0.0.1                   # the address the API listens on (0.0.0.0: every interface)
+    port: 8000                        # the API's port
     model_id: reverie                 # the model name the OpenAI API answers to
     swap_mode: wait                   # wait, keep, abort or standby (see reverie serve --help)
     swap_timeout_s: 120               # seconds a swap may take before it is undone
     weight_transport: auto            # auto, shm or object_store: how new weights reach the replicas
-    store_name: reverie-experience-store
-    store_flush_seconds: 1.0
-    seed: 0
+    store_name: reverie-experience-store   # the experience store's Ray actor name
+    store_flush_seconds: 1.0          # how often the store writes what arrived to Parquet
+    seed: 0                           # the engines' sampling seed
     redact_feedback: false            # true: feedback text is never shown to people (admin API, review page)
-    pin_cpus: true                    # reverie serve's default without --address (the dataclass's: false)
+    pin_cpus: true                    # keep the engine's cores to it (reverie serve's default without --address; the dataclass's: false)
     extra_engine_kwargs: {}           # passed to the vLLM engine as they are
     loop:                             # the controller's cycle
       learn: true                     # false: serve and record only
       approval: auto                  # auto, or required: a person approves each candidate that passes the gate
       min_feedback: 2                 # new feedback records (rule or correction) that start a cycle
       period_s: 0                     # also start a cycle this often when there is anything new (0: never)
-      poll_s: 2.0
+      poll_s: 2.0                     # seconds between the controller's looks at the store
       method: opsd                    # or sft (the baseline)
       steps: 120                      # learner updates per cycle
-      batch_size: 32
-      lr: 1e-4
+      batch_size: 32                  # lessons per learner update
+      lr: 1e-4                        # the learner's AdamW learning rate
       retain: 0.5                     # share of each batch replaying base skills, in [0, 1)
       replay_focus: 0.5               # share of the replay on the old skills most like the new lessons, in [0, 1)
       relearn: 0.5                    # share of the feedback lessons, at most, re-teaching earlier cycles', in [0, 1)
       teacher_temperature: null       # the teacher's temperature, in (0, 10] (null: the world's; 1.0 if it has none)
       along_reference: null           # share of corrected lessons scored along the correction, in [0, 1] (null: the world's; 0 if none)
-      checkpoint_every: 50
+      checkpoint_every: 50            # updates between checkpoints a restarted controller resumes from
       learner_threads: 1              # torch threads of a CPU learner (> 1: on every core, below serving's priority)
       variations: 0.75                # in [0, 1)
       mix: records                    # feedback and dream lessons: records (in proportion to them) or turns (half each)
@@ -50,20 +50,20 @@ noted; what is left out keeps its default, shown here)::
       simulator_steps: 300            # fine-tuning steps of a trained simulator
       min_agreement: 0.8              # dreamed successes replaying for real below this: simulator switched off
       dream_fallback: real            # after a switch-off: real (dream in the real environment) or skip
-      seed: 0
+      seed: 0                         # seeds each cycle's lesson order and sampling
     gate:                             # what a candidate must show before it is served
       min_gain: 0.2                   # held-out new tasks: net share of the parent's failures fixed, in [0, 1)
       max_retention_loss: 0.01        # retention accuracy lost against the parent and the base, in [0, 1)
       max_family_loss: 0.1            # held-out and earlier learnt tasks: accuracy one family may lose, in [0, 1)
       learnt_items: 144               # tasks per family that earlier versions learnt, held to (newest first)
       retention_suite: null           # a JSONL file (null: the tiny world's base skills)
-      retention_items: 100
+      retention_items: 100            # items per retention skill of the suite
       benchmark_items: 100            # items per retention benchmark (a world with them: chat)
       drift_prompts: 16               # general prompts for KL(base || candidate) per token (a world with them: chat)
       max_drift: null                 # nats per token a candidate may drift from the base (null: reported only)
-      heldout_items: 48
+      heldout_items: 48               # held-out new tasks per family
       samples: 6                      # before/after answers kept per family for the review
-      max_tokens: 32
+      max_tokens: 32                  # greedy reply length while judging
 
 Precedence: the dataclass defaults < the command's own defaults (``defaults=``) < the file < the flags
 given on the command line (a flag left out does not override the file).  Relative paths in the file
@@ -445,3 +445,91 @@ def build_config(file_values: dict, flags: dict, *, source: str | Path | None = 
         raise ReverieError(f"{what} {cfg.data_dir!r} is not a local path, so the versions need a local directory "
                            "of their own: give versions_dir (--versions-dir)") from None
     return cfg
+
+
+# ------------------------------------------------------------------ the reference (docs/guide.md)
+REFERENCE_BEGIN = "<!-- the configuration reference: generated by `python -m reverie.config_file --write docs/guide.md` -->"
+REFERENCE_END = "<!-- end of the generated configuration reference -->"
+
+
+def meanings() -> dict[str, str]:
+    """Each field's meaning: the comment beside it in this module's example, with the comment lines under it."""
+    example = re.search(r"    # reverie.yaml\n(.*?)\n\n", __doc__, re.S).group(1)
+    out: dict[str, str] = {}
+    path: list[str] = []
+    last = None
+    for line in example.splitlines()[0:]:
+        body = line[4:]
+        comment_only = re.match(r"^\s+#\s?(.*)$", body)
+        if comment_only and last is not None:
+            out[last] = f"{out[last]} {comment_only[1].strip()}".strip()
+            continue
+        m = re.match(r"^( *)([a-z_]+):[^#]*?(?:#\s?(.*))?$", body)
+        if not m:
+            continue
+        depth = len(m[1]) // 2
+        path = path[:depth] + [m[2]]
+        last = ".".join(path)
+        out[last] = (m[3] or "").strip()
+    return {f: out.get(f, "") for f in fields()}
+
+
+def _allowed(rule: a.Rule) -> str:
+    wants = rule.wants.removeprefix("must be ")
+    bounds = rule.bounds.replace("must not be", "not").removeprefix("must be ")
+    if bounds and wants.endswith(("a number", "a number of seconds")):
+        return f"{wants}, {bounds}"
+    return wants
+
+
+def _shown(value: Any) -> str:
+    if value is dataclasses.MISSING:
+        return "the shipped tiny-world model"
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return "{}" if not value else str(value)
+    return str(value)
+
+
+def reference() -> str:
+    """Every field of the YAML file as a Markdown table: its dotted key, default, the flag of ``reverie serve``
+    that sets it, what it may be (its rule) and what it means."""
+    said = meanings()
+    rows = ["| key | default | flag | allowed | meaning |", "| --- | --- | --- | --- | --- |"]
+    for f in fields():
+        cell = lambda text: text.replace("|", "\\|")  # noqa: E731
+        rows.append(f"| `{f}` | `{cell(_shown(default(f)))}` | {f'`{SERVE_FLAGS[f]}`' if f in SERVE_FLAGS else ''} | "
+                    f"{cell(_allowed(RULES[f]))} | {cell(said[f])} |")
+    return "\n".join(rows)
+
+
+def with_reference(text: str) -> str:
+    """``text`` (a Markdown document) with the part between the reference's markers made :func:`reference`."""
+    start, end = text.find(REFERENCE_BEGIN), text.find(REFERENCE_END)
+    if start < 0 or end < start:
+        raise ReverieError(f"the document has no {REFERENCE_BEGIN!r} ... {REFERENCE_END!r} block")
+    return f"{text[:start]}{REFERENCE_BEGIN}\n{reference()}\n{text[end:]}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m reverie.config_file``: print the reference; ``--write FILE``: put it between FILE's markers."""
+    import argparse
+
+    from reverie.files import atomic_write_text
+
+    p = argparse.ArgumentParser(prog="python -m reverie.config_file", description=main.__doc__)
+    p.add_argument("--write", default=None, help="a Markdown file holding the reference's markers")
+    args = p.parse_args(argv)
+    if args.write is None:
+        print(reference())
+        return 0
+    path = Path(args.write)
+    atomic_write_text(path, with_reference(path.read_text(encoding="utf-8")))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

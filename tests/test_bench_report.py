@@ -97,3 +97,11 @@ def test_the_trl_verdicts_compare_reverie_with_trls_matched_run_in_the_same_cell
 ])
 def test_bad_benchmark_input_is_one_line_and_exit_2(argv, message, refused):
     refused(argv, message)
+
+
+def test_the_readmes_demo_table_is_what_the_latest_demo_result_generates():
+    """The README's table of the latest `make demo` run is never typed: `reverie bench report` writes it from
+    bench/results/demo.json."""
+    readme = bench_report.README.read_text()
+    assert readme.count(bench_report.README_BEGIN) == 1 and readme.count(bench_report.README_END) == 1
+    assert bench_report.with_demo(readme) == readme, "regenerate it: reverie bench report"

@@ -223,3 +223,20 @@ def test_relative_paths_given_as_flags_or_defaults_are_resolved_where_the_comman
     assert cfg.data_dir == str(tmp_path / "data") and cfg.versions_dir == tmp_path / "v"
     assert _serve_config().data_dir == str(tmp_path / "reverie-data")
     assert _serve_config("--data-dir", "s3://bucket/reverie", "--versions-dir", "v").data_dir == "s3://bucket/reverie"
+
+
+def test_every_config_field_has_a_meaning_in_the_documented_example():
+    said = config_file.meanings()
+    assert set(said) == set(config_file.fields())
+    assert not [f for f, text in said.items() if not text], "give each field a comment in reverie/config_file.py's example"
+
+
+def test_the_guides_configuration_reference_is_the_one_the_schema_generates():
+    """docs/guide.md's table of every key, default, flag, rule and meaning is ``python -m reverie.config_file``'s:
+    a field added, renamed or given another default without regenerating it fails here."""
+    guide = (Path(__file__).resolve().parents[1] / "docs" / "guide.md").read_text(encoding="utf-8")
+    assert config_file.with_reference(guide) == guide, "run: python -m reverie.config_file --write docs/guide.md"
+    table = config_file.reference()
+    assert all(f"| `{f}` |" in table for f in config_file.fields())
+    assert "| `loop.steps` | `120` | `--steps` | a positive whole number |" in table
+    assert "| `loop.lr` | `0.0001` |  | a number, between 0 and 1 |" in table

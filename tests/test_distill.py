@@ -80,4 +80,4 @@ def test_a_short_opsd_run_measurably_raises_new_fact_accuracy(shipped_model):
     assert report["new_skill_acc_before"] <= 0.10
     assert report["new_skill_acc"] >= report["new_skill_acc_before"] + 0.3
     assert set(report["retention"]) == {"add", "reverse", "sort", "lookup", "recall", "format", "tooluse"}
-    # Forgetting is measured, not bounded here: see `reverie learn` in the README.
+    # Forgetting is measured, not bounded here: see `reverie learn` in docs/benchmarks.md.
