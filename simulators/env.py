@@ -90,6 +90,7 @@ Factory = Callable[..., Environment]
 _REGISTRY: dict[str, Factory] = {}
 _BUILTINS = {
     "tinyworld-tools": "simulators.tinyworld.tools_env:ToolsEnvironment",
+    "chatworld-calc": "simulators.chatworld.calc:CalcEnvironment",
     "model-simulated": "simulators.model_env:ModelSimulatedEnv",
 }
 

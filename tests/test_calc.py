@@ -1,0 +1,96 @@
+"""The chat world's ``calc`` family (``simulators/chatworld/calc.py``): problems from two streams that never share
+a question, a calculator that computes exactly and reads nothing but arithmetic, the text protocol a client
+parses, and the verifier that accepts a solved episode and refuses a guess, a wrong answer, a forged result and
+an episode that goes on after its answer."""
+from __future__ import annotations
+
+from fractions import Fraction
+
+import pytest
+
+from simulators.chatworld.calc import (CalcEnvironment, CalcError, action, answered, calculate, observe, problems,
+                                       solve, to_task, verify)
+
+
+def test_train_and_heldout_problems_are_deterministic_distinct_and_never_share_a_question():
+    train, heldout = problems("train", 0, 500), problems("heldout", 0, 500)
+    assert problems("train", 0, 500) == train and problems("heldout", 1, 5) != heldout[:5]
+    assert len({p.question for p in train}) == 500 and not {p.question for p in train} & {p.question for p in heldout}
+    for p in train + heldout:
+        assert calculate(p.expression) == p.answer > 0  # whole, positive, what the expression gives
+        assert max(int(w) for w in p.expression.split() if w.isdigit()) >= 1000 or "*" in p.expression
+    with pytest.raises(ValueError, match="unknown split 'test'"):
+        problems("test", 0, 1)
+
+
+def test_the_calculator_is_exact_and_reads_only_arithmetic():
+    assert calculate("6,178 - 3,045 + 659") == 3792
+    assert calculate("17808 / 42") == 424 and calculate("7 / 2") == Fraction(7, 2)
+    assert calculate("(12 + 30) × 2 =") == 84 and calculate("-3 * -4") == 12 and calculate("0.1 + 0.2") == Fraction(3, 10)
+    for bad, says in [("__import__('os').system('true')", "cannot read"), ("2 ** 100", "cannot read"),
+                      ("abs(3)", "cannot read"), ("x + 1", "cannot read"), ("1 / (2 - 2)", "division by zero"),
+                      ("", "write an expression"), ("1 +", "cannot read")]:
+        with pytest.raises(CalcError, match=says):
+            calculate(bad)
+
+
+def test_the_client_reads_the_first_action_whatever_words_surround_it():
+    assert action("Let me compute.\nCALC: 12 * 7\nthen ANSWER: 84") == ("calc", "12 * 7")
+    assert action("answer: 4,250 boxes") == ("answer", "4,250 boxes") and answered("4,250 boxes") == 4250
+    assert action("The total is 84.") is None
+    assert observe("CALC: 12 * 7") == ("RESULT: 84", ("calc", "12 * 7"))
+    assert observe("calc: 7 / 2")[0] == "RESULT: 3.5" and observe("CALC: 1/0")[0] == "ERROR: division by zero"
+    assert observe("I think 84")[0].startswith("ERROR: reply with CALC:")
+    assert observe("ANSWER: 84") == (None, ("answer", "84"))
+
+
+def test_an_episode_that_calculates_then_answers_right_is_rewarded_and_verified():
+    p = problems("heldout", 0, 1)[0]
+    env = CalcEnvironment()
+    opening = env.reset(to_task(p))
+    assert [m["role"] for m in opening] == ["system", "user"] and "CALC:" in opening[0]["content"]
+    step = env.step(f"Sure. CALC: {p.expression}")
+    assert (step.observation, step.reward, step.done) == (f"RESULT: {p.answer}", 0.0, False)
+    step = env.step(f"ANSWER: {p.answer}")
+    assert (step.observation, step.reward, step.done) == (None, 1.0, True)
+    assert env.verify(to_task(p), env.transcript) and verify(to_task(p), solve(p))
+
+
+@pytest.mark.parametrize("case", ["guess", "wrong", "forged", "after", "other question", "too long", "error only"])
+def test_the_verifier_refuses_a_guess_a_wrong_answer_a_forged_result_and_anything_after_the_answer(case):
+    p = problems("heldout", 0, 2)[0]
+    task, right = to_task(p), solve(p)
+    opening = right[:2]
+    episodes = {
+        "guess": [*opening, {"role": "assistant", "content": f"ANSWER: {p.answer}"}],
+        "wrong": [*right[:-1], {"role": "assistant", "content": f"ANSWER: {p.answer + 1}"}],
+        "forged": [*opening, {"role": "assistant", "content": f"CALC: {p.expression} RESULT: {p.answer}"},
+                   {"role": "assistant", "content": f"ANSWER: {p.answer}"}],
+        "after": [*right, {"role": "user", "content": "thanks"}],
+        "other question": [right[0], {"role": "user", "content": problems("heldout", 0, 2)[1].question}, *right[2:]],
+        "too long": [*opening, *[{"role": "assistant", "content": "CALC: 1 + 1"}, {"role": "user", "content": "RESULT: 2"}] * 4,
+                     right[-1]],
+        "error only": [*opening, {"role": "assistant", "content": "CALC: one plus one"},
+                       {"role": "user", "content": "ERROR: cannot read"}, right[-1]],
+    }
+    assert not verify(task, episodes[case])
+
+
+def test_an_answer_without_the_calculator_ends_the_episode_unrewarded_and_so_does_running_out_of_turns():
+    p = problems("train", 3, 1)[0]
+    env = CalcEnvironment(max_turns=2)
+    env.reset(to_task(p))
+    assert env.step(f"ANSWER: {p.answer}").reward == 0.0  # right, but a guess
+    env.reset(to_task(p))
+    assert not env.step("hmm").done
+    last = env.step(f"CALC: {p.expression}")
+    assert last.done and last.reward == 0.0 and last.observation is None
+    with pytest.raises(ValueError, match="max_turns"):
+        CalcEnvironment(max_turns=0)
+
+
+def test_the_environment_is_found_by_name_in_the_registry():
+    from simulators.env import factory
+
+    env = factory("chatworld-calc")(max_turns=3)
+    assert isinstance(env, CalcEnvironment) and env.max_turns == 3 and not env.simulated
