@@ -118,6 +118,7 @@ def gate(stage_name: str, before: dict, after: dict, base: dict) -> dict:
     """What the loop's gate (``reverie.config.GateConfig``'s defaults) would say of the stage's candidate from
     these figures: the new stage's held-out gain as a share of the parent's failures, the benchmarks' average
     against the parent and the base, and each earlier family's accuracy against the parent."""
+    from actors.gate import exceeds
     from reverie.config import GateConfig
 
     g = GateConfig()
@@ -125,9 +126,10 @@ def gate(stage_name: str, before: dict, after: dict, base: dict) -> dict:
     gain = (now - was) / (1.0 - was) if was < 1.0 else 0.0
     loss = max(before["retention_avg"], base["retention_avg"]) - after["retention_avg"]
     family_loss = max([before["accuracy"][k] - after["accuracy"][k] for k in before.get("taught", [])] or [0.0])
-    reasons = ([f"gain {gain:.3f} < {g.min_gain}"] if gain < g.min_gain else []) + \
-        ([f"retention loss {loss:.4f} > {g.max_retention_loss}"] if loss > g.max_retention_loss else []) + \
-        ([f"an earlier stage lost {family_loss:.3f} > {g.max_family_loss}"] if family_loss > g.max_family_loss else [])
+    reasons = ([f"gain {gain:.3f} < {g.min_gain}"] if round(gain, 9) < g.min_gain else []) + \
+        ([f"retention loss {loss:.4f} > {g.max_retention_loss}"] if exceeds(loss, g.max_retention_loss) else []) + \
+        ([f"an earlier stage lost {family_loss:.3f} > {g.max_family_loss}"]
+         if exceeds(family_loss, g.max_family_loss) else [])
     return {"passes": not reasons, "reasons": reasons, "gain": gain, "retention_loss": loss,
             "family_loss": family_loss}
 
@@ -255,6 +257,21 @@ def run_method(model_dir: Path, out: Path, method: str, plan, judge: Judge, base
     return reports
 
 
+def verdicts(rs: list[dict], base_measure: dict) -> list[dict]:
+    """What the gate would say of each stage, from the stage reports' own figures (each stage judged against the
+    one before it, the first against the base): the summary's verdicts, whatever a stage file says."""
+    out, before = [], {**base_measure, "taught": []}
+    for r in rs:
+        after = r.get("after")
+        if after is None:  # a report without its measure (hand-made): its own verdict
+            out.append(r["gate"])
+            continue
+        before = {**before, "accuracy": {**before["accuracy"], r["stage"]: r["accuracy_before"]}}  # as judged then
+        out.append(gate(r["stage"], before, after, base_measure))
+        before = {**after, "taught": [*before["taught"], r["stage"]]}
+    return out
+
+
 def summarise(plan, reports: dict[str, list[dict]], base_measure: dict) -> dict:
     """Per method: each stage's accuracy right after it was taught and after the last stage, the share kept, and
     the benchmarks' drop since the base, stage by stage; the targets (``KEPT``, ``MAX_DROP``) judged."""
@@ -276,7 +293,7 @@ def summarise(plan, reports: dict[str, list[dict]], base_measure: dict) -> dict:
             "drop_by_stage": [r["retention_drop"] for r in rs],
             "kl_by_stage": [r["retention_kl"] for r in rs],
             "margin_by_stage": [r.get("retention_norm_margin_shift_avg") for r in rs],
-            "gate_passes": [r["gate"]["passes"] for r in rs],
+            "gate_passes": [v["passes"] for v in verdicts(rs, base_measure)],
             "final_drop": last["retention_drop"],
             "kept_met": bool(known) and min(known) >= KEPT and len(known) == len(kept),
             "drop_met": last["retention_drop"] <= MAX_DROP,

@@ -94,6 +94,28 @@ def test_the_gate_would_refuse_a_stage_that_gains_too_little_forgets_benchmarks_
     assert g["family_loss"] == pytest.approx(0.15)
 
 
+def test_the_gate_compares_a_loss_at_its_bound_as_the_loops_gate_does_not_to_the_last_bit():
+    """0.4425 - 0.4325 is 0.010000000000000009 in floating point: the loop's gate (``actors.gate.exceeds``) passes
+    a loss at its bound, and so must what the sequence says it would do."""
+    base = {"retention_avg": 0.4425}
+    before = {"accuracy": {"a": 0.0}, "retention_avg": 0.4425, "taught": []}
+    after = {"accuracy": {"a": 0.9}, "retention_avg": 0.4325}
+    assert gate("a", before, after, base)["passes"]
+
+
+def test_the_summary_judges_each_stage_again_from_its_figures_against_the_stage_before():
+    from bench.sequence import verdicts
+
+    base = {"accuracy": {"a": 0.0, "b": 0.0}, "retention_avg": 0.4425}
+    rs = [{"stage": "a", "accuracy_before": 0.0, "gate": {"passes": False},  # as a file written before the fix says
+           "after": {"accuracy": {"a": 0.9, "b": 0.0}, "retention_avg": 0.4325}},
+          {"stage": "b", "accuracy_before": 0.0, "gate": {"passes": True},
+           "after": {"accuracy": {"a": 0.7, "b": 0.9}, "retention_avg": 0.4325}}]
+    got = verdicts(rs, base)
+    assert [v["passes"] for v in got] == [True, False]
+    assert got[1]["reasons"] == ["an earlier stage lost 0.200 > 0.1"]
+
+
 def test_the_summary_gives_each_stage_the_share_of_its_accuracy_kept_after_the_last_and_judges_the_targets(stages):
     names = [s.name for s in stages[:3]]
 
