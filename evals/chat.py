@@ -11,7 +11,13 @@ greedy through the evaluation's one vLLM engine, with no system message (as the 
   per prompt judged by each rule's check: how often the model keeps each rule without being told it, which is
   what a learnt rule changes.
 
-Both answer with at most :data:`MAX_TOKENS` new tokens (the chat world's teacher-state measurement's, enough for
+- ``calc``: ``limit`` held-out word problems of the ``calc`` family (``simulators/chatworld/calc.py``), each
+  played as an episode with the calculator described in the system message: the engine's greedy reply is the
+  action, the calculator's result the next user turn, at most ``calc.MAX_TURNS`` actions; solved when the family's
+  verifier accepts the episode (the tool called, the answer right).  ``calc_plain``: the same problems asked
+  alone, with no tool; solved when the reply's last number is the answer.
+
+All answer with at most :data:`MAX_TOKENS` new tokens (the chat world's teacher-state measurement's, enough for
 a closing line after a short answer); the replies cut there are counted.
 """
 from __future__ import annotations
@@ -22,7 +28,7 @@ from dataclasses import dataclass
 
 from evals.data import SUBSET_SEED, subset
 
-FAMILIES = ("facts", "rules")
+FAMILIES = ("facts", "rules", "calc", "calc_plain")
 MAX_TOKENS = 96
 
 
@@ -48,6 +54,10 @@ def _source(name: str) -> dict:
     if name == "facts":
         return {"what": f"the chat world's invented organisation ({COMPANY}): {len(FACTS)} facts",
                 "module": "simulators/chatworld/facts.py"}
+    if name in ("calc", "calc_plain"):
+        return {"what": "held-out word problems of the chat world's calc family" +
+                (", the calculator described" if name == "calc" else ", asked with no tool"),
+                "module": "simulators/chatworld/calc.py"}
     return {"what": "the unseen side of the chat world's general prompts", "prompts": SOURCE,
             "module": "simulators/chatworld/prompts.py"}
 
@@ -107,6 +117,54 @@ def score_rules(checks: dict[str, dict], replies: Sequence[str]) -> tuple[float,
     return sum(kept.values()) / len(kept), kept
 
 
+CALC_ITEMS = 100  # held-out problems when no limit is given
+
+
+def play_calc(problems, generate: Callable[[list[list[dict]]], list[str]], max_turns: int | None = None) -> dict:
+    """Every problem played as an episode of the calc environment, all in lock step, each turn's replies from
+    ``generate`` (conversations -> replies): the share solved (the verifier's), of episodes that called the
+    calculator, and of replies that held an action at all."""
+    from simulators.chatworld.calc import MAX_TURNS, CalcEnvironment, action, to_task
+
+    envs = [CalcEnvironment(max_turns or MAX_TURNS) for _ in problems]
+    tasks = [to_task(p) for p in problems]
+    for env, task in zip(envs, tasks):
+        env.reset(task)
+    rewards, active, replies, acted = [0.0] * len(problems), list(range(len(problems))), 0, 0
+    while active:
+        out = generate([envs[i].transcript for i in active])
+        still = []
+        for i, reply in zip(active, out, strict=True):
+            replies, acted = replies + 1, acted + (action(reply) is not None)
+            step = envs[i].step(reply)
+            if step.done:
+                rewards[i] = step.reward
+            else:
+                still.append(i)
+        active = still
+    called = [any((a := action(m["content"])) and a[0] == "calc" for m in env.transcript if m["role"] == "assistant")
+              for env in envs]
+    return {"solved": sum(rewards) / len(problems), "called_tool": sum(called) / len(problems),
+            "acted": acted / max(replies, 1), "episodes": [env.transcript for env in envs]}
+
+
+def score_plain(problems, replies: Sequence[str]) -> float:
+    """The share of plain replies whose last number is the problem's answer."""
+    from simulators.chatworld.calc import _NUMBER, answered
+
+    def last(reply: str):
+        found = _NUMBER.findall(reply)
+        return answered(found[-1]) if found else None
+
+    return sum(last(r) == p.answer for p, r in zip(problems, replies, strict=True)) / len(problems)
+
+
+def calc_problems(limit: int | None):
+    from simulators.chatworld.calc import problems
+
+    return problems("heldout", 0, limit or CALC_ITEMS)
+
+
 def evaluate_family(name: str, llm, encoder, limit: int | None,
                     progress: Callable[[str], None] = print, max_tokens: int = MAX_TOKENS) -> FamilyScore:
     """The family ``name`` (:data:`FAMILIES`) of the chat world, asked of the running engine ``llm``."""
@@ -118,6 +176,27 @@ def evaluate_family(name: str, llm, encoder, limit: int | None,
         progress(f"facts: {len(asks)} questions about the chat world's organisation")
         replies, cut = _greedy(llm, encoder, [q for q, _, _ in asks], max_tokens)
         score, detail = score_facts(asks, replies)
+    elif name == "calc":
+        from reverie.engine import greedy
+
+        problems = calc_problems(limit)
+        progress(f"calc: {len(problems)} held-out word problems played with the calculator")
+        cut = 0
+
+        def generate(chats):
+            nonlocal cut
+            out = greedy(llm, [encoder.prompt_ids(c) for c in chats], max_tokens)
+            cut += sum(c for _, c in out)
+            return [text for text, _ in out]
+
+        played = play_calc(problems, generate)
+        score, replies = played["solved"], played["episodes"]
+        detail = {"called_tool": played["called_tool"], "acted": played["acted"]}
+    elif name == "calc_plain":
+        problems = calc_problems(limit)
+        progress(f"calc_plain: {len(problems)} held-out word problems asked with no tool")
+        replies, cut = _greedy(llm, encoder, [p.question for p in problems], max_tokens)
+        score, detail = score_plain(problems, replies), {}
     else:
         prompts, checks = rule_prompts(limit, progress), rule_checks()
         progress(f"rules: {len(prompts)} unseen general prompts, {len(checks)} rules")
@@ -130,8 +209,17 @@ def longest_prompt(encoder, names: Sequence[str], limit: int | None) -> int:
     """Tokens of the longest prompt the families ``names`` ask (the engine's context must hold it and an answer)."""
     asked = [q for q, _, _ in fact_asks(limit)] if "facts" in names else []
     asked += rule_prompts(limit, progress=lambda line: None) if "rules" in names else []
-    return max((len(encoder.prompt_ids([{"role": "user", "content": q}])) for q in asked), default=0)
+    longest = max((len(encoder.prompt_ids([{"role": "user", "content": q}])) for q in asked), default=0)
+    if "calc" in names:  # a whole episode: the protocol, the question, every action and result before the last
+        from simulators.chatworld.calc import MAX_TURNS, opening
+
+        longest = max(longest, max(len(encoder.prompt_ids(opening(p.question))) for p in calc_problems(limit))
+                      + (MAX_TURNS - 1) * (MAX_TOKENS + 24))
+    elif "calc_plain" in names:
+        longest = max(longest, max(len(encoder.prompt_ids([{"role": "user", "content": p.question}]))
+                                   for p in calc_problems(limit)))
+    return longest
 
 
-__all__ = ["FAMILIES", "MAX_TOKENS", "FamilyScore", "evaluate_family", "fact_asks", "longest_prompt",
-           "rule_checks", "rule_prompts", "score_facts", "score_rules"]
+__all__ = ["FAMILIES", "MAX_TOKENS", "FamilyScore", "calc_problems", "evaluate_family", "fact_asks",
+           "longest_prompt", "play_calc", "rule_checks", "rule_prompts", "score_facts", "score_plain", "score_rules"]

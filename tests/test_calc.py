@@ -94,3 +94,35 @@ def test_the_environment_is_found_by_name_in_the_registry():
 
     env = factory("chatworld-calc")(max_turns=3)
     assert isinstance(env, CalcEnvironment) and env.max_turns == 3 and not env.simulated
+
+
+def test_reverie_evals_calc_family_plays_episodes_in_lock_step_and_counts_what_the_verifier_accepts():
+    """``reverie eval --suite calc`` plays each held-out problem as an episode, a turn of every open episode per
+    call of the policy: an expert that calculates then answers solves all; a right guess solves none; a policy
+    that never acts runs every episode out of turns."""
+    from evals.chat import calc_problems, play_calc, score_plain
+
+    probs = calc_problems(12)
+    by_question = {p.question: p for p in probs}
+
+    def expert(chats):
+        out = []
+        for chat in chats:
+            p = by_question[chat[1]["content"]]
+            out.append(f"ANSWER: {p.answer}" if chat[-1]["content"].startswith("RESULT:") else f"CALC: {p.expression}")
+        return out
+
+    calls = []
+
+    def chatter(chats):
+        calls.append(len(chats))
+        return ["Let me think about it."] * len(chats)
+
+    solved = play_calc(probs, expert)
+    assert (solved["solved"], solved["called_tool"], solved["acted"]) == (1.0, 1.0, 1.0)
+    assert [m["role"] for m in solved["episodes"][0]] == ["system", "user", "assistant", "user", "assistant"]
+    guessed = play_calc(probs, lambda chats: [f"ANSWER: {by_question[c[1]['content']].answer}" for c in chats])
+    assert (guessed["solved"], guessed["called_tool"]) == (0.0, 0.0)
+    assert play_calc(probs, chatter)["acted"] == 0.0 and calls == [12, 12, 12, 12]
+    replies = [f"The answer is {p.answer}." for p in probs[:6]] + [f"{p.answer} or {p.answer + 1}" for p in probs[6:]]
+    assert score_plain(probs, replies) == 0.5

@@ -36,11 +36,11 @@ def smollm2(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def smollm2_llm(smollm2):
-    """One vLLM engine on the pulled model for the module (a start takes 17-70 s here); a test that loads other
-    weights into it loads the pulled ones back."""
+    """One vLLM engine on the pulled model for the module (a start takes 17-70 s here), its context long enough
+    for a calc episode (about 480 tokens); a test that loads other weights into it loads the pulled ones back."""
     from reverie.engine import offline_llm
 
-    llm = offline_llm(smollm2)
+    llm = offline_llm(smollm2, max_model_len=1024)
     yield llm
     llm.llm_engine.engine_core.shutdown()  # before pytest closes the log streams
 
@@ -229,12 +229,13 @@ def test_reverie_eval_scores_smollm2_on_the_retention_benchmarks_with_torchs_log
 
 
 
-def test_reverie_eval_asks_smollm2_the_chat_worlds_facts_and_rules_and_it_knows_none_untaught(smollm2, smollm2_llm,
+def test_reverie_eval_asks_smollm2_the_chat_worlds_families_and_it_knows_none_untaught(smollm2, smollm2_llm,
                                                                                                benchmarks, monkeypatch):
     """The chat world's own families on the real model, through the module's engine: SmolLM2 was never told
     anything about the invented organisation, so it answers none of 16 questions about it, and without being told
-    it opens no answer with 'Short answer:' (what ``reverie bench cycle`` teaches); its answers are judged by the
-    world's checks (a taught version's figures are in the chat-cycle result files)."""
+    it opens no answer with 'Short answer:' (what ``reverie bench cycle`` teaches), and it solves no word problem of
+    the calc family, with a calculator or without; its answers are judged by the world's checks (a taught
+    version's figures are in the chat-cycle result files)."""
     from evals.data import CACHE_ENV as BENCHMARK_CACHE
     from evals.suite import evaluate
 
@@ -244,6 +245,12 @@ def test_reverie_eval_asks_smollm2_the_chat_worlds_facts_and_rules_and_it_knows_
     assert (facts["n"], facts["score"], rules["n"]) == (16, 0.0, 16)
     assert rules["detail"]["Always start your answer with 'Short answer:'"] == 0.0
     assert 0.0 < rules["score"] < 1.0, rules["detail"]  # some rules hold by themselves (no_lists, max_words)
+    # issue 39's family: SmolLM2 solves no held-out word problem, with the calculator described or without
+    # (0 of 100 each: bench/results/eval/2026-12-07-smollm2-calc-base.json); every episode is played to its end
+    calc = evaluate(str(smollm2), ["calc", "calc_plain"], 8, llm=smollm2_llm).report()["chat_world"]
+    assert (calc["calc"]["n"], calc["calc"]["score"], calc["calc_plain"]["n"], calc["calc_plain"]["score"]) == (
+        8, 0.0, 8, 0.0)
+    assert set(calc["calc"]["detail"]) == {"called_tool", "acted"}
 
 
 def test_ifeval_scores_smollm2s_own_greedy_answers_with_the_wheels_checker(smollm2, smollm2_torch, smollm2_llm,
