@@ -200,7 +200,9 @@ class ReverieIngress(OpenAiIngress):
 
     # ------------------------------------------------------------ admin
     async def admin_versions(self) -> JSONResponse:
-        return JSONResponse(await self._broadcaster.versions())
+        summary = await self._broadcaster.versions()
+        summary["versions"] = [self._shown(v) for v in summary["versions"]]  # redacted as every admin route is
+        return JSONResponse(summary)
 
     async def admin_publish(self, body: PublishRequest) -> JSONResponse:
         try:

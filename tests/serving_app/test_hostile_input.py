@@ -228,7 +228,7 @@ def test_with_redaction_feedback_text_reaches_the_store_but_no_admin_route_and_n
     registry.set_status(v, "pending")  # as a candidate that passed the gate with approval required
     admin = {"Authorization": f"Bearer {ADMIN}"}
     shown = {path: httpx.get(app.url + path, headers=admin, timeout=60) for path in
-             ("/admin/status", f"/admin/candidates/{v}")}
+             ("/admin/status", f"/admin/candidates/{v}", "/admin/versions")}
     shown["reject"] = httpx.post(app.url + f"/admin/candidates/{v}/reject", headers=admin, timeout=60,
                                  json={"reason": "a test candidate"})
     for route, got in shown.items():
