@@ -351,7 +351,8 @@ def test_reverie_bench_sequence_teaches_smollm2_stage_after_stage_and_a_longer_r
     monkeypatch.setenv(BENCHMARK_CACHE, str(benchmarks))
     out = tmp_path / "seq"
     argv = ["bench", "sequence", "--model", str(smollm2), "--methods", "sft", "--steps", "1", "--batch-size", "4",
-            "--benchmark-items", "2", "--drift-prompts", "2", "--out", str(out), "--json", "--quiet"]
+            "--benchmark-items", "2", "--benchmarks", "arc_easy", "--drift-prompts", "2", "--out", str(out), "--json",
+            "--quiet"]
     assert main([*argv, "--stages", "1"]) == 0
     first = (out / "sft" / "stage-01.json").read_bytes()
     assert main([*argv, "--stages", "2"]) == 0
