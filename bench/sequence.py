@@ -79,15 +79,10 @@ class Judge:
         self._chats = None  # the base's greedy replies to the general prompts, scored by every stage's drift
 
     def drift(self, base, model, encoder) -> float:
-        """KL(base || model) per token on the base's greedy replies to the general prompts (the gate's drift),
-        the replies made once."""
-        from evals.drift import kl_per_token, scored_chats
-        from learner.distill import greedy_replies
-        from simulators.chatworld.experiment import MAX_TOKENS
-
+        """The experiment's drift on the judge's general prompts, the base's replies to them made once."""
         if self._chats is None:
-            self._chats = scored_chats(encoder, self.general, greedy_replies(base, encoder, self.general, MAX_TOKENS))
-        return kl_per_token(base, model, self._chats).kl_per_token
+            self._chats = self.experiment.base_chats(base, encoder, self.general)
+        return self.experiment.drift(base, model, encoder, self._chats)
 
     def accuracy(self, model, encoder, names: Sequence[str] | None = None) -> dict[str, float]:
         """The held-out accuracy of each stage (of ``names``), from one greedy reply to each ask."""
@@ -166,11 +161,11 @@ def finished(folder: Path, plan) -> list[dict]:
     return [json.loads((folder / f"stage-{s.index:02d}.json").read_text()) for s in plan[:done]]
 
 
-def run_method(model_dir: Path, out: Path, method: str, plan, judge: Judge, base_measure: dict, *,
+def run_method(model_dir: Path, out: Path, method: str, plan, judge: Judge, base_measure: dict, base, *,
                steps: int = STEPS, batch_size: int = BATCH_SIZE, lr: float = LR, retain: float = RETAIN,
                relearn: float = RELEARN, seed: int = 0, progress=lambda line: None) -> list[dict]:
-    """Teach ``plan``'s stages in a row by ``method``, resuming after the newest finished one; each stage's
-    report (also ``out/method/stage-NN.json``)."""
+    """Teach ``plan``'s stages in a row by ``method`` from the model ``base`` (at ``model_dir``, never changed),
+    resuming after the newest finished one; each stage's report (also ``out/method/stage-NN.json``)."""
     import copy
 
     import torch
@@ -195,7 +190,6 @@ def run_method(model_dir: Path, out: Path, method: str, plan, judge: Judge, base
         return reports
     tokenizer = load_tokenizer(model_dir)
     encoder = chat_encoder(tokenizer)
-    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval().requires_grad_(False)
     student = (AutoModelForCausalLM.from_pretrained(weights, dtype=torch.float32) if done
                else copy.deepcopy(base).requires_grad_(True))
     earlier = [_lesson(d) for r in reports for d in r["lessons"]]
@@ -354,15 +348,14 @@ def sequence(model_dir: Path, out: Path, methods: Sequence[str] = METHODS, stage
     pools = load_pools()
     plan = make_plan(stages, pools)
     encoder = chat_encoder(load_tokenizer(model_dir))
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval().requires_grad_(False)
     experiment = ChatExperiment.build(model, encoder, (), benchmark_items, pools, benchmark_names=benchmarks)
     judge = Judge(plan, experiment, pools, drift_prompts)
     names = f"-{'-'.join(benchmarks)}" if benchmarks else ""
     base = measured_base(out / f"base-{stages}-stages-{benchmark_items}-items{names}.json",
                          lambda: judge.measure(model, encoder))
-    del model
     for m in methods:
-        run_method(model_dir, out, m, plan, judge, base, steps=steps, batch_size=batch_size, lr=lr, retain=retain,
+        run_method(model_dir, out, m, plan, judge, base, model, steps=steps, batch_size=batch_size, lr=lr, retain=retain,
                    relearn=relearn, seed=seed, progress=progress)
     reports = {m: finished(out / m, plan) for m in METHODS}  # every method in the folder, this call's or another's
     summary = summarise(plan, reports, base)

@@ -210,12 +210,19 @@ class ChatExperiment:
                    "retention_norm_margin_shift": margin}
         return {**figures, **{f"{k}_avg": sum(v.values()) / len(v) for k, v in figures.items()}}
 
-    def drift(self, base, model, encoder) -> float:
-        """KL(base || model) per token on the base's greedy replies to the general prompts (the gate's drift)."""
-        from evals.drift import kl_per_token, scored_chats
+    def base_chats(self, base, encoder, prompts: Sequence[tuple[dict, ...]] | None = None) -> list:
+        """The base's greedy replies to the general prompts (or ``prompts``), as the chats drift is scored on."""
+        from evals.drift import scored_chats
 
-        replies = greedy_replies(base, encoder, self.general, MAX_TOKENS)
-        return kl_per_token(base, model, scored_chats(encoder, self.general, replies)).kl_per_token
+        prompts = self.general if prompts is None else list(prompts)
+        return scored_chats(encoder, prompts, greedy_replies(base, encoder, prompts, MAX_TOKENS))
+
+    def drift(self, base, model, encoder, chats: list | None = None) -> float:
+        """KL(base || model) per token on the base's greedy replies to the general prompts (the gate's drift);
+        ``chats``: those replies made before (:meth:`base_chats`)."""
+        from evals.drift import kl_per_token
+
+        return kl_per_token(base, model, chats if chats is not None else self.base_chats(base, encoder)).kl_per_token
 
     def measure(self, model, encoder, skill: str, base=None) -> dict:
         """Held-out accuracy, the benchmarks' acc_norm and their average, every choice's log-likelihood (for
