@@ -270,7 +270,8 @@ def cmd_bench_sequence(args: argparse.Namespace) -> int:
                    benchmark_items=check.positive(args.benchmark_items, "--benchmark-items"),
                    benchmarks=(check.listed(args.benchmarks, "--benchmarks", check.known("benchmark", KNOWN_BENCHMARKS))
                                if args.benchmarks else None),
-                   drift_prompts=check.int_in(args.drift_prompts, "--drift-prompts", 1, KL_PROMPTS))
+                   drift_prompts=check.int_in(args.drift_prompts, "--drift-prompts", 1, KL_PROMPTS),
+                   heldout=check.positive(args.heldout, "--heldout") if args.heldout else None)
     out = check.out_folder(args.out)
     model = check_model_dir(args.model)
     from reverie.models import default_world
@@ -520,6 +521,8 @@ def register(subparsers) -> None:
     q.add_argument("--benchmarks", default=None, help="comma-separated retention benchmarks (default: the gate's)")
     q.add_argument("--drift-prompts", default="16", help="unseen chat prompts the drift from the base is measured "
                    "on, 1 to 16 (default %(default)s, the gate's)")
+    q.add_argument("--heldout", default=None, help="judge each stage on its first N held-out asks (default: all, "
+                   "40 a rule stage, 8 a facts stage); a folder is resumed only with the count it was judged on")
     q.add_argument("--out", default="bench/results/sequence-smollm2", help="result folder (default %(default)s)")
     q.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     q.add_argument("--quiet", action="store_true", help="no line per stage")

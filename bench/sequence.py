@@ -27,6 +27,8 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
+from reverie.errors import ReverieError
+
 METHODS = ("opsd", "sft")
 STEPS, BATCH_SIZE, LR, RETAIN, RELEARN = 30, 8, 5e-5, 0.5, 0.5  # the SmolLM2 chat cycle's (module docstring)
 TEACHER_TEMPERATURE, ALONG_REFERENCE = 0.6, 1.0  # the chat world's (simulators/chatworld/plugin.py)
@@ -70,11 +72,11 @@ def batches(new: Sequence, earlier: Sequence, replay: Callable[[random.Random], 
 class Judge:
     """Every stage's held-out asks and the retention benchmarks; one measure judges a model on all of them."""
 
-    def __init__(self, stages, experiment, pools, drift_prompts: int | None = None):
-        from simulators.chatworld.sequence import heldout
+    def __init__(self, stages, experiment, pools, drift_prompts: int | None = None, heldout: int | None = None):
+        from simulators.chatworld.sequence import heldout as asks
 
-        self.stages, self.experiment = list(stages), experiment
-        self.heldout = {s.name: heldout(s, pools) for s in self.stages}
+        self.stages, self.experiment, self.limit = list(stages), experiment, heldout
+        self.heldout = {s.name: asks(s, pools)[:heldout] for s in self.stages}
         self.general = experiment.general[:drift_prompts]
         self._chats = None  # the base's greedy replies to the general prompts, scored by every stage's drift
 
@@ -150,6 +152,23 @@ def _save(model, folder: Path, stage: int) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def base_measure(path: Path, judge: Judge, model, encoder) -> dict:
+    """The base model's measure, read from ``path`` where an earlier run wrote it; a stage it was not judged on
+    (a longer rerun's) is judged now and added, so a longer rerun measures the base on the new stages alone."""
+    from reverie.files import atomic_write_json
+
+    if not path.exists():
+        base = judge.measure(model, encoder)
+    else:
+        base = json.loads(path.read_text())
+        missing = [name for name in judge.heldout if name not in base["accuracy"]]
+        if not missing:
+            return base
+        base["accuracy"].update(judge.accuracy(model, encoder, missing))
+    atomic_write_json(path, base)
+    return base
+
+
 def _done(folder: Path) -> int:
     state = folder / STATE
     return json.loads(state.read_text())["stage"] if state.exists() else 0
@@ -159,6 +178,14 @@ def finished(folder: Path, plan) -> list[dict]:
     """The reports of the stages of ``plan`` finished in a method's ``folder`` (none where it has none)."""
     done = min(_done(folder / "model"), len(plan))
     return [json.loads((folder / f"stage-{s.index:02d}.json").read_text()) for s in plan[:done]]
+
+
+def _resumable(folder: Path, plan, heldout: int | None) -> None:
+    """Refuse to resume a method's folder whose stages were judged on another count of held-out asks."""
+    reports = finished(folder, plan)
+    if reports and reports[-1].get("heldout") != heldout:
+        raise ReverieError(f"{folder} was judged on {reports[-1].get('heldout') or 'all'} held-out asks a stage, "
+                           f"not {heldout or 'all'}: rerun with that --heldout, or give another --out")
 
 
 def run_method(model_dir: Path, out: Path, method: str, plan, judge: Judge, base_measure: dict, base, *,
@@ -186,6 +213,7 @@ def run_method(model_dir: Path, out: Path, method: str, plan, judge: Judge, base
     weights = folder / "model"
     done = _done(weights)
     reports = finished(folder, plan)
+    _resumable(folder, plan, judge.limit)
     if done >= len(plan):
         return reports
     tokenizer = load_tokenizer(model_dir)
@@ -224,7 +252,7 @@ def run_method(model_dir: Path, out: Path, method: str, plan, judge: Judge, base
             "method": method, "stage": stage.name, "index": stage.index, "family": stage.family,
             "rule": stage.rule, "facts": [t.text for t in stage.facts],
             "in_force": rules, "steps": steps, "batch_size": batch_size, "lr": lr, "retain": retain,
-            "relearn": relearn, "seed": seed,
+            "relearn": relearn, "seed": seed, "heldout": judge.limit,
             **({"teacher_temperature": TEACHER_TEMPERATURE, "along_reference": ALONG_REFERENCE}
                if method == "opsd" else {"replay_reference": "own greedy reply, rules kept"}),
             "accuracy_before": before["accuracy"][stage.name],
@@ -329,13 +357,13 @@ def plot(summary: dict, reports: dict[str, list[dict]], path: Path) -> None:
 def sequence(model_dir: Path, out: Path, methods: Sequence[str] = METHODS, stages: int = 10, *,
              steps: int = STEPS, batch_size: int = BATCH_SIZE, lr: float = LR, retain: float = RETAIN,
              relearn: float = RELEARN, seed: int = 0, benchmark_items: int = 100,
-             benchmarks: Sequence[str] | None = None, drift_prompts: int = 16, progress=lambda line: None) -> dict:
+             benchmarks: Sequence[str] | None = None, drift_prompts: int = 16, heldout: int | None = None,
+             progress=lambda line: None) -> dict:
     """Every method's sequence of ``stages`` (resumed where a folder has some), then ``summary.json`` and
     ``sequence.png`` in ``out``; the summary."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    from bench.experiments import measured_base
     from learner.tokenizer import chat_encoder, load_tokenizer
     from reverie.results import write_result
     from simulators.chatworld.experiment import ChatExperiment
@@ -347,13 +375,15 @@ def sequence(model_dir: Path, out: Path, methods: Sequence[str] = METHODS, stage
         raise ValueError(f"unknown method {unknown[0]!r}; methods are: {', '.join(METHODS)}")
     pools = load_pools()
     plan = make_plan(stages, pools)
+    for m in methods:
+        _resumable(out / m, plan, heldout)
     encoder = chat_encoder(load_tokenizer(model_dir))
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval().requires_grad_(False)
     experiment = ChatExperiment.build(model, encoder, (), benchmark_items, pools, benchmark_names=benchmarks)
-    judge = Judge(plan, experiment, pools, drift_prompts)
+    judge = Judge(plan, experiment, pools, drift_prompts, heldout)
     names = f"-{'-'.join(benchmarks)}" if benchmarks else ""
-    base = measured_base(out / f"base-{stages}-stages-{benchmark_items}-items{names}.json",
-                         lambda: judge.measure(model, encoder))
+    asks = f"-{heldout}-heldout" if heldout else ""
+    base = base_measure(out / f"base-{benchmark_items}-items{names}{asks}.json", judge, model, encoder)
     for m in methods:
         run_method(model_dir, out, m, plan, judge, base, model, steps=steps, batch_size=batch_size, lr=lr, retain=retain,
                    relearn=relearn, seed=seed, progress=progress)
@@ -361,7 +391,7 @@ def sequence(model_dir: Path, out: Path, methods: Sequence[str] = METHODS, stage
     summary = summarise(plan, reports, base)
     plot(summary, reports, out / "sequence.png")
     return write_result({"what": "chat-world stages taught in a row (bench/sequence.py)", "model": str(model_dir),
-                         "benchmark_items": benchmark_items, "drift_prompts": len(judge.general), **summary},
+                         "benchmark_items": benchmark_items, "drift_prompts": len(judge.general), "heldout": heldout, **summary},
                         out / "summary.json")
 
 

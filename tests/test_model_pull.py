@@ -351,8 +351,8 @@ def test_reverie_bench_sequence_teaches_smollm2_stage_after_stage_and_a_longer_r
     monkeypatch.setenv(BENCHMARK_CACHE, str(benchmarks))
     out = tmp_path / "seq"
     argv = ["bench", "sequence", "--model", str(smollm2), "--methods", "sft", "--steps", "1", "--batch-size", "4",
-            "--benchmark-items", "2", "--benchmarks", "arc_easy", "--drift-prompts", "2", "--out", str(out), "--json",
-            "--quiet"]
+            "--benchmark-items", "2", "--benchmarks", "arc_easy", "--drift-prompts", "2", "--heldout", "4", "--out",
+            str(out), "--json", "--quiet"]
     assert main([*argv, "--stages", "1"]) == 0
     first = (out / "sft" / "stage-01.json").read_bytes()
     assert main([*argv, "--stages", "2"]) == 0
@@ -367,6 +367,10 @@ def test_reverie_bench_sequence_teaches_smollm2_stage_after_stage_and_a_longer_r
     assert stage["retention_kl"] > 0 and "retention_norm_margin_shift_avg" in stage and "passes" in stage["gate"]
     assert (out / "sequence.png").stat().st_size > 0 and json.loads((out / "sft" / "model" / "reverie-stage.json")
                                                                      .read_text()) == {"stage": 2}
+    base = json.loads((out / "base-2-items-arc_easy-4-heldout.json").read_text())
+    assert list(base["accuracy"]) == ["01-facts", "02-rule-starts_with"]  # the rerun judged the base on stage 2 alone
+    assert main([*argv[:-5], "2", *argv[-4:], "--stages", "2"]) == 2  # judged on another count: not resumed
+    assert "judged on 4 held-out asks a stage, not 2" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("skill", ["facts", "rule"])

@@ -156,6 +156,7 @@ def test_the_benchmarks_page_quotes_the_sequences_summary_file(stages, tmp_path)
     (["--lr", "2"], "--lr must be"),
     (["--relearn", "1.5"], "--relearn"),
     (["--drift-prompts", "17"], "--drift-prompts must be"),
+    (["--heldout", "0"], "--heldout must be"),
     (["--benchmarks", "arc_easy,trivia"], "trivia"),
 ])
 def test_bad_sequence_options_are_one_line_and_exit_2(refused, tmp_path, argv, message):
