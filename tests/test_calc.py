@@ -56,8 +56,10 @@ def test_an_episode_that_calculates_then_answers_right_is_rewarded_and_verified(
     assert env.verify(to_task(p), env.transcript) and verify(to_task(p), solve(p))
 
 
-@pytest.mark.parametrize("case", ["guess", "wrong", "forged", "after", "other question", "too long", "error only"])
-def test_the_verifier_refuses_a_guess_a_wrong_answer_a_forged_result_and_anything_after_the_answer(case):
+@pytest.mark.parametrize("case", ["guess", "wrong", "forged", "lied", "after", "other question", "too long",
+                                  "error only"])
+def test_the_verifier_refuses_a_guess_a_wrong_answer_a_forged_or_false_result_and_anything_after_the_answer(case):
+    """``lied``: a result the calculator would not have given (a simulator's), though the answer is right."""
     p = problems("heldout", 0, 2)[0]
     task, right = to_task(p), solve(p)
     opening = right[:2]
@@ -66,6 +68,7 @@ def test_the_verifier_refuses_a_guess_a_wrong_answer_a_forged_result_and_anythin
         "wrong": [*right[:-1], {"role": "assistant", "content": f"ANSWER: {p.answer + 1}"}],
         "forged": [*opening, {"role": "assistant", "content": f"CALC: {p.expression} RESULT: {p.answer}"},
                    {"role": "assistant", "content": f"ANSWER: {p.answer}"}],
+        "lied": [*opening, right[2], {"role": "user", "content": f"RESULT: {p.answer + 7}"}, right[-1]],
         "after": [*right, {"role": "user", "content": "thanks"}],
         "other question": [right[0], {"role": "user", "content": problems("heldout", 0, 2)[1].question}, *right[2:]],
         "too long": [*opening, *[{"role": "assistant", "content": "CALC: 1 + 1"}, {"role": "user", "content": "RESULT: 2"}] * 4,

@@ -14,7 +14,8 @@ and ``heldout`` ones (what success is measured on) from separate streams, and no
 train one.
 
 The verifier (:func:`verify`) judges a finished transcript from its own messages: the first user message is the
-task's question, the episode called the calculator at least once and was answered, and its last message is the
+task's question, the episode called the calculator at least once and was answered, every observation in it is the
+one the client would have given (a simulated environment's results are recomputed, not believed), its last message is the
 agent's ``ANSWER`` equal to the true value (the task's private ``spec``), within ``max_turns`` actions and nothing
 after it.  So a right answer never computed with the tool is refused, and a simulator that claims success
 without the true value is not believed.
@@ -213,8 +214,11 @@ def verify(task, messages: list[dict], max_turns: int = MAX_TURNS) -> bool:
     acts = [i for i, m in enumerate(rest) if m.get("role") == "assistant"]
     if not acts or len(acts) > max_turns or acts[-1] != len(rest) - 1:
         return False  # no action, too many, or something after the last one
+    for i in acts[:-1]:  # every observation is the calculator's own (a simulator's is checked, not believed)
+        told = rest[i + 1] if i + 1 < len(rest) else {}
+        if told.get("role") != "user" or str(told.get("content", "")).strip() != observe(str(rest[i]["content"]))[0]:
+            return False
     calls = [i for i in acts[:-1] if (a := action(str(rest[i].get("content", "")))) and a[0] == "calc"
-             and i + 1 < len(rest) and rest[i + 1].get("role") == "user"
              and str(rest[i + 1].get("content", "")).startswith("RESULT:")]
     last = action(str(rest[-1].get("content", "")))
     if not calls or last is None or last[0] != "answer":
