@@ -491,7 +491,7 @@ class Controller:
         episodes; a reload 0.04 s).  One that no longer answers is replaced."""
         import ray
 
-        from simulators.dream import READY_TIMEOUT_S, stop_engine
+        from simulators.dream import READY_TIMEOUT_S, context_of, stop_engine
         from simulators.rollout import engine_actor
 
         if self._engine is not None:
@@ -503,7 +503,8 @@ class Controller:
                 stop_engine(self._engine)
                 self._engine = None
         base = self.registry.base()
-        engine = engine_actor(base.directory, version=base.version, seed=self.cfg.loop.seed)
+        engine = engine_actor(base.directory, version=base.version, seed=self.cfg.loop.seed,
+                              max_model_len=context_of(self.world.dream_families.values()))
         try:
             ray.get(engine.version.remote(), timeout=READY_TIMEOUT_S)
         except BaseException:

@@ -120,34 +120,6 @@ def score_rules(checks: dict[str, dict], replies: Sequence[str]) -> tuple[float,
 CALC_ITEMS = 100  # held-out problems when no limit is given
 
 
-def play_calc(problems, generate: Callable[[list[list[dict]]], list[str]], max_turns: int | None = None) -> dict:
-    """Every problem played as an episode of the calc environment, all in lock step, each turn's replies from
-    ``generate`` (conversations -> replies): the share solved (the verifier's), of episodes that called the
-    calculator, and of replies that held an action at all."""
-    from simulators.chatworld.calc import MAX_TURNS, CalcEnvironment, action, to_task
-
-    envs = [CalcEnvironment(max_turns or MAX_TURNS) for _ in problems]
-    tasks = [to_task(p) for p in problems]
-    for env, task in zip(envs, tasks):
-        env.reset(task)
-    rewards, active, replies, acted = [0.0] * len(problems), list(range(len(problems))), 0, 0
-    while active:
-        out = generate([envs[i].transcript for i in active])
-        still = []
-        for i, reply in zip(active, out, strict=True):
-            replies, acted = replies + 1, acted + (action(reply) is not None)
-            step = envs[i].step(reply)
-            if step.done:
-                rewards[i] = step.reward
-            else:
-                still.append(i)
-        active = still
-    called = [any((a := action(m["content"])) and a[0] == "calc" for m in env.transcript if m["role"] == "assistant")
-              for env in envs]
-    return {"solved": sum(rewards) / len(problems), "called_tool": sum(called) / len(problems),
-            "acted": acted / max(replies, 1), "episodes": [env.transcript for env in envs]}
-
-
 def score_plain(problems, replies: Sequence[str]) -> float:
     """The share of plain replies whose last number is the problem's answer."""
     from simulators.chatworld.calc import _NUMBER, answered
@@ -178,6 +150,7 @@ def evaluate_family(name: str, llm, encoder, limit: int | None,
         score, detail = score_facts(asks, replies)
     elif name == "calc":
         from reverie.engine import greedy
+        from simulators.chatworld.calc import play
 
         problems = calc_problems(limit)
         progress(f"calc: {len(problems)} held-out word problems played with the calculator")
@@ -189,7 +162,7 @@ def evaluate_family(name: str, llm, encoder, limit: int | None,
             cut += sum(c for _, c in out)
             return [text for text, _ in out]
 
-        played = play_calc(problems, generate)
+        played = play(problems, generate)
         score, replies = played["solved"], played["episodes"]
         detail = {"called_tool": played["called_tool"], "acted": played["acted"]}
     elif name == "calc_plain":
@@ -222,4 +195,4 @@ def longest_prompt(encoder, names: Sequence[str], limit: int | None) -> int:
 
 
 __all__ = ["FAMILIES", "MAX_TOKENS", "FamilyScore", "calc_problems", "evaluate_family", "fact_asks",
-           "longest_prompt", "play_calc", "rule_checks", "rule_prompts", "score_facts", "score_plain", "score_rules"]
+           "longest_prompt", "rule_checks", "rule_prompts", "score_facts", "score_plain", "score_rules"]

@@ -54,6 +54,12 @@ RELOAD_TIMEOUT_S = 600.0
 AGREEMENT_TRIES = 4  # the policy's tries at the last step of a dreamed success replayed for real
 
 
+def context_of(families) -> int | None:
+    """The context (tokens) the longest episode of ``families`` needs (a family's optional ``max_model_len``);
+    None where every family fits the engine's default."""
+    return max((getattr(f, "max_model_len", None) or 0 for f in families), default=0) or None
+
+
 def recorded_asks(data_dir: str | Path) -> list[str]:
     """What users asked (first user message of each recorded interaction)."""
     from actors.store import read_table
@@ -131,7 +137,8 @@ class Dreamer:
                                 exclude=[*family.heldout_prompts(eval_items), *exclude])
         name = name or f"dream-{uuid.uuid4().hex[:8]}"
         owns = engine is None
-        engine = engine_actor(model_dir, version=version, seed=seed) if owns else engine
+        engine = (engine_actor(model_dir, version=version, seed=seed, max_model_len=context_of([family]))
+                  if owns else engine)
         pool = None
         try:
             wait_ready(engine, timeout=ready_timeout)

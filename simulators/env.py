@@ -154,7 +154,8 @@ def available() -> list[str]:
 # observations, so a simulated environment's successes are decided by it, never by the simulator's claim.
 FamilyVerifier = Callable[[list[dict], int], bool]
 _FAMILY_VERIFIERS: dict[str, FamilyVerifier] = {}
-_BUILTIN_VERIFIERS = {"tools": "simulators.tinyworld.tools_verifier:verify_tools_family"}
+_BUILTIN_VERIFIERS = {"tools": "simulators.tinyworld.tools_verifier:verify_tools_family",
+                      "calc": "simulators.chatworld.calc:verify_family"}
 
 
 def register_family_verifier(family: str, verifier: FamilyVerifier | str) -> None:
@@ -163,7 +164,8 @@ def register_family_verifier(family: str, verifier: FamilyVerifier | str) -> Non
 
 
 def family_verifier(family: str) -> FamilyVerifier | None:
-    """The registered verifier of ``family`` (built-in: the tiny world's ``tools``), or None."""
+    """The registered verifier of ``family`` (built-in: the tiny world's ``tools``, the chat world's ``calc``), or
+    None."""
     if family not in _FAMILY_VERIFIERS and family in _BUILTIN_VERIFIERS:
         register_family_verifier(family, _BUILTIN_VERIFIERS[family])
     return _FAMILY_VERIFIERS.get(family)

@@ -36,10 +36,11 @@ class Sampling:
 class RolloutEngine:
     """A vLLM engine on one model directory, shared by concurrent callers."""
 
-    def __init__(self, model_dir: str | Path, version: int, seed: int = 0):
+    def __init__(self, model_dir: str | Path, version: int, seed: int = 0, max_model_len: int | None = None):
         self._queue: queue.Queue = queue.Queue()
         self._lock = threading.Lock()
         self._seed = seed
+        self._max_model_len = max_model_len  # None: reverie.engine's default
         self._llm = None
         self.calls = 0  # engine generate calls (each may combine several requests)
         self.requests = 0
@@ -66,7 +67,8 @@ class RolloutEngine:
         self._model_dir = str(model_dir)
         self._version = int(version)
         self._encoder = chat_encoder(load_tokenizer(Path(model_dir)))
-        self._llm = offline_llm(model_dir, seed=self._seed)
+        longer = {"max_model_len": self._max_model_len} if self._max_model_len else {}
+        self._llm = offline_llm(model_dir, seed=self._seed, **longer)
 
     def _stop(self) -> None:
         if self._llm is not None:
@@ -152,16 +154,18 @@ class RolloutEngine:
             self._stop()
 
 
-def engine_actor(model_dir: str | Path, version: int, seed: int = 0, num_cpus: float = 1.0):
+def engine_actor(model_dir: str | Path, version: int, seed: int = 0, num_cpus: float = 1.0,
+                 max_model_len: int | None = None):
     """A ``RolloutEngine`` as a Ray actor that serves many workers at once, tagged ``version``; on the
-    ``learner`` node where the cluster has one (beside the weights it is given; simulator nodes come and go)."""
+    ``learner`` node where the cluster has one (beside the weights it is given; simulator nodes come and go).
+    ``max_model_len``: the context its episodes need (a dream family's ``max_model_len``), else the default."""
     import ray
 
     from reverie.ray_start import placed
 
     cls = ray.remote(RolloutEngine).options(num_cpus=num_cpus, max_concurrency=64, max_restarts=0,
                                             **placed("learner"))
-    return cls.remote(str(model_dir), version, seed)
+    return cls.remote(str(model_dir), version, seed, max_model_len)
 
 
 def wait_ready(engine, timeout: float = 300.0) -> int:

@@ -4,6 +4,7 @@ parses, and the verifier that accepts a solved episode and refuses a guess, a wr
 an episode that goes on after its answer."""
 from __future__ import annotations
 
+import re
 from fractions import Fraction
 
 import pytest
@@ -103,7 +104,8 @@ def test_reverie_evals_calc_family_plays_episodes_in_lock_step_and_counts_what_t
     """``reverie eval --suite calc`` plays each held-out problem as an episode, a turn of every open episode per
     call of the policy: an expert that calculates then answers solves all; a right guess solves none; a policy
     that never acts runs every episode out of turns."""
-    from evals.chat import calc_problems, play_calc, score_plain
+    from evals.chat import calc_problems, score_plain
+    from simulators.chatworld.calc import play as play_calc
 
     probs = calc_problems(12)
     by_question = {p.question: p for p in probs}
@@ -129,3 +131,58 @@ def test_reverie_evals_calc_family_plays_episodes_in_lock_step_and_counts_what_t
     assert play_calc(probs, chatter)["acted"] == 0.0 and calls == [12, 12, 12, 12]
     replies = [f"The answer is {p.answer}." for p in probs[:6]] + [f"{p.answer} or {p.answer + 1}" for p in probs[6:]]
     assert score_plain(probs, replies) == 0.5
+
+
+def test_the_dream_source_proposes_only_train_problems_with_their_true_answers_and_reads_a_users_ask():
+    """``CalcTaskSource``: seeds and variations come from the train stream (a variation keeps its template), every
+    task's answer is the calculator's; a recorded ask is a task when it is one of the family's problems."""
+    import random
+
+    from simulators.chatworld.calc import TEMPLATES, CalcTaskSource, parse
+
+    src, rng = CalcTaskSource(), random.Random(0)
+    heldout = {p.question for p in problems("heldout", 0, 200)}
+    seeds = [src.seed(rng) for _ in range(200)]
+    for task in seeds:
+        p = parse(task.prompt)
+        assert task.prompt not in heldout and p is not None and task.spec["answer"] == p.answer == calculate(p.expression)
+        varied = src.vary(task, rng)
+        assert varied.spec["template"] == task.spec["template"] and varied.prompt != task.prompt
+        assert int(re.search(r"\d+", varied.prompt)[0]) % 2 == 0  # the train stream's parity
+    assert {t.spec["template"] for t in seeds} == set(range(len(TEMPLATES)))
+    asked = src.parse("A factory makes  1,234 bolts every day. How many bolts does it make in 12 days?", rng)
+    assert asked.spec["answer"] == 14808 and asked.env == "chatworld-calc" and asked.family == "calc"
+    assert src.parse("What is the capital of France?", rng) is None
+    assert src.parse("7 dollars are shared equally among 2 people. How many dollars does each person get?", rng) is None
+
+
+def test_the_familys_own_verifier_judges_a_transcript_from_its_question_alone():
+    """``verify_family`` (what judges a simulated episode): the true answer comes from the question it opens with."""
+    from simulators.chatworld.calc import verify_family
+    from simulators.env import family_verifier
+
+    p = problems("heldout", 0, 3)[2]
+    right = solve(p)
+    assert family_verifier("calc") is verify_family and verify_family(right)
+    assert not verify_family([*right[:-1], {"role": "assistant", "content": f"ANSWER: {p.answer - 1}"}])
+    assert not verify_family([right[0], {"role": "user", "content": "What is 2 + 2?"}, *right[2:]])
+    assert not verify_family([])
+
+
+def test_the_dream_family_measures_held_out_success_through_any_policy_and_the_proposer_never_asks_them():
+    from simulators.chatworld.calc import CalcFamily, play
+    from simulators.proposer import TaskProposer
+
+    family = CalcFamily()
+    by_question = {p.question: p for p in problems("heldout", 0, 20)}
+
+    def expert(chats):
+        return [f"ANSWER: {by_question[c[1]['content']].answer}" if c[-1]["content"].startswith("RESULT:")
+                else f"CALC: {by_question[c[1]['content']].expression}" for c in chats]
+
+    assert family.success(20, expert) == 1.0 and family.success(20, lambda chats: ["ANSWER: 1"] * len(chats)) == 0.0
+    assert [t.prompt for t in family.heldout_tasks(20)] == family.heldout_prompts(20) == list(by_question)
+    assert play(list(by_question.values())[:2], lambda chats: [None] * len(chats))["acted"] == 0.0  # outgrown
+    proposer = TaskProposer(family.source, (2, 4), seed=0, exclude=family.heldout_prompts(200))
+    proposed = [p.task.prompt for p in proposer.propose(300)]
+    assert len(set(proposed)) == 300 and not set(proposed) & set(family.heldout_prompts(200))

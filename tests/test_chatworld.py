@@ -267,7 +267,7 @@ def test_load_world_chat_gives_a_chat_world_that_fetches_nothing_until_asked_for
     monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
     world = load_world("chat")
     assert isinstance(world, ChatWorld) and world.name == "chat"
-    assert world.retention_suite(10) is None and world.replay(0) is None and world.dream_families == {}
+    assert world.retention_suite(10) is None and world.replay(0) is None and list(world.dream_families) == ["calc"]
     assert world.benchmarks == BENCHMARKS
     from evals.data import BENCHMARKS as SUPPORTED
 

@@ -26,6 +26,7 @@ import ast
 import operator
 import random
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -91,15 +92,46 @@ class Problem:
     question: str
     answer: int
     expression: str  # what the calculator is given to solve it in one call
+    template: int = 0  # which of TEMPLATES it was drawn from (a dream's variation keeps it)
 
 
-def _draw(rng: random.Random) -> Problem:
-    t = TEMPLATES[rng.randrange(len(TEMPLATES))]
-    numbers = t.draw(rng)
+def _draw(rng: random.Random, template: int | None = None) -> Problem:
+    index = rng.randrange(len(TEMPLATES)) if template is None else template
+    numbers = TEMPLATES[index].draw(rng)
+    problem = _problem(index, numbers)
+    assert problem is not None, numbers  # every template's numbers divide evenly
+    return problem
+
+
+def _problem(index: int, numbers: dict) -> Problem | None:
+    """Template ``index`` with ``numbers``; None where its answer is not a whole number."""
+    t = TEMPLATES[index]
     expression = t.expression.format(**numbers)
     value = calculate(expression)
-    assert value.denominator == 1, expression  # every template's numbers divide evenly
-    return Problem(t.text.format(**numbers), int(value), expression)
+    return Problem(t.text.format(**numbers), int(value), expression, index) if value.denominator == 1 else None
+
+
+def _split(problem: Problem) -> str:
+    """``train`` or ``heldout``: the parity of the question's first number."""
+    return SPLITS[int(_NUMBER.search(problem.question)[0].replace(",", "")) % 2]
+
+
+def _asked(index: int) -> re.Pattern:
+    pattern = re.escape(" ".join(TEMPLATES[index].text.split()))
+    for name in "abc":
+        pattern = pattern.replace(re.escape("{" + name + "}"), f"(?P<{name}>\\d[\\d,]*)")
+    return re.compile(pattern, re.IGNORECASE)
+
+
+def parse(question: str) -> Problem | None:
+    """The problem a question asks, where it is one of :data:`TEMPLATES` with its numbers (a recorded user's ask,
+    or a transcript's): its true answer computed here, never read from anywhere else."""
+    text = " ".join(question.split())
+    for index in range(len(TEMPLATES)):
+        m = _asked(index).fullmatch(text)
+        if m:
+            return _problem(index, {k: int(v.replace(",", "")) for k, v in m.groupdict().items()})
+    return None
 
 
 def solve(problem: Problem) -> list[dict]:
@@ -117,15 +149,21 @@ def problems(split: str, seed: int, n: int) -> list[Problem]:
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; splits are: {', '.join(SPLITS)}")
     rng = random.Random(f"chatworld-calc/{split}/{seed}")
-    want = 0 if split == "train" else 1
     out, seen = [], set()
     while len(out) < n:
         p = _draw(rng)
-        first = int(_NUMBER.search(p.question)[0].replace(",", ""))
-        if first % 2 == want and p.question not in seen:
+        if _split(p) == split and p.question not in seen:
             seen.add(p.question)
             out.append(p)
     return out
+
+
+def train_problem(rng: random.Random, template: int | None = None) -> Problem:
+    """One problem of the ``train`` stream's kind (of ``template`` where given), drawn from ``rng``."""
+    while True:
+        p = _draw(rng, template)
+        if _split(p) == "train":
+            return p
 
 
 # ------------------------------------------------------------------ the calculator
@@ -183,7 +221,7 @@ def answered(text: str) -> Fraction | None:
 def to_task(problem: Problem, family: str = FAMILY):
     from simulators.env import Task
 
-    return Task(ENV_NAME, problem.question, {"answer": problem.answer}, family)
+    return Task(ENV_NAME, problem.question, {"answer": problem.answer, "template": problem.template}, family)
 
 
 def opening(question: str) -> list[dict]:
@@ -267,5 +305,96 @@ class CalcEnvironment:
         return verify(task, messages, self.max_turns)
 
 
-__all__ = ["ENV_NAME", "FAMILY", "MAX_TURNS", "PROTOCOL", "CalcEnvironment", "CalcError", "Problem", "action",
-           "answered", "calculate", "observe", "opening", "problems", "solve", "to_task", "verify"]
+def verify_family(messages: list[dict], max_turns: int = MAX_TURNS) -> bool:
+    """The family's verifier (``simulators.env.family_verifier``): a transcript judged from its own messages
+    alone, the true answer computed from the question it opens with; False where that is no calc question."""
+    users = [m for m in messages if m.get("role") == "user"]
+    problem = parse(str(users[0].get("content", ""))) if users else None
+    return problem is not None and verify(to_task(problem), messages, max_turns)
+
+
+def play(problems: Sequence[Problem], generate: Callable[[list[list[dict]]], list[str]],
+         max_turns: int = MAX_TURNS) -> dict:
+    """Every problem played as an episode of the environment, all in lock step, each turn's replies from
+    ``generate`` (conversations -> replies): the share solved (the verifier's), of episodes that called the
+    calculator, and of replies that held an action at all; and the transcripts."""
+    envs = [CalcEnvironment(max_turns) for _ in problems]
+    for env, p in zip(envs, problems):
+        env.reset(to_task(p))
+    rewards, active, replies, acted = [0.0] * len(problems), list(range(len(problems))), 0, 0
+    while active:
+        out = generate([envs[i].transcript for i in active])
+        still = []
+        for i, reply in zip(active, out, strict=True):
+            replies, acted = replies + 1, acted + (reply is not None and action(reply) is not None)
+            step = envs[i].step(reply or "")
+            if step.done:
+                rewards[i] = step.reward
+            else:
+                still.append(i)
+        active = still
+    called = [any((a := action(m["content"])) and a[0] == "calc" for m in env.transcript if m["role"] == "assistant")
+              for env in envs]
+    n = max(len(problems), 1)
+    return {"solved": sum(rewards) / n, "called_tool": sum(called) / n, "acted": acted / max(replies, 1),
+            "episodes": [env.transcript for env in envs]}
+
+
+# ------------------------------------------------------------------ dreams
+class CalcTaskSource:
+    """Seeds, variations and parsed asks of the calc family (``simulators.proposer.TaskSource``): problems of the
+    ``train`` stream only (a held-out question is never proposed: the proposer also excludes them by name)."""
+
+    env = ENV_NAME
+    family = FAMILY
+
+    def seed(self, rng: random.Random):
+        return to_task(train_problem(rng))
+
+    def vary(self, task, rng: random.Random):
+        """The same kind of problem with other numbers."""
+        return to_task(train_problem(rng, int(task.spec.get("template", 0)) % len(TEMPLATES)))
+
+    def parse(self, text: str, rng: random.Random):
+        """A recorded user's ask as a task, when it is one of the family's problems."""
+        problem = parse(text)
+        return None if problem is None else to_task(problem)
+
+
+class CalcFamily:
+    """The ``calc`` skill as a dream family (``simulators.world.DreamFamily``): word problems played with the
+    calculator in ``chatworld-calc`` and judged by its verifier; retention is the chat world's benchmarks."""
+
+    skill = FAMILY
+    eval_max_turns = MAX_TURNS
+    max_model_len = 1024  # an episode's context: the protocol, the question, every action and result (about 480)
+
+    def __init__(self, benchmark_items: int | None = None):
+        self.source = CalcTaskSource()
+        self.benchmark_items = benchmark_items
+        self._experiment = None
+
+    def heldout_tasks(self, n: int) -> list:
+        return [to_task(p) for p in problems("heldout", 0, n)]
+
+    def heldout_prompts(self, n: int) -> list[str]:
+        return [p.question for p in problems("heldout", 0, n)]
+
+    def success(self, n: int, generate: Callable[[list], list[str]]) -> float:
+        return play(problems("heldout", 0, n), generate, self.eval_max_turns)["solved"]
+
+    def measure(self, model, encoder, base=None) -> dict:
+        """The retention benchmarks (the gate's, ``benchmark_items`` of each) scored by the torch ``model``."""
+        from simulators.chatworld.experiment import BENCHMARK_ITEMS, BENCHMARK_LLS, ChatExperiment
+
+        if self._experiment is None:
+            self._experiment = ChatExperiment.build(model, encoder, (), self.benchmark_items or BENCHMARK_ITEMS)
+        lls = self._experiment.loglikelihoods(model)
+        retention = self._experiment.retention(model, lls)
+        out = {"retention": retention, "retention_avg": sum(retention.values()) / len(retention), BENCHMARK_LLS: lls}
+        return {**out, **self._experiment.compare(base, out)} if base is not None else out
+
+
+__all__ = ["ENV_NAME", "FAMILY", "MAX_TURNS", "PROTOCOL", "CalcEnvironment", "CalcError", "CalcFamily",
+           "CalcTaskSource", "Problem", "action", "answered", "calculate", "observe", "opening", "parse", "play",
+           "problems", "solve", "to_task", "train_problem", "verify", "verify_family"]

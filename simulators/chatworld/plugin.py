@@ -12,7 +12,9 @@ person teaches a deployed instruct model (SmolLM2-135M-Instruct, or any chat mod
 - Drift: ``general_prompts(n)``, the last ``n`` prompts of the unseen pool, which the loop never draws (fixed by
   the source's order), on which the gate measures KL(base || candidate) per token.
 - Replay: none of the world's own (the loop replays what users asked before, its teacher shown the rules in
-  force).  Dream families: none.
+  force).
+- Dream families: ``calc`` (``calc.CalcFamily``): word problems played with a calculator in ``chatworld-calc``,
+  judged by its verifier.
 - Scripted teaching: ``teaching.script`` (what scripted users ask and say, taught and held out apart).
 
 Beyond the :class:`simulators.world.World` contract, the chat world judges a reply by code rather than against
@@ -145,8 +147,10 @@ class ChatWorld:
     teacher_temperature = 0.6
 
     def __init__(self, pools: Pools | None = None):
+        from simulators.chatworld.calc import CalcFamily
+
         self.variations = ChatVariations(pools)
-        self.dream_families: dict = {}
+        self.dream_families = {"calc": CalcFamily()}
 
     def retention_suite(self, n_per_family: int) -> None:
         return None
