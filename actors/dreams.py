@@ -190,11 +190,12 @@ def _run(cfg: DreamConfig, progress: Callable[[str, int], None] | None) -> dict:
             # 2. learn: distil every kept trajectory so far, with retention replay; the checkpoint's id comes
             #    from the registry's counter.  (Simulated successes are among them only after their round's
             #    agreement check passed.)
-            learn_cfg = LearnConfig(method="opsd", loss="fkl", steps=cfg.steps * k, batch_size=cfg.batch_size,
-                                    lr=cfg.lr, retain=cfg.retain, seed=cfg.seed)
             replay = world.replay(cfg.seed * 1000 + k)
+            retain = cfg.retain if replay else 0.0  # a world with no replay of its own (the chat world's)
+            learn_cfg = LearnConfig(method="opsd", loss="fkl", steps=cfg.steps * k, batch_size=cfg.batch_size,
+                                    lr=cfg.lr, retain=retain, seed=cfg.seed)
             batches = mixed_batches(lessons(kept, rng, trusted_only=False), replay[0] if replay else iter(()),
-                                    cfg.batch_size, cfg.retain)
+                                    cfg.batch_size, retain)
             saved: list[tuple[Path, int]] = []
             stats = learn(student, teacher, encoder, batches, learn_cfg, progress=False,
                           on_step=lambda s: tell("distil", 1), checkpoints=work, tokenizer_dir=Path(cfg.model_dir),

@@ -15,6 +15,11 @@ from pathlib import Path
 from reverie.errors import ReverieError, check_model_dir, parse_seed
 
 
+# options whose default is the skill's own (a dream family's ``dream_settings``), else DreamConfig's: option -> field
+SETTINGS = {"simulators": "simulators", "episodes": "episodes", "rounds": "rounds", "steps": "steps",
+            "items": "eval_items", "lr": "lr", "retain": "retain"}
+
+
 def _positive(text: str, what: str) -> int:
     try:
         n = int(text)
@@ -34,8 +39,11 @@ def cmd_dream(args: argparse.Namespace) -> int:
 
     model = check_model_dir(args.model)
     world = load_world(args.world or default_world(model))
-    if args.skill not in world.dream_families:
-        raise ReverieError(f"unknown skill {args.skill!r} for dream in the {world.name} world; skills are: "
+    if not world.dream_families:
+        raise ReverieError(f"the {world.name} world has no skill to dream: none of its families has an environment")
+    skill = args.skill or next(iter(world.dream_families))
+    if skill not in world.dream_families:
+        raise ReverieError(f"unknown skill {skill!r} for dream in the {world.name} world; skills are: "
                            f"{', '.join(world.dream_families) or 'none (the world has no environment)'}")
     data_dir = None
     if args.data_dir is not None:
@@ -48,18 +56,25 @@ def cmd_dream(args: argparse.Namespace) -> int:
             check_no_writer(str(data_dir))
         except StoreBusyError as e:
             raise ReverieError(f"--data-dir: {e}") from None
-    try:
-        lr = float(args.lr)
-    except ValueError:
-        raise ReverieError(f"--lr must be a number, got {args.lr!r}") from None
-    if not 0 < lr < 1:
-        raise ReverieError(f"--lr must be between 0 and 1, got {args.lr!r}")
-    try:
-        retain = float(args.retain)
-    except ValueError:
-        raise ReverieError(f"--retain must be a number, got {args.retain!r}") from None
-    if not 0 <= retain < 1:
-        raise ReverieError(f"--retain must be at least 0 and below 1, got {args.retain!r}")
+    given = {}  # what was typed; the rest is the skill's own settings, else DreamConfig's
+    if args.lr is not None:
+        try:
+            given["lr"] = float(args.lr)
+        except ValueError:
+            raise ReverieError(f"--lr must be a number, got {args.lr!r}") from None
+        if not 0 < given["lr"] < 1:
+            raise ReverieError(f"--lr must be between 0 and 1, got {args.lr!r}")
+    if args.retain is not None:
+        try:
+            given["retain"] = float(args.retain)
+        except ValueError:
+            raise ReverieError(f"--retain must be a number, got {args.retain!r}") from None
+        if not 0 <= given["retain"] < 1:
+            raise ReverieError(f"--retain must be at least 0 and below 1, got {args.retain!r}")
+    for option, field in SETTINGS.items():
+        text = getattr(args, option)
+        if text is not None and field not in given:
+            given[field] = _positive(text, "--" + option)
     if args.env not in ("real", "simulated"):
         raise ReverieError(f"--env must be real or simulated, got {args.env!r}")
     if args.simulator not in SIMULATORS:
@@ -74,11 +89,9 @@ def cmd_dream(args: argparse.Namespace) -> int:
         raise ReverieError(f"--judge must be one of {', '.join(JUDGES)}, got {args.judge!r}")
     if args.fallback not in ("real", "skip"):
         raise ReverieError(f"--fallback must be real or skip, got {args.fallback!r}")
+    settings = {**getattr(world.dream_families[skill], "dream_settings", {}), **given}
     cfg = DreamConfig(
-        model_dir=model, skill=args.skill, world=args.world or default_world(model),
-        simulators=_positive(args.simulators, "--simulators"),
-        episodes=_positive(args.episodes, "--episodes"), rounds=_positive(args.rounds, "--rounds"),
-        steps=_positive(args.steps, "--steps"), lr=lr, retain=retain, eval_items=_positive(args.items, "--items"),
+        model_dir=model, skill=skill, world=args.world or default_world(model), **settings,
         seed=parse_seed(args.seed), data_dir=data_dir, env=args.env, simulator=args.simulator,
         recorded=_positive(args.recorded, "--recorded"), min_agreement=min_agreement, fallback=args.fallback,
         simulator_steps=_positive(args.simulator_steps, "--simulator-steps"), judge=args.judge,
@@ -137,20 +150,27 @@ def format_dream(r: dict) -> str:
 def register(subparsers) -> argparse.ArgumentParser:
     """Add ``dream`` to the ``reverie`` command line's subparsers."""
     from actors.dreams import DreamConfig
+    from simulators.chatworld.calc import CalcFamily
     from simulators.tinyworld.build import SHIPPED_MODEL
 
     d = DreamConfig(model_dir=SHIPPED_MODEL)
     p = subparsers.add_parser(
         "dream", help="rehearse a skill in simulated environments, keep verified successes, distil them; measure")
-    p.add_argument("--skill", default=d.skill, help="the skill to rehearse (default %(default)s)")
-    p.add_argument("--simulators", default=str(d.simulators), help="simulator workers (default %(default)s)")
-    p.add_argument("--episodes", default=str(d.episodes), help="episodes rehearsed per round (default %(default)s)")
-    p.add_argument("--rounds", default=str(d.rounds), help="rehearse-distil rounds (default %(default)s)")
-    p.add_argument("--steps", default=str(d.steps), help="learner updates per round (default %(default)s)")
-    p.add_argument("--lr", default=str(d.lr), help="AdamW learning rate (default %(default)s)")
-    p.add_argument("--retain", default=str(d.retain),
-                   help="share of each learner batch that replays base skills (default %(default)s)")
-    p.add_argument("--items", default=str(d.eval_items), help="held-out tasks measured (default %(default)s)")
+    p.add_argument("--skill", default=None, help="the skill to rehearse, a dream family of the world (default: the "
+                   "world's first: tools in the tiny world, calc in the chat world)")
+    calc = CalcFamily.dream_settings
+
+    def default(field: str) -> str:
+        return f"(default {getattr(d, field)}, or the skill's own: {calc[field]} for calc)"
+
+    p.add_argument("--simulators", default=None, help="simulator workers " + default("simulators"))
+    p.add_argument("--episodes", default=None, help="episodes rehearsed per round " + default("episodes"))
+    p.add_argument("--rounds", default=None, help="rehearse-distil rounds " + default("rounds"))
+    p.add_argument("--steps", default=None, help="learner updates per round " + default("steps"))
+    p.add_argument("--lr", default=None, help="AdamW learning rate " + default("lr"))
+    p.add_argument("--retain", default=None, help="share of each learner batch that replays base skills, in a world "
+                   f"that has a replay (default {d.retain}; the chat world has none)")
+    p.add_argument("--items", default=None, help="held-out tasks measured " + default("eval_items"))
     p.add_argument("--env", default=d.env,
                    help="where rehearsals play: real (the task's environment) or simulated (a simulator built from "
                         "recorded episodes; the real environment only records them first, replays a sample of "

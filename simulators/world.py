@@ -54,6 +54,9 @@ Contract of a :class:`DreamFamily`:
   tasks, played in the real environment and judged by its verifier.
 - ``measure(model, encoder, base=None)``: a torch model's forced-choice accuracy on the family and on the
   world's retention skills (the dream experiment's before and after).
+- Optional: ``max_model_len``, the context (tokens) its longest episode needs, where it is longer than the
+  engine's default; ``dream_settings``, ``reverie dream``'s defaults for it (``actors.dreams.DreamConfig`` fields),
+  where the world's model needs others than the tiny world's.
 """
 from __future__ import annotations
 

@@ -20,7 +20,8 @@ from reverie.cli import main
 
 @pytest.mark.parametrize("argv, message", [
     (["--skill", "facts"], "unknown skill 'facts' for dream in the tiny world; skills are: tools"),
-    (["--world", "none"], "unknown skill 'tools' for dream in the none world; skills are: none (the world has no"),
+    (["--world", "none"], "the none world has no skill to dream: none of its families has an environment"),
+    (["--world", "chat", "--skill", "tools"], "unknown skill 'tools' for dream in the chat world; skills are: calc"),
     (["--world", "chatty"], "unknown world 'chatty': worlds are chat, none, tiny, or package.module:Class"),
     (["--simulators", "0"], "--simulators must be a positive whole number"),
     (["--episodes", "many"], "--episodes must be a positive whole number"),
