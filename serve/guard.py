@@ -186,3 +186,50 @@ async def _reply(send, status: int, message: str) -> None:
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})
+
+
+
+class ErrorRedactor:
+    """Pure ASGI middleware, outermost: a server error's JSON body keeps its status, type and request id and loses
+    the rest.  Ray Serve LLM's handler of last resort writes ``Message: Internal Server Error (Request ID: ...),
+    Internal exception: ..., original exception: <the exception's text>``, and the text of an error raised in
+    another Ray process is its remote traceback (paths, hosts, pids, data); the log keeps it whole."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        held: dict = {}
+        chunks: list[bytes] = []
+
+        async def redacting(message):
+            if message["type"] == "http.response.start" and message.get("status", 200) >= 500:
+                held["start"] = message  # the body decides what is sent
+                return None
+            if "start" not in held or message["type"] != "http.response.body":
+                return await send(message)
+            chunks.append(message.get("body", b""))
+            if message.get("more_body", False):
+                return None
+            body = redacted(b"".join(chunks))
+            headers = [(k, v) for k, v in held["start"].get("headers", []) if k.lower() != b"content-length"]
+            await send({**held["start"], "headers": [*headers, (b"content-length", str(len(body)).encode())]})
+            return await send({"type": "http.response.body", "body": body})
+
+        return await self.app(scope, receive, redacting)
+
+
+def redacted(body: bytes) -> bytes:
+    """A server error's body with its message cut to the first sentence Ray writes (status and request id)."""
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return body
+    error = doc.get("error") if isinstance(doc, dict) else None
+    if not isinstance(error, dict) or not isinstance(error.get("message"), str):
+        return body
+    first = error["message"].split(", Internal exception:", 1)[0].removeprefix("Message: ")
+    first = first.split(", original exception:", 1)[0].splitlines()[0] if first else "Internal Server Error"
+    return json.dumps({**doc, "error": {**error, "message": first}}).encode()

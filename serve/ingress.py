@@ -32,7 +32,7 @@ from reverie.versions import redact_feedback as redact_feedback_of
 from serve.auth import AuthMiddleware
 from serve.broadcaster import SwapError, WeightBroadcaster
 from serve.door import MARKER
-from serve.guard import OPENAI_ROLES, BodyGuard
+from serve.guard import OPENAI_ROLES, BodyGuard, ErrorRedactor
 from serve.ray_llm import (
     DEFAULT_ENDPOINTS,
     DEFAULT_LLM_ROUTER_HTTP_TIMEOUT,
@@ -303,4 +303,5 @@ def make_app():
     app = init()
     app.add_middleware(BodyGuard, roles=lambda: _ROLES or OPENAI_ROLES)  # inner: runs once the key passed
     app.add_middleware(AuthMiddleware, digests=key_digests)
+    app.add_middleware(ErrorRedactor)  # outermost: a server error's body names no remote traceback
     return app
