@@ -257,6 +257,8 @@ class Controller:
     def _new_asks(self) -> list[dict]:
         """Recorded conversations, not dreamt on yet, whose ask belongs to a family with a registered
         environment: ``{"id", "ask", "skill", "new"}`` (``new``: the first of its ask)."""
+        from simulators.world import ask_of
+
         if not self.cfg.loop.dream:
             return []
         sources = {skill: f.source for skill, f in self.world.dream_families.items()}
@@ -266,7 +268,7 @@ class Controller:
         for r in self._read_new("interactions", columns=["id", "messages"]):
             if r["id"] in self.dreamt or not r["messages"]:
                 continue
-            ask = next((m["content"] for m in r["messages"] if m["role"] == "user"), None)
+            ask = ask_of(r["messages"], self.world.dream_families.values())
             for skill, src in sources.items():
                 if ask is not None and src.parse(ask, rng) is not None:
                     self._candidates[(r["id"], skill)] = {"id": r["id"], "ask": ask, "skill": skill}
@@ -430,8 +432,10 @@ class Controller:
     def _asks(self, c: Cycle) -> list[str]:
         from actors.store import read_table
 
+        from simulators.world import ask_of
+
         rows = read_table(self.cfg.data_dir, "interactions", ids=c.asks, columns=["id", "messages"]).to_pylist()
-        asks = [next((m["content"] for m in r["messages"] if m["role"] == "user"), "") for r in rows]
+        asks = [ask_of(r["messages"], self.world.dream_families.values()) or "" for r in rows]
         return sorted(set(a for a in asks if a))
 
     def _env_heldout(self, c: Cycle) -> list:

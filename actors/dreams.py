@@ -134,7 +134,7 @@ def _run(cfg: DreamConfig, progress: Callable[[str, int], None] | None) -> dict:
     run_id = uuid.uuid4().hex[:8]
     data_dir = Path(cfg.data_dir) if cfg.data_dir is not None else Path(tempfile.mkdtemp(prefix="reverie-dream-"))
     work = data_dir / "dreams" / run_id
-    asks = recorded_asks(data_dir)
+    asks = recorded_asks(data_dir, world.dream_families.values())
 
     start_ray(num_cpus=4, env_vars={"TOKENIZERS_PARALLELISM": "false"})
     store = ExperienceStore.remote(str(data_dir))

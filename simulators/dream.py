@@ -60,17 +60,16 @@ def context_of(families) -> int | None:
     return max((getattr(f, "max_model_len", None) or 0 for f in families), default=0) or None
 
 
-def recorded_asks(data_dir: str | Path) -> list[str]:
-    """What users asked (first user message of each recorded interaction)."""
+def recorded_asks(data_dir: str | Path, families: Iterable = ()) -> list[str]:
+    """What users asked: each recorded interaction's ask (``simulators.world.ask_of``: the first user message
+    one of ``families`` reads as a task, else the first)."""
     from actors.store import read_table
+    from simulators.world import ask_of
 
-    asks = []
-    for messages in read_table(str(data_dir), "interactions").column("messages").to_pylist():
-        for m in messages or []:
-            if m["role"] == "user":
-                asks.append(m["content"])
-                break
-    return asks
+    families = list(families)
+    asks = (ask_of(messages, families) for messages in
+            read_table(str(data_dir), "interactions").column("messages").to_pylist())
+    return [a for a in asks if a is not None]
 
 
 @dataclass

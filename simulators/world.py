@@ -61,7 +61,8 @@ Contract of a :class:`DreamFamily`:
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Iterator, Sequence
+import random
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -140,6 +141,15 @@ def load_world(name: str) -> World:
     except (ImportError, AttributeError) as e:
         raise UnknownWorld(f"world {name!r}: cannot load {where} ({e})") from None
     return world
+
+
+def ask_of(messages: Sequence[dict] | None, families: Iterable[DreamFamily] = ()) -> str | None:
+    """What a recorded conversation asks: its first user message that one of ``families``' sources reads as a task
+    (an agent's conversation may open with worked examples: the chat world's calc), else its first user message."""
+    users = [str(m.get("content") or "") for m in messages or () if m.get("role") == "user"]
+    rng = random.Random(0)
+    sources = [f.source for f in families]
+    return next((u for u in users if any(s.parse(u, rng) is not None for s in sources)), users[0] if users else None)
 
 
 def dream_family(world: World, skill: str) -> DreamFamily:

@@ -10,7 +10,7 @@ from fractions import Fraction
 import pytest
 
 from simulators.chatworld.calc import (CalcEnvironment, CalcError, action, answered, calculate, observe, problems,
-                                       solve, to_task, verify)
+                                       question_of, solve, to_task, verify)
 
 
 def test_train_and_heldout_problems_are_deterministic_distinct_and_never_share_a_question():
@@ -49,7 +49,8 @@ def test_an_episode_that_calculates_then_answers_right_is_rewarded_and_verified(
     p = problems("heldout", 0, 1)[0]
     env = CalcEnvironment()
     opening = env.reset(to_task(p))
-    assert [m["role"] for m in opening] == ["system", "user"] and "CALC:" in opening[0]["content"]
+    assert [m["role"] for m in opening] == ["system", *["user", "assistant"] * 4, "user"] and "CALC:" in opening[0]["content"]
+    assert question_of(opening) == p.question and opening[-1]["content"] == p.question  # after the worked examples
     step = env.step(f"Sure. CALC: {p.expression}")
     assert (step.observation, step.reward, step.done) == (f"RESULT: {p.answer}", 0.0, False)
     step = env.step(f"ANSWER: {p.answer}")
@@ -57,21 +58,23 @@ def test_an_episode_that_calculates_then_answers_right_is_rewarded_and_verified(
     assert env.verify(to_task(p), env.transcript) and verify(to_task(p), solve(p))
 
 
-@pytest.mark.parametrize("case", ["guess", "wrong", "forged", "lied", "after", "other question", "too long",
-                                  "error only"])
+@pytest.mark.parametrize("case", ["guess", "wrong", "forged", "lied", "after", "other question", "other examples",
+                                  "too long", "error only"])
 def test_the_verifier_refuses_a_guess_a_wrong_answer_a_forged_or_false_result_and_anything_after_the_answer(case):
     """``lied``: a result the calculator would not have given (a simulator's), though the answer is right."""
     p = problems("heldout", 0, 2)[0]
     task, right = to_task(p), solve(p)
-    opening = right[:2]
+    opening, n = right[:-3], len(right) - 3
     episodes = {
         "guess": [*opening, {"role": "assistant", "content": f"ANSWER: {p.answer}"}],
         "wrong": [*right[:-1], {"role": "assistant", "content": f"ANSWER: {p.answer + 1}"}],
         "forged": [*opening, {"role": "assistant", "content": f"CALC: {p.expression} RESULT: {p.answer}"},
                    {"role": "assistant", "content": f"ANSWER: {p.answer}"}],
-        "lied": [*opening, right[2], {"role": "user", "content": f"RESULT: {p.answer + 7}"}, right[-1]],
+        "lied": [*opening, right[n], {"role": "user", "content": f"RESULT: {p.answer + 7}"}, right[-1]],
         "after": [*right, {"role": "user", "content": "thanks"}],
-        "other question": [right[0], {"role": "user", "content": problems("heldout", 0, 2)[1].question}, *right[2:]],
+        "other question": [*right[:n - 1], {"role": "user", "content": problems("heldout", 0, 2)[1].question},
+                           *right[n:]],
+        "other examples": [right[0], *right[5:]],
         "too long": [*opening, *[{"role": "assistant", "content": "CALC: 1 + 1"}, {"role": "user", "content": "RESULT: 2"}] * 4,
                      right[-1]],
         "error only": [*opening, {"role": "assistant", "content": "CALC: one plus one"},
@@ -113,7 +116,7 @@ def test_reverie_evals_calc_family_plays_episodes_in_lock_step_and_counts_what_t
     def expert(chats):
         out = []
         for chat in chats:
-            p = by_question[chat[1]["content"]]
+            p = by_question[question_of(chat)]
             out.append(f"ANSWER: {p.answer}" if chat[-1]["content"].startswith("RESULT:") else f"CALC: {p.expression}")
         return out
 
@@ -125,8 +128,8 @@ def test_reverie_evals_calc_family_plays_episodes_in_lock_step_and_counts_what_t
 
     solved = play_calc(probs, expert)
     assert (solved["solved"], solved["called_tool"], solved["acted"]) == (1.0, 1.0, 1.0)
-    assert [m["role"] for m in solved["episodes"][0]] == ["system", "user", "assistant", "user", "assistant"]
-    guessed = play_calc(probs, lambda chats: [f"ANSWER: {by_question[c[1]['content']].answer}" for c in chats])
+    assert [m["role"] for m in solved["episodes"][0][-4:]] == ["user", "assistant", "user", "assistant"]
+    guessed = play_calc(probs, lambda chats: [f"ANSWER: {by_question[question_of(c)].answer}" for c in chats])
     assert (guessed["solved"], guessed["called_tool"]) == (0.0, 0.0)
     assert play_calc(probs, chatter)["acted"] == 0.0 and calls == [12, 12, 12, 12]
     replies = [f"The answer is {p.answer}." for p in probs[:6]] + [f"{p.answer} or {p.answer + 1}" for p in probs[6:]]
@@ -165,7 +168,7 @@ def test_the_familys_own_verifier_judges_a_transcript_from_its_question_alone():
     right = solve(p)
     assert family_verifier("calc") is verify_family and verify_family(right)
     assert not verify_family([*right[:-1], {"role": "assistant", "content": f"ANSWER: {p.answer - 1}"}])
-    assert not verify_family([right[0], {"role": "user", "content": "What is 2 + 2?"}, *right[2:]])
+    assert not verify_family([*right[:-4], {"role": "user", "content": "What is 2 + 2?"}, *right[-3:]])
     assert not verify_family([])
 
 
@@ -177,8 +180,8 @@ def test_the_dream_family_measures_held_out_success_through_any_policy_and_the_p
     by_question = {p.question: p for p in problems("heldout", 0, 20)}
 
     def expert(chats):
-        return [f"ANSWER: {by_question[c[1]['content']].answer}" if c[-1]["content"].startswith("RESULT:")
-                else f"CALC: {by_question[c[1]['content']].expression}" for c in chats]
+        return [f"ANSWER: {by_question[question_of(c)].answer}" if c[-1]["content"].startswith("RESULT:")
+                else f"CALC: {by_question[question_of(c)].expression}" for c in chats]
 
     assert family.success(20, expert) == 1.0 and family.success(20, lambda chats: ["ANSWER: 1"] * len(chats)) == 0.0
     assert [t.prompt for t in family.heldout_tasks(20)] == family.heldout_prompts(20) == list(by_question)
@@ -186,3 +189,18 @@ def test_the_dream_family_measures_held_out_success_through_any_policy_and_the_p
     proposer = TaskProposer(family.source, (2, 4), seed=0, exclude=family.heldout_prompts(200))
     proposed = [p.task.prompt for p in proposer.propose(300)]
     assert len(set(proposed)) == 300 and not set(proposed) & set(family.heldout_prompts(200))
+
+
+def test_a_recorded_calc_episode_asks_its_question_not_the_worked_examples():
+    """What the loop and ``reverie dream`` read as a recorded conversation's ask (``simulators.world.ask_of``): the
+    first user message a family reads as a task, past the examples the opening shows; else the first."""
+    from simulators.chatworld.calc import CalcFamily
+    from simulators.tinyworld.plugin import TinyWorld
+    from simulators.world import ask_of
+
+    p = problems("train", 0, 1)[0]
+    assert ask_of(solve(p), [CalcFamily(), *TinyWorld().dream_families.values()]) == p.question
+    chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello?"},
+            {"role": "assistant", "content": "Hi."}, {"role": "user", "content": "Bye."}]
+    assert ask_of(chat, [CalcFamily()]) == "Hello?" and ask_of(solve(p)) == solve(p)[1]["content"]
+    assert ask_of([], [CalcFamily()]) is None

@@ -285,7 +285,7 @@ def test_ifeval_scores_smollm2s_own_greedy_answers_with_the_wheels_checker(smoll
 def test_smollm2_taught_through_the_api_is_judged_on_the_chat_world_and_swapped_in_with_no_failed_request(
         smollm2, benchmarks, monkeypatch):
     """The loop on the real model, end to end (issue 37): ``reverie bench cycle --model``'s cycle, short (a rule
-    stated on two asks and two facts corrected through ``/v1/feedback``, 2 learner updates), served by Ray Serve
+    stated on two asks and two facts corrected through ``/v1/feedback``, 2 learner updates of 2), served by Ray Serve
     and vLLM with the chat world: the gate judges the candidate on held-out asks checked by code, the four
     retention benchmarks for base, parent and candidate, and its drift from the base; a gate that passes what
     it judges lets the swap run, and the new version answers through the API with no request failed.  (Whether
@@ -294,8 +294,8 @@ def test_smollm2_taught_through_the_api_is_judged_on_the_chat_world_and_swapped_
     from evals.data import CACHE_ENV as BENCHMARK_CACHE
 
     monkeypatch.setenv(BENCHMARK_CACHE, str(benchmarks))
-    report = run_chat_bench(str(smollm2), facts=2, asks_per_rule=2, steps=2, probes=4, benchmark_items=4,
-                            heldout_items=4, timeout_s=900, progress=lambda line: None,
+    report = run_chat_bench(str(smollm2), facts=2, asks_per_rule=2, steps=2, batch_size=2, probes=4,
+                            benchmark_items=4, heldout_items=4, timeout_s=900, progress=lambda line: None,
                             gate_overrides={"min_gain": -1.0, "max_retention_loss": 1.0, "max_family_loss": 1.0,
                                             "drift_prompts": 4})
     assert report["candidate"]["status"] == "promoted", report["candidate"]
