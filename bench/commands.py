@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 from reverie import args as check
@@ -292,6 +293,32 @@ def cmd_bench_sequence(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_calc_offer(args: argparse.Namespace) -> int:
+    from bench.calc_offer import measure
+    from reverie.models import default_world
+    from reverie.results import write_result
+
+    items, samples = check.int_in(args.items, "--items", 1, 1000), check.int_in(args.samples, "--samples", 0, 16)
+    out = check.out_folder(args.out)
+    model = check_model_dir(args.model)
+    if default_world(model) == "tiny":
+        raise ReverieError(f"{args.model} is the tiny world's model; calc is the chat world's: give an instruct "
+                           "model (--model smollm2-135m-instruct)")
+    name = args.name or f"{time.strftime('%Y-%m-%d')}-{model.name}-calc-offer.json"
+    report = measure(model, items, samples, progress=(lambda line: None) if args.quiet else
+                     (lambda line: print(f"reverie: {line}", file=sys.stderr, flush=True)))
+    report = write_result(report, out / name)
+    if args.json:
+        print(json.dumps(report))
+    else:
+        for variant, r in report["variants"].items():
+            print(f"{variant:<28} solved {r['solved']:.3f}  in {samples} samples {r[f'solved_in_{samples}_samples']:.3f}"
+                  f"  calculator {r['called_tool']:.2f}")
+        print(f"OpenAI tools rendered by the chat template: {report['openai_tools_rendered_by_chat_template']}; "
+              f"result: {out / name}")
+    return 0
+
+
 def cmd_bench_all(args: argparse.Namespace) -> int:
     from bench.all import benches, run_all
 
@@ -527,6 +554,20 @@ def register(subparsers) -> None:
     q.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     q.add_argument("--quiet", action="store_true", help="no line per stage")
     q.set_defaults(func=cmd_bench_sequence)
+
+    co = bs.add_parser(
+        "calc-offer", help="how the calc family's calculator is offered to a chat model: the protocol alone, an "
+                           "example in the system message, one or two worked examples as turns; success on held-out "
+                           "problems (bench/calc_offer.py)")
+    co.add_argument("--model", default="smollm2-135m-instruct", help="a catalogue name or a local HF directory "
+                    "(default %(default)s)")
+    co.add_argument("--items", default="40", help="held-out problems, 1 to 1000 (default %(default)s)")
+    co.add_argument("--samples", default="4", help="plays at temperature 1 per problem, 0 to 16 (default %(default)s)")
+    co.add_argument("--out", default="bench/results/eval", help="result folder (default %(default)s)")
+    co.add_argument("--name", default=None, help="result file name (default: DATE-MODEL-calc-offer.json)")
+    co.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    co.add_argument("--quiet", action="store_true", help="no line per variant")
+    co.set_defaults(func=cmd_bench_calc_offer)
 
     a = bs.add_parser(
         "all", help="every benchmark, one after the other, then the report (docs/benchmarks.md)",

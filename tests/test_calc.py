@@ -9,8 +9,8 @@ from fractions import Fraction
 
 import pytest
 
-from simulators.chatworld.calc import (CalcEnvironment, CalcError, action, answered, calculate, observe, problems,
-                                       question_of, solve, to_task, verify)
+from simulators.chatworld.calc import (CalcEnvironment, CalcError, action, answered, calculate, observe, opening,
+                                       problems, question_of, solve, to_task, verify)
 
 
 def test_train_and_heldout_problems_are_deterministic_distinct_and_never_share_a_question():
@@ -204,3 +204,26 @@ def test_a_recorded_calc_episode_asks_its_question_not_the_worked_examples():
             {"role": "assistant", "content": "Hi."}, {"role": "user", "content": "Bye."}]
     assert ask_of(chat, [CalcFamily()]) == "Hello?" and ask_of(solve(p)) == solve(p)[1]["content"]
     assert ask_of([], [CalcFamily()]) is None
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--items", "0"], "--items must be a whole number from 1 to 1000"),
+    (["--samples", "17"], "--samples must be a whole number from 0 to 16"),
+    (["--model", "no-such-model"], "no-such-model"),
+])
+def test_bench_calc_offer_refuses_bad_options_in_one_line_before_anything_is_written(refused, tmp_path, argv, message):
+    out = tmp_path / "offer"
+    refused(["bench", "calc-offer", "--out", str(out), *argv], message)
+    assert not out.exists()
+
+
+def test_bench_calc_offer_refuses_the_tiny_worlds_model_and_shows_each_variant_the_same_question(refused, tmp_path,
+                                                                                                 shipped_model):
+    """The variants differ only in what precedes the question; the last is the environment's own opening."""
+    from bench.calc_offer import variants
+
+    refused(["bench", "calc-offer", "--model", str(shipped_model), "--out", str(tmp_path / "o")], "tiny world")
+    shown = variants()
+    assert all(v[0]["role"] == "system" and "CALC:" in v[0]["content"] for v in shown.values())
+    assert shown["2 examples as turns"] == opening("")[:-1] and len(shown["1 example as turns"]) == 5
+    assert "Example." in shown["protocol+example in system"][0]["content"]
