@@ -40,7 +40,8 @@ def cmd_dream(args: argparse.Namespace) -> int:
     model = check_model_dir(args.model)
     world = load_world(args.world or default_world(model))
     if not world.dream_families:
-        raise ReverieError(f"the {world.name} world has no skill to dream: none of its families has an environment")
+        raise ReverieError(f"the {world.name} world has no skill to dream: none of its families has an environment"
+                           + ("" if args.world else " (give --world: chat for calc, with an instruct model)"))
     skill = args.skill or next(iter(world.dream_families))
     if skill not in world.dream_families:
         raise ReverieError(f"unknown skill {skill!r} for dream in the {world.name} world; skills are: "

@@ -251,3 +251,13 @@ def test_dream_on_a_data_directory_another_store_writes_is_refused_with_one_line
         refused(["dream", "--data-dir", str(tmp_path), "--quiet"], "in use by another experience store")
     finally:
         serving.close()
+
+
+def test_dream_on_a_model_of_no_known_world_says_to_give_the_world_in_one_line(refused, shipped_model, tmp_path):
+    """A copy of the tiny model is not the tiny world's (``reverie.models.default_world``): its world is ``none``."""
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(shipped_model, copy)
+    refused(["dream", "--model", str(copy), "--data-dir", str(tmp_path / "d")], "give --world: chat for calc")
+    assert not (tmp_path / "d").exists()
