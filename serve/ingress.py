@@ -204,9 +204,10 @@ class ReverieIngress(OpenAiIngress):
         summary["versions"] = [self._shown(v) for v in summary["versions"]]  # redacted as every admin route is
         return JSONResponse(summary)
 
-    async def admin_publish(self, body: PublishRequest) -> JSONResponse:
+    async def admin_publish(self, body: PublishRequest, request: Request) -> JSONResponse:
         try:
-            result = await self._broadcaster.publish(checkpoint_dir=body.checkpoint, note=body.note)
+            result = await self._broadcaster.publish(checkpoint_dir=body.checkpoint, note=body.note,
+                                                     by=request.scope.get("reverie_key", "admin"))
         except WeightsMismatch as e:
             raise HTTPException(status_code=400, detail=str(e)) from None
         except SwapError as e:

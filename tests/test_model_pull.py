@@ -245,12 +245,12 @@ def test_reverie_eval_asks_smollm2_the_chat_worlds_families_and_it_knows_none_un
     assert (facts["n"], facts["score"], rules["n"]) == (16, 0.0, 16)
     assert rules["detail"]["Always start your answer with 'Short answer:'"] == 0.0
     assert 0.0 < rules["score"] < 1.0, rules["detail"]  # some rules hold by themselves (no_lists, max_words)
-    # issue 39's family: SmolLM2 solves no held-out word problem, with the calculator described or without
-    # (0 of 100 each: bench/results/eval/2026-12-07-smollm2-calc-base.json); every episode is played to its end
+    # issue 39's family: asked plainly SmolLM2 solves no held-out word problem (0 of 100:
+    # bench/results/eval/2026-12-07-smollm2-calc-base.json); shown the calculator with two worked examples it calls
+    # it in every episode (bench/results/eval/*-calc-offer.json); every episode is played to its end
     calc = evaluate(str(smollm2), ["calc", "calc_plain"], 8, llm=smollm2_llm).report()["chat_world"]
-    assert (calc["calc"]["n"], calc["calc"]["score"], calc["calc_plain"]["n"], calc["calc_plain"]["score"]) == (
-        8, 0.0, 8, 0.0)
-    assert set(calc["calc"]["detail"]) == {"called_tool", "acted"}
+    assert (calc["calc"]["n"], calc["calc_plain"]["n"], calc["calc_plain"]["score"]) == (8, 8, 0.0)
+    assert calc["calc"]["detail"]["called_tool"] >= 0.75 and calc["calc"]["detail"]["acted"] >= 0.75
 
 
 def test_ifeval_scores_smollm2s_own_greedy_answers_with_the_wheels_checker(smollm2, smollm2_torch, smollm2_llm,

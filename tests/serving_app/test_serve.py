@@ -469,6 +469,8 @@ def test_publish_over_http_from_a_checkpoint_directory(app, tmp_path):
     v = resp.json()["version"]
     version, prompt_ids, ids, lps = _served(app)
     assert version == v and _max_diff(lps, _torch_logprobs(_torch_model(state), prompt_ids, ids)) < 1e-4
+    decision = app.admin("GET", f"/admin/candidates/{v}").json()["decisions"][-1]
+    assert decision["action"] == "publish" and decision["by"].startswith("admin key "), decision  # who published
     bad = app.admin("POST", "/admin/publish", json={"checkpoint": str(tmp_path / "missing")})
     assert bad.status_code == 400 and "missing" in bad.text
 
