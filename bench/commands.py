@@ -257,6 +257,22 @@ def cmd_bench_trl(args: argparse.Namespace) -> int:
     return 0
 
 
+def _instruct_model(text: str, what: str) -> Path:
+    """The model directory ``text`` names, for a command of the chat world's; the tiny world's model is refused."""
+    from reverie.models import default_world
+
+    model = check_model_dir(text)
+    if default_world(model) == "tiny":
+        raise ReverieError(f"{text} is the tiny world's model; {what} is the chat world's: give an instruct model "
+                           "(--model smollm2-135m-instruct)")
+    return model
+
+
+def _progress(quiet: bool):
+    """A progress callback: a ``reverie:`` line on stderr each, or nothing with ``--quiet``."""
+    return (lambda line: None) if quiet else (lambda line: print(f"reverie: {line}", file=sys.stderr, flush=True))
+
+
 def cmd_bench_sequence(args: argparse.Namespace) -> int:
     from bench.sequence import METHODS, sequence
     from evals.data import BENCHMARKS as KNOWN_BENCHMARKS
@@ -274,15 +290,8 @@ def cmd_bench_sequence(args: argparse.Namespace) -> int:
                    drift_prompts=check.int_in(args.drift_prompts, "--drift-prompts", 1, KL_PROMPTS),
                    heldout=check.positive(args.heldout, "--heldout") if args.heldout else None)
     out = check.out_folder(args.out)
-    model = check_model_dir(args.model)
-    from reverie.models import default_world
-
-    if default_world(model) == "tiny":
-        raise ReverieError(f"{args.model} is the tiny world's model; the sequence is the chat world's: give an "
-                           "instruct model (--model smollm2-135m-instruct)")
-    summary = sequence(model, out, **options,
-                       progress=(lambda line: None) if args.quiet else
-                       (lambda line: print(f"reverie: {line}", file=sys.stderr, flush=True)))
+    model = _instruct_model(args.model, "the sequence")
+    summary = sequence(model, out, **options, progress=_progress(args.quiet))
     if args.json:
         print(json.dumps(summary))
     else:
@@ -295,18 +304,13 @@ def cmd_bench_sequence(args: argparse.Namespace) -> int:
 
 def cmd_bench_calc_offer(args: argparse.Namespace) -> int:
     from bench.calc_offer import measure
-    from reverie.models import default_world
     from reverie.results import write_result
 
     items, samples = check.int_in(args.items, "--items", 1, 1000), check.int_in(args.samples, "--samples", 0, 16)
     out = check.out_folder(args.out)
-    model = check_model_dir(args.model)
-    if default_world(model) == "tiny":
-        raise ReverieError(f"{args.model} is the tiny world's model; calc is the chat world's: give an instruct "
-                           "model (--model smollm2-135m-instruct)")
+    model = _instruct_model(args.model, "calc")
     name = args.name or f"{time.strftime('%Y-%m-%d')}-{model.name}-calc-offer.json"
-    report = measure(model, items, samples, progress=(lambda line: None) if args.quiet else
-                     (lambda line: print(f"reverie: {line}", file=sys.stderr, flush=True)))
+    report = measure(model, items, samples, progress=_progress(args.quiet))
     report = write_result(report, out / name)
     if args.json:
         print(json.dumps(report))
