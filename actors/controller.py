@@ -667,11 +667,14 @@ class Controller:
     def _dreamt(self, c: Cycle) -> Iterator:
         """Lessons from the cycle's kept dream trajectories, read back from the store: each state the policy
         acted in, the teacher seeing a verified success of another task as privileged context."""
+        import msgpack
+
         from actors.store import read_table
         from simulators.success import lessons
 
-        kept = read_table(self.cfg.data_dir, "trajectories", ids=c.trajectories,
-                          columns=["id", "task_id", "messages", "success", "simulated"]).to_pylist()
+        kept = [{**r, **(msgpack.unpackb(r.pop("extra"), raw=False) if r.get("extra") else {})}  # its opening
+                for r in read_table(self.cfg.data_dir, "trajectories", ids=c.trajectories,
+                                    columns=["id", "task_id", "messages", "success", "simulated", "extra"]).to_pylist()]
         # The dream step returns only trajectories that may be learnt from: real ones, or simulated ones whose
         # simulator's dreamed successes replayed for real (its agreement check); the gate then wants a real gain.
         return lessons(kept, random.Random(f"dream-lessons/{c.cycle}/{c.seed}"), trusted_only=False)

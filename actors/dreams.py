@@ -74,6 +74,7 @@ class DreamConfig:
     fallback: str = "real"  # after a switch-off: "real" (rehearse in the real environment) or "skip"
     simulator_steps: int = 300  # fine-tuning steps of a trained simulator
     judge: str = "family"  # what decides a dreamed success: the family's verifier, or the neighbour vote
+    teacher_context: str = "other"  # whose kept success the teacher sees: another task's, or the same task's
 
 
 @dataclass
@@ -194,7 +195,8 @@ def _run(cfg: DreamConfig, progress: Callable[[str, int], None] | None) -> dict:
             retain = cfg.retain if replay else 0.0  # a world with no replay of its own (the chat world's)
             learn_cfg = LearnConfig(method="opsd", loss="fkl", steps=cfg.steps * k, batch_size=cfg.batch_size,
                                     lr=cfg.lr, retain=retain, seed=cfg.seed)
-            batches = mixed_batches(lessons(kept, rng, trusted_only=False), replay[0] if replay else iter(()),
+            batches = mixed_batches(lessons(kept, rng, trusted_only=False, context=cfg.teacher_context),
+                                    replay[0] if replay else iter(()),
                                     cfg.batch_size, retain)
             saved: list[tuple[Path, int]] = []
             stats = learn(student, teacher, encoder, batches, learn_cfg, progress=False,

@@ -34,6 +34,7 @@ def cmd_dream(args: argparse.Namespace) -> int:
     from actors.dreams import DreamConfig
     from reverie.models import default_world
     from simulators.model_env import JUDGES
+    from simulators.success import CONTEXTS
     from simulators.world import load_world
     from simulators.world_model import SIMULATORS
 
@@ -90,6 +91,13 @@ def cmd_dream(args: argparse.Namespace) -> int:
         raise ReverieError(f"--judge must be one of {', '.join(JUDGES)}, got {args.judge!r}")
     if args.fallback not in ("real", "skip"):
         raise ReverieError(f"--fallback must be real or skip, got {args.fallback!r}")
+    if args.teacher_context is not None and args.teacher_context not in CONTEXTS:
+        raise ReverieError(f"--teacher-context must be one of {', '.join(CONTEXTS)}, got {args.teacher_context!r}")
+    if args.teacher_context is not None:
+        given["teacher_context"] = args.teacher_context
+    out = Path(args.out) if args.out else None
+    if out is not None and (out.is_dir() or not out.parent.is_dir()):
+        raise ReverieError(f"--out {args.out!r} must be a file in an existing folder")
     settings = {**getattr(world.dream_families[skill], "dream_settings", {}), **given}
     cfg = DreamConfig(
         model_dir=model, skill=skill, world=args.world or default_world(model), **settings,
@@ -98,6 +106,10 @@ def cmd_dream(args: argparse.Namespace) -> int:
         simulator_steps=_positive(args.simulator_steps, "--simulator-steps"), judge=args.judge,
     )
     report = _run_with_bar(cfg, quiet=args.quiet)
+    if out is not None:
+        from reverie.results import write_result
+
+        report = write_result({"command": "reverie " + " ".join(sys.argv[1:]), **report}, out)
     print(json.dumps(report) if args.json else format_dream(report))
     return 0
 
@@ -202,6 +214,11 @@ def register(subparsers) -> argparse.ArgumentParser:
                    help="experience store directory: recorded asks seed the proposer, kept trajectories are written "
                         "there (default: a new temporary directory); not one a running store writes to (such as "
                         "`reverie serve`'s: one writer per data directory), where the loop dreams by itself")
+    p.add_argument("--teacher-context", default=None,
+                   help="whose kept success the teacher is shown beside a state: other (another task's, so it must "
+                        "transfer the skill) or same (the state's own task's, SDFT's demonstration) (default "
+                        f"{d.teacher_context}, or the skill's own)")
+    p.add_argument("--out", default=None, help="also write the report, stamped with the machine, to this JSON file")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_dream)

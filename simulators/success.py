@@ -58,14 +58,17 @@ def call(method, *args):
     return ray.get(remote(*args))
 
 
-def states(messages: Sequence[dict]) -> list[tuple[dict, ...]]:
-    """Every state of a transcript at which the agent acts: the prefix before
-    each assistant turn."""
-    return [tuple(messages[:i]) for i, m in enumerate(messages) if m["role"] == "assistant"]
+def states(messages: Sequence[dict], opening: int = 0) -> list[tuple[dict, ...]]:
+    """Every state of a transcript at which the agent acts: the prefix before each assistant turn after the
+    environment's ``opening`` messages (an opening's worked examples are not the agent's turns)."""
+    return [tuple(messages[:i]) for i, m in enumerate(messages) if m["role"] == "assistant" and i >= opening]
+
+
+CONTEXTS = ("other", "same")  # whose kept success the teacher is shown: another task's, or the state's own task's
 
 
 def lessons(kept: Sequence[dict], rng: random.Random, trusted_only: bool = True, opening: float | None = None,
-            visited: Sequence[dict] | None = None) -> Iterator["Lesson"]:
+            visited: Sequence[dict] | None = None, context: str = "other") -> Iterator["Lesson"]:
     """Endless lessons: a state the policy visited (student view) and the same
     state under a kept successful trajectory of another task as privileged
     context (teacher view).
@@ -78,19 +81,30 @@ def lessons(kept: Sequence[dict], rng: random.Random, trusted_only: bool = True,
     the teacher's context must be a verified success; simulated successes
     count only when ``trusted_only`` is false.  (Measured on the tiny world,
     3 rounds: kept states, uniform: held-out 0.81; visited states with the
-    opening at 0.5: 0.735.  The dream uses the former.)"""
+    opening at 0.5: 0.735.  The dream uses the former.)
+
+    ``context``: ``other`` (the default) shows the teacher a success of another task, so that it must transfer
+    the skill; ``same`` shows it the verified success of the state's own task (SDFT's demonstration of the same
+    query), where the skill is the task's own answer and the student, who never sees it, must learn to reach it
+    (the chat world's calc: docs/design-notes.md, "Dreams on SmolLM2")."""
+    if context not in CONTEXTS:
+        raise ValueError(f"unknown teacher context {context!r}; contexts are: {', '.join(CONTEXTS)}")
     from learner.distill import Lesson
     from learner.templates import teacher_prompt
 
     pool = [r for r in kept if r["success"] and (not trusted_only or not r.get("simulated"))]
     if not pool:
         raise ValueError("no kept trajectory to learn from")
-    sources = [r for r in (visited if visited is not None else pool) if len(states(r["messages"])) > 0] or pool
+    sources = [r for r in (visited if visited is not None else pool)
+               if len(states(r["messages"], r.get("opening") or 0)) > 0] or pool
     while True:
         rec = rng.choice(sources)
-        others = [r for r in pool if r["task_id"] != rec["task_id"]] or pool
-        ctx = rng.choice(others)
-        all_states = states(rec["messages"])
+        if context == "same":
+            mine = [r for r in pool if r["task_id"] == rec["task_id"]]
+            ctx = rng.choice(mine or pool)
+        else:
+            ctx = rng.choice([r for r in pool if r["task_id"] != rec["task_id"]] or pool)
+        all_states = states(rec["messages"], rec.get("opening") or 0)
         if opening is None or len(all_states) == 1:
             state = rng.choice(all_states)
         else:

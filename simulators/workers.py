@@ -80,8 +80,7 @@ class SimulatorWorker:
         envs = [make(ep.task.env, max_turns=ep.max_turns, **self.env_options.get(ep.task.env, {}))
                 for ep in episodes]
         turn = [0] * len(episodes)
-        for env, ep in zip(envs, episodes):
-            env.reset(ep.task)
+        openings = [len(env.reset(ep.task)) for env, ep in zip(envs, episodes)]
         rewards, ended = [0.0] * len(episodes), [0.0] * len(episodes)
         active = list(range(len(episodes)))
         self._progress.update(active=len(active), turns=0)
@@ -115,13 +114,15 @@ class SimulatorWorker:
                     still.append(i)
             active = sorted(still)
             self._progress.update(active=len(active), turns=self._progress["turns"] + 1)
-        records = [self._record(ep, env, rewards[i], version, started[i], ended[i]) for i, (ep, env) in enumerate(zip(episodes, envs))]
+        records = [self._record(ep, env, rewards[i], version, started[i], ended[i], openings[i])
+                   for i, (ep, env) in enumerate(zip(episodes, envs))]
         if keep:
             self.filter.keep(records)
         self._progress.update(batches=self._progress["batches"] + 1, active=0)
         return records
 
-    def _record(self, ep: Episode, env, reward: float, version: int, started: float, ended: float) -> dict:
+    def _record(self, ep: Episode, env, reward: float, version: int, started: float, ended: float,
+                opening: int = 0) -> dict:
         messages = env.transcript
         family_check = family_verifier(ep.task.family)
         return {
@@ -135,6 +136,7 @@ class SimulatorWorker:
             # the family's own verifier (from the episode's observations), where one is registered
             "family_verdict": None if family_check is None else bool(family_check(messages, ep.max_turns)),
             "messages": messages,
+            "opening": opening,  # the environment's opening messages (worked examples included): not the agent's
             "started": started,
             "seconds": ended - started,
             "provenance": json.dumps({"worker": self.worker_id, "node": self.node, "origin": ep.origin, "max_turns": ep.max_turns,

@@ -227,3 +227,26 @@ def test_bench_calc_offer_refuses_the_tiny_worlds_model_and_shows_each_variant_t
     assert all(v[0]["role"] == "system" and "CALC:" in v[0]["content"] for v in shown.values())
     assert shown["2 examples as turns"] == opening("")[:-1] and len(shown["1 example as turns"]) == 5
     assert "Example." in shown["protocol+example in system"][0]["content"]
+
+
+def test_a_dream_lessons_teacher_sees_the_same_tasks_verified_success_or_another_tasks():
+    """``simulators.success.lessons``: with ``context="same"`` the teacher's privileged context is the verified
+    success of the state's own task (the right expression is in it, the student never sees it); with ``other`` a
+    success of another task; an unknown context is refused."""
+    import random
+
+    from simulators.success import lessons, render_trajectory
+
+    kept = [{"task_id": f"t{i}", "success": True, "messages": solve(p), "opening": len(opening(p.question))}
+            for i, p in enumerate(problems("train", 0, 6))]
+    by_task = {r["task_id"]: render_trajectory(r["messages"]) for r in kept}
+    own = {render_trajectory(r["messages"]): r for r in kept}
+    for context, same in (("same", True), ("other", False)):
+        for lesson in [next(lessons(kept, random.Random(s), context=context)) for s in range(20)]:
+            state_question = question_of(lesson.student)
+            shown = next(t for t in by_task.values() if t in lesson.teacher[0]["content"])
+            assert (question_of(own[shown]["messages"]) == state_question) is same
+            assert question_of(lesson.teacher[1:]) == state_question  # the same state, under the context
+            assert len(lesson.student) >= len(opening(""))  # never a state inside the worked examples
+    with pytest.raises(ValueError, match="unknown teacher context 'mine'"):
+        next(lessons(kept, random.Random(0), context="mine"))

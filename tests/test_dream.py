@@ -32,6 +32,8 @@ from reverie.cli import main
     (["--min-agreement", "2"], "--min-agreement must be between 0 and 1"),
     (["--judge", "me"], "--judge must be one of family, vote"),
     (["--fallback", "later"], "--fallback must be real or skip"),
+    (["--teacher-context", "mine"], "--teacher-context must be one of other, same"),
+    (["--out", "/nonexistent-folder/r.json"], "must be a file in an existing folder"),
 ])
 def test_dream_rejects_bad_input_with_one_line_and_exit_2(argv, message, refused):
     refused(["dream", *argv, "--quiet"], message)
