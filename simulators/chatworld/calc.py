@@ -34,10 +34,10 @@ ENV_NAME = "chatworld-calc"
 FAMILY = "calc"
 MAX_TURNS = 4  # actions an episode may take: a problem of three operations in one expression, or a few steps
 # Two worked examples, shown as earlier turns of the conversation (neither is a template's question): measured on
-# SmolLM2-135M-Instruct, 40 held-out problems, greedy (and solved in any of 4 samples at temperature 1), the
-# protocol alone solved 0.0 (0.0) and called the calculator in 2.5 % of episodes; with one example written into
-# the system message 0.0 (0.0), calculator 55 %; one example as turns 0.0 (0.275), calculator 100 %; these two
-# as turns 0.275 (0.45) (bench/results/eval/2026-12-07-smollm2-calc-protocols.json).
+# SmolLM2-135M-Instruct (``reverie bench calc-offer``), 40 held-out problems, greedy (and solved in any of 4 plays
+# at temperature 1), the protocol alone solved 0.0 (0.0) and called the calculator in 5 % of episodes; with one
+# example written into the system message 0.0 (0.0), calculator 53 %; one example as turns 0.0 (0.275), calculator
+# 100 %; these two as turns 0.275 (0.45), 100 % (bench/results/eval/2026-12-07-smollm2-135m-instruct-calc-offer.json).
 EXAMPLES = (("A baker makes 235 rolls every day. How many rolls does he make in 14 days?", "235 * 14", 3290),
             ("A school has 1460 pens. It gives away 385 pens and then buys 720 more. How many pens does it have "
              "now?", "1460 - 385 + 720", 1795))
