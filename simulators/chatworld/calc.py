@@ -3,7 +3,9 @@ calculator the agent's client runs (issue 39's environment; the dreams and the l
 
 The protocol is text, stated in the system prompt (:data:`PROTOCOL`), so any chat model and any OpenAI client can
 play it: the model writes ``CALC: <expression>`` on a line, the client evaluates it and answers
-``RESULT: <value>`` (as a user turn), and the model ends with ``ANSWER: <number>``.  The first ``CALC:`` or
+``RESULT: <value>`` (as a user turn), and the model ends with ``ANSWER: <number>``; two worked examples follow
+the protocol as earlier turns of the conversation (:data:`EXAMPLES`: a small model follows turns, not a
+description).  The first ``CALC:`` or
 ``ANSWER:`` in a reply is its action (a small model often writes words around it); a reply with neither gets an
 error observation that says what to write.  Expressions are arithmetic only (numbers, ``+ - * /``, brackets),
 evaluated exactly (``fractions``), never with ``eval``.
@@ -13,12 +15,13 @@ Problems come from templates (:data:`TEMPLATES`), each with numbers drawn so tha
 and ``heldout`` ones (what success is measured on) from separate streams, and no held-out question is ever a
 train one.
 
-The verifier (:func:`verify`) judges a finished transcript from its own messages: the first user message is the
-task's question, the episode called the calculator at least once and was answered, every observation in it is the
-one the client would have given (a simulated environment's results are recomputed, not believed), its last message is the
-agent's ``ANSWER`` equal to the true value (the task's private ``spec``), within ``max_turns`` actions and nothing
-after it.  So a right answer never computed with the tool is refused, and a simulator that claims success
-without the true value is not believed.
+The verifier (:func:`verify`) judges a finished transcript from its own messages: it opens as the environment
+opens this task (the protocol, the worked examples, the task's question), the episode called the calculator at
+least once and was answered, every observation in it is the one the client would have given (a simulated
+environment's results are recomputed, not believed), and its last message is the agent's ``ANSWER`` equal to the
+true value (the task's private ``spec``), within ``max_turns`` actions and nothing after it.  So a right answer
+never computed with the tool is refused, and a simulator that claims success without the true value is not
+believed.
 """
 from __future__ import annotations
 
@@ -37,7 +40,8 @@ MAX_TURNS = 4  # actions an episode may take: a problem of three operations in o
 # SmolLM2-135M-Instruct (``reverie bench calc-offer``), 40 held-out problems, greedy (and solved in any of 4 plays
 # at temperature 1), the protocol alone solved 0.0 (0.0) and called the calculator in 5 % of episodes; with one
 # example written into the system message 0.0 (0.0), calculator 53 %; one example as turns 0.0 (0.275), calculator
-# 100 %; these two as turns 0.275 (0.45), 100 % (bench/results/eval/2026-12-07-smollm2-135m-instruct-calc-offer.json).
+# 100 %; these two as turns 0.275 (0.45), 100 %
+# (bench/results/eval/2026-12-07-smollm2-135m-instruct-calc-offer.json).
 EXAMPLES = (("A baker makes 235 rolls every day. How many rolls does he make in 14 days?", "235 * 14", 3290),
             ("A school has 1460 pens. It gives away 385 pens and then buys 720 more. How many pens does it have "
              "now?", "1460 - 385 + 720", 1795))
@@ -422,6 +426,6 @@ class CalcFamily:
         return {**out, **self._experiment.compare(base, out)} if base is not None else out
 
 
-__all__ = ["ENV_NAME", "FAMILY", "MAX_TURNS", "PROTOCOL", "CalcEnvironment", "CalcError", "CalcFamily",
-           "CalcTaskSource", "EXAMPLES", "Problem", "action", "answered", "calculate", "observe", "opening", "parse", "play", "question_of",
-           "problems", "solve", "to_task", "train_problem", "verify", "verify_family"]
+__all__ = ["ENV_NAME", "EXAMPLES", "FAMILY", "MAX_TURNS", "PROTOCOL", "CalcEnvironment", "CalcError", "CalcFamily",
+           "CalcTaskSource", "Problem", "action", "answered", "calculate", "observe", "opening", "parse", "play",
+           "problems", "question_of", "solve", "to_task", "train_problem", "verify", "verify_family"]
