@@ -22,8 +22,8 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # Two workers (pytest-xdist), each running whole modules (tests/conftest.py groups them, longest first), one
-# OpenMP thread per process: on a fresh clone, 801 passed in 1,025.9 s, 1,142 s with the virtual environment's
-# creation (bench/results/suite-time/2026-12-07-make-test-3e35d80.txt; docs/design-notes.md, "The suite's time").
+# OpenMP thread per process: on a fresh clone, 914 passed in 1,081.6 s, 1,191 s with the virtual environment's
+# creation (bench/results/suite-time/2026-12-07-make-test-812b681.txt; docs/design-notes.md, "The suite's time").
 # The 15 slowest tests close the run, so the next person sees the bill.
 test: setup
 	$(BIN)/python -m pytest -q -n 2 --durations=15
