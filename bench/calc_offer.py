@@ -19,7 +19,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from simulators.chatworld.calc import EXAMPLES, PROTOCOL, opening
+from simulators.chatworld.calc import EXAMPLES, OPENING, PROTOCOL, opening
 
 TOOL = {"type": "function", "function": {
     "name": "calculator", "description": "Evaluate an arithmetic expression exactly.",
@@ -63,7 +63,7 @@ def measure(model_dir: Path, items: int = 40, samples: int = 4, progress=lambda 
     encoder = chat_encoder(load_tokenizer(model_dir))
     problems = calc_problems(items)
     llm = offline_llm(model_dir, max_model_len=1024)
-    asked = len(opening("")) - 1  # where the question sits in the environment's transcript
+    asked = OPENING - 1  # where the question sits in the environment's transcript
     out = {}
     try:
         for name, shown in variants().items():

@@ -212,8 +212,7 @@ def run_method(model_dir: Path, out: Path, method: str, plan, judge: Judge, base
     folder = out / method
     weights = folder / "model"
     done = _done(weights)
-    reports = finished(folder, plan)
-    _resumable(folder, plan, judge.limit)
+    reports = finished(folder, plan)  # sequence() checked they were judged on judge.limit asks
     if done >= len(plan):
         return reports
     tokenizer = load_tokenizer(model_dir)

@@ -246,9 +246,12 @@ def opening(question: str) -> list[dict]:
     return [{"role": "system", "content": PROTOCOL}, *shown, {"role": "user", "content": question}]
 
 
+OPENING = len(opening(""))  # messages the environment opens with: the protocol, the examples' turns, the question
+
+
 def question_of(messages: Sequence[dict]) -> str | None:
     """The question an episode asks: the first user message after the opening's examples."""
-    users = [m for m in messages[len(opening("")) - 1:] if m.get("role") == "user"]
+    users = [m for m in messages[OPENING - 1:] if m.get("role") == "user"]
     return str(users[0].get("content", "")) if users else None
 
 
@@ -317,7 +320,7 @@ class CalcEnvironment:
             raise RuntimeError("step() before reset()")
         self._messages.append({"role": "assistant", "content": reply})
         observation, act = observe(reply)
-        turns = sum(m["role"] == "assistant" for m in self._messages[len(opening("")):])  # the agent's own
+        turns = sum(m["role"] == "assistant" for m in self._messages[OPENING:])  # the agent's own
         if observation is None or turns >= self.max_turns:
             ok = observation is None and verify(self._task, self._messages, self.max_turns)
             return Step(None, 1.0 if ok else 0.0, True, {"action": act[0] if act else None})
@@ -360,7 +363,7 @@ def play(problems: Sequence[Problem], generate: Callable[[list[list[dict]]], lis
             else:
                 still.append(i)
         active = still
-    called = [any((a := action(m["content"])) and a[0] == "calc" for m in env.transcript[len(opening("")):]
+    called = [any((a := action(m["content"])) and a[0] == "calc" for m in env.transcript[OPENING:]
                   if m["role"] == "assistant") for env in envs]  # the agent's own turns, not the examples
     n = max(len(problems), 1)
     return {"solved": sum(rewards) / n, "called_tool": sum(called) / n, "acted": acted / max(replies, 1),
@@ -426,6 +429,6 @@ class CalcFamily:
         return {**out, **self._experiment.compare(base, out)} if base is not None else out
 
 
-__all__ = ["ENV_NAME", "EXAMPLES", "FAMILY", "MAX_TURNS", "PROTOCOL", "CalcEnvironment", "CalcError", "CalcFamily",
+__all__ = ["ENV_NAME", "EXAMPLES", "FAMILY", "MAX_TURNS", "OPENING", "PROTOCOL", "CalcEnvironment", "CalcError", "CalcFamily",
            "CalcTaskSource", "Problem", "action", "answered", "calculate", "observe", "opening", "parse", "play",
            "problems", "question_of", "solve", "to_task", "train_problem", "verify", "verify_family"]
