@@ -64,6 +64,13 @@ def states(messages: Sequence[dict], opening: int = 0) -> list[tuple[dict, ...]]
     return [tuple(messages[:i]) for i, m in enumerate(messages) if m["role"] == "assistant" and i >= opening]
 
 
+def episode(record: dict) -> list[dict]:
+    """A kept trajectory's own part, what a teacher is shown of it: from its task's ask (the last message of the
+    environment's opening) on.  The opening before it (an instruction, worked examples) is in every state of the
+    environment already."""
+    return list(record["messages"][max((record.get("opening") or 0) - 1, 0):])
+
+
 CONTEXTS = ("other", "same")  # whose kept success the teacher is shown: another task's, or the state's own task's
 
 
@@ -109,4 +116,4 @@ def lessons(kept: Sequence[dict], rng: random.Random, trusted_only: bool = True,
             state = rng.choice(all_states)
         else:
             state = all_states[0] if rng.random() < opening else rng.choice(all_states[1:])
-        yield Lesson(state, teacher_prompt(state, "trajectory", render_trajectory(ctx["messages"])), None)
+        yield Lesson(state, teacher_prompt(state, "trajectory", render_trajectory(episode(ctx))), None)
