@@ -34,6 +34,7 @@ engine it keeps across cycles: reloaded, never restarted).
 """
 from __future__ import annotations
 
+import math
 import random
 import shutil
 import tempfile
@@ -44,6 +45,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from simulators.dream import BUDGETS, EVAL_ITEMS, WORKER_BATCH, stop_engine
+from simulators.success import states
 from simulators.world import dream_family
 
 
@@ -75,6 +77,10 @@ class DreamConfig:
     simulator_steps: int = 300  # fine-tuning steps of a trained simulator
     judge: str = "family"  # what decides a dreamed success: the family's verifier, or the neighbour vote
     teacher_context: str = "other"  # whose kept success the teacher sees: another task's, or the same task's
+    temperature: float = 1.0  # the policy's sampling temperature in rehearsals
+    # 0: every round learns ``steps`` updates; > 0: a round learns this many passes over the states of the
+    # successes it kept (``batch_size`` a step, at least one step, at most ``steps``), none when it kept nothing
+    passes: float = 0.0
 
 
 @dataclass
@@ -90,6 +96,7 @@ class RoundReport:
     env: str = "real"  # where this round was rehearsed
     agreement: float | None = None  # its dreamed successes replayed for real (simulated rounds)
     replayed: int = 0
+    updates: int = 0  # learner updates made this round
 
 
 def cfg_world(cfg: DreamConfig):
@@ -120,6 +127,7 @@ def _run(cfg: DreamConfig, progress: Callable[[str, int], None] | None) -> dict:
     from transformers import AutoModelForCausalLM
 
     from actors.store import ExperienceStore
+    from learner.checkpoint import prune_checkpoints
     from learner.loop import LearnConfig, frozen_teacher, learn
     from learner.replay import mixed_batches
     from learner.tokenizer import chat_encoder, load_tokenizer
@@ -164,10 +172,10 @@ def _run(cfg: DreamConfig, progress: Callable[[str, int], None] | None) -> dict:
         kept: list[dict] = []
         rounds: list[RoundReport] = []
         scaling: dict[str, float] = {}
-        played, rehearse_seconds, switched_off = 0, 0.0, None
+        played, rehearse_seconds, switched_off, learnt = 0, 0.0, None, 0
         for k in range(1, cfg.rounds + 1):
             # 1. rehearse: new tasks played by the current policy; verified successes are stored.
-            rehearsal = dreamer.rehearse(cfg.episodes, k, scaling=cfg.scaling and k == 1,
+            rehearsal = dreamer.rehearse(cfg.episodes, k, scaling=cfg.scaling and k == 1, temperature=cfg.temperature,
                                          on_done=lambda recs: tell("rehearse", len(recs)))
             scaling = rehearsal.scaling or scaling
             played += rehearsal.episodes
@@ -183,7 +191,8 @@ def _run(cfg: DreamConfig, progress: Callable[[str, int], None] | None) -> dict:
             report = RoundReport(k, rehearsal.episodes, len(fresh), rehearsal.seconds, 0.0,
                                  rounds[-1].success if rounds else success_before, version, rehearsal.levels, where,
                                  agreement.get("agreement"), agreement.get("replayed", 0))
-            if not kept or (switched_off and cfg.fallback == "skip"):
+            updates = round_updates(cfg, fresh) if kept else 0
+            if not updates or (switched_off and cfg.fallback == "skip"):
                 rounds.append(report)
                 if switched_off and cfg.fallback == "skip":
                     break
@@ -193,7 +202,8 @@ def _run(cfg: DreamConfig, progress: Callable[[str, int], None] | None) -> dict:
             #    agreement check passed.)
             replay = world.replay(cfg.seed * 1000 + k)
             retain = cfg.retain if replay else 0.0  # a world with no replay of its own (the chat world's)
-            learn_cfg = LearnConfig(method="opsd", loss="fkl", steps=cfg.steps * k, batch_size=cfg.batch_size,
+            learnt += updates  # the learner resumes from the last round's checkpoint and makes the rest
+            learn_cfg = LearnConfig(method="opsd", loss="fkl", steps=learnt, batch_size=cfg.batch_size,
                                     lr=cfg.lr, retain=retain, seed=cfg.seed)
             batches = mixed_batches(lessons(kept, rng, trusted_only=False, context=cfg.teacher_context),
                                     replay[0] if replay else iter(()),
@@ -204,11 +214,12 @@ def _run(cfg: DreamConfig, progress: Callable[[str, int], None] | None) -> dict:
                           on_version=lambda path, v: saved.append((path, v)), versions=registry.counter)
             path, new_version = saved[-1]
             registry.register(path, version=new_version, source="dream", parent=version, step=learn_cfg.steps)
+            prune_checkpoints(work, keep=1)  # the weights are a version now; only the newest is resumed from
             version = new_version
             # 3. reload and measure on held-out tasks, in the real environment.
             dreamer.reload(path, version)
-            report.learn_seconds, report.success, report.version = stats["seconds"], \
-                dreamer.heldout_success(cfg.eval_items), version
+            report.learn_seconds, report.success, report.version, report.updates = stats["seconds"], \
+                dreamer.heldout_success(cfg.eval_items), version, updates
             rounds.append(report)
             tell("measure", 0)
         check = dreamer.verifier_check(cfg.eval_items)
@@ -217,6 +228,9 @@ def _run(cfg: DreamConfig, progress: Callable[[str, int], None] | None) -> dict:
         dreamer.shutdown()
         if simulator is not None:
             stop_engine(simulator.engine)
+        # every round's weights stay as a version; the learner's checkpoint (weights and optimiser state, three
+        # times the weights: 10 GB over a 3-round dream on SmolLM2) only served to resume from
+        prune_checkpoints(work, keep=0)
     after = family.measure(student, encoder)
     replays = [(r.agreement, r.replayed) for r in rounds if r.agreement is not None]
     return {
@@ -248,6 +262,16 @@ def _run(cfg: DreamConfig, progress: Callable[[str, int], None] | None) -> dict:
         "data_dir": str(data_dir),
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
     }
+
+
+def round_updates(cfg: DreamConfig, fresh: Sequence[dict]) -> int:
+    """Learner updates a round makes after keeping ``fresh`` successes (``cfg.passes``): ``cfg.steps``, or that
+    many passes over their states, ``cfg.batch_size`` a step, between 1 and ``cfg.steps``; 0 when they hold no
+    state."""
+    if cfg.passes <= 0:
+        return cfg.steps
+    n = sum(len(states(r["messages"], r.get("opening") or 0)) for r in fresh)
+    return min(cfg.steps, max(1, math.ceil(cfg.passes * n / cfg.batch_size))) if n else 0
 
 
 def _simulator(cfg: DreamConfig, dreamer, data_dir: Path, work: Path, tell) -> tuple:

@@ -247,9 +247,18 @@ def save_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
-    for old in list_checkpoints(root)[:-keep]:
-        _remove_dir(old)
+    prune_checkpoints(root, keep)
     return final
+
+
+def prune_checkpoints(root: Path, keep: int) -> None:
+    """Delete all but the ``keep`` newest complete checkpoints under ``root`` (``keep=0``: all of them), each
+    hidden under a temporary name first, so a crash never leaves a half-deleted one that looks complete."""
+    if keep < 0:
+        raise ValueError(f"keep must be >= 0, got {keep}")
+    found = list_checkpoints(root)
+    for old in found[:len(found) - keep]:
+        _remove_dir(old)
 
 
 def _load_weights(path: Path, model) -> None:

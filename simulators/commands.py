@@ -73,6 +73,16 @@ def cmd_dream(args: argparse.Namespace) -> int:
             raise ReverieError(f"--retain must be a number, got {args.retain!r}") from None
         if not 0 <= given["retain"] < 1:
             raise ReverieError(f"--retain must be at least 0 and below 1, got {args.retain!r}")
+    for option, low, high in (("temperature", 0, 2), ("passes", 0, 100)):
+        text = getattr(args, option)
+        if text is None:
+            continue
+        try:
+            given[option] = float(text)
+        except ValueError:
+            raise ReverieError(f"--{option} must be a number, got {text!r}") from None
+        if not low <= given[option] <= high:
+            raise ReverieError(f"--{option} must be between {low} and {high}, got {text!r}")
     for option, field in SETTINGS.items():
         text = getattr(args, option)
         if text is not None and field not in given:
@@ -179,7 +189,13 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--simulators", default=None, help="simulator workers " + default("simulators"))
     p.add_argument("--episodes", default=None, help="episodes rehearsed per round " + default("episodes"))
     p.add_argument("--rounds", default=None, help="rehearse-distil rounds " + default("rounds"))
-    p.add_argument("--steps", default=None, help="learner updates per round " + default("steps"))
+    p.add_argument("--steps", default=None, help="learner updates per round (at most, with --passes) " + default("steps"))
+    p.add_argument("--passes", default=None,
+                   help="0: every round learns --steps updates; above 0: a round learns this many passes over the "
+                        "states of the successes it kept, at most --steps updates, none when it kept nothing "
+                        + default("passes"))
+    p.add_argument("--temperature", default=None,
+                   help="the policy's sampling temperature when it rehearses " + default("temperature"))
     p.add_argument("--lr", default=None, help="AdamW learning rate " + default("lr"))
     p.add_argument("--retain", default=None, help="share of each learner batch that replays base skills, in a world "
                    f"that has a replay (default {d.retain}; the chat world has none)")

@@ -11,7 +11,7 @@ Contract (the door ``actors/`` composes through):
   exclusions) and a :class:`simulators.workers.SimulatorPool`.
 - ``rehearse(episodes, round)`` proposes ``episodes`` new tasks (never a
   held-out task, never one proposed before) at the turn budgets the
-  curriculum favours, plays them with the policy at temperature 1, and
+  curriculum favours, plays them with the policy (at temperature 1 unless told), and
   returns a :class:`RehearsalReport`.  The success filter has then written
   every verified success to the store's ``trajectories`` table, exactly once
   per episode id, tagged with the version id the Dreamer was given (at
@@ -185,9 +185,10 @@ class Dreamer:
         """Recorded user asks seed the proposer (those that parse as tasks of the skill); how many were new."""
         return self.proposer.add_experience(asks)
 
-    def rehearse(self, episodes: int, round: int, *, scaling: bool = False,
+    def rehearse(self, episodes: int, round: int, *, scaling: bool = False, temperature: float = 1.0,
                  on_done: Callable[[list[dict]], None] | None = None) -> RehearsalReport:
-        """Play ``episodes`` newly proposed tasks once; kept trajectories are in the store when it returns.
+        """Play ``episodes`` newly proposed tasks once, sampling the policy at ``temperature``; kept trajectories
+        are in the store when it returns.
 
         ``round`` names the episodes (``{name}-r{round}-{i}``, fixed before dispatch, so a retried
         episode is stored once); a round is rehearsed once.  ``scaling``: the episodes are played in
@@ -202,6 +203,8 @@ class Dreamer:
             raise RuntimeError("this Dreamer has been shut down")
         if episodes < 1:
             raise ValueError(f"a rehearsal needs at least one episode, got {episodes}")
+        if not 0 <= temperature <= 2:
+            raise ValueError(f"a rehearsal's temperature must be between 0 and 2, got {temperature}")
         if round in self._rounds:
             raise ValueError(f"round {round} was already rehearsed by {self.name}")
         served = ray.get(self.engine.version.remote(), timeout=READY_TIMEOUT_S)
@@ -211,8 +214,8 @@ class Dreamer:
         self._rounds.add(round)
         proposals = self.proposer.propose(episodes)
         sim = self.simulator
-        eps = [Episode(f"{self.name}-r{round}-{i}", p.task if sim is None else sim.task(p.task), p.max_turns, 1.0,
-                       p.origin) for i, p in enumerate(proposals)]
+        eps = [Episode(f"{self.name}-r{round}-{i}", p.task if sim is None else sim.task(p.task), p.max_turns,
+                       temperature, p.origin) for i, p in enumerate(proposals)]
         by_id = {e.id: p for e, p in zip(eps, proposals)}
         measured: dict[str, float] = {}
         t0 = time.perf_counter()

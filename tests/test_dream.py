@@ -33,10 +33,26 @@ from reverie.cli import main
     (["--judge", "me"], "--judge must be one of family, vote"),
     (["--fallback", "later"], "--fallback must be real or skip"),
     (["--teacher-context", "mine"], "--teacher-context must be one of other, same"),
+    (["--temperature", "3"], "--temperature must be between 0 and 2"),
+    (["--temperature", "warm"], "--temperature must be a number"),
+    (["--passes", "-1"], "--passes must be between 0 and 100"),
     (["--out", "/nonexistent-folder/r.json"], "must be a file in an existing folder"),
 ])
 def test_dream_rejects_bad_input_with_one_line_and_exit_2(argv, message, refused):
     refused(["dream", *argv, "--quiet"], message)
+
+
+def test_a_dream_round_learns_in_proportion_to_the_states_it_kept_when_passes_are_set():
+    """``--passes``: updates are passes over the kept successes' own states (never the opening's worked
+    examples), ``batch_size`` a step, at least 1 and at most ``--steps``; without it every round learns ``--steps``."""
+    from actors.dreams import DreamConfig, round_updates
+    from simulators.chatworld.calc import OPENING, problems, solve
+
+    kept = [{"messages": solve(p), "opening": OPENING} for p in problems("train", 0, 20)]  # 2 states each
+    cfg = DreamConfig(model_dir="m", steps=30, batch_size=8, passes=2)
+    assert [round_updates(cfg, kept[:n]) for n in (0, 1, 2, 10, 20)] == [0, 1, 1, 5, 10]
+    assert round_updates(DreamConfig(model_dir="m", steps=4, batch_size=8, passes=2), kept) == 4
+    assert round_updates(DreamConfig(model_dir="m", steps=30, passes=0), kept[:1]) == 30
 
 
 def _dream(tmp_path, capsys, *argv: str) -> dict:
@@ -65,6 +81,7 @@ def test_a_short_dream_in_a_simulator_trained_on_recorded_episodes_raises_real_h
     trajectory says it was simulated and by which simulator."""
     from actors.store import read_table
     from simulators.env import Task, family_verifier
+    from reverie.versions import VersionRegistry
     from simulators.model_env import transitions_from_store
 
     report = _dream(tmp_path, capsys, "--env", "simulated", "--simulator", "trained", "--recorded", "24",
@@ -84,6 +101,12 @@ def test_a_short_dream_in_a_simulator_trained_on_recorded_episodes_raises_real_h
     # the experience: one request per turn, read back as one conversation per recorded episode
     assert len(read_table(str(tmp_path), "interactions")) > 24
     assert sum(t.done for t in transitions_from_store(str(tmp_path))) == 24
+    # each round's weights stay, once, as a version; the learner's resume checkpoints (weights and optimiser
+    # state, 3 times the weights) go with the run: a 3-round dream on SmolLM2 left 10 GB of them behind
+    registry = VersionRegistry(tmp_path / "versions")
+    assert {c.version for c in registry.all() if c.source == "dream"} == \
+        {r["version"] for r in report["rounds"]} - {registry.base().version}
+    assert not list(tmp_path.glob("dreams/*/step-*")), sorted(p.name for p in tmp_path.glob("dreams/*/*"))
 
     rows = _stored(tmp_path)
     assert rows and len({r["id"] for r in rows}) == len(rows) == sum(r["kept"] for r in report["rounds"])

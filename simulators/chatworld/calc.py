@@ -400,8 +400,8 @@ class CalcFamily:
     max_model_len = 1024  # an episode's context: the protocol, the question, every action and result (about 480)
     # ``reverie dream --skill calc``'s defaults (``actors.dreams.DreamConfig`` fields): a 135M model on a 2-core
     # CPU, its episodes about 400 tokens long, learnt at the chat world's learning rate
-    dream_settings = {"episodes": 64, "rounds": 3, "steps": 10, "batch_size": 8, "lr": 5e-5, "eval_items": 40,
-                      "budgets": (2, 3, 4), "simulators": 1}
+    dream_settings = {"episodes": 256, "rounds": 3, "steps": 40, "passes": 2.0, "temperature": 0.4, "batch_size": 8,
+                      "lr": 5e-5, "eval_items": 40, "budgets": (2, 3, 4), "simulators": 1}
 
     def __init__(self, benchmark_items: int | None = None):
         self.source = CalcTaskSource()
