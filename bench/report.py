@@ -355,6 +355,45 @@ def section_dreams(results: Path) -> list[str] | None:
     return lines + [""] + [f"- `{shown(results, f)}`: " + stamp(r) + "." for f, r in reports]
 
 
+def section_calc_offer(results: Path) -> list[str] | None:
+    files = sorted((results / "eval").glob("*calc-offer*.json"))
+    reports = [(f, r) for f in files if (r := _load(f))]
+    if not reports:
+        return None
+    lines = []
+    for f, r in reports:
+        n = r.get("samples")
+        rows = [[name, _f(v.get("solved")), _f(v.get(f"solved_in_{n}_samples")), _f(v.get("called_tool"), 2)]
+                for name, v in r["variants"].items()]
+        lines += _table(["offered as", "solved, greedy", f"solved in any of {n} samples", "episodes that called it"],
+                        rows)
+        lines += ["", f"{_f(r.get('items'))} held-out problems; the chat template renders OpenAI `tools`: "
+                      f"{_f(r.get('openai_tools_rendered_by_chat_template'))}.", "", _source(results, [f], r), ""]
+    return lines[:-1]
+
+
+def section_dreams_smollm2(results: Path) -> list[str] | None:
+    files = sorted((results / "dream-smollm2").glob("*.json"))
+    reports = [(f, r) for f in files if (r := _load(f)) and "rounds" in r]
+    if not reports:
+        return None
+    rows = []
+    for f, r in reports:
+        cfg, rounds = r.get("config", {}), r["rounds"]
+        rows.append([f.stem, r.get("env"), cfg.get("teacher_context", "other"), _f(cfg.get("temperature", 1.0), 1),
+                     _f(cfg.get("episodes")),
+                     " -> ".join([_f(r.get("success_before"))] + [_f(x.get("success")) for x in rounds]),
+                     ", ".join(_f(x.get("kept")) for x in rounds),
+                     ", ".join(_f(x.get("updates")) if "updates" in x else "-" for x in rounds),
+                     _f(r.get("forgetting"), 4),
+                     f"{_f(r.get('verifier_accepts_right'), 2)} / {_f(r.get('verifier_rejects_wrong'), 2)}",
+                     _f(r.get("seconds"), 0)])
+    lines = _table(["file", "env", "teacher shown", "temperature", "episodes a round", "held-out success by round",
+                    "kept by round", "updates by round", "forgetting", "verifier: accepts right / rejects wrong",
+                    "seconds"], rows)
+    return lines + [""] + [f"- `{shown(results, f)}`: " + stamp(r) + "." for f, r in reports]
+
+
 def section_demo(results: Path) -> list[str] | None:
     f = results / "demo.json"
     r = _load(f)
@@ -384,6 +423,10 @@ SECTIONS: list[tuple[str, Callable[[Path], list[str] | None], str]] = [
     ("One learning cycle, feedback to served", section_cycle, "reverie bench cycle"),
     ("Learner throughput", section_learner, "reverie learn --json"),
     ("Dreams", section_dreams, "reverie dream --json"),
+    ("How the calculator is offered to SmolLM2-135M-Instruct", section_calc_offer,
+     "reverie bench calc-offer --out bench/results/eval/<date>-smollm2-135m-instruct-calc-offer.json"),
+    ("Dreams on SmolLM2-135M-Instruct: calc in the real environment", section_dreams_smollm2,
+     "reverie dream --model smollm2-135m-instruct --world chat --skill calc --out bench/results/dream-smollm2/<name>.json"),
     ("The demo", section_demo, "reverie demo --json"),
 ]
 

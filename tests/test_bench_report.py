@@ -105,3 +105,25 @@ def test_the_readmes_demo_table_is_what_the_latest_demo_result_generates():
     readme = bench_report.README.read_text()
     assert readme.count(bench_report.README_BEGIN) == 1 and readme.count(bench_report.README_END) == 1
     assert bench_report.with_demo(readme) == readme, "regenerate it: reverie bench report"
+
+
+def test_the_report_quotes_the_calc_offer_and_each_smollm2_dream_round_by_round_from_their_files(tmp_path):
+    results = tmp_path / "bench" / "results"
+    write_result({"items": 40, "samples": 4, "openai_tools_rendered_by_chat_template": False,
+                  "variants": {"protocol": {"solved": 0.0, "solved_in_4_samples": 0.025, "called_tool": 0.05},
+                               "2 examples as turns": {"solved": 0.275, "solved_in_4_samples": 0.45,
+                                                       "called_tool": 1.0}}},
+                 results / "eval" / "x-calc-offer.json")
+    write_result({"env": "real", "success_before": 0.275, "forgetting": 0.0042, "verifier_accepts_right": 1.0,
+                  "verifier_rejects_wrong": 0.97, "seconds": 1234.5,
+                  "config": {"teacher_context": "same", "temperature": 0.4, "episodes": 256},
+                  "rounds": [{"success": 0.5, "kept": 31, "updates": 8}, {"success": 0.625, "kept": 77, "updates": 20}]},
+                 results / "dream-smollm2" / "run.json")
+    page = bench_report.render(results, tmp_path / "benchmarks.md")
+    offer = page.split("## How the calculator is offered")[1].split("\n## ")[0]
+    assert "| 2 examples as turns | 0.275 | 0.450 | 1.00 |" in offer and "| protocol | 0.000 | 0.025 | 0.05 |" in offer
+    assert "From `bench/results/eval/x-calc-offer.json`; " in offer
+    dreams = page.split("## Dreams on SmolLM2")[1].split("\n## ")[0]
+    assert ("| run | real | same | 0.4 | 256 | 0.275 -> 0.500 -> 0.625 | 31, 77 | 8, 20 | 0.0042 | 1.00 / 0.97 | 1234 |"
+            in dreams), dreams
+    assert f"commit {environment()['commit'][:10]}" in dreams
