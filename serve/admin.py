@@ -2,19 +2,10 @@
 admin key's discovery, the terminal views of ``reverie status`` and ``reverie review``, and the admin commands
 (``register``, gathered into ``reverie.cli``).
 
-Routes (JSON; the admin key as ``Authorization: Bearer``)::
-
-    GET  /admin/status                       {"promoted": V, "cycle": {...}, "candidates": [candidate, ...]}
-    GET  /admin/candidates/{V}               candidate + {"review": {"samples": [...]}}     404 unknown
-    POST /admin/candidates/{V}/approve       {"note": str}           -> candidate            404, 409 not pending
-    POST /admin/candidates/{V}/reject        {"reason": str}         -> candidate            404, 409 not pending
-    POST /admin/rollback                     {"version": V}          -> 200                  404, 409 never promoted
-    POST /admin/cycle                        -> 202 {"cycle": n, "state": ...}
-
-A candidate is ``{"version", "parent", "status", "scores", "reason", "decisions", "lessons"}`` with
-``scores = {"new": {family: {"parent", "candidate", "n"}}, "learnt": {family: {...}}, "retention": {skill:
-{...}}, "gain", "retention_loss", "passed"}`` and, for a world with general prompts, ``"drift"`` (None before the gate) and ``lessons = {"counts": {kind: n}, "examples":
-[...], "records": n}``.
+The routes it calls (JSON; the admin key as ``Authorization: Bearer``) are ``GET /admin/status``,
+``GET /admin/candidates/{V}``, ``POST /admin/candidates/{V}/approve`` and ``/reject``, ``POST /admin/rollback``
+and ``POST /admin/cycle``; what each takes, answers and fails with is docs/api.md (checked against the server's
+route table by tests/test_docs_api.py), not repeated here.
 
 Every call has a timeout.  What can go wrong is a ``ReverieError`` (one line on the command line, exit 2):
 the server cannot be reached, it answered 4xx/5xx (its own message: FastAPI's ``{"detail": ...}`` or
