@@ -467,9 +467,11 @@ class Controller:
         parent = self.registry.get(c.parent)
         asks = self._asks(c)
         family = self._dream_family(asks)
+        own = getattr(family, "dream_settings", {})  # the family's own, as ``reverie dream`` uses them
         report = dream_step(self.cfg.model_dir, parent.directory, parent.version, self.cfg.store_name,
                             self.cfg.data_dir, asks, self.cfg.loop.dream_episodes, c.seed, family=family,
                             simulators=self.cfg.loop.simulators, run_id=f"c{c.cycle:06d}",
+                            temperature=own.get("temperature", 1.0),
                             exclude=[t.task.prompt for t in (*self._env_heldout(c), *self.learnt(c.parent))
                                      if isinstance(t, EnvTask)],
                             simulated=simulated_dream(self.cfg.loop), engine=self._dream_engine())
@@ -666,7 +668,8 @@ class Controller:
 
     def _dreamt(self, c: Cycle) -> Iterator:
         """Lessons from the cycle's kept dream trajectories, read back from the store: each state the policy
-        acted in, the teacher seeing a verified success of another task as privileged context."""
+        acted in, the teacher seeing a verified success as privileged context: another task's, or the state's own
+        task's where the dreamt family's own settings say so (``teacher_context``: calc's)."""
         import msgpack
 
         from actors.store import read_table
@@ -677,7 +680,9 @@ class Controller:
                                     columns=["id", "task_id", "messages", "success", "simulated", "extra"]).to_pylist()]
         # The dream step returns only trajectories that may be learnt from: real ones, or simulated ones whose
         # simulator's dreamed successes replayed for real (its agreement check); the gate then wants a real gain.
-        return lessons(kept, random.Random(f"dream-lessons/{c.cycle}/{c.seed}"), trusted_only=False)
+        family = self.world.dream_families.get(c.dream.get("skill"))
+        context = getattr(family, "dream_settings", {}).get("teacher_context", "other")
+        return lessons(kept, random.Random(f"dream-lessons/{c.cycle}/{c.seed}"), trusted_only=False, context=context)
 
     def _replay(self, c: Cycle, lessons: list, taught: set = frozenset(),
                 ruled: Sequence[tuple] = ()) -> Iterator | None:

@@ -345,8 +345,9 @@ def simulated_dream(loop) -> dict | None:
 def dream_step(model_dir: str | Path, weights_dir_or_model_dir: str | Path, version: int, store_name: str,
                data_dir: str | Path, asks: Sequence[str], episodes: int, seed: int, simulators: int = 1, *,
                family, run_id: str | None = None, exclude: Sequence[str] = (),
-               simulated: dict | None = None, engine=None) -> dict:
-    """One rehearsal on the weights of ``version``, for the controller (Ray must be initialised).
+               simulated: dict | None = None, engine=None, temperature: float = 1.0) -> dict:
+    """One rehearsal on the weights of ``version``, for the controller (Ray must be initialised), the policy
+    sampled at ``temperature``.
 
     ``weights_dir_or_model_dir``: an HF model directory of those weights (a learner checkpoint, a registry
     version directory, or the base ``model_dir`` itself); a directory of safetensors alone is completed with
@@ -392,7 +393,7 @@ def dream_step(model_dir: str | Path, weights_dir_or_model_dir: str | Path, vers
                 dreamer.simulate(simulator)
             except NoExperience as e:
                 built = {"error": str(e)}
-        rehearsal = dreamer.rehearse(episodes, 1)
+        rehearsal = dreamer.rehearse(episodes, 1, temperature=temperature)
         env, kept, seconds = ("simulated" if dreamer.simulated else "real"), rehearsal.kept, rehearsal.seconds
         if dreamer.simulated:
             agreement, off = dreamer.check(rehearsal, simulated.get("samples", 32), simulated["min_agreement"],
@@ -400,7 +401,7 @@ def dream_step(model_dir: str | Path, weights_dir_or_model_dir: str | Path, vers
             if off is not None:
                 switched_off, kept = dict(off, fallback=simulated["fallback"]), []
                 if simulated["fallback"] == "real":
-                    rehearsal = dreamer.rehearse(episodes, 2)
+                    rehearsal = dreamer.rehearse(episodes, 2, temperature=temperature)
                     env, kept, seconds = "real", rehearsal.kept, seconds + rehearsal.seconds
         ray.get(store.flush.remote(), timeout=120)
     finally:

@@ -428,3 +428,59 @@ def test_while_idle_the_gate_scores_the_served_version_once_and_the_status_says_
     assert warmed == [(str(promoted.directory), True)]  # the base: its drift replies too; once
     status = ctl.status()["gate_warm"]
     assert status["version"] == promoted.version and status["seconds"] > 0
+
+
+def _kept(data_dir, n: int) -> list[str]:
+    """``n`` kept dream trajectories of ``n`` tasks in the store's ``trajectories`` table; their ids."""
+    import msgpack
+
+    from actors.store import ExperienceStoreCore
+
+    store = ExperienceStoreCore(str(data_dir))
+    rows = [{"id": f"dream-{i}", "task_id": f"task-{i}", "env": "tools", "policy_version": 1, "reward": 1.0,
+             "success": True, "simulated": False, "started": 0.0, "seconds": 1.0, "provenance": "{}",
+             "messages": [{"role": "user", "content": f"task number {i}"},
+                          {"role": "assistant", "content": f"call help {i}"},
+                          {"role": "tool", "content": f"help {i}"}, {"role": "assistant", "content": f"answer {i}"}]}
+            for i in range(n)]
+    store.append("trajectories", [msgpack.packb(r, use_bin_type=True) for r in rows])
+    store.flush()
+    store.close()
+    return [r["id"] for r in rows]
+
+
+def test_a_cycle_dreams_and_learns_its_dreams_with_the_dream_familys_own_settings(tmp_path, monkeypatch):
+    """A dream family's own settings (``dream_settings``: calc's, measured with ``reverie dream``) hold in the
+    loop too: the rehearsal's sampling temperature, and whose success the teacher is shown (calc: the state's
+    own task's).  A family without them keeps temperature 1 and another task's success."""
+    import itertools
+
+    import actors.dreams
+
+    ctl = _controller(tmp_path)
+    family = ctl.world.dream_families["tools"]
+    ids = _kept(ctl.cfg.data_dir, 4)
+    asked = {}
+
+    def dream_step(*args, **kwargs):
+        asked.update(kwargs)
+        return {"episodes": 8, "kept": 4, "success_rate": 0.5, "seconds": 1.0, "trajectory_ids": ids, "env": "real",
+                "agreement": None, "replayed": 0, "switched_off": None, "simulator": None}
+
+    monkeypatch.setattr(actors.dreams, "dream_step", dream_step)
+    monkeypatch.setattr(ctl, "_dream_engine", lambda: None)
+
+    def taught(settings: dict | None) -> tuple[float, list[bool]]:
+        if settings is not None:
+            monkeypatch.setattr(type(family), "dream_settings", settings, raising=False)
+        c = Cycle(cycle=1, state="dream", parent=1, feedback_ids=[], seed=1, started=0.0)
+        ctl._dream(c)
+        assert c.state == "learn" and c.trajectories == ids and c.dream["skill"] == "tools"
+        own = [lesson.student[0]["content"] in lesson.teacher[0]["content"]
+               for lesson in itertools.islice(ctl._dreamt(c), 24)]
+        return asked["temperature"], own
+
+    temperature, own = taught(None)
+    assert temperature == 1.0 and not any(own)
+    temperature, own = taught({"temperature": 0.4, "teacher_context": "same"})
+    assert temperature == 0.4 and all(own)
