@@ -49,6 +49,9 @@ from simulators.success import states
 from simulators.world import dream_family
 
 
+TEACHERS = ("base", "parent")  # whose weights the teacher state has (DreamConfig.teacher)
+
+
 @dataclass(frozen=True)
 class DreamConfig:
     """``reverie dream``'s settings (the command line's defaults come from here)."""
@@ -78,6 +81,10 @@ class DreamConfig:
     judge: str = "family"  # what decides a dreamed success: the family's verifier, or the neighbour vote
     teacher_context: str = "other"  # whose kept success the teacher sees: another task's, or the same task's
     temperature: float = 1.0  # the policy's sampling temperature in rehearsals
+    # the teacher state's weights: "base" (the model the dream started from, frozen throughout) or "parent" (each
+    # round, a frozen copy of the policy that rehearsed it: a student that has overtaken the base is no longer
+    # pulled back to it; docs/design-notes.md, "Dreams on SmolLM2")
+    teacher: str = "base"
     # 0: every round learns ``steps`` updates; > 0: a round learns this many passes over the states of the
     # successes it kept (``batch_size`` a step, at least one step, at most ``steps``), none when it kept nothing
     passes: float = 0.0
@@ -126,6 +133,9 @@ def _run(cfg: DreamConfig, progress: Callable[[str, int], None] | None) -> dict:
     import torch
     from transformers import AutoModelForCausalLM
 
+    if cfg.teacher not in TEACHERS:
+        raise ValueError(f"unknown teacher {cfg.teacher!r}; teachers are: {', '.join(TEACHERS)}")
+
     from actors.store import ExperienceStore
     from learner.checkpoint import prune_checkpoints
     from learner.loop import LearnConfig, frozen_teacher, learn
@@ -164,7 +174,7 @@ def _run(cfg: DreamConfig, progress: Callable[[str, int], None] | None) -> dict:
         student = AutoModelForCausalLM.from_pretrained(cfg.model_dir, dtype=torch.float32).eval()
         base = family.measure(student, encoder)
         success_before = dreamer.heldout_success(cfg.eval_items)
-        teacher = frozen_teacher(student, tokenizer)  # the base state, never updated
+        teacher = frozen_teacher(student, tokenizer)  # the base state (cfg.teacher "parent": replaced each round)
         if cfg.env == "simulated":  # 0. experience, then a simulator built from it alone
             simulator, built = _simulator(cfg, dreamer, data_dir, work, tell)
 
@@ -200,6 +210,8 @@ def _run(cfg: DreamConfig, progress: Callable[[str, int], None] | None) -> dict:
             # 2. learn: distil every kept trajectory so far, with retention replay; the checkpoint's id comes
             #    from the registry's counter.  (Simulated successes are among them only after their round's
             #    agreement check passed.)
+            if cfg.teacher == "parent":
+                teacher = frozen_teacher(student, tokenizer)  # the policy that rehearsed this round, frozen
             replay = world.replay(cfg.seed * 1000 + k)
             retain = cfg.retain if replay else 0.0  # a world with no replay of its own (the chat world's)
             learnt += updates  # the learner resumes from the last round's checkpoint and makes the rest

@@ -31,7 +31,7 @@ def _positive(text: str, what: str) -> int:
 
 
 def cmd_dream(args: argparse.Namespace) -> int:
-    from actors.dreams import DreamConfig
+    from actors.dreams import TEACHERS, DreamConfig
     from reverie.models import default_world
     from simulators.model_env import JUDGES
     from simulators.success import CONTEXTS
@@ -105,6 +105,10 @@ def cmd_dream(args: argparse.Namespace) -> int:
         raise ReverieError(f"--teacher-context must be one of {', '.join(CONTEXTS)}, got {args.teacher_context!r}")
     if args.teacher_context is not None:
         given["teacher_context"] = args.teacher_context
+    if args.teacher is not None and args.teacher not in TEACHERS:
+        raise ReverieError(f"--teacher must be one of {', '.join(TEACHERS)}, got {args.teacher!r}")
+    if args.teacher is not None:
+        given["teacher"] = args.teacher
     out = Path(args.out) if args.out else None
     if out is not None and (out.is_dir() or not out.parent.is_dir()):
         raise ReverieError(f"--out {args.out!r} must be a file in an existing folder")
@@ -234,6 +238,10 @@ def register(subparsers) -> argparse.ArgumentParser:
                    help="whose kept success the teacher is shown beside a state: other (another task's, so it must "
                         "transfer the skill) or same (the state's own task's, SDFT's demonstration) (default "
                         f"{d.teacher_context}, or the skill's own)")
+    p.add_argument("--teacher", default=None,
+                   help="the teacher state's weights: base (the model the dream started from, frozen) or parent "
+                        f"(each round, a frozen copy of the policy that rehearsed it) (default {d.teacher}, or the "
+                        "skill's own)")
     p.add_argument("--out", default=None, help="also write the report, stamped with the machine, to this JSON file")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
