@@ -85,6 +85,7 @@ class DreamConfig:
     # round, a frozen copy of the policy that rehearsed it: a student that has overtaken the base is no longer
     # pulled back to it; docs/design-notes.md, "Dreams on SmolLM2")
     teacher: str = "base"
+    benchmark_items: int | None = None  # items of each retention benchmark, where the family measures on them
     # 0: every round learns ``steps`` updates; > 0: a round learns this many passes over the states of the
     # successes it kept (``batch_size`` a step, at least one step, at most ``steps``), none when it kept nothing
     passes: float = 0.0
@@ -148,6 +149,8 @@ def _run(cfg: DreamConfig, progress: Callable[[str, int], None] | None) -> dict:
 
     world = cfg_world(cfg)
     family = dream_family(world, cfg.skill)
+    if cfg.benchmark_items is not None and hasattr(family, "benchmark_items"):
+        family.benchmark_items = cfg.benchmark_items  # the retention benchmarks' items (calc's: the chat world's)
     tell = progress or (lambda phase, n: None)
     start = time.perf_counter()
     run_id = uuid.uuid4().hex[:8]

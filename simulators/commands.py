@@ -17,7 +17,7 @@ from reverie.errors import ReverieError, check_model_dir, parse_seed
 
 # options whose default is the skill's own (a dream family's ``dream_settings``), else DreamConfig's: option -> field
 SETTINGS = {"simulators": "simulators", "episodes": "episodes", "rounds": "rounds", "steps": "steps",
-            "items": "eval_items", "lr": "lr", "retain": "retain"}
+            "items": "eval_items", "lr": "lr", "retain": "retain", "benchmark_items": "benchmark_items"}
 
 
 def _positive(text: str, what: str) -> int:
@@ -86,7 +86,7 @@ def cmd_dream(args: argparse.Namespace) -> int:
     for option, field in SETTINGS.items():
         text = getattr(args, option)
         if text is not None and field not in given:
-            given[field] = _positive(text, "--" + option)
+            given[field] = _positive(text, "--" + option.replace("_", "-"))
     if args.env not in ("real", "simulated"):
         raise ReverieError(f"--env must be real or simulated, got {args.env!r}")
     if args.simulator not in SIMULATORS:
@@ -204,6 +204,9 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--retain", default=None, help="share of each learner batch that replays base skills, in a world "
                    f"that has a replay (default {d.retain}; the chat world has none)")
     p.add_argument("--items", default=None, help="held-out tasks measured " + default("eval_items"))
+    p.add_argument("--benchmark-items", default=None,
+                   help="items of each retention benchmark, for a skill measured on benchmarks (calc: 100, the chat "
+                        "world's; the tiny world's skills are measured on their own tasks)")
     p.add_argument("--env", default=d.env,
                    help="where rehearsals play: real (the task's environment) or simulated (a simulator built from "
                         "recorded episodes; the real environment only records them first, replays a sample of "

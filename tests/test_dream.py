@@ -36,6 +36,8 @@ from reverie.cli import main
     (["--temperature", "3"], "--temperature must be between 0 and 2"),
     (["--temperature", "warm"], "--temperature must be a number"),
     (["--passes", "-1"], "--passes must be between 0 and 100"),
+    (["--teacher", "ema"], "--teacher must be one of base, parent"),
+    (["--benchmark-items", "0"], "--benchmark-items must be a positive whole number"),
     (["--out", "/nonexistent-folder/r.json"], "must be a file in an existing folder"),
 ])
 def test_dream_rejects_bad_input_with_one_line_and_exit_2(argv, message, refused):
