@@ -9,10 +9,13 @@ bottom.
 ``run(cfg, progress)`` is ``reverie dream``: each round the Dreamer rehearses
 ``cfg.episodes`` new tasks with the current policy; the learner distils every
 kept trajectory so far by on-policy self-distillation (teacher = the frozen
-base model with a kept trajectory of another task as privileged context;
-student = the conversation alone), mixed with retention replay on the base
-skills; the round's checkpoint is registered in the version registry under
-``<data_dir>/versions`` (one version space: the base model is the registry's
+base model, or each round's own policy frozen with ``teacher: parent``, with a
+kept trajectory of another task, or of the state's own with
+``teacher_context: same``, as privileged context; student = the conversation
+alone), in ``steps`` updates a round or in proportion to what the round kept
+(``passes``), mixed with retention replay on the base skills; the round's
+checkpoint is registered in the version registry under ``<data_dir>/versions``
+(one version space: the base model is the registry's
 base id, each round's weights the id the learner drew from the registry's
 counter), the rollout engine is reloaded on it, and held-out success is
 measured greedily with the real verifier.  With ``cfg.env == "simulated"``
@@ -134,9 +137,6 @@ def _run(cfg: DreamConfig, progress: Callable[[str, int], None] | None) -> dict:
     import torch
     from transformers import AutoModelForCausalLM
 
-    if cfg.teacher not in TEACHERS:
-        raise ValueError(f"unknown teacher {cfg.teacher!r}; teachers are: {', '.join(TEACHERS)}")
-
     from actors.store import ExperienceStore
     from learner.checkpoint import prune_checkpoints
     from learner.loop import LearnConfig, frozen_teacher, learn
@@ -147,6 +147,8 @@ def _run(cfg: DreamConfig, progress: Callable[[str, int], None] | None) -> dict:
     from simulators.dream import Dreamer, recorded_asks
     from simulators.success import lessons
 
+    if cfg.teacher not in TEACHERS:
+        raise ValueError(f"unknown teacher {cfg.teacher!r}; teachers are: {', '.join(TEACHERS)}")
     world = cfg_world(cfg)
     family = dream_family(world, cfg.skill)
     if cfg.benchmark_items is not None and hasattr(family, "benchmark_items"):
