@@ -29,6 +29,11 @@ def _load(path: Path) -> dict | None:
         return None
 
 
+def _reports(files: list[Path]) -> list[tuple[Path, dict]]:
+    """Each whole result file of ``files`` with its report (a missing or broken one is left out)."""
+    return [(f, r) for f in files if (r := _load(f))]
+
+
 def _f(x, digits: int = 3) -> str:
     if x is None:
         return "-"
@@ -248,7 +253,7 @@ def section_sequence(results: Path) -> list[str] | None:
 
 def section_swap(results: Path) -> list[str] | None:
     files = sorted(results.glob("swap*.json"))
-    reports = [(f, r) for f in files if (r := _load(f))]
+    reports = _reports(files)
     if not reports:
         return None
     rows = []
@@ -328,7 +333,7 @@ def section_cycle(results: Path) -> list[str] | None:
 
 def section_learner(results: Path) -> list[str] | None:
     files = sorted(results.glob("learn*.json"))
-    reports = [(f, r) for f in files if (r := _load(f))]
+    reports = _reports(files)
     if not reports:
         return None
     rows = [[f.stem, r.get("device", "cpu"), r.get("method"), r.get("skill"), _f(r.get("steps")),
@@ -340,7 +345,7 @@ def section_learner(results: Path) -> list[str] | None:
 
 def section_dreams(results: Path) -> list[str] | None:
     files = sorted((results / "dream").glob("*.json"))
-    reports = [(f, r) for f in files if (r := _load(f))]
+    reports = _reports(files)
     if not reports:
         return None
     rows = []
@@ -357,7 +362,7 @@ def section_dreams(results: Path) -> list[str] | None:
 
 def section_calc_offer(results: Path) -> list[str] | None:
     files = sorted((results / "eval").glob("*calc-offer*.json"))
-    reports = [(f, r) for f in files if (r := _load(f))]
+    reports = _reports(files)
     if not reports:
         return None
     lines = []
@@ -374,7 +379,7 @@ def section_calc_offer(results: Path) -> list[str] | None:
 
 def section_dreams_smollm2(results: Path) -> list[str] | None:
     files = sorted((results / "dream-smollm2").glob("*.json"))
-    reports = [(f, r) for f in files if (r := _load(f)) and "rounds" in r]
+    reports = [(f, r) for f, r in _reports(files) if "rounds" in r]
     if not reports:
         return None
     rows = []

@@ -101,14 +101,12 @@ def cmd_dream(args: argparse.Namespace) -> int:
         raise ReverieError(f"--judge must be one of {', '.join(JUDGES)}, got {args.judge!r}")
     if args.fallback not in ("real", "skip"):
         raise ReverieError(f"--fallback must be real or skip, got {args.fallback!r}")
-    if args.teacher_context is not None and args.teacher_context not in CONTEXTS:
-        raise ReverieError(f"--teacher-context must be one of {', '.join(CONTEXTS)}, got {args.teacher_context!r}")
-    if args.teacher_context is not None:
-        given["teacher_context"] = args.teacher_context
-    if args.teacher is not None and args.teacher not in TEACHERS:
-        raise ReverieError(f"--teacher must be one of {', '.join(TEACHERS)}, got {args.teacher!r}")
-    if args.teacher is not None:
-        given["teacher"] = args.teacher
+    for field, choices in (("teacher_context", CONTEXTS), ("teacher", TEACHERS)):
+        chosen = getattr(args, field)
+        if chosen is not None and chosen not in choices:
+            raise ReverieError(f"--{field.replace('_', '-')} must be one of {', '.join(choices)}, got {chosen!r}")
+        if chosen is not None:
+            given[field] = chosen
     out = Path(args.out) if args.out else None
     if out is not None and (out.is_dir() or not out.parent.is_dir()):
         raise ReverieError(f"--out {args.out!r} must be a file in an existing folder")
